@@ -1,0 +1,107 @@
+"""Broker settings: every ``BROKER_*`` name, its default, and how it is read.
+
+A value comes from, in order: the environment variable of the same name, the Django setting of
+the same name, the default below. Environment values are parsed by the type of the default, so
+``BROKER_MAX_SUBSCRIPTIONS=10`` is an int and ``BROKER_PUBLIC_STATUS=true`` a bool.
+
+Settings are read once per process (``conf()`` is cached); tests that change them call
+``conf.cache_clear()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Channel layer / cluster. Comma-separated URLs shard the layer; "" = in-memory layer.
+    BROKER_REDIS_URL: str = ""
+    # Prefix of every Redis key and pub/sub channel the broker uses.
+    BROKER_KEY_PREFIX: str = "combroker"
+    # Auth API proxy (PROTOCOL §2.1). "" with BROKER_DEMO on = built-in demo auth API.
+    BROKER_AUTH_URL: str = ""
+    BROKER_AUTH_TIMEOUT: float = 5.0
+    BROKER_AUTH_MAX_IN_FLIGHT: int = 64
+    BROKER_AUTH_FORWARD_HEADERS: tuple[str, ...] = ()
+    # Static-key login (PROTOCOL §2.2).
+    BROKER_APP_KEY: str = ""
+    BROKER_PROFILE_KEYS: dict[str, str] | None = None
+    BROKER_DUPLICATE_LOGIN: str = "allow"
+    # /trigger (PROTOCOL §5).
+    BROKER_TRIGGER_TOKEN: str = ""
+    BROKER_MAX_TRIGGER_BYTES: int = 1_048_576
+    # Per-connection limits (PROTOCOL §3).
+    BROKER_MAX_MESSAGE_BYTES: int = 65_536
+    BROKER_MAX_SUBSCRIPTIONS: int = 2048
+    # Bytes of encoded frames waiting to be written to one connection before it is closed
+    # with 4008 "slow". This bounds the memory one slow client can hold.
+    BROKER_MAX_OUTBOX_BYTES: int = 1_048_576
+    BROKER_PUBLIC_STATUS: bool = False
+    # Cluster registry: entries of a process that stops heartbeating vanish after this.
+    BROKER_REGISTRY_TTL: float = 15.0
+    # Set by runbroker: serves the demo auth API and demo page, prints a trigger token.
+    BROKER_DEMO: bool = False
+
+
+def _parse(raw: str, default: Any, name: str) -> Any:
+    if isinstance(default, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name == "BROKER_PROFILE_KEYS":
+        raw = raw.strip()
+        if raw.startswith("{"):
+            return dict(json.loads(raw))
+        # "agent:k1,super_agent:k2"
+        return dict(part.strip().split(":", 1) for part in raw.split(",") if part.strip())
+    return raw
+
+
+@cache
+def conf() -> Settings:
+    from django.conf import settings as django_settings
+
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        default = f.default
+        if f.name in os.environ:
+            values[f.name] = _parse(os.environ[f.name], default, f.name)
+        elif hasattr(django_settings, f.name):
+            value = getattr(django_settings, f.name)
+            if isinstance(default, tuple) and isinstance(value, (list, str)):
+                value = _parse(value, default, f.name) if isinstance(value, str) else tuple(value)
+            values[f.name] = value
+    return Settings(**values)
+
+
+def redis_urls() -> list[str]:
+    return [u.strip() for u in conf().BROKER_REDIS_URL.split(",") if u.strip()]
+
+
+def channel_layers_setting(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """CHANNEL_LAYERS for a deployment, from BROKER_REDIS_URL (read before Django is set up).
+
+    Redis: channels_redis's pub/sub layer. A group send is one PUBLISH, and a process receives
+    only the groups it joined, so a trigger wakes only processes with a matching subscription
+    (docs/architecture.md, docs/performance.md). No Redis: the in-memory layer, one process.
+    """
+    env = os.environ if environ is None else environ
+    urls = [u.strip() for u in env.get("BROKER_REDIS_URL", "").split(",") if u.strip()]
+    if urls:
+        return {"default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": urls, "prefix": env.get("BROKER_KEY_PREFIX", "combroker")},
+        }}
+    # The in-memory layer drops messages beyond ``capacity`` per channel; the hub's channel
+    # carries every trigger of the process, so it must not be the default 100.
+    return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer",
+                        "CONFIG": {"capacity": 100_000, "expiry": 60}}}

@@ -1,0 +1,94 @@
+"""The WebSocket transport: a thin Channels consumer around ``broker.connection.Connection``.
+
+It reads credentials from the handshake, picks the codec from the subprotocol, and moves text
+frames in and out. It interprets nothing: every frame goes to the codec and the session.
+
+The consumer deliberately has no channel-layer channel of its own (``channel_layer_alias`` names
+no layer): the process's Hub receives from the layer once and fans out in memory, instead of one
+layer channel and one receive task per connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from . import errors, metrics
+from .auth import AuthUnavailable, Credentials, Refused
+from .codecs.jsoncodec import RICH_SUBPROTOCOL, JsonCodec
+from .conf import conf
+from .connection import Connection
+from .errors import BrokerUnavailable
+
+log = logging.getLogger("broker.ws")
+
+
+def credentials_from_scope(scope: dict[str, Any]) -> Credentials:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers", []):
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}; {value}" if name == "cookie" and name in headers else value
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    client = scope.get("client")
+    return Credentials(headers=headers, token=(query.get("token") or [None])[0],
+                       remote_addr=client[0] if client else None)
+
+
+class BrokerConsumer(AsyncWebsocketConsumer):
+    channel_layer_alias = "__combroker_no_layer__"
+
+    name = "websocket"
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        offered = self.scope.get("subprotocols") or []
+        rich = RICH_SUBPROTOCOL in offered
+        self.codec = JsonCodec(rich=rich)
+        self.conn = Connection(self, self.codec)
+        client = self.scope.get("client")
+        self.remote_addr = client[0] if client else None
+        # Accept first, then authenticate: a slow or failing auth API then gives a close code
+        # the client can read, never an HTTP 500 during the handshake.
+        await self.accept(RICH_SUBPROTOCOL if rich else None)
+        try:
+            await self.conn.open(credentials_from_scope(self.scope))
+        except Refused as exc:
+            metrics.counters["connections_refused"] += 1
+            await self.send(text_data=self.codec.refused(exc.reason))
+            await self.close(errors.CLOSE_REFUSED if rich else errors.CLOSE_NORMAL)
+            return
+        except (AuthUnavailable, BrokerUnavailable) as exc:
+            metrics.counters["connections_refused"] += 1
+            reason = errors.AUTH_UNAVAILABLE if isinstance(exc, AuthUnavailable) else \
+                errors.SERVICE_UNAVAILABLE
+            if rich:
+                await self.send(text_data=self.codec.refused(reason))
+            await self.close(errors.CLOSE_AUTH_UNAVAILABLE, reason)
+            return
+        self.conn.push(self.codec.welcome(self.conn.identity, self.conn.id, None))
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        if self.conn.session is None:
+            return  # refused or closing: nothing may be asked any more
+        text, data = message.get("text"), message.get("bytes")
+        size = len(text.encode()) if text is not None else len(data or b"")
+        if size > conf().BROKER_MAX_MESSAGE_BYTES:
+            self.conn.close_soon(errors.CLOSE_TOO_BIG, "message too big")
+            return
+        await self.conn.receive(self.codec.decode(text))
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        await self.conn.closed()
+        raise StopConsumer()
+
+    # ---- broker.connection.Transport
+
+    async def write(self, frame: str | bytes) -> None:
+        if isinstance(frame, bytes):
+            await self.send(bytes_data=frame)
+        else:
+            await self.send(text_data=frame)

@@ -1,0 +1,51 @@
+"""Every error code of the contract (PROTOCOL.md §3, §5, §6), one constant each.
+
+Codes are what clients compare against; never spell them inline elsewhere.
+"""
+
+from __future__ import annotations
+
+# Request errors, sent as {"code": "error", "message": <code>}.
+ROOM_NOT_FOUND = "room-not-found"
+INVALID_ROOM = "invalid-room"
+NO_REQUEST_ID = "no-request-id"
+REQUEST_ID_IN_USE = "request-id-in-use"
+TOO_MANY_SUBSCRIPTIONS = "too-many-subscriptions"
+PROFILE_CANNOT_SUBSCRIBE = "profile-cannot-subscribe"
+NOT_SUBSCRIBED = "not-subscribed"
+NON_JSON_MESSAGE = "non-json-message"
+MESSAGE_TYPE_NOT_ALLOWED = "message-type-not-allowed"
+INVALID_MESSAGE = "invalid-message"
+DESTINATION_NOT_FOUND = "destination-not-found"
+ROOM_NOT_ALLOWED = "room-not-allowed"
+# Not in the contract's list: the channel layer (Redis) is unreachable, so the request could
+# not be carried out. Sent for subscribe/send/publish during an outage (documented).
+SERVICE_UNAVAILABLE = "service-unavailable"
+UNKNOWN_ACTION = "unknown-action"
+CONNECTION_NOT_FOUND = "connection-not-found"
+
+# Refusal reasons and close reasons.
+AUTH_UNAVAILABLE = "auth-unavailable"
+REFUSED = "refused"
+SLOW = "slow"
+REPLACED = "replaced"
+KICKED = "kicked"
+DUPLICATE_LOGIN = "duplicate-login"
+INVALID_APP_KEY = "Invalid Application Secret Key."
+INVALID_PROFILE_KEY = "Invalid Profile/Passcode."
+
+# WebSocket close codes (PROTOCOL §3 "Close codes").
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_ORIGIN = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_AUTH_UNAVAILABLE = 1011
+CLOSE_REFUSED = 4003
+CLOSE_SLOW = 4008
+CLOSE_REPLACED = 4009
+CLOSE_KICKED = 4010
+CLOSE_RATE_LIMITED = 4029
+
+
+class BrokerUnavailable(Exception):
+    """The channel layer or the cluster registry (Redis) could not be reached."""

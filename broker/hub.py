@@ -1,0 +1,443 @@
+"""Fan-out: routing triggers between processes, and delivering them inside one process.
+
+Routing (``Router``), the part that decides speed and cost:
+
+- A subscription joins the channel-layer group of its own canonical room (``*`` kept as a
+  literal value) and the group of its room's shape (its sorted key set).
+- A concrete trigger room (no ``*``) goes to the groups of its wildcard variants, but only for
+  the wildcard masks that some subscription in the cluster uses for that shape (the cluster keeps
+  that set; mask 0, the room itself, is always included). A room with k keys has at most 2^k
+  variants; in practice one or two are in use.
+- A trigger room that holds ``*`` goes to its shape's group; each process that holds rooms of
+  that shape matches the trigger against its local index.
+- One channel-layer message per group, never one per connection. Every copy carries the whole
+  trigger, so the first copy a process receives delivers to every local subscription it matches
+  and later copies of the same trigger id are ignored: exactly once per subscription.
+
+Delivery (``Hub``): one Hub per process (event loop) owns one channel-layer channel, the local
+``SubscriptionIndex``, the owners of client destinations, and the live connections. It encodes
+each frame once per subscription and pushes it into that connection's bounded outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+import time
+import uuid
+from collections import Counter, OrderedDict
+from typing import Any, Awaitable, Callable, Protocol
+
+from rooms import Room, SubscriptionIndex
+
+from . import metrics
+from .cluster import Cluster, MemoryCluster, RedisCluster, now_iso
+from .conf import conf, redis_urls
+from .errors import BrokerUnavailable
+from .session import Subscription, dump_json
+
+log = logging.getLogger("broker.hub")
+
+CONTROL_GROUP = "cb.ctl"
+_SEEN_MAX = 65_536  # trigger ids remembered for dedupe; copies arrive within milliseconds
+
+
+def room_group(room_key: str) -> str:
+    return "cb.r." + hashlib.blake2b(room_key.encode(), digest_size=12).hexdigest()
+
+
+def shape_group(shape_key: str) -> str:
+    return "cb.s." + hashlib.blake2b(shape_key.encode(), digest_size=12).hexdigest()
+
+
+class Conn(Protocol):
+    """What the hub needs from a connection (implemented by broker.connection.Connection)."""
+
+    id: str
+    identity: Any
+    codec: Any
+
+    def push(self, frame: str | bytes) -> None: ...
+    def close_soon(self, code: int, reason: str) -> None: ...
+    def info(self) -> dict[str, Any]: ...
+
+
+class Router:
+    """Sends triggers, direct messages and control messages to the right groups."""
+
+    def __init__(self, layer: Any, cluster: Cluster) -> None:
+        self.layer = layer
+        self.cluster = cluster
+
+    async def groups_for(self, rooms: list[Room]) -> set[str]:
+        concrete = {r.shape_key for r in rooms if r.is_concrete}
+        masks = await self.cluster.masks(sorted(concrete)) if concrete else {}
+        groups: set[str] = set()
+        for r in rooms:
+            if r.is_concrete:
+                groups.update(room_group(v.key) for v in r.variants(masks[r.shape_key]))
+            else:
+                groups.add(shape_group(r.shape_key))
+        return groups
+
+    async def send(self, groups: set[str], message: dict[str, Any]) -> None:
+        try:
+            await asyncio.gather(*(self.layer.group_send(g, message) for g in groups))
+        except Exception as exc:  # the layer's own errors are not a documented type
+            raise BrokerUnavailable(f"channel layer: {type(exc).__name__}: {exc}") from None
+
+    async def publish(self, rooms: list[Room], data_json: str) -> str:
+        trigger_id = uuid.uuid4().hex
+        message = {"type": "cb.trigger", "id": trigger_id, "rooms": [r.key for r in rooms],
+                   "data": data_json}
+        await self.send(await self.groups_for(rooms), message)
+        metrics.counters["triggers"] += 1
+        return trigger_id
+
+    async def direct(self, sender: str | None, destination: str, room: Room, data_json: str,
+                     text: str | None) -> str:
+        message_id = uuid.uuid4().hex
+        message_json = (f'{{"type":"message","from":{dump_json(sender)},'
+                        f'"to":{dump_json(destination)},"data":{data_json},"id":"{message_id}"}}')
+        message = {"type": "cb.direct", "id": message_id, "room": room.key, "to": destination,
+                   "from": sender, "message": message_json, "data": data_json, "text": text}
+        await self.send(await self.groups_for([room]), message)
+        metrics.counters["direct_messages"] += 1
+        return message_id
+
+    async def control(self, **message: Any) -> None:
+        await self.send({CONTROL_GROUP}, {"type": "cb.control", **message})
+
+
+class Hub:
+    def __init__(self, layer: Any, cluster: Cluster) -> None:
+        self.layer = layer
+        self.cluster = cluster
+        self.router = Router(layer, cluster)
+        self.index: SubscriptionIndex[Subscription] = SubscriptionIndex()
+        self.conns: dict[str, Conn] = {}
+        self.owners: dict[str, set[Conn]] = {}  # client destination -> its local connections
+        self.started_at = now_iso()
+        self.channel = ""
+        self._refs: Counter[str] = Counter()
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._dirty: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_counts: tuple[float, int, int, int] = (time.monotonic(), 0, 0, 0)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.channel = await self.layer.new_channel("cb.proc.")
+        await self.layer.group_add(CONTROL_GROUP, self.channel)
+        await self._heartbeat()
+        self._tasks = [asyncio.ensure_future(self._receive_loop()),
+                       asyncio.ensure_future(self._registry_loop())]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await self.cluster.stop()
+
+    # ------------------------------------------------------------ refcounted resources
+
+    async def _acquire(self, name: str, on_first: Callable[[], Awaitable[None]]) -> None:
+        """Hold ``name``; the first holder runs ``on_first`` and every holder waits for it.
+
+        Invariant: ``_refs[name] > 0`` exactly while the resource is held or being acquired, so
+        the second subscriber of a room never replies before the group join has completed.
+        """
+        self._refs[name] += 1
+        if self._refs[name] == 1:
+            self._pending[name] = asyncio.ensure_future(on_first())
+        pending = self._pending.get(name)
+        if pending is None:
+            return
+        try:
+            await asyncio.shield(pending)
+        except BaseException:
+            self._release_ref(name)
+            raise
+        finally:
+            if pending.done() and self._pending.get(name) is pending:
+                del self._pending[name]
+
+    def _release_ref(self, name: str) -> bool:
+        self._refs[name] -= 1
+        if self._refs[name] <= 0:
+            del self._refs[name]
+            self._pending.pop(name, None)
+            return True
+        return False
+
+    async def _release(self, name: str, on_last: Callable[[], Awaitable[None]]) -> None:
+        if self._release_ref(name):
+            try:
+                await on_last()
+            except Exception as exc:  # leaving during an outage: the server forgot us anyway
+                log.warning("release %s failed: %s", name, exc)
+
+    async def _join_group(self, group: str) -> None:
+        try:
+            await self.layer.group_add(group, self.channel)
+        except Exception as exc:
+            raise BrokerUnavailable(f"channel layer: {type(exc).__name__}: {exc}") from None
+
+    def _room_resources(self, room: Room) -> list[tuple[str, Callable[[], Awaitable[None]],
+                                                         Callable[[], Awaitable[None]]]]:
+        group, sgroup = room_group(room.key), shape_group(room.shape_key)
+
+        async def join_room() -> None:
+            await self._join_group(group)
+            await self.cluster.room_added(room.key)
+
+        async def leave_room() -> None:
+            await self.layer.group_discard(group, self.channel)
+            await self.cluster.room_removed(room.key)
+
+        async def join_shape() -> None:
+            await self._join_group(sgroup)
+
+        async def leave_shape() -> None:
+            await self.layer.group_discard(sgroup, self.channel)
+
+        out = [(group, join_room, leave_room), (sgroup, join_shape, leave_shape)]
+        if not room.is_concrete:
+            async def add_mask() -> None:
+                await self.cluster.add_mask(room.shape_key, room.mask)
+
+            async def nothing() -> None:
+                return None
+
+            out.append((f"mask:{room.shape_key}:{room.mask}", add_mask, nothing))
+        return out
+
+    # ------------------------------------------------------------ connections
+
+    async def attach(self, conn: Conn) -> None:
+        dest = conn.identity.destination
+        self.conns[conn.id] = conn
+        try:
+            if dest:
+                room = conn.identity.client_room
+                group = room_group(room.key)
+                await self._acquire(group, lambda: self._join_group(group))
+                first = dest not in self.owners
+                self.owners.setdefault(dest, set()).add(conn)
+                await self.cluster.register(conn.id, conn.info(), dest, first)
+            else:
+                await self.cluster.register(conn.id, conn.info(), None, False)
+        except BaseException:
+            await self.detach(conn, [])
+            raise
+        metrics.gauges["connections"] = len(self.conns)
+        metrics.counters["connections_opened"] += 1
+
+    async def detach(self, conn: Conn, subscriptions: list[Subscription]) -> None:
+        if self.conns.pop(conn.id, None) is None:
+            return
+        await self.unsubscribe(subscriptions)
+        dest = conn.identity.destination
+        last = False
+        if dest and conn in self.owners.get(dest, ()):
+            owners = self.owners[dest]
+            owners.discard(conn)
+            last = not owners
+            if last:
+                del self.owners[dest]
+            group = room_group(conn.identity.client_room.key)
+            await self._release(group, lambda: self.layer.group_discard(group, self.channel))
+        self._dirty.discard(conn.id)
+        metrics.gauges["connections"] = len(self.conns)
+        try:
+            await self.cluster.unregister(conn.id, dest, last)
+        except BrokerUnavailable:
+            pass  # the heartbeat rewrites the registry from live state once Redis is back
+
+    # ------------------------------------------------------------ subscriptions
+
+    async def subscribe(self, sub: Subscription) -> None:
+        held: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        try:
+            for name, on_first, on_last in self._room_resources(sub.room):
+                await self._acquire(name, on_first)
+                held.append((name, on_last))
+        except BaseException:
+            for name, on_last in held:
+                await self._release(name, on_last)
+            raise
+        self.index.add(sub.room, sub)
+        metrics.gauges["subscriptions"] += 1
+        self._dirty.add(sub.owner.id)
+
+    async def unsubscribe(self, subs: list[Subscription]) -> None:
+        for sub in subs:
+            self.index.discard(sub.room, sub)
+            metrics.gauges["subscriptions"] -= 1
+            for name, _on_first, on_last in self._room_resources(sub.room):
+                await self._release(name, on_last)
+            if sub.owner is not None and sub.owner.id in self.conns:
+                self._dirty.add(sub.owner.id)
+
+    # ------------------------------------------------------------ receiving
+
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("channel layer receive failed")
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                self.dispatch(message)
+            except Exception:
+                log.exception("dispatch of %s failed", message.get("type"))
+
+    def _first_copy(self, message_id: str) -> bool:
+        if message_id in self._seen:
+            return False
+        self._seen[message_id] = None
+        if len(self._seen) > _SEEN_MAX:
+            self._seen.popitem(last=False)
+        return True
+
+    def dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "cb.trigger":
+            if self._first_copy(message["id"]):
+                self._deliver_trigger(message)
+        elif kind == "cb.direct":
+            if self._first_copy(message["id"]):
+                self._deliver_direct(message)
+        elif kind == "cb.control":
+            self._control(message)
+
+    def _deliver_trigger(self, message: dict[str, Any]) -> None:
+        trigger_id, data_json = message["id"], message["data"]
+        delivered: set[Subscription] = set()
+        for key in message["rooms"]:
+            for sub in self.index.match(Room.from_key(key)):
+                if sub in delivered:
+                    continue
+                delivered.add(sub)
+                conn = sub.owner
+                conn.push(conn.codec.publish(sub, data_json, key, trigger_id))
+        metrics.counters["deliveries"] += len(delivered)
+
+    def _deliver_direct(self, message: dict[str, Any]) -> None:
+        dest, message_json = message["to"], message["message"]
+        n = 0
+        for conn in self.owners.get(dest, ()):
+            conn.push(conn.codec.message(message))
+            n += 1
+        for sub in self.index.match(Room.from_key(message["room"])):
+            if sub.pattern is not None and not sub.pattern.fullmatch(dest):
+                continue
+            conn = sub.owner
+            conn.push(conn.codec.publish(sub, message_json, message["room"], message["id"]))
+            n += 1
+        metrics.counters["deliveries"] += n
+
+    def _control(self, message: dict[str, Any]) -> None:
+        if message.get("action") != "close":
+            return
+        for conn in list(self.conns.values()):
+            if conn.id == message.get("except"):
+                continue
+            if (conn.id == message.get("conn_id")
+                    or (message.get("login_id") is not None
+                        and conn.identity.login_id == message.get("login_id"))
+                    or (message.get("destination") is not None
+                        and conn.identity.destination == message.get("destination"))):
+                conn.close_soon(int(message["code"]), str(message["reason"]))
+
+    # ------------------------------------------------------------ registry upkeep
+
+    def _stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        t0, tr0, de0, dr0 = self._last_counts
+        tr, de = metrics.counters["triggers"], metrics.counters["deliveries"]
+        dr = sum(metrics.drops.values())
+        dt = max(now - t0, 1e-6)
+        self._last_counts = (now, tr, de, dr)
+        return {"proc": self.cluster.proc_id, "pid": os.getpid(), "connections": len(self.conns),
+                "rooms": self.index.room_count(), "triggers": tr, "deliveries": de, "drops": dr,
+                "triggers_per_s": round((tr - tr0) / dt, 2),
+                "deliveries_per_s": round((de - de0) / dt, 2),
+                "drops_per_s": round((dr - dr0) / dt, 2), "online_since": self.started_at}
+
+    async def _heartbeat(self) -> None:
+        self._dirty.clear()
+        await self.cluster.heartbeat(
+            {cid: c.info() for cid, c in self.conns.items()},
+            [r.key for r in self.index.rooms()], list(self.owners), self._stats())
+
+    async def _registry_loop(self) -> None:
+        interval = max(conf().BROKER_REGISTRY_TTL / 3, 0.2)
+        next_beat = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(min(0.5, interval))
+            try:
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + interval
+                    await self._heartbeat()
+                elif self._dirty:
+                    dirty, self._dirty = self._dirty, set()
+                    await self.cluster.update(
+                        {cid: self.conns[cid].info() for cid in dirty if cid in self.conns})
+            except BrokerUnavailable as exc:
+                log.warning("registry upkeep failed: %s", exc)
+            except Exception:
+                log.exception("registry upkeep failed")
+
+
+# ---------------------------------------------------------------- one hub per event loop
+
+_hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+_starting: dict[asyncio.AbstractEventLoop, asyncio.Future[Hub]] = {}
+
+
+def make_cluster() -> Cluster:
+    proc_id = f"{os.getpid()}-{secrets.token_hex(4)}"
+    urls = redis_urls()
+    c = conf()
+    if urls:
+        return RedisCluster(proc_id, urls[0], c.BROKER_KEY_PREFIX, c.BROKER_REGISTRY_TTL)
+    return MemoryCluster(proc_id)
+
+
+async def get_hub() -> Hub:
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is not None:
+        return hub
+    starting = _starting.get(loop)
+    if starting is None:
+        from channels.layers import get_channel_layer
+
+        async def start() -> Hub:
+            new = Hub(get_channel_layer(), make_cluster())
+            await new.start()
+            _hubs[loop] = new
+            return new
+
+        starting = _starting[loop] = asyncio.ensure_future(start())
+    try:
+        return await asyncio.shield(starting)
+    except Exception as exc:
+        _starting.pop(loop, None)
+        raise BrokerUnavailable(f"hub start failed: {type(exc).__name__}: {exc}") from None
+
+
+def running_hub() -> Hub | None:
+    try:
+        return _hubs.get(asyncio.get_running_loop())
+    except RuntimeError:
+        return None

@@ -1,0 +1,178 @@
+"""Who a connection is: Identity, the four profiles, and the profile rules (PROTOCOL §2).
+
+Everything a profile may do beyond its API rooms is in PROFILE_RULES, one row per profile;
+no other module branches on a profile's name.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from rooms import InvalidRoom, Room, parse_room, permitted
+
+from . import errors
+
+
+class Profile(StrEnum):
+    AGENT = "agent"
+    SUPER_AGENT = "super_agent"
+    SERVICE = "service"
+    ADMIN = "admin"
+
+    @property
+    def code(self) -> int:
+        """The Communication Broker's numeric profile code (CONNECTED ``profile-code``)."""
+        return _PROFILE_CODES[self]
+
+
+_PROFILE_CODES = {Profile.AGENT: 1, Profile.SUPER_AGENT: 2, Profile.SERVICE: 3, Profile.ADMIN: 4}
+
+
+@dataclass(frozen=True)
+class ProfileRule:
+    watches: tuple[Profile, ...] = ()  # may subscribe to {"client": "*", "profile": p}
+    can_subscribe: bool = True
+    publish_anywhere: bool = False  # the trusted backend
+    admin: bool = False  # may use the admin actions (§6) and always see status
+
+
+PROFILE_RULES: dict[Profile, ProfileRule] = {
+    Profile.AGENT: ProfileRule(),
+    Profile.SUPER_AGENT: ProfileRule(watches=(Profile.AGENT,)),
+    Profile.SERVICE: ProfileRule(
+        watches=(Profile.AGENT, Profile.SUPER_AGENT), publish_anywhere=True
+    ),
+    Profile.ADMIN: ProfileRule(can_subscribe=False, admin=True),
+}
+
+
+def client_room(profile: Profile | str, login_id: str) -> Room:
+    """The room a logged-in client owns; direct messages to it are routed through it."""
+    return parse_room({"client": login_id, "profile": str(profile)})
+
+
+def destination_of(profile: Profile | str, login_id: str) -> str:
+    return f"/{profile}/{login_id}"
+
+
+def parse_destination(dest: str) -> tuple[Profile, str] | None:
+    """``/agent/bob`` -> (AGENT, "bob"); None when it is not a client destination."""
+    parts = dest.split("/", 2)
+    if len(parts) != 3 or parts[0] != "" or not parts[2]:
+        return None
+    try:
+        return Profile(parts[1]), parts[2]
+    except ValueError:
+        return None
+
+
+class InvalidIdentity(ValueError):
+    """The auth API's answer, or a static-key login, does not describe a valid identity."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    api_rooms: tuple[Room, ...] = ()
+    login_id: str | None = None
+    profile: Profile = Profile.AGENT
+    publish_rooms: tuple[Room, ...] = ()
+    # Derived: API rooms plus the profile's watch rooms, de-duplicated, API order first.
+    allowed_rooms: tuple[Room, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        rule = PROFILE_RULES[self.profile]
+        rooms: list[Room] = []
+        if rule.can_subscribe:
+            extra = [parse_room({"client": "*", "profile": str(p)}) for p in rule.watches]
+            for room in (*self.api_rooms, *extra):
+                if room not in rooms:
+                    rooms.append(room)
+        object.__setattr__(self, "allowed_rooms", tuple(rooms))
+
+    @property
+    def rule(self) -> ProfileRule:
+        return PROFILE_RULES[self.profile]
+
+    @property
+    def destination(self) -> str | None:
+        return destination_of(self.profile, self.login_id) if self.login_id else None
+
+    @property
+    def client_room(self) -> Room | None:
+        return client_room(self.profile, self.login_id) if self.login_id else None
+
+    def may_subscribe(self, room: Room) -> bool:
+        return permitted(self.allowed_rooms, room)
+
+    def may_publish(self, room: Room) -> bool:
+        return self.rule.publish_anywhere or permitted(self.publish_rooms, room)
+
+
+def _rooms(value: Any, name: str) -> tuple[Room, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidIdentity(f"{name} must be a list of rooms")
+    try:
+        return tuple(parse_room(r) for r in value)
+    except InvalidRoom as exc:
+        raise InvalidIdentity(f"{name}: {exc}") from None
+
+
+def _login(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "/" in value or len(value) > 256:
+        raise InvalidIdentity("login_id must be a non-empty string without '/'")
+    return value
+
+
+def identity_from_api(body: Any) -> Identity:
+    """Build the identity from an auth API 200 body (PROTOCOL §2.1); other keys are ignored."""
+    if not isinstance(body, dict):
+        raise InvalidIdentity("auth API body is not a JSON object")
+    profile_raw = body.get("profile") or Profile.AGENT.value
+    try:
+        profile = Profile(profile_raw)
+    except ValueError:
+        raise InvalidIdentity(f"unknown profile {profile_raw!r}") from None
+    return Identity(
+        api_rooms=_rooms(body.get("allowed_rooms"), "allowed_rooms"),
+        login_id=_login(body.get("login_id")),
+        profile=profile,
+        publish_rooms=_rooms(body.get("publish_rooms"), "publish_rooms"),
+    )
+
+
+def identity_from_static_keys(
+    app_key: str, login_id: str, profile_key: str, *, expected_app_key: str,
+    profile_keys: dict[str, str],
+) -> Identity:
+    """The Communication Broker login (PROTOCOL §2.2). Keys are compared in constant time.
+
+    Raises InvalidIdentity with the contract's exact texts.
+    """
+    if not expected_app_key or not hmac.compare_digest(
+        app_key.encode(), expected_app_key.encode()
+    ):
+        raise InvalidIdentity(errors.INVALID_APP_KEY)
+    found: Profile | None = None
+    # Compare against every key so timing does not reveal which profile matched.
+    for name, key in profile_keys.items():
+        if hmac.compare_digest(profile_key.encode(), str(key).encode()) and found is None:
+            try:
+                found = Profile(name)
+            except ValueError:
+                continue
+    if found is None:
+        raise InvalidIdentity(errors.INVALID_PROFILE_KEY)
+    try:
+        login = _login(login_id)
+    except InvalidIdentity:
+        raise InvalidIdentity(errors.INVALID_PROFILE_KEY) from None
+    if login is None:
+        raise InvalidIdentity(errors.INVALID_PROFILE_KEY)
+    return Identity(login_id=login, profile=found)

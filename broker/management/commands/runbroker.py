@@ -1,0 +1,62 @@
+"""``python manage.py runbroker``: the broker in one daphne process, for development and the demo.
+
+With no BROKER_REDIS_URL it uses the in-memory layer; with no BROKER_AUTH_URL it serves the
+built-in demo auth API and points itself at it; with no BROKER_TRIGGER_TOKEN it generates one
+and prints it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Run the broker (WebSocket + /trigger) in one daphne process, with demo defaults."
+
+    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+
+    def handle(self, *args, **opts) -> None:  # type: ignore[no-untyped-def]
+        # daphne.server installs the asyncio Twisted reactor on import; it must come first.
+        from daphne.endpoints import build_endpoint_description_strings
+        from daphne.server import Server
+
+        from broker.conf import conf
+
+        host, port = opts["host"], opts["port"]
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        os.environ["BROKER_DEMO"] = "1"
+        demo_auth = not os.environ.get("BROKER_AUTH_URL")
+        if demo_auth:
+            os.environ["BROKER_AUTH_URL"] = f"http://{local}:{port}/demo/api/bootstrap/"
+        token = os.environ.get("BROKER_TRIGGER_TOKEN") or secrets.token_urlsafe(18)
+        os.environ["BROKER_TRIGGER_TOKEN"] = token
+        conf.cache_clear()
+        c = conf()
+
+        from channels.routing import get_default_application
+
+        base = f"http://{local}:{port}"
+        self.stdout.write(
+            "combroker is running\n"
+            f"  demo page     {base}/\n"
+            f"  WebSocket     ws://{local}:{port}/ws/?token=alice\n"
+            f"  trigger       POST {base}/trigger\n"
+            f"  trigger token {token}\n"
+            f"  auth API      {c.BROKER_AUTH_URL}{'  (built-in demo users: alice, bob, carol, billing, root)' if demo_auth else ''}\n"
+            f"  channel layer {'redis ' + c.BROKER_REDIS_URL if c.BROKER_REDIS_URL else 'in-memory (single process)'}\n"
+            "example:\n"
+            f"  curl -X POST {base}/trigger -H 'Authorization: Bearer {token}' "
+            "-H 'Content-Type: application/json' "
+            "-d '{\"rooms\":[{\"target\":\"news\"}],\"data\":{\"hello\":\"world\"}}'\n"
+        )
+        self.stdout.flush()
+        Server(
+            application=get_default_application(),
+            endpoints=build_endpoint_description_strings(host=host, port=port),
+            signal_handlers=True,
+        ).run()

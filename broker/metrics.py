@@ -1,0 +1,62 @@
+"""Process-local counters and the Prometheus text rendering of them (/metrics).
+
+Plain integers updated in the event loop thread: no locks, no allocation on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+counters: Counter[str] = Counter()
+gauges: dict[str, float] = {"connections": 0, "subscriptions": 0, "auth_in_flight": 0,
+                            "auth_in_flight_max": 0}
+drops: Counter[str] = Counter()  # deliveries dropped, by cause
+auth_outcomes: Counter[str] = Counter()
+AUTH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+auth_latency = [0] * (len(AUTH_BUCKETS) + 1)
+auth_latency_sum = 0.0
+
+
+def auth_outcome(outcome: str, seconds: float) -> None:
+    global auth_latency_sum
+    auth_outcomes[outcome] += 1
+    auth_latency_sum += seconds
+    for i, bound in enumerate(AUTH_BUCKETS):
+        if seconds <= bound:
+            auth_latency[i] += 1
+            return
+    auth_latency[-1] += 1
+
+
+def auth_in_flight(n: int) -> None:
+    gauges["auth_in_flight"] = n
+    if n > gauges["auth_in_flight_max"]:
+        gauges["auth_in_flight_max"] = n
+
+
+def drop(cause: str, n: int = 1) -> None:
+    drops[cause] += n
+
+
+def render() -> str:
+    lines = []
+    for name, value in gauges.items():
+        lines += [f"# TYPE combroker_{name} gauge", f"combroker_{name} {value}"]
+    for name in ("triggers", "deliveries", "direct_messages", "connections_opened",
+                 "connections_refused"):
+        lines += [f"# TYPE combroker_{name}_total counter",
+                  f"combroker_{name}_total {counters[name]}"]
+    lines.append("# TYPE combroker_drops_total counter")
+    for cause, n in sorted(drops.items()):
+        lines.append(f'combroker_drops_total{{cause="{cause}"}} {n}')
+    lines.append("# TYPE combroker_auth_total counter")
+    for outcome, n in sorted(auth_outcomes.items()):
+        lines.append(f'combroker_auth_total{{outcome="{outcome}"}} {n}')
+    lines.append("# TYPE combroker_auth_seconds histogram")
+    cumulative = 0
+    for bound, n in zip((*AUTH_BUCKETS, "+Inf"), auth_latency):
+        cumulative += n
+        lines.append(f'combroker_auth_seconds_bucket{{le="{bound}"}} {cumulative}')
+    lines.append(f"combroker_auth_seconds_sum {auth_latency_sum}")
+    lines.append(f"combroker_auth_seconds_count {cumulative}")
+    return "\n".join(lines) + "\n"

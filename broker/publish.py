@@ -1,0 +1,72 @@
+"""``publish()`` / ``publish_sync()``: triggers from code inside a Django deployment.
+
+Same semantics as POST /trigger (PROTOCOL §5), without the HTTP hop: rooms are validated
+(``rooms.InvalidRoom``), and ``BrokerUnavailable`` is raised when the channel layer is down, in
+which case the trigger was not delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+from rooms import InvalidRoom, Room, parse_room
+
+from .hub import Router, _hubs, make_cluster, running_hub
+from .session import dump_json
+
+_routers: dict[asyncio.AbstractEventLoop, Router] = {}
+
+
+def parse_rooms(rooms: Any) -> list[Room]:
+    if not isinstance(rooms, list) or not rooms:
+        raise InvalidRoom("rooms must be a non-empty list of rooms")
+    return [parse_room(r) for r in rooms]
+
+
+def _router() -> Router:
+    hub = running_hub()
+    if hub is not None:
+        return hub.router
+    loop = asyncio.get_running_loop()
+    router = _routers.get(loop)
+    if router is None:
+        router = _routers[loop] = Router(get_channel_layer(), make_cluster())
+    return router
+
+
+async def publish_rooms(rooms: list[Room], data: Any) -> str:
+    return await _router().publish(rooms, dump_json(data))
+
+
+async def publish(rooms: list[Any], data: Any) -> str:
+    """Deliver ``data`` to every subscription matching any of ``rooms``; returns the trigger id."""
+    return await publish_rooms(parse_rooms(rooms), data)
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="combroker-publish",
+                             daemon=True).start()
+        return _loop
+
+
+def publish_sync(rooms: list[Any], data: Any, timeout: float = 10.0) -> str:
+    """Blocking ``publish()`` for sync code (views, signals, management commands)."""
+    parsed = parse_rooms(rooms)  # raise InvalidRoom in the caller's thread
+    # In a process that runs a hub (runbroker, in-memory layer), publish on the hub's loop:
+    # the in-memory layer's queues belong to that loop.
+    loop = next(iter(_hubs), None) or _background_loop()
+    future: Future[str] = asyncio.run_coroutine_threadsafe(publish_rooms(parsed, data), loop)
+    return future.result(timeout)

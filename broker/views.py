@@ -1,0 +1,85 @@
+"""HTTP endpoints: POST /trigger (PROTOCOL §5), /healthz, /metrics."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from rooms import InvalidRoom
+
+from . import metrics
+from .conf import conf
+from .errors import BrokerUnavailable
+from .hub import get_hub
+from .publish import parse_rooms, publish_rooms
+
+log = logging.getLogger("broker.trigger")
+
+
+def _error(status: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def trigger_token_ok(header: str) -> bool:
+    token = conf().BROKER_TRIGGER_TOKEN
+    if not token:
+        return False
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() not in ("bearer", "token"):
+        return False
+    return hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+@csrf_exempt
+async def trigger(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        response = _error(405, "method not allowed: use POST")
+        response["Allow"] = "POST"
+        return response
+    if not trigger_token_ok(request.headers.get("Authorization", "")):
+        return _error(401, "missing or wrong trigger token")
+    limit = conf().BROKER_MAX_TRIGGER_BYTES
+    try:
+        declared = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit or len(request.body) > limit:
+        return _error(413, f"body over BROKER_MAX_TRIGGER_BYTES ({limit} bytes)")
+    try:
+        body = json.loads(request.body)
+    except ValueError:
+        return _error(400, "body is not JSON")
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object")
+    if "rooms" not in body:
+        return _error(400, "rooms missing")
+    if "data" not in body:
+        return _error(400, "data missing")
+    try:
+        rooms = parse_rooms(body["rooms"])
+    except InvalidRoom as exc:
+        return _error(400, f"invalid room: {exc}")
+    try:
+        trigger_id = await publish_rooms(rooms, body["data"])
+    except BrokerUnavailable as exc:
+        log.error("trigger not delivered: %s", exc)
+        return _error(503, "channel layer unavailable: the trigger was not delivered")
+    return JsonResponse({"id": trigger_id}, status=202)
+
+
+async def healthz(request: HttpRequest) -> HttpResponse:
+    try:
+        hub = await get_hub()
+        redis_ok = await hub.cluster.ping()
+    except BrokerUnavailable:
+        redis_ok = False
+    return JsonResponse({"status": "ok" if redis_ok else "degraded", "redis": redis_ok},
+                        status=200 if redis_ok else 503)
+
+
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(metrics.render(), content_type="text/plain; version=0.0.4")

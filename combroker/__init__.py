@@ -1,0 +1,1 @@
+"""The combroker sidecar: a Django project that runs the broker app on its own."""

@@ -1,0 +1,18 @@
+"""ASGI entry point: ``daphne combroker.asgi:application`` (or any ASGI server)."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "combroker.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_application = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from broker.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter({
+    "http": django_application,
+    "websocket": URLRouter(websocket_urlpatterns),
+})

@@ -1,0 +1,62 @@
+"""Settings of the sidecar project. Every BROKER_* setting is read from the environment by
+broker.conf (see its list and defaults); this module only wires Django and Channels."""
+
+import os
+import secrets
+from pathlib import Path
+
+from broker.conf import channel_layers_setting
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(32)
+DEBUG = os.environ.get("DJANGO_DEBUG", "").lower() in {"1", "true", "yes"}
+ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "*").split(",") if h]
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.staticfiles",
+    "channels",
+    "broker",
+    "combroker",
+]
+
+MIDDLEWARE = [
+    "django.middleware.common.CommonMiddleware",
+]
+
+ROOT_URLCONF = "combroker.urls"
+ASGI_APPLICATION = "combroker.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "DIRS": [],
+    "APP_DIRS": True,
+    "OPTIONS": {},
+}]
+
+# The broker keeps no state in a database; the sidecar has none.
+DATABASES: dict = {}
+
+CHANNEL_LAYERS = channel_layers_setting()
+
+# /trigger enforces BROKER_MAX_TRIGGER_BYTES itself (413), so Django's own cap must not fire first.
+DATA_UPLOAD_MAX_MEMORY_SIZE = None
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("BROKER_LOG_LEVEL", "INFO")},
+    "loggers": {"daphne": {"level": "WARNING"}, "httpx": {"level": "WARNING"},
+                "httpcore": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+}

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Install what the tests need, then run them:   ./test.sh [pytest args...]
+#
+# Works on a fresh Debian machine with python3 (3.11+): creates .venv, installs the
+# project with its [test] extra, makes sure redis-server is installed and a Redis
+# answers on 127.0.0.1:6379, then runs pytest and exits with its status.
+# (The integration tests start their own private redis-server processes on free ports;
+# the binary must be installed for that.)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        log "need root (or sudo) to run: $*"
+        return 1
+    fi
+}
+
+APT_UPDATED=0
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    # Update the package lists only when needed: none present, or the install fails.
+    if [ "$APT_UPDATED" -eq 0 ] && ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
+        as_root apt-get update -q && APT_UPDATED=1
+    fi
+    if ! as_root apt-get install -y -q "$@"; then
+        if [ "$APT_UPDATED" -eq 1 ]; then
+            return 1
+        fi
+        as_root apt-get update -q && APT_UPDATED=1
+        as_root apt-get install -y -q "$@"
+    fi
+}
+
+ensure_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating $VENV with $PYTHON"
+        if ! "$PYTHON" -m venv "$VENV"; then
+            rm -rf "$VENV"
+            pyver="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+            log "venv failed; installing python${pyver}-venv"
+            apt_install "python${pyver}-venv" || apt_install python3-venv
+            "$PYTHON" -m venv "$VENV"
+        fi
+    fi
+    log "installing the project and its test dependencies"
+    "$VENV/bin/python" -m pip install -q -e '.[test]'
+}
+
+ensure_redis_server() {
+    if ! command -v redis-server >/dev/null 2>&1; then
+        log "installing redis-server"
+        apt_install redis-server
+    fi
+}
+
+redis_ping() {
+    if command -v redis-cli >/dev/null 2>&1; then
+        [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null || true)" = "PONG" ]
+    else
+        "$VENV/bin/python" - <<'EOF' 2>/dev/null
+import socket, sys
+try:
+    with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
+        s.sendall(b"PING\r\n")
+        sys.exit(0 if s.recv(64).startswith(b"+PONG") else 1)
+except OSError:
+    sys.exit(1)
+EOF
+    fi
+}
+
+ensure_redis_running() {
+    if redis_ping; then
+        return 0
+    fi
+    log "no Redis on 127.0.0.1:6379; starting one"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+        >/dev/null
+    for _ in $(seq 1 50); do
+        if redis_ping; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "Redis did not come up on 127.0.0.1:6379"
+    return 1
+}
+
+ensure_browser() {
+    # Placeholder: installing Chromium (Debian packages chromium, chromium-driver) and
+    # Playwright for the browser tests will go here. Nothing to do yet.
+    :
+}
+
+ensure_venv
+ensure_redis_server
+ensure_redis_running
+ensure_browser
+
+set +e
+"$VENV/bin/python" -m pytest "$@"
+status=$?
+set -e
+exit "$status"
