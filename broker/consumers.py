@@ -35,8 +35,15 @@ def credentials_from_scope(scope: dict[str, Any]) -> Credentials:
         headers[name] = f"{headers[name]}; {value}" if name == "cookie" and name in headers else value
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     client = scope.get("client")
-    return Credentials(headers=headers, token=(query.get("token") or [None])[0],
-                       remote_addr=client[0] if client else None)
+
+    def first(name: str) -> str | None:
+        return (query.get(name) or [None])[0]
+
+    # Static-key login (PROTOCOL §2.2) over WebSocket: ?app_key=&login_id=&profile_key=
+    return Credentials(headers=headers, token=first("token"),
+                       remote_addr=client[0] if client else None,
+                       app_key=first("app_key"), login_id=first("login_id"),
+                       profile_key=first("profile_key"))
 
 
 class BrokerConsumer(AsyncWebsocketConsumer):

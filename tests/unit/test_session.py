@@ -1,0 +1,158 @@
+"""The session core and the JSON codec, driven with plain function calls (no I/O)."""
+
+import json
+
+import pytest
+
+from broker import errors
+from broker.codecs.jsoncodec import JsonCodec
+from broker.identity import Identity, Profile, identity_from_api
+from broker.session import (
+    Admin, AdminAction, Error, Invalid, Pong, JoinRoom, LeaveRooms, Ping, Publish, PublishRooms,
+    QueryStatus, Send, SendDirect, Session, Status, Subscribe, Success, Unsubscribe,
+    UnsubscribeAll,
+)
+from rooms import parse_room
+
+CHAT1 = {"target": "chat", "customer": "1"}
+CHAT_ANY = {"target": "chat", "customer": "*"}
+
+
+def make(profile="agent", rooms=(CHAT_ANY,), max_subs=3, public_status=False, publish=()):
+    ident = identity_from_api({"allowed_rooms": list(rooms), "login_id": "bob",
+                               "profile": profile, "publish_rooms": list(publish)})
+    return Session(ident, max_subscriptions=max_subs, public_status=public_status)
+
+
+def codes(step):
+    return step.reply.code if isinstance(step.reply, Error) else "success"
+
+
+@pytest.mark.parametrize("request_, expected", [
+    (Subscribe(1, CHAT1), "success"),
+    (Subscribe(1, CHAT_ANY), "success"),
+    (Subscribe(None, CHAT1), errors.NO_REQUEST_ID),
+    (Subscribe(1, {"target": "news"}), errors.ROOM_NOT_FOUND),
+    (Subscribe(1, ["not", "a", "room"]), errors.INVALID_ROOM),
+    (Subscribe(1, {"a": None}), errors.INVALID_ROOM),
+    (Subscribe(1, None), errors.INVALID_ROOM),
+    (Subscribe({"x": 1}, CHAT1), errors.INVALID_MESSAGE),
+    (Unsubscribe(5), errors.NOT_SUBSCRIBED),
+    (Unsubscribe(None), errors.NO_REQUEST_ID),
+    (Status(), errors.MESSAGE_TYPE_NOT_ALLOWED),
+    (Admin(1, "connections"), errors.MESSAGE_TYPE_NOT_ALLOWED),
+    (Send(1, 42, "x"), errors.INVALID_MESSAGE),
+    (Send(1, "bob", "x"), errors.DESTINATION_NOT_FOUND),
+    (Publish(1, [CHAT1], "x"), errors.ROOM_NOT_ALLOWED),
+    (Publish(1, "nope", "x"), errors.INVALID_MESSAGE),
+    (Publish(1, [{"bad": []}], "x"), errors.INVALID_ROOM),
+    (Invalid(errors.NON_JSON_MESSAGE), errors.NON_JSON_MESSAGE),
+])
+def test_agent_requests(request_, expected):
+    assert codes(make().handle(request_)) == expected
+
+
+def test_subscribe_table_and_request_id_rules():
+    s = make()
+    step = s.handle(Subscribe(1, CHAT1))
+    assert isinstance(step.effect, JoinRoom) and step.effect.subscription.room == parse_room(CHAT1)
+    # same id, same room: success and nothing to do
+    again = s.handle(Subscribe(1, {"customer": "1", "target": "chat"}))
+    assert isinstance(again.reply, Success) and again.effect is None
+    assert codes(s.handle(Subscribe(1, CHAT_ANY))) == errors.REQUEST_ID_IN_USE
+    # "1" is another request id than 1
+    assert codes(s.handle(Subscribe("1", CHAT_ANY))) == "success"
+    assert codes(s.handle(Subscribe(2, CHAT_ANY))) == "success"
+    assert codes(s.handle(Subscribe(3, CHAT_ANY))) == errors.TOO_MANY_SUBSCRIPTIONS
+    step = s.handle(Unsubscribe(1))
+    assert isinstance(step.effect, LeaveRooms) and len(s.subscriptions) == 2
+    step = s.handle(UnsubscribeAll())
+    assert isinstance(step.effect, LeaveRooms) and len(step.effect.subscriptions) == 2
+    assert s.subscriptions == {}
+
+
+def test_undo_forgets_a_failed_join():
+    s = make()
+    step = s.handle(Subscribe(1, CHAT1))
+    s.undo(step.effect)
+    assert s.subscriptions == {}
+    assert codes(s.handle(Subscribe(1, CHAT_ANY))) == "success"
+
+
+def test_effects_for_send_publish_status_admin():
+    s = make(profile="service")
+    assert isinstance(s.handle(Send(1, "/agent/x", {"a": 1})).effect, SendDirect)
+    step = s.handle(Publish(1, [{"anything": "goes"}], [1, 2]))
+    assert isinstance(step.effect, PublishRooms) and step.effect.data_json == "[1,2]"
+    assert codes(s.handle(Admin(1, "kick"))) == errors.MESSAGE_TYPE_NOT_ALLOWED
+    admin = make(profile="admin")
+    assert isinstance(admin.handle(Status()).effect, QueryStatus)
+    assert isinstance(admin.handle(Admin(1, "stats")).effect, AdminAction)
+    assert codes(admin.handle(Admin(1, "explode"))) == errors.UNKNOWN_ACTION
+    assert codes(admin.handle(Subscribe(1, CHAT1))) == errors.PROFILE_CANNOT_SUBSCRIBE
+    assert isinstance(make(public_status=True).handle(Status()).effect, QueryStatus)
+
+
+def test_publish_rooms_permit_non_service():
+    s = make(publish=[CHAT_ANY])
+    assert codes(s.handle(Publish(1, [CHAT1], "x"))) == "success"
+    assert codes(s.handle(Publish(1, [CHAT1, {"target": "news"}], "x"))) == errors.ROOM_NOT_ALLOWED
+
+
+# ------------------------------------------------------------------ JSON codec
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("ping", Ping(text=True)),
+    ("not json", Invalid(errors.NON_JSON_MESSAGE)),
+    (None, Invalid(errors.NON_JSON_MESSAGE)),
+    ("[1,2]", Invalid(errors.INVALID_MESSAGE)),
+    ('"str"', Invalid(errors.INVALID_MESSAGE)),
+    ("{}", Invalid(errors.MESSAGE_TYPE_NOT_ALLOWED)),
+    ('{"type":"dance","requestId":4}', Invalid(errors.MESSAGE_TYPE_NOT_ALLOWED, 4)),
+    ('{"type":"subscribe","room":{"a":1},"requestId":"r"}', Subscribe("r", {"a": 1})),
+    ('{"type":"unsubscribe","requestId":2}', Unsubscribe(2)),
+    ('{"type":"status"}', Status()),
+    ('{"type":"send","to":"/agent/x"}', Invalid(errors.INVALID_MESSAGE, None,
+                                               "send needs 'to' and 'data'")),
+])
+def test_json_decode(text, expected):
+    assert JsonCodec(rich=False).decode(text) == expected
+
+
+def test_json_frames_high_templar_exact():
+    ht = JsonCodec(rich=False)
+    ident = Identity(api_rooms=(parse_room(CHAT1), parse_room(CHAT1), parse_room(CHAT_ANY)))
+    assert json.loads(ht.welcome(ident, "c1", None)) == {
+        "is_authorized": True, "allowed_rooms": [CHAT1, CHAT_ANY]}
+    assert json.loads(ht.refused("refused")) == {"is_authorized": False}
+    assert json.loads(ht.reply(Success(7))) == {"code": "success"}
+    assert json.loads(ht.reply(Error("room-not-found", 7))) == {
+        "code": "error", "message": "room-not-found"}
+    assert ht.reply(Pong(text=True)) == "pong"
+    assert json.loads(ht.reply(Pong(3))) == {"type": "pong", "requestId": 3}
+
+
+def test_json_frames_rich_dialect():
+    rich = JsonCodec(rich=True)
+    ident = identity_from_api({"login_id": "bob", "profile": "super_agent",
+                               "allowed_rooms": [CHAT1]})
+    w = json.loads(rich.welcome(ident, "c1", "tok"))
+    assert w["type"] == "welcome" and w["destination"] == "/super_agent/bob"
+    assert w["allowed_rooms"] == [CHAT1, {"client": "*", "profile": "agent"}]
+    assert json.loads(rich.reply(Error("x", "r1", "why"))) == {
+        "type": "error", "code": "error", "message": "x", "requestId": "r1", "detail": "why"}
+    assert json.loads(rich.reply(Success("r1", {"id": "t"}))) == {
+        "code": "success", "requestId": "r1", "id": "t"}
+    assert json.loads(rich.refused("auth-unavailable")) == {
+        "type": "refused", "is_authorized": False, "reason": "auth-unavailable"}
+
+
+def test_profiles_rules_table():
+    assert Profile.SERVICE.code == 3
+    admin = identity_from_api({"login_id": "root", "profile": "admin", "allowed_rooms": [CHAT1]})
+    assert admin.allowed_rooms == ()
+    service = identity_from_api({"login_id": "s", "profile": "service"})
+    assert service.may_publish(parse_room({"any": "room"}))
+    assert service.may_subscribe(parse_room({"client": "x", "profile": "super_agent"}))
+    assert not service.may_subscribe(parse_room({"client": "x", "profile": "service"}))
