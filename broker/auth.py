@@ -96,6 +96,8 @@ class ApiProxy:
                                 max_keepalive_connections=max_in_flight),
             follow_redirects=False,
         )
+        # Only the client's User-Agent is forwarded, never httpx's own (PROTOCOL §2.1).
+        del self._client.headers["User-Agent"]
 
     async def authenticate(self, creds: Credentials) -> Identity:
         started = time.monotonic()

@@ -9,7 +9,7 @@ Two implementations of one interface:
 - ``MemoryCluster``: the same, inside one process, for the in-memory channel layer.
 
 Keys (``P`` = BROKER_KEY_PREFIX, ``proc`` = a process id):
-  P:procs           zset  proc -> last heartbeat (Redis TIME, seconds)
+  P:procs           zset  proc -> last heartbeat (Redis TIME, seconds with microseconds)
   P:conns:<proc>    hash  connection id -> JSON info (login, profile, transport, ...)
   P:rooms:<proc>    set   canonical keys of rooms with >=1 subscription in that process
   P:dest:<dest>     set   procs holding a connection that owns client destination <dest>
@@ -31,12 +31,14 @@ from redis.exceptions import RedisError
 from .errors import BrokerUnavailable
 
 _LIVE_PROCS = """
-local now = redis.call('TIME')[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 """
 
 _STATUS = """
-local now = redis.call('TIME')[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local procs = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 local conns = 0
 local roomkeys = {}
@@ -50,7 +52,8 @@ return {conns, rooms}
 """
 
 _DEST_EXISTS = """
-local now = redis.call('TIME')[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local procs = redis.call('SMEMBERS', KEYS[1])
 for _, p in ipairs(procs) do
   local seen = redis.call('ZSCORE', KEYS[2], p)
@@ -60,7 +63,8 @@ return 0
 """
 
 _HEARTBEAT = """
-local now = redis.call('TIME')[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * tonumber(ARGV[2]))
 return now
@@ -87,7 +91,8 @@ class Cluster:
     async def status(self) -> tuple[int, int]: raise NotImplementedError
     async def connections(self) -> list[dict[str, Any]]: raise NotImplementedError
     async def heartbeat(self, infos: dict[str, dict[str, Any]], rooms: list[str],
-                        destinations: list[str], stats: dict[str, Any]) -> None: ...
+                        destinations: list[str], stats: dict[str, Any],
+                        masks: list[tuple[str, int]]) -> None: ...
     async def stats(self) -> list[dict[str, Any]]: raise NotImplementedError
     async def ping(self) -> bool: return True
 
@@ -144,7 +149,8 @@ class MemoryCluster(Cluster):
         return list(self._conns.values())
 
     async def heartbeat(self, infos: dict[str, dict[str, Any]], rooms: list[str],
-                        destinations: list[str], stats: dict[str, Any]) -> None:
+                        destinations: list[str], stats: dict[str, Any],
+                        masks: list[tuple[str, int]]) -> None:
         self._stats = stats
 
     async def stats(self) -> list[dict[str, Any]]:
@@ -262,8 +268,10 @@ class RedisCluster(Cluster):
         return out
 
     async def heartbeat(self, infos: dict[str, dict[str, Any]], rooms: list[str],
-                        destinations: list[str], stats: dict[str, Any]) -> None:
-        """Refresh liveness and re-assert this process's whole state (heals a Redis restart)."""
+                        destinations: list[str], stats: dict[str, Any],
+                        masks: list[tuple[str, int]]) -> None:
+        """Refresh liveness and re-assert this process's whole state, masks included: a Redis
+        that restarted empty is whole again within one heartbeat."""
         await self._call(self._heartbeat(keys=[self._k_procs], args=[self.proc_id, self.ttl]))
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self._k_conns, self._k_rooms)
@@ -276,6 +284,8 @@ class RedisCluster(Cluster):
         for d in destinations:
             pipe.sadd(self._dest_key(d), self.proc_id)
             pipe.expire(self._dest_key(d), self._expire)
+        for shape_key, mask in masks:
+            pipe.sadd(f"{self.prefix}:masks:{shape_key}", mask)
         pipe.hset(self._k_stats, self.proc_id, json.dumps(stats))
         await self._call(pipe.execute())
 

@@ -37,6 +37,10 @@ class Settings:
     BROKER_MAX_TRIGGER_BYTES: int = 1_048_576
     # Per-connection limits (PROTOCOL §3).
     BROKER_MAX_MESSAGE_BYTES: int = 65_536
+    # STOMP (PROTOCOL §4): bytes of one frame's command and headers; the heart-beat period in
+    # ms the TCP gate offers both ways in CONNECTED (0 = none).
+    BROKER_MAX_HEADER_BYTES: int = 16_384
+    BROKER_STOMP_HEARTBEAT_MS: int = 10_000
     BROKER_MAX_SUBSCRIPTIONS: int = 2048
     # Bytes of encoded frames waiting to be written to one connection before it is closed
     # with 4008 "slow". This bounds the memory one slow client can hold.

@@ -21,14 +21,26 @@ from collections import deque
 from typing import Any, Protocol
 
 from . import errors, metrics
-from .auth import AuthUnavailable, Credentials, Refused, authenticate
+from .auth import Credentials, Refused, authenticate
 from .conf import conf
 from .errors import BrokerUnavailable
 from .hub import Hub, get_hub
-from .identity import Identity, parse_destination, client_room
+from .identity import Identity, client_room, parse_destination
 from .session import (
-    AdminAction, AdminResult, Error, JoinRoom, LeaveRooms, PublishRooms, QueryStatus, Request,
-    Effect, Reply, SendDirect, Session, StatusInfo, Success,
+    AdminAction,
+    AdminResult,
+    Effect,
+    Error,
+    JoinRoom,
+    LeaveRooms,
+    PublishRooms,
+    QueryStatus,
+    Reply,
+    Request,
+    SendDirect,
+    Session,
+    StatusInfo,
+    Success,
 )
 
 log = logging.getLogger("broker.connection")
@@ -103,7 +115,17 @@ class Connection:
                     log.warning("conn %s: %s", self.id, exc)
                     reply = Error(errors.SERVICE_UNAVAILABLE, rid, str(exc))
             if reply is not None:
-                self.push(self.codec.reply(reply))
+                # A codec may answer nothing (a STOMP SUBSCRIBE without receipt), and may need
+                # the request's own headers (``meta``: receipt, transaction) to answer.
+                meta = request.meta
+                frame = self.codec.reply(reply) if meta is None else self.codec.reply(reply, meta)
+                if frame is not None:
+                    self.push(frame)
+            # A protocol that ends the connection after this reply (STOMP: DISCONNECT, or any
+            # ERROR on standard framing) says so through its codec's ``ending``.
+            ending = getattr(self.codec, "ending", None)
+            if ending is not None:
+                self.close_soon(*ending)
 
     async def _carry_out(self, effect: Effect, rid: Any) -> Reply | None:
         hub = self.hub
@@ -196,6 +218,11 @@ class Connection:
             if self._writer is not None:
                 await asyncio.wait([self._writer])
 
+    @property
+    def closing(self) -> bool:
+        """True once the connection is being closed: nothing more is read or queued."""
+        return self._closing
+
     def close_soon(self, code: int, reason: str) -> None:
         if self._closing:
             return
@@ -203,6 +230,10 @@ class Connection:
         asyncio.ensure_future(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
+        if code == errors.CLOSE_SLOW and self._writer is not None:
+            # The writer waits for a reader that stopped reading (a transport whose write
+            # awaits drain, like the TCP gate's): flushing would wait forever.
+            self._writer.cancel()
         await self.flush()
         try:
             await self.transport.close(code, reason)

@@ -17,14 +17,18 @@ from urllib.parse import parse_qs
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import errors, metrics
+from . import daphne_close, errors, metrics
 from .auth import AuthUnavailable, Credentials, Refused
 from .codecs.jsoncodec import RICH_SUBPROTOCOL, JsonCodec
+from .codecs.stomp import CB_SUBPROTOCOL, STOMP_SUBPROTOCOLS, StompCodec
+from .codecs.stompframe import StompFrameError
 from .conf import conf
 from .connection import Connection
 from .errors import BrokerUnavailable
 
 log = logging.getLogger("broker.ws")
+
+daphne_close.patch()  # under daphne, close codes 1009/1011 and close reasons reach the client
 
 
 def credentials_from_scope(scope: dict[str, Any]) -> Credentials:
@@ -53,16 +57,36 @@ class BrokerConsumer(AsyncWebsocketConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         offered = self.scope.get("subprotocols") or []
-        rich = RICH_SUBPROTOCOL in offered
-        self.codec = JsonCodec(rich=rich)
+        stomp = next((p for p in STOMP_SUBPROTOCOLS if p in offered), None)
+        rich = RICH_SUBPROTOCOL in offered and stomp is None
+        self.codec: JsonCodec | StompCodec = (
+            StompCodec(cb=stomp == CB_SUBPROTOCOL, text=True) if stomp else JsonCodec(rich=rich))
+        self.explicit_refusal = rich or stomp is not None  # a refusal frame, then 4003
+        self.awaiting_connect = stomp is not None
         self.conn = Connection(self, self.codec)
         client = self.scope.get("client")
         self.remote_addr = client[0] if client else None
         # Accept first, then authenticate: a slow or failing auth API then gives a close code
         # the client can read, never an HTTP 500 during the handshake.
-        await self.accept(RICH_SUBPROTOCOL if rich else None)
+        await self.accept(stomp or (RICH_SUBPROTOCOL if rich else None))
+        if stomp is None:
+            await self._open(credentials_from_scope(self.scope))
+        # else: STOMP credentials come in the CONNECT frame, the first message
+
+    async def _stomp_connect(self, data: str | bytes) -> None:
+        assert isinstance(self.codec, StompCodec)
         try:
-            await self.conn.open(credentials_from_scope(self.scope))
+            creds = self.codec.credentials(data, self.remote_addr)
+        except StompFrameError as exc:
+            await self.send(text_data=self.codec.refused(str(exc)))
+            await self.close(errors.CLOSE_REFUSED)
+            return
+        await self._open(creds)
+
+    async def _open(self, creds: Credentials) -> None:
+        rich = self.explicit_refusal
+        try:
+            await self.conn.open(creds)
         except Refused as exc:
             metrics.counters["connections_refused"] += 1
             await self.send(text_data=self.codec.refused(exc.reason))
@@ -80,13 +104,18 @@ class BrokerConsumer(AsyncWebsocketConsumer):
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self.conn.session is None:
+            if self.awaiting_connect:
+                self.awaiting_connect = False
+                await self._stomp_connect(message.get("text") or message.get("bytes") or b"")
             return  # refused or closing: nothing may be asked any more
         text, data = message.get("text"), message.get("bytes")
         size = len(text.encode()) if text is not None else len(data or b"")
         if size > conf().BROKER_MAX_MESSAGE_BYTES:
             self.conn.close_soon(errors.CLOSE_TOO_BIG, "message too big")
             return
-        await self.conn.receive(self.codec.decode(text))
+        # STOMP frames may come as binary messages; to the JSON codec those are non-JSON
+        stomp_bytes = text is None and isinstance(self.codec, StompCodec)
+        await self.conn.receive(self.codec.decode(data if stomp_bytes else text))
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         await self.conn.closed()

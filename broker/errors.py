@@ -22,6 +22,10 @@ ROOM_NOT_ALLOWED = "room-not-allowed"
 # not be carried out. Sent for subscribe/send/publish during an outage (documented).
 SERVICE_UNAVAILABLE = "service-unavailable"
 UNKNOWN_ACTION = "unknown-action"
+# STOMP (PROTOCOL §4): a frame the STOMP syntax rejects (the detail says why), and a frame
+# that arrived before CONNECT. Answered with ERROR; the connection then closes.
+MALFORMED_FRAME = "malformed-frame"
+NOT_CONNECTED = "not-connected"
 CONNECTION_NOT_FOUND = "connection-not-found"
 
 # Refusal reasons and close reasons.

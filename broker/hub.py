@@ -29,7 +29,8 @@ import secrets
 import time
 import uuid
 from collections import Counter, OrderedDict
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from rooms import Room, SubscriptionIndex
 
@@ -126,6 +127,9 @@ class Hub:
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dirty: set[str] = set()
+        # Registry writes are ordered: a heartbeat snapshots and writes the whole state under
+        # this lock, so it can never re-add an entry that a concurrent unregister just removed.
+        self._registry_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_counts: tuple[float, int, int, int] = (time.monotonic(), 0, 0, 0)
 
@@ -228,9 +232,11 @@ class Hub:
                 await self._acquire(group, lambda: self._join_group(group))
                 first = dest not in self.owners
                 self.owners.setdefault(dest, set()).add(conn)
-                await self.cluster.register(conn.id, conn.info(), dest, first)
+                async with self._registry_lock:
+                    await self.cluster.register(conn.id, conn.info(), dest, first)
             else:
-                await self.cluster.register(conn.id, conn.info(), None, False)
+                async with self._registry_lock:
+                    await self.cluster.register(conn.id, conn.info(), None, False)
         except BaseException:
             await self.detach(conn, [])
             raise
@@ -254,7 +260,8 @@ class Hub:
         self._dirty.discard(conn.id)
         metrics.gauges["connections"] = len(self.conns)
         try:
-            await self.cluster.unregister(conn.id, dest, last)
+            async with self._registry_lock:
+                await self.cluster.unregister(conn.id, dest, last)
         except BrokerUnavailable:
             pass  # the heartbeat rewrites the registry from live state once Redis is back
 
@@ -311,6 +318,8 @@ class Hub:
     def dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "cb.trigger":
+            # Copies received, duplicates included: how often triggers woke this process.
+            metrics.counters["triggers_received"] += 1
             if self._first_copy(message["id"]):
                 self._deliver_trigger(message)
         elif kind == "cb.direct":
@@ -332,7 +341,7 @@ class Hub:
         metrics.counters["deliveries"] += len(delivered)
 
     def _deliver_direct(self, message: dict[str, Any]) -> None:
-        dest, message_json = message["to"], message["message"]
+        dest = message["to"]
         n = 0
         for conn in self.owners.get(dest, ()):
             conn.push(conn.codec.message(message))
@@ -341,7 +350,8 @@ class Hub:
             if sub.pattern is not None and not sub.pattern.fullmatch(dest):
                 continue
             conn = sub.owner
-            conn.push(conn.codec.publish(sub, message_json, message["room"], message["id"]))
+            # a watcher's copy; the codec sees the whole message (STOMP shows origin, raw text)
+            conn.push(conn.codec.watched(sub, message))
             n += 1
         metrics.counters["deliveries"] += n
 
@@ -374,10 +384,13 @@ class Hub:
                 "drops_per_s": round((dr - dr0) / dt, 2), "online_since": self.started_at}
 
     async def _heartbeat(self) -> None:
-        self._dirty.clear()
-        await self.cluster.heartbeat(
-            {cid: c.info() for cid, c in self.conns.items()},
-            [r.key for r in self.index.rooms()], list(self.owners), self._stats())
+        async with self._registry_lock:
+            self._dirty.clear()
+            rooms = list(self.index.rooms())
+            await self.cluster.heartbeat(
+                {cid: c.info() for cid, c in self.conns.items()},
+                [r.key for r in rooms], list(self.owners), self._stats(),
+                [(r.shape_key, r.mask) for r in rooms if not r.is_concrete])
 
     async def _registry_loop(self) -> None:
         interval = max(conf().BROKER_REGISTRY_TTL / 3, 0.2)

@@ -30,8 +30,7 @@ def auth_outcome(outcome: str, seconds: float) -> None:
 
 def auth_in_flight(n: int) -> None:
     gauges["auth_in_flight"] = n
-    if n > gauges["auth_in_flight_max"]:
-        gauges["auth_in_flight_max"] = n
+    gauges["auth_in_flight_max"] = max(gauges["auth_in_flight_max"], n)
 
 
 def drop(cause: str, n: int = 1) -> None:
@@ -42,8 +41,8 @@ def render() -> str:
     lines = []
     for name, value in gauges.items():
         lines += [f"# TYPE combroker_{name} gauge", f"combroker_{name} {value}"]
-    for name in ("triggers", "deliveries", "direct_messages", "connections_opened",
-                 "connections_refused"):
+    for name in ("triggers", "triggers_received", "deliveries", "direct_messages",
+                 "connections_opened", "connections_refused"):
         lines += [f"# TYPE combroker_{name}_total counter",
                   f"combroker_{name}_total {counters[name]}"]
     lines.append("# TYPE combroker_drops_total counter")

@@ -9,6 +9,9 @@ or asks the session to ``undo`` the step when the effect failed.
 The session never awaits and never touches a socket, the channel layer or Redis, so every rule
 of the contract that lives here is testable with plain function calls.
 
+A request's ``meta`` is opaque codec state (a STOMP ``receipt`` or ``transaction`` header) that
+the driver hands back to the codec together with the reply; the session never reads it.
+
 Invariant: ``self.subscriptions`` maps a request id's canonical JSON text to its Subscription;
 an id is in the table exactly while the hub holds that subscription (the driver adds it to the
 hub before replying success, and removes it when the session drops it).
@@ -39,27 +42,35 @@ def request_id_ok(value: object) -> bool:
 class Subscribe:
     request_id: Any
     room: Any
+    # A compiled regex limiting a client-room watch to the destinations it fully matches
+    # (STOMP destination-type:1); it becomes Subscription.pattern.
+    pattern: Any = None
+    meta: Any = None  # codec state that travels to this request's reply (see Connection)
 
 
 @dataclass(slots=True)
 class Unsubscribe:
     request_id: Any
+    meta: Any = None
 
 
 @dataclass(slots=True)
 class UnsubscribeAll:
     request_id: Any = None
+    meta: Any = None
 
 
 @dataclass(slots=True)
 class Ping:
     request_id: Any = None
     text: bool = False  # High-templar's bare "ping" text frame
+    meta: Any = None
 
 
 @dataclass(slots=True)
 class Status:
     request_id: Any = None
+    meta: Any = None
 
 
 @dataclass(slots=True)
@@ -68,6 +79,7 @@ class Send:
     to: Any
     data: Any
     text: str | None = None  # the exact text a STOMP client sent, kept for STOMP receivers
+    meta: Any = None
 
 
 @dataclass(slots=True)
@@ -75,6 +87,7 @@ class Publish:
     request_id: Any
     rooms: Any
     data: Any
+    meta: Any = None
 
 
 @dataclass(slots=True)
@@ -82,6 +95,15 @@ class Admin:
     request_id: Any
     action: Any
     args: dict[str, Any] = field(default_factory=dict)
+    meta: Any = None
+
+
+@dataclass(slots=True)
+class Disconnect:
+    """The client ends the session (STOMP DISCONNECT); answered with success, then closed."""
+
+    request_id: Any = None
+    meta: Any = None
 
 
 @dataclass(slots=True)
@@ -91,10 +113,11 @@ class Invalid:
     code: str
     request_id: Any = None
     detail: str | None = None
+    meta: Any = None
 
 
 Request = Union[Subscribe, Unsubscribe, UnsubscribeAll, Ping, Status, Send, Publish, Admin,
-                Invalid]
+                Disconnect, Invalid]
 
 
 # ---------------------------------------------------------------- replies (session -> codec)
@@ -211,7 +234,7 @@ class Session:
     def handle(self, req: Request) -> Step:
         match req:
             case Subscribe():
-                return self._subscribe(req)
+                return self._subscribe(req, req.pattern)
             case Unsubscribe():
                 return self._unsubscribe(req)
             case UnsubscribeAll():
@@ -230,6 +253,8 @@ class Session:
                 return self._publish(req)
             case Admin():
                 return self._admin(req)
+            case Disconnect():
+                return Step(Success(req.request_id))
             case Invalid():
                 return Step(Error(req.code, req.request_id, req.detail))
         return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED))  # pragma: no cover

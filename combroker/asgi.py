@@ -4,13 +4,13 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "combroker.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
 django_application = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter
 
-from broker.routing import websocket_urlpatterns  # noqa: E402
+from broker.routing import websocket_urlpatterns
 
 application = ProtocolTypeRouter({
     "http": django_application,

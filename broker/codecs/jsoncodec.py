@@ -13,12 +13,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..session import (
-    Admin, AdminResult, Error, Invalid, Ping, Pong, Publish, Reply, Request, Send, Status,
-    StatusInfo, Subscribe, Subscription, Success, Unsubscribe, dump_json,
-)
 from .. import errors
 from ..identity import Identity
+from ..session import (
+    Admin,
+    AdminResult,
+    Error,
+    Invalid,
+    Ping,
+    Pong,
+    Publish,
+    Reply,
+    Request,
+    Send,
+    Status,
+    StatusInfo,
+    Subscribe,
+    Subscription,
+    Success,
+    Unsubscribe,
+    dump_json,
+)
 
 RICH_SUBPROTOCOL = "combroker.v1"
 
@@ -118,6 +133,10 @@ class JsonCodec:
             return f'{{"type":"publish","requestId":{sub.request_id_json},"data":{data_json}}}'
         return (f'{{"type":"publish","requestId":{sub.request_id_json},"data":{data_json},'
                 f'"room":{room_key},"id":"{trigger_id}"}}')
+
+    def watched(self, sub: Subscription, message: dict[str, Any]) -> str:
+        """A watcher's copy of a direct message: a publish frame whose data is that message."""
+        return self.publish(sub, str(message["message"]), message["room"], message["id"])
 
     def message(self, message: dict[str, Any]) -> str:
         """A direct message to its recipient: the message frame is the same in both dialects."""

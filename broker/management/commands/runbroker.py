@@ -19,6 +19,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--tcp-port", type=int, default=61613,
+                            help="TCP gate port (STOMP, Communication Broker, JSON lines); 0 = off")
 
     def handle(self, *args, **opts) -> None:  # type: ignore[no-untyped-def]
         # daphne.server installs the asyncio Twisted reactor on import; it must come first.
@@ -45,6 +47,8 @@ class Command(BaseCommand):
             "combroker is running\n"
             f"  demo page     {base}/\n"
             f"  WebSocket     ws://{local}:{port}/ws/?token=alice\n"
+            + (f"  TCP gate      tcp://{local}:{opts['tcp_port']} (STOMP 1.2, Communication Broker, "
+               "JSON lines)\n" if opts["tcp_port"] else "") +
             f"  trigger       POST {base}/trigger\n"
             f"  trigger token {token}\n"
             f"  auth API      {c.BROKER_AUTH_URL}{'  (built-in demo users: alice, bob, carol, billing, root)' if demo_auth else ''}\n"
@@ -55,8 +59,27 @@ class Command(BaseCommand):
             "-d '{\"rooms\":[{\"target\":\"news\"}],\"data\":{\"hello\":\"world\"}}'\n"
         )
         self.stdout.flush()
+        if opts["tcp_port"]:
+            self._start_tcp_gate(host, opts["tcp_port"])
         Server(
             application=get_default_application(),
             endpoints=build_endpoint_description_strings(host=host, port=port),
             signal_handlers=True,
         ).run()
+
+    def _start_tcp_gate(self, host: str, port: int) -> None:
+        """Serve the TCP gate on daphne's loop (Twisted's asyncio reactor): same hub as WS."""
+        import asyncio
+
+        from twisted.internet import reactor
+
+        from tcpgate.server import start_server
+
+        async def start() -> None:
+            try:
+                await start_server(host, port)
+            except OSError as exc:
+                self.stderr.write(f"TCP gate not started on port {port}: {exc}")
+
+        reactor.callWhenRunning(  # type: ignore[attr-defined]
+            lambda: asyncio.get_event_loop().create_task(start()))

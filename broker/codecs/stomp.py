@@ -1,0 +1,376 @@
+"""The STOMP codec: STOMP 1.2 frames <-> session requests and replies (PROTOCOL §4).
+
+It owns the meaning of STOMP frames, for every transport that carries them: the WebSocket
+subprotocols ``v12.stomp``/``v11.stomp``/``stomp`` and the TCP gate's standard and
+Communication Broker (CB) framings. The byte-level syntax is ``stompframe``'s; the rules are
+the session's. Like ``JsonCodec`` it has no I/O: ``decode`` turns a frame into a session
+request, and ``welcome``/``refused``/``reply``/``publish``/``watched``/``message`` turn the
+session's answers and the hub's deliveries into frames.
+
+Two dialects, chosen per connection:
+
+- standard (``cb=False``): headers escaped, and every ERROR ends the connection (the spec).
+- Communication Broker (``cb=True``: CB framing, or the ``stomp`` WebSocket subprotocol of its
+  JS client): unescaped, tolerant headers; a SUBSCRIBE/UNSUBSCRIBE/SEND carrying
+  ``transaction`` is answered with ``ACK`` ``transaction``/``error-desc``; a request error keeps
+  the connection open, only a malformed frame ends it; direct messages name the sender's login
+  in ``origin`` and carry ``transaction``.
+
+Per-request headers (``receipt``, ``transaction``) travel in the request's ``meta`` and come
+back with its reply, so the codec keeps no table of requests in flight. A reply after which
+the protocol closes the connection (DISCONNECT, an ERROR) sets ``ending``; the driver
+(``broker.connection``) then closes the connection once the reply is written.
+
+Output is bytes on TCP (``framer`` given: CB length-prefixed, else NUL-terminated) and text
+on WebSocket (``text=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .. import errors
+from ..auth import Credentials
+from ..identity import Identity, Profile, parse_destination
+from ..session import (
+    AdminResult, Disconnect, Error, Invalid, Ping, Pong, Publish, Reply, Request, Send,
+    StatusInfo, Subscribe, Subscription, Success, Unsubscribe, UnsubscribeAll, dump_json,
+)
+from .stompframe import CBFramer, Frame, StompFrameError, encode_frame, is_heartbeat, parse_frame
+
+SERVER = "combroker/0.1"
+STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "stomp")  # in order of preference
+CB_SUBPROTOCOL = "stomp"  # the Communication Broker's JS client
+ROOM_PREFIX = "/room/"
+MAX_PATTERN = 512  # characters of a destination-type:1 regular expression
+
+# CONNECT headers that are credentials, never forwarded to the auth API as headers.
+_SECRET_HEADERS = frozenset({"passcode", "secret-key", "login"})
+_PROFILE_PREFIX = re.compile(r"\^?/(\w+)/")
+_PROFILES = frozenset(p.value for p in Profile)
+
+
+def _heartbeat_pair(value: str | None) -> tuple[int, int]:
+    try:
+        cx, cy = (int(v.strip()) for v in (value or "0,0").split(",", 1))
+    except ValueError:
+        return 0, 0
+    return max(cx, 0), max(cy, 0)
+
+
+def _data_of(text: str, content_type: str | None) -> Any:
+    """A STOMP body as the data JSON clients see: parsed JSON when it is JSON, else the text."""
+    if content_type is None or "json" in content_type.lower():
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _rooms_of(destination: str) -> Any:
+    """``/room/<room>`` or ``/room/[<room>, ...]`` -> the JSON value; ValueError if not JSON."""
+    return json.loads(destination[len(ROOM_PREFIX):])
+
+
+class StompCodec:
+    def __init__(self, *, cb: bool = False, framer: CBFramer | None = None, text: bool = False,
+                 heartbeat_ms: int = 0, max_header_bytes: int = 65_536) -> None:
+        self.cb = cb
+        self.framer = framer
+        self.text = text
+        self.heartbeat_ms = heartbeat_ms  # what the server offers both ways; 0 = none
+        self.max_header_bytes = max_header_bytes
+        self.identity: Identity | None = None
+        # Set by a reply after which the connection must close: (close code, reason).
+        self.ending: tuple[int, str] | None = None
+        # Negotiated heart-beat periods in ms (0 = none), known after ``welcome``.
+        self.heartbeat_out = 0
+        self.heartbeat_in = 0
+        self._client_heartbeat = (0, 0)
+        self._inbox: str | None = None  # id of a SUBSCRIBE to the client's own destination
+
+    # ------------------------------------------------------------ framing
+
+    def encode(self, frame: Frame) -> str | bytes:
+        if self.framer is not None:
+            return self.framer.encode(frame)
+        data = encode_frame(frame, escape=False if self.cb else None)
+        return data.decode("utf-8", "replace") if self.text else data
+
+    def parse(self, data: str | bytes | Frame) -> Frame:
+        """One frame from a whole message (WebSocket); raises StompFrameError."""
+        if isinstance(data, Frame):
+            return data
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        return parse_frame(raw, max_header_bytes=self.max_header_bytes, cb_compat=self.cb)
+
+    def heartbeat(self) -> str | bytes:
+        return "\n" if self.text else b"\n"
+
+    # ------------------------------------------------------------ connecting
+
+    def credentials(self, data: str | bytes | Frame, remote_addr: str | None) -> Credentials:
+        """The credentials of the first frame, which must be CONNECT or STOMP (§4.2).
+
+        Raises StompFrameError (its text is the ERROR's ``message``) for anything else.
+        """
+        frame = self.parse(data)
+        if frame.command not in ("CONNECT", "STOMP"):
+            raise StompFrameError(errors.NOT_CONNECTED)
+        h = {k.lower(): v for k, v in frame.headers.items()}
+        self._client_heartbeat = _heartbeat_pair(h.get("heart-beat"))
+        return Credentials(
+            headers={k: v for k, v in h.items() if k not in _SECRET_HEADERS},
+            token=h.get("token") or None, remote_addr=remote_addr,
+            app_key=h.get("secret-key"), login_id=h.get("login"),
+            profile_key=h.get("passcode"),
+        )
+
+    def welcome(self, identity: Identity, connection_id: str, resume_token: str | None
+                ) -> str | bytes:
+        self.identity = identity
+        cx, cy = self._client_heartbeat
+        offer = self.heartbeat_ms
+        self.heartbeat_out = max(offer, cy) if offer and cy else 0
+        self.heartbeat_in = max(offer, cx) if offer and cx else 0
+        return self.encode(Frame("CONNECTED", {
+            "version": "1.2", "heart-beat": f"{offer},{offer}", "session": connection_id,
+            "server": SERVER, "session-id": connection_id, "login": identity.login_id or "",
+            "connection-id": connection_id, "destination": identity.destination or "",
+            "profile-code": str(identity.profile.code), "profile-desc": str(identity.profile),
+        }))
+
+    def refused(self, reason: str) -> str | bytes:
+        return self.error_frame(reason)
+
+    def error_frame(self, message: str, detail: str | None = None,
+                    receipt: str | None = None) -> str | bytes:
+        headers = {"message": message, "content-type": "text/plain"}
+        if receipt is not None:
+            headers["receipt-id"] = receipt
+        return self.encode(Frame("ERROR", headers, (detail or message).encode("utf-8")))
+
+    def closing_frame(self, code: int, reason: str) -> str | bytes | None:
+        """What a transport without close codes (TCP) sends before closing for ``reason``."""
+        return None if code == errors.CLOSE_NORMAL else self.error_frame(reason)
+
+    # ------------------------------------------------------------ inbound
+
+    def decode(self, data: str | bytes | Frame | None) -> Request:
+        if not isinstance(data, Frame):
+            raw = data.encode("utf-8") if isinstance(data, str) else (data or b"")
+            if is_heartbeat(raw):
+                return Ping()
+            try:
+                data = self.parse(raw)
+            except StompFrameError as exc:
+                return self.malformed(str(exc))
+        return self._request(data)
+
+    def malformed(self, detail: str) -> Request:
+        """Input the STOMP syntax rejects: answered with ERROR, then the connection closes."""
+        return Invalid(errors.MALFORMED_FRAME, None, detail, meta={"fatal": True})
+
+    def _request(self, frame: Frame) -> Request:
+        h, command = frame.headers, frame.command
+        meta: dict[str, Any] = {"command": command}
+        receipt = h.get("receipt")
+        if receipt is None and command == "DISCONNECT":
+            receipt = h.get("receipt-id")  # the Communication Broker's spelling
+        if receipt is not None:
+            meta["receipt"] = receipt
+        if "transaction" in h:
+            meta["transaction"] = h["transaction"]
+        if command == "SUBSCRIBE":
+            return self._subscribe(frame, meta)
+        if command == "UNSUBSCRIBE":
+            sid = h.get("id")
+            if sid is None:
+                return UnsubscribeAll(meta=meta)
+            if sid == self._inbox:
+                self._inbox = None
+                return Ping(meta=meta)
+            return Unsubscribe(sid, meta=meta)
+        if command == "SEND":
+            return self._send(frame, meta)
+        if command == "DISCONNECT":
+            return Disconnect(meta=meta)
+        if command in ("ACK", "NACK"):
+            return Ping(meta=meta)  # deliveries are ack:auto; an ACK changes nothing
+        if command in ("CONNECT", "STOMP"):
+            return Invalid(errors.MESSAGE_TYPE_NOT_ALLOWED, None, "already connected", meta)
+        if command in ("BEGIN", "COMMIT", "ABORT"):
+            return Invalid(errors.MESSAGE_TYPE_NOT_ALLOWED, None,
+                           "transactions are not supported", meta)
+        return Invalid(errors.MESSAGE_TYPE_NOT_ALLOWED, None, f"{command} is a server frame",
+                       meta)
+
+    def _subscribe(self, frame: Frame, meta: dict[str, Any]) -> Request:
+        h = frame.headers
+        dest = h.get("destination")
+        sid = h.get("id")
+        if sid is None and self.cb:
+            sid = dest  # its clients name subscriptions by destination
+        if dest is None:
+            return Invalid(errors.INVALID_MESSAGE, sid, "SUBSCRIBE needs a destination", meta)
+        if h.get("destination-type", "").strip() == "1":
+            return self._subscribe_pattern(sid, dest, meta)
+        if dest.startswith(ROOM_PREFIX):
+            try:
+                room = _rooms_of(dest)
+            except ValueError:
+                return Invalid(errors.INVALID_ROOM, sid, "/room/ must be followed by a JSON room",
+                               meta)
+            return Subscribe(sid, room, meta=meta)
+        target = parse_destination(dest)
+        if target is None:
+            return Invalid(errors.INVALID_ROOM, sid,
+                           "destination must be /room/<json>, /<profile>/<login> or /<profile>/*",
+                           meta)
+        if self.identity is not None and dest == self.identity.destination:
+            # Its own destination: direct messages arrive anyway; name them by this id.
+            if sid is None:
+                return Invalid(errors.NO_REQUEST_ID, None, None, meta)
+            self._inbox = sid
+            return Ping(meta=meta)
+        profile, login = target
+        return Subscribe(sid, {"client": login, "profile": str(profile)}, meta=meta)
+
+    def _subscribe_pattern(self, sid: Any, source: str, meta: dict[str, Any]) -> Request:
+        """destination-type:1: watch the connected clients whose destination fully matches.
+
+        It is a wildcard watch of one profile's client rooms, filtered by the regex in the hub.
+        The profile is the regex's literal ``/<profile>/`` prefix, or the only profile this
+        identity may watch.
+        """
+        if len(source) > MAX_PATTERN:
+            return Invalid(errors.INVALID_MESSAGE, sid, "regular expression too long", meta)
+        try:
+            pattern = re.compile(source)
+        except re.error as exc:
+            return Invalid(errors.INVALID_MESSAGE, sid, f"bad regular expression: {exc}", meta)
+        prefix = _PROFILE_PREFIX.match(source)
+        profile: str | None = None
+        if prefix and prefix.group(1) in _PROFILES:
+            profile = prefix.group(1)
+        else:
+            watches = self.identity.rule.watches if self.identity is not None else ()
+            if len(watches) == 1:
+                profile = str(watches[0])
+            elif not watches:
+                profile = str(Profile.AGENT)  # refused by the session: room-not-found
+        if profile is None:
+            return Invalid(errors.INVALID_MESSAGE, sid,
+                           "start the regular expression with /<profile>/", meta)
+        return Subscribe(sid, {"client": "*", "profile": profile}, pattern=pattern, meta=meta)
+
+    def _send(self, frame: Frame, meta: dict[str, Any]) -> Request:
+        dest = frame.headers.get("destination")
+        if dest is None:
+            return Invalid(errors.INVALID_MESSAGE, None, "SEND needs a destination", meta)
+        try:
+            text = frame.body.decode("utf-8")
+        except UnicodeDecodeError:
+            return Invalid(errors.INVALID_MESSAGE, None, "the body must be UTF-8 text", meta)
+        data = _data_of(text, frame.headers.get("content-type"))
+        if dest.startswith(ROOM_PREFIX):
+            try:
+                rooms = _rooms_of(dest)
+            except ValueError:
+                return Invalid(errors.INVALID_ROOM, None, "/room/ must be followed by a JSON room",
+                               meta)
+            return Publish(None, rooms if isinstance(rooms, list) else [rooms], data, meta=meta)
+        return Send(None, dest, data, text=text, meta=meta)
+
+    # ------------------------------------------------------------ replies
+
+    def reply(self, reply: Reply, meta: dict[str, Any] | None = None) -> str | bytes | None:
+        meta = meta or {}
+        receipt, transaction = meta.get("receipt"), meta.get("transaction")
+        if isinstance(reply, Error):
+            fatal = bool(meta.get("fatal"))
+            if self.cb and transaction is not None and not fatal:
+                return self._ack(transaction, reply.code, receipt)
+            if fatal or not self.cb:
+                self.ending = (errors.CLOSE_NORMAL, reply.code)
+            return self.error_frame(reply.code, reply.detail, receipt)
+        if isinstance(reply, (Success, Pong)):
+            if meta.get("command") == "DISCONNECT":
+                self.ending = (errors.CLOSE_NORMAL, "disconnect")
+            if transaction is not None:
+                return self._ack(transaction, "OK", receipt)
+            if receipt is not None:
+                return self.encode(Frame("RECEIPT", {"receipt-id": receipt}))
+            return None
+        if isinstance(reply, StatusInfo):
+            body: dict[str, Any] = {"open_connections": reply.open_connections,
+                                    "num_rooms": reply.num_rooms,
+                                    "online_since": reply.online_since}
+        elif isinstance(reply, AdminResult):
+            body = dict(reply.result)
+        else:  # pragma: no cover - every Reply type is handled above
+            return None
+        return self.encode(Frame("MESSAGE", {"content-type": "application/json"},
+                                 dump_json(body).encode("utf-8")))
+
+    def _ack(self, transaction: str, desc: str, receipt: str | None) -> str | bytes:
+        headers = {"transaction": transaction, "error-desc": desc}
+        if receipt is not None:
+            headers["receipt-id"] = receipt
+        return self.encode(Frame("ACK", headers))
+
+    # ------------------------------------------------------------ deliveries
+
+    def publish(self, sub: Subscription, data_json: str, room_key: str, trigger_id: str
+                ) -> str | bytes:
+        return self.encode(Frame("MESSAGE", {
+            "subscription": str(sub.request_id), "message-id": trigger_id,
+            "destination": self._destination_of(sub), "content-type": "application/json",
+        }, data_json.encode("utf-8")))
+
+    def watched(self, sub: Subscription, message: dict[str, Any]) -> str | bytes:
+        """A watcher's copy of a direct message: shown as the message itself (§4.3)."""
+        return self._message(message, str(sub.request_id))
+
+    def message(self, message: dict[str, Any]) -> str | bytes:
+        """A direct message to this client (its own destination)."""
+        return self._message(message, self._inbox)
+
+    def _message(self, message: dict[str, Any], subscription: str | None) -> str | bytes:
+        text = message.get("text")
+        if text is not None:
+            body, content_type = text, "text/plain"
+        else:
+            data_json = str(message["data"])
+            if data_json.startswith('"'):
+                body, content_type = json.loads(data_json), "text/plain"
+            else:
+                body, content_type = data_json, "application/json"
+        headers: dict[str, str] = {}
+        if subscription is not None:
+            headers["subscription"] = subscription
+        headers["message-id"] = str(message["id"])
+        headers["destination"] = str(message["to"])
+        sender = message.get("from")
+        if sender:
+            # Communication Broker clients know senders by login; STOMP ones by destination.
+            target = parse_destination(sender) if self.cb else None
+            headers["origin"] = target[1] if target else sender
+        headers["content-type"] = content_type
+        if self.cb:
+            headers["transaction"] = str(message["id"])
+        return self.encode(Frame("MESSAGE", headers, body.encode("utf-8")))
+
+    def _destination_of(self, sub: Subscription) -> str:
+        if sub.pattern is not None:
+            return str(sub.pattern.pattern)
+        room = sub.room.original
+        if set(room) == {"client", "profile"} and isinstance(room["client"], str):
+            return f"/{room['profile']}/{room['client']}"
+        return ROOM_PREFIX + dump_json(room)
+
+    def resync(self) -> None:
+        return None

@@ -1,0 +1,658 @@
+// combroker.js: the browser (and Node) client of combroker's rich WebSocket dialect, combroker.v1.
+//
+// Dependency-free ES module, no build step. Contract: PROTOCOL.md §3.2, frames: docs/protocol.md.
+//
+//   import { connect } from "/static/combroker/combroker.js";
+//   const client = await connect("/ws/", { token: "alice" });
+//   const sub = client.subscribe({ target: "news" }, (data, frame) => console.log(data));
+//   await sub.ready;                       // the broker accepted the subscription
+//   await client.send("/agent/bob", "hi"); // direct message
+//   await sub.unsubscribe();
+//   client.on("message", (m) => console.log(m.from, m.data));
+//
+// - Every request gets a requestId chosen here; its promise settles with the reply that echoes
+//   it. Error replies reject with a CombrokerError whose `.code` is the contract's error code
+//   (`room-not-found`, `destination-not-found`, ...).
+// - The connection is kept alive with {"type":"ping"} and re-opened after a drop with jittered,
+//   bounded exponential backoff. Subscriptions are restored on the new connection with the same
+//   requestIds (a `resume_token` from the welcome is presented when the broker gives one).
+// - Node 20 has no global WebSocket: pass one, e.g. `connect(url, { WebSocket: require("ws") })`.
+
+export const SUBPROTOCOL = "combroker.v1";
+
+/** WebSocket close codes of the contract (PROTOCOL §3, "Close codes"). */
+export const CLOSE_CODES = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  ORIGIN_NOT_ALLOWED: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  AUTH_UNAVAILABLE: 1011,
+  REFUSED: 4003,
+  SLOW: 4008,
+  REPLACED: 4009,
+  KICKED: 4010,
+  RATE_LIMITED: 4029,
+});
+
+/** What each close code means, as an error code (used when the server sends no reason). */
+export const CLOSE_REASONS = Object.freeze({
+  1000: "closed",
+  1001: "going-away",
+  1006: "connection-lost",
+  1008: "origin-not-allowed",
+  1009: "message-too-big",
+  1011: "auth-unavailable",
+  4003: "refused",
+  4008: "slow",
+  4009: "replaced",
+  4010: "kicked",
+  4029: "rate-limited",
+});
+
+// After these the server meant it: reconnecting would undo a refusal, a kick or a replacement.
+const FINAL_CLOSE_CODES = new Set([1008, 4003, 4009, 4010]);
+
+export const DEFAULTS = Object.freeze({
+  token: undefined, // string, or a function returning a string (or a promise of one)
+  params: undefined, // extra query parameters for the WebSocket URL
+  reconnect: true,
+  minDelay: 500, // ms, first reconnect delay (before jitter)
+  maxDelay: 10000, // ms, bound of any reconnect delay
+  factor: 2,
+  jitter: 0.5, // each delay is drawn uniformly from [base * (1 - jitter), base]
+  maxAttempts: Infinity, // consecutive failed attempts before giving up
+  rateLimitedDelay: 5000, // ms, least delay after a 4029 close
+  pingInterval: 20000, // ms between keep-alive pings; 0 disables them
+  pingTimeout: 10000, // ms without the pong before the connection is dropped and re-opened
+  openTimeout: 15000, // ms for the socket to open and the welcome to arrive
+  requestTimeout: 15000, // ms before a request's promise rejects with code "timeout"; 0: never
+  WebSocket: undefined, // a WebSocket class; default globalThis.WebSocket
+  wsOptions: undefined, // third argument for the WebSocket constructor (Node's ws: headers, ...)
+});
+
+/** A rejected request or a failed connection. `code` is the contract's error code. */
+export class CombrokerError extends Error {
+  constructor(code, message, extra = {}) {
+    super(message || code);
+    this.name = "CombrokerError";
+    this.code = code;
+    Object.assign(this, extra);
+  }
+}
+
+/**
+ * The delay before reconnect attempt `attempt` (1, 2, ...): exponential from minDelay, bounded
+ * by maxDelay, with jitter. Always within [minDelay * (1 - jitter), maxDelay].
+ */
+export function backoffDelay(attempt, options = {}, random = Math.random) {
+  const o = { ...DEFAULTS, ...options };
+  const n = Math.max(1, Math.floor(attempt || 1));
+  const base = Math.min(o.maxDelay, o.minDelay * Math.pow(o.factor, n - 1));
+  const jitter = Math.min(Math.max(o.jitter, 0), 1);
+  return Math.round(base * (1 - jitter * random()));
+}
+
+/** Turn "/ws/", "http://host/ws/" or "ws://host/ws/" into a ws:// or wss:// URL. */
+export function websocketUrl(url, query = {}) {
+  const loc = globalThis.location;
+  const u = new URL(url, loc && loc.href ? loc.href : undefined);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  else if (u.protocol === "https:") u.protocol = "wss:";
+  for (const [k, v] of Object.entries(query)) {
+    if (v !== undefined && v !== null) u.searchParams.set(k, String(v));
+  }
+  return u.toString();
+}
+
+/** A subscription: `ready` settles with the broker's answer; `unsubscribe()` ends it. */
+export class Subscription {
+  constructor(client, id, room, onData) {
+    this.client = client;
+    this.id = id;
+    this.room = room;
+    this.onData = onData;
+    this.active = false; // the broker holds it on the current connection
+    this.closed = false; // unsubscribed, or refused by the broker
+    this.deliveries = 0;
+    this.ready = new Promise((resolve, reject) => {
+      this._resolve = resolve;
+      this._reject = reject;
+    });
+    this.ready.catch(() => {}); // a refusal is also reported through the promise's users
+  }
+
+  /** Stop receiving. Resolves once the broker confirmed (or at once when disconnected). */
+  unsubscribe() {
+    return this.client._unsubscribe(this);
+  }
+}
+
+export class CombrokerClient {
+  constructor(url, options = {}) {
+    this.url = url;
+    this.options = { ...DEFAULTS, ...options };
+    this._WS = this.options.WebSocket || globalThis.WebSocket;
+    if (typeof this._WS !== "function") {
+      throw new CombrokerError("no-websocket",
+        "no WebSocket implementation: pass one as options.WebSocket");
+    }
+    this.state = "idle"; // connecting | open | reconnecting | closing | closed
+    this.welcome = null; // the last welcome frame
+    this.resumeToken = null;
+    this.attempt = 0; // consecutive failed attempts since the last welcome
+    this.reconnects = 0; // successful re-opens after the first welcome
+    this.lastClose = null; // {code, reason} of the last close
+    this._listeners = new Map();
+    this._nextId = 1;
+    this._pending = new Map(); // requestId -> [entry, ...] in send order (FIFO)
+    this._queue = []; // entries waiting for the connection to open
+    this._subs = new Map(); // requestId -> Subscription
+    this._ws = null;
+    this._stopped = false;
+    this._everOpened = false;
+    this._timers = { reconnect: null, ping: null, open: null };
+    this._refusal = null;
+    this.ready = new Promise((resolve, reject) => {
+      this._readyResolve = resolve;
+      this._readyReject = reject;
+    });
+    this.ready.catch(() => {});
+  }
+
+  // ------------------------------------------------------------------ events
+
+  /** Listen to an event; returns a function that removes the listener. */
+  on(type, fn) {
+    if (!this._listeners.has(type)) this._listeners.set(type, new Set());
+    this._listeners.get(type).add(fn);
+    return () => this.off(type, fn);
+  }
+
+  off(type, fn) {
+    const set = this._listeners.get(type);
+    if (set) set.delete(fn);
+  }
+
+  once(type, fn) {
+    const off = this.on(type, (ev) => {
+      off();
+      fn(ev);
+    });
+    return off;
+  }
+
+  _emit(type, ev) {
+    const set = this._listeners.get(type);
+    if (!set) return;
+    for (const fn of [...set]) {
+      try {
+        fn(ev);
+      } catch (err) {
+        if (type !== "error") this._emit("error", err);
+        else setTimeout(() => { throw err; });
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ properties
+
+  get connectionId() { return this.welcome ? this.welcome.connection_id : null; }
+  get loginId() { return this.welcome ? this.welcome.login_id : null; }
+  get profile() { return this.welcome ? this.welcome.profile : null; }
+  get destination() { return this.welcome ? this.welcome.destination : null; }
+  get allowedRooms() { return this.welcome ? this.welcome.allowed_rooms : []; }
+  get subscriptions() { return [...this._subs.values()]; }
+  get isOpen() { return this.state === "open"; }
+
+  // ------------------------------------------------------------------ lifecycle
+
+  /** Open the connection (done by connect()). Returns `ready`: the first welcome. */
+  open() {
+    if (this.state === "idle") {
+      this._stopped = false;
+      this._connect();
+    }
+    return this.ready;
+  }
+
+  /** Close for good: no reconnect; pending requests reject with code "closed". */
+  close(code = 1000, reason = "") {
+    this._stopped = true;
+    this._clearTimer("reconnect");
+    const ws = this._ws;
+    if (ws && (ws.readyState === 0 || ws.readyState === 1)) {
+      this.state = "closing";
+      try { ws.close(code, reason); } catch { ws.close(); }
+      // Do not wait for a server that may be gone: settle now, ignore its late close event.
+      this._onClose(ws, code, reason || "closed by client");
+    } else if (this.state !== "closed") {
+      this._finish(new CombrokerError("closed", "closed by client"), { code, reason });
+    }
+  }
+
+  async _connect() {
+    this.state = this._everOpened ? "reconnecting" : "connecting";
+    this._refusal = null;
+    let url;
+    try {
+      let token = this.options.token;
+      if (typeof token === "function") token = await token();
+      if (this._stopped) return;
+      url = websocketUrl(this.url, {
+        ...(this.options.params || {}),
+        token,
+        resume_token: this.resumeToken || undefined,
+      });
+    } catch (err) {
+      this._emit("error", err);
+      this._scheduleReconnect(1006, "token-unavailable");
+      return;
+    }
+    let ws;
+    try {
+      ws = this.options.wsOptions === undefined
+        ? new this._WS(url, SUBPROTOCOL)
+        : new this._WS(url, SUBPROTOCOL, this.options.wsOptions);
+    } catch (err) {
+      this._emit("error", err);
+      this._scheduleReconnect(1006, "connection-failed");
+      return;
+    }
+    this._ws = ws;
+    this._setTimer("open", () => {
+      if (this._ws === ws && this.state !== "open") this._drop(ws, "open-timeout");
+    }, this.options.openTimeout);
+    ws.onmessage = (ev) => {
+      if (this._ws !== ws) return;
+      let frame;
+      const text = typeof ev.data === "string" ? ev.data : String(ev.data);
+      try {
+        frame = JSON.parse(text);
+      } catch {
+        this._emit("error", new CombrokerError("non-json-message", `not JSON: ${text.slice(0, 80)}`));
+        return;
+      }
+      this._onFrame(frame);
+    };
+    ws.onclose = (ev) => {
+      if (this._ws === ws) this._onClose(ws, ev.code, ev.reason);
+    };
+    ws.onerror = () => {
+      if (this._ws === ws && this.state === "open") {
+        this._emit("error", new CombrokerError("socket-error", "WebSocket error"));
+      }
+    };
+  }
+
+  // Give up on a socket that hangs (no welcome, no pong): forget it and go on as if it closed.
+  _drop(ws, reason) {
+    try { ws.close(); } catch { /* already closing */ }
+    this._onClose(ws, 1006, reason);
+  }
+
+  _onClose(ws, code, reason) {
+    if (this._ws !== ws) return;
+    this._ws = null;
+    ws.onmessage = ws.onclose = ws.onerror = null;
+    this._clearTimer("open");
+    this._clearTimer("ping");
+    const wasOpen = this.state === "open";
+    code = code || 1006;
+    if (this._refusal) reason = this._refusal.reason || reason;
+    reason = reason || CLOSE_REASONS[code] || "";
+    this.lastClose = { code, reason };
+    for (const sub of this._subs.values()) sub.active = false;
+    // Requests already on the wire have lost their answer; queued ones wait for the next open.
+    const lost = new CombrokerError("disconnected", `connection closed (${code} ${reason})`,
+      { closeCode: code, reason });
+    for (const [id, entries] of [...this._pending]) {
+      const keep = entries.filter((e) => !e.sent);
+      for (const e of entries) if (e.sent) this._settle(e, lost);
+      if (keep.length) this._pending.set(id, keep); else this._pending.delete(id);
+    }
+    // A refusal with 4003 is final; auth-unavailable (1011) is worth another try.
+    const final = this._stopped || !this.options.reconnect || FINAL_CLOSE_CODES.has(code);
+    this._emit("close", { code, reason, wasOpen, willReconnect: !final });
+    if (final) {
+      const errCode = this._stopped ? "closed" : (this._refusal
+        ? (this._refusal.reason || "refused") : (CLOSE_REASONS[code] || "closed"));
+      this._finish(new CombrokerError(errCode, `connection closed (${code} ${reason})`,
+        { closeCode: code, reason }), null);
+    } else {
+      this._scheduleReconnect(code, reason);
+    }
+  }
+
+  _scheduleReconnect(code, reason) {
+    this.attempt += 1;
+    if (this.attempt > this.options.maxAttempts) {
+      this._finish(new CombrokerError("reconnect-failed",
+        `gave up after ${this.attempt - 1} attempts`, { closeCode: code, reason }), null);
+      return;
+    }
+    let delay = backoffDelay(this.attempt, this.options);
+    if (code === CLOSE_CODES.RATE_LIMITED) delay = Math.max(delay, this.options.rateLimitedDelay);
+    this.state = "reconnecting";
+    this._emit("reconnecting", { attempt: this.attempt, delay, code, reason });
+    this._setTimer("reconnect", () => {
+      if (!this._stopped) this._connect();
+    }, delay);
+  }
+
+  // No more connections: every waiting promise rejects with `err`.
+  _finish(err, closeInfo) {
+    const wasClosed = this.state === "closed";
+    this.state = "closed";
+    for (const key of Object.keys(this._timers)) this._clearTimer(key);
+    for (const entries of this._pending.values()) for (const e of entries) this._settle(e, err);
+    this._pending.clear();
+    this._queue = [];
+    for (const sub of this._subs.values()) {
+      sub.active = false;
+      sub._reject(err);
+    }
+    if (!this._everOpened) this._readyReject(err);
+    if (closeInfo && !wasClosed) {
+      this.lastClose = { code: closeInfo.code, reason: closeInfo.reason };
+      this._emit("close", { ...closeInfo, wasOpen: false, willReconnect: false });
+    }
+  }
+
+  // ------------------------------------------------------------------ inbound
+
+  _onFrame(frame) {
+    this._emit("frame", frame);
+    if (frame === null || typeof frame !== "object") return;
+    switch (frame.type) {
+      case "welcome":
+        this._onWelcome(frame);
+        return;
+      case "refused":
+        this._refusal = frame;
+        return;
+      case "message":
+        this._emit("message", frame);
+        return;
+      case "resync":
+        this._restoreSubscriptions();
+        return;
+      case "publish":
+        if (!("code" in frame)) {
+          this._onDelivery(frame);
+          return;
+        }
+        break;
+      default:
+        break;
+    }
+    if ("requestId" in frame) {
+      const entries = this._pending.get(frame.requestId);
+      if (entries && entries.length) {
+        const entry = entries.shift();
+        if (!entries.length) this._pending.delete(frame.requestId);
+        if (frame.code === "error") {
+          this._settle(entry, new CombrokerError(frame.message, frame.detail
+            ? `${frame.message}: ${frame.detail}` : frame.message,
+          { detail: frame.detail, frame, request: entry.frame }));
+        } else {
+          this._settle(entry, null, frame);
+        }
+        return;
+      }
+    }
+    if (frame.code === "error") {
+      this._emit("error", new CombrokerError(frame.message, frame.message,
+        { detail: frame.detail, frame }));
+    }
+  }
+
+  _onWelcome(frame) {
+    this._clearTimer("open");
+    const reconnected = this._everOpened;
+    const attempts = this.attempt;
+    this.welcome = frame;
+    this.state = "open";
+    this.attempt = 0;
+    this._everOpened = true;
+    if (frame.resume_token !== undefined && frame.resume_token !== null) {
+      this.resumeToken = frame.resume_token;
+    }
+    if (reconnected) this.reconnects += 1;
+    this._startPing();
+    // Subscriptions first (the resumed ones the broker already holds), then queued requests.
+    const restoring = frame.resumed === true
+      ? this._markResumed()
+      : this._restoreSubscriptions();
+    const queued = this._queue;
+    this._queue = [];
+    for (const entry of queued) {
+      if (!entry.done) this._transmit(entry);
+    }
+    this._emit("open", { welcome: frame, reconnected });
+    this._readyResolve(this);
+    if (reconnected) {
+      restoring.then((results) => {
+        if (this.welcome !== frame) return;
+        this._emit("reconnect", {
+          welcome: frame,
+          attempts,
+          reconnects: this.reconnects,
+          restored: results.filter((r) => r.ok).map((r) => r.sub),
+          failed: results.filter((r) => !r.ok),
+        });
+      });
+    }
+  }
+
+  _markResumed() {
+    const subs = [...this._subs.values()];
+    for (const sub of subs) sub.active = true;
+    return Promise.resolve(subs.map((sub) => ({ ok: true, sub })));
+  }
+
+  // (Re)send every wanted subscription with its own requestId: the same id with the same room
+  // succeeds and changes nothing, so this is safe to repeat.
+  _restoreSubscriptions() {
+    const subs = [...this._subs.values()];
+    return Promise.all(subs.map((sub) => this._sendSubscribe(sub)
+      .then(() => ({ ok: true, sub }), (error) => ({ ok: false, sub, error }))));
+  }
+
+  _sendSubscribe(sub) {
+    const p = this._request({ type: "subscribe", room: sub.room, requestId: sub.id },
+      { timeout: 0, queue: false });
+    return p.then((reply) => {
+      if (!sub.closed) {
+        sub.active = true;
+        sub._resolve(sub);
+      }
+      return reply;
+    }, (err) => {
+      if (err.code === "disconnected" || err.code === "not-open") throw err; // retried on reopen
+      if (!sub.closed && this._subs.get(sub.id) === sub) {
+        sub.closed = true;
+        sub.active = false;
+        this._subs.delete(sub.id);
+        sub._reject(err);
+        err.subscription = sub;
+        this._emit("error", err);
+      }
+      throw err;
+    });
+  }
+
+  _onDelivery(frame) {
+    const sub = this._subs.get(frame.requestId);
+    this._emit("publish", frame);
+    if (!sub || sub.closed) return;
+    sub.deliveries += 1;
+    if (typeof sub.onData === "function") {
+      try {
+        sub.onData(frame.data, frame);
+      } catch (err) {
+        this._emit("error", err);
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ requests
+
+  _request(frame, { timeout = this.options.requestTimeout, queue = true } = {}) {
+    if (frame.requestId === undefined) frame.requestId = this._nextId++;
+    return new Promise((resolve, reject) => {
+      const entry = { frame, resolve, reject, sent: false, done: false, timer: null };
+      if (this.state === "closed" || this._stopped) {
+        reject(new CombrokerError("closed", "the client is closed"));
+        return;
+      }
+      if (this.state !== "open" && !queue) {
+        reject(new CombrokerError("not-open", "not connected"));
+        return;
+      }
+      const id = frame.requestId;
+      if (!this._pending.has(id)) this._pending.set(id, []);
+      this._pending.get(id).push(entry);
+      if (timeout > 0) {
+        entry.timer = setTimeout(() => {
+          const entries = this._pending.get(id);
+          if (entries) {
+            const i = entries.indexOf(entry);
+            if (i >= 0) entries.splice(i, 1);
+            if (!entries.length) this._pending.delete(id);
+          }
+          this._settle(entry, new CombrokerError("timeout",
+            `no reply to ${frame.type} within ${timeout} ms`, { request: frame }));
+        }, timeout);
+      }
+      if (this.state === "open") this._transmit(entry);
+      else this._queue.push(entry);
+    });
+  }
+
+  _transmit(entry) {
+    const ws = this._ws;
+    if (!ws) return;
+    try {
+      ws.send(JSON.stringify(entry.frame));
+      entry.sent = true;
+    } catch (err) {
+      this._emit("error", err);
+    }
+  }
+
+  _settle(entry, err, value) {
+    if (entry.done) return;
+    entry.done = true;
+    if (entry.timer) clearTimeout(entry.timer);
+    if (err) entry.reject(err);
+    else entry.resolve(value);
+  }
+
+  /**
+   * Subscribe to a room. `onData(data, frame)` gets every delivery. Returns a Subscription at
+   * once: `await sub.ready` for the broker's answer, `sub.unsubscribe()` to end it. Made while
+   * disconnected, it is sent when the connection opens, and restored after every reconnect.
+   */
+  subscribe(room, onData) {
+    if (this.state === "closed" || this._stopped) {
+      const sub = new Subscription(this, null, room, onData);
+      sub.closed = true;
+      sub._reject(new CombrokerError("closed", "the client is closed"));
+      return sub;
+    }
+    const sub = new Subscription(this, this._nextId++, room, onData);
+    this._subs.set(sub.id, sub);
+    if (this.state === "open") this._sendSubscribe(sub).catch(() => {});
+    return sub;
+  }
+
+  async _unsubscribe(sub) {
+    if (sub.closed) return;
+    sub.closed = true;
+    const wasActive = sub.active;
+    sub.active = false;
+    this._subs.delete(sub.id);
+    if (this.state !== "open") return; // the broker forgot it with the connection
+    try {
+      await this._request({ type: "unsubscribe", requestId: sub.id }, { queue: false });
+    } catch (err) {
+      if (err.code === "not-subscribed" || err.code === "disconnected") return;
+      if (!wasActive && err.code === "no-request-id") return;
+      throw err;
+    }
+  }
+
+  /** Send `data` to a client, e.g. "/agent/bob". Resolves with the reply ({code, id}). */
+  send(destination, data) {
+    return this._request({ type: "send", to: destination, data });
+  }
+
+  /** Publish `data` to rooms (a room or a list of rooms). Resolves with {code, id}. */
+  publish(rooms, data) {
+    return this._request({ type: "publish", rooms: Array.isArray(rooms) ? rooms : [rooms], data });
+  }
+
+  /** An admin action (`connections`, `kick`, `stats`); resolves with the whole reply. */
+  admin(action, args = {}) {
+    return this._request({ ...args, type: "admin", action });
+  }
+
+  /** {"type":"status"}: open_connections, num_rooms, online_since. */
+  status() {
+    return this._request({ type: "status" });
+  }
+
+  /** A ping; resolves with the round trip in ms. */
+  async ping(timeout = this.options.pingTimeout) {
+    const t0 = Date.now();
+    await this._request({ type: "ping" }, { timeout, queue: false });
+    return Date.now() - t0;
+  }
+
+  _startPing() {
+    this._clearTimer("ping");
+    const every = this.options.pingInterval;
+    if (!(every > 0)) return;
+    const ws = this._ws;
+    this._timers.ping = setInterval(() => {
+      if (this._ws !== ws || this.state !== "open") return;
+      this.ping().catch((err) => {
+        if (err.code === "timeout" && this._ws === ws) this._drop(ws, "ping-timeout");
+      });
+    }, every);
+  }
+
+  _setTimer(name, fn, ms) {
+    this._clearTimer(name);
+    if (ms > 0) this._timers[name] = setTimeout(() => {
+      this._timers[name] = null;
+      fn();
+    }, ms);
+  }
+
+  _clearTimer(name) {
+    const t = this._timers[name];
+    if (t !== null && t !== undefined) {
+      clearTimeout(t);
+      clearInterval(t);
+    }
+    this._timers[name] = null;
+  }
+}
+
+/** Make a client without connecting it yet (call `client.open()`). */
+export function createClient(url, options = {}) {
+  return new CombrokerClient(url, options);
+}
+
+/**
+ * Connect and resolve with the client once the broker welcomed it. Transient failures are
+ * retried with backoff; a refusal (4003), a final close or `client.close()` rejects.
+ */
+export function connect(url, options = {}) {
+  const client = new CombrokerClient(url, options);
+  return client.open();
+}
+
+export default { connect, createClient, CombrokerClient, CombrokerError, Subscription,
+  backoffDelay, websocketUrl, SUBPROTOCOL, CLOSE_CODES, CLOSE_REASONS, DEFAULTS };

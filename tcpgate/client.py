@@ -1,0 +1,546 @@
+"""combroker's Python client library: asyncio, plus a thread-backed synchronous facade.
+
+It imports nothing from Django or from the broker, so any Python program can use it.
+
+``Client`` speaks JSON lines to the TCP gate (PROTOCOL §4.1): the rich JSON dialect of §3.2, one
+object per line, after a ``{"type":"connect", ...}`` line with the §2 credentials. Every
+request carries a ``requestId`` and its reply echoes it, so each call awaits its own answer::
+
+    async with Client("broker.internal", 61613, token="...") as client:
+        await client.subscribe({"target": "chat", "customer": "1"})
+        await client.send("/agent/bob", {"text": "hi"})
+        async for message in client:
+            print(message.kind, message.data)
+
+Reconnection: when the connection drops (not when the client disconnects, nor after a
+refusal, ``kicked`` or ``replaced``), the client reconnects with full-jitter exponential
+backoff and subscribes again to everything it was subscribed to, under the same ids.
+
+Memory: incoming deliveries wait in a queue of at most ``max_queue`` messages; past that
+the oldest are dropped (counted in ``dropped``), so a program that stops iterating cannot grow
+without bound.
+
+``broker_client`` is the Communication Broker's Python client interface (``com_broker.py``)
+on top of ``Client``: ``connect``, ``link_call_back_functions``, ``subscribe``, ``send``,
+``unsubscribe``, ``disconnect``, ``set_ssl_options``. Its callbacks run on the client's own
+thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+import re
+import ssl as ssl_module
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+__all__ = ["BrokerError", "Client", "Message", "Refused", "broker_client"]
+
+log = logging.getLogger("combroker.client")
+
+DEFAULT_PORT = 61613
+_NO_RECONNECT = frozenset({"kicked", "replaced"})  # reconnecting would fight the server
+
+
+class BrokerError(Exception):
+    """An error reply: ``code`` is the contract's error code (``room-not-found``, ...)."""
+
+    def __init__(self, code: str, detail: str | None = None) -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.detail = detail
+
+
+class Refused(BrokerError):
+    """The broker refused the credentials (or could not check them: ``auth-unavailable``)."""
+
+
+@dataclass
+class Message:
+    """One delivery: ``kind`` is ``publish`` (a trigger, or a watched client's message) or
+    ``message`` (a direct message to this client)."""
+
+    kind: str
+    data: Any
+    subscription: Any = None  # publish: the subscription's request id
+    room: dict[str, Any] | None = None  # publish: the trigger room that matched
+    id: str | None = None  # the trigger's or message's id
+    sender: str | None = None  # message: the sender's destination, e.g. /service/billing
+    to: str | None = None  # message: the recipient's destination
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def _message(frame: dict[str, Any]) -> Message:
+    if frame.get("type") == "message":
+        return Message("message", frame.get("data"), id=frame.get("id"),
+                       sender=frame.get("from"), to=frame.get("to"), raw=frame)
+    return Message("publish", frame.get("data"), subscription=frame.get("requestId"),
+                   room=frame.get("room"), id=frame.get("id"), raw=frame)
+
+
+class Client:
+    """An asyncio client of the TCP gate (JSON lines). One instance = one logical session."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+                 token: str | None = None, cookie: str | None = None,
+                 authorization: str | None = None, app_key: str | None = None,
+                 login_id: str | None = None, profile_key: str | None = None,
+                 headers: dict[str, str] | None = None,
+                 ssl: ssl_module.SSLContext | bool | None = None,
+                 server_hostname: str | None = None, reconnect: bool = True,
+                 backoff: tuple[float, float] = (0.2, 30.0), request_timeout: float = 10.0,
+                 connect_timeout: float = 10.0, max_queue: int = 10_000,
+                 on_connected: Callable[[dict[str, Any]], Any] | None = None,
+                 on_disconnected: Callable[[str], Any] | None = None) -> None:
+        self.host, self.port = host, port
+        credentials = {"token": token, "cookie": cookie, "authorization": authorization,
+                       "app_key": app_key, "login_id": login_id, "profile_key": profile_key}
+        self._connect_line: dict[str, Any] = {"type": "connect", **{
+            k: v for k, v in credentials.items() if v is not None}}
+        if headers:
+            self._connect_line["headers"] = dict(headers)
+        if ssl is True:
+            ssl = ssl_module.create_default_context()
+        self.ssl = ssl or None
+        self.server_hostname = server_hostname
+        self.reconnect = reconnect
+        self.backoff = backoff
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.on_connected = on_connected
+        self.on_disconnected = on_disconnected
+        self.welcome: dict[str, Any] | None = None
+        self.dropped = 0
+        self.subscriptions: dict[Any, dict[str, Any]] = {}  # request id -> room
+        self._ids = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._queue: deque[Message | BaseException | None] = deque()
+        self._max_queue = max_queue
+        self._ready = asyncio.Event()  # a delivery or the end is in the queue
+        self._connected = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False  # disconnect() was called, or the session cannot go on
+
+    # ------------------------------------------------------------ connection
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.disconnect()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def connect(self) -> dict[str, Any]:
+        """Connect and authenticate; returns the welcome. Raises Refused or OSError."""
+        self._closed = False
+        welcome = await self._open()
+        self._reader_task = asyncio.ensure_future(self._run())
+        return welcome
+
+    async def _open(self) -> dict[str, Any]:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            self.host, self.port, ssl=self.ssl,
+            server_hostname=(self.server_hostname or self.host) if self.ssl else None,
+            limit=16 * 1024 * 1024), self.connect_timeout)
+        try:
+            writer.write(json.dumps(self._connect_line).encode() + b"\n")
+            line = await asyncio.wait_for(reader.readline(), self.connect_timeout)
+            frame = json.loads(line) if line else {"type": "refused", "reason": "closed"}
+            if frame.get("type") != "welcome":
+                raise Refused(str(frame.get("reason", "refused")))
+        except BaseException:
+            writer.close()
+            raise
+        self._reader, self._writer = reader, writer
+        self.welcome = frame
+        self._connected.set()
+        if self.on_connected is not None:
+            self.on_connected(frame)
+        return frame
+
+    async def _run(self) -> None:
+        try:
+            await self._serve()
+        except Exception as exc:  # a bug or an unexpected failure: end the iteration with it
+            log.exception("client failed")
+            self._fail_pending(ConnectionError(str(exc)))
+            self._end(exc)
+
+    async def _serve(self) -> None:
+        """Read until the connection ends; then reconnect (and re-subscribe), or finish."""
+        attempt = 0
+        while True:
+            reason = await self._read_loop()
+            self._connected.clear()
+            self._fail_pending(ConnectionError(f"connection lost: {reason}"))
+            if self._writer is not None:
+                self._writer.close()
+            if self.on_disconnected is not None:
+                self.on_disconnected(reason)
+            if self._closed or not self.reconnect or reason in _NO_RECONNECT:
+                self._end(None)
+                return
+            while not self._closed:
+                base, cap = self.backoff
+                await asyncio.sleep(random.uniform(0, min(cap, base * 2 ** attempt)))
+                attempt += 1
+                try:
+                    await self._open()
+                except Refused as exc:
+                    if exc.code != "auth-unavailable":
+                        self._end(exc)
+                        return
+                except (OSError, asyncio.TimeoutError, ValueError) as exc:
+                    log.info("reconnect failed: %s", exc)
+                    continue
+                attempt = 0
+                # not awaited here: this task must go back to reading the replies
+                self._spawn_resubscribe()
+                break
+            if self._closed:
+                self._end(None)
+                return
+
+    def _spawn_resubscribe(self) -> None:
+        task = asyncio.ensure_future(self._resubscribe())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resubscribe(self) -> None:
+        for rid, room in list(self.subscriptions.items()):
+            try:
+                await self._request({"type": "subscribe", "room": room}, rid)
+            except BrokerError as exc:  # no longer allowed: forget it
+                log.warning("re-subscribe %r failed: %s", rid, exc)
+                self.subscriptions.pop(rid, None)
+            except (ConnectionError, asyncio.TimeoutError):
+                return  # the connection went again; the next reconnect re-subscribes
+
+    async def _read_loop(self) -> str:
+        reader = self._reader
+        while True:
+            try:
+                line = await reader.readline()
+            except (OSError, ValueError) as exc:
+                return type(exc).__name__
+            if not line:
+                return "closed"
+            try:
+                frame = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(frame, dict):
+                continue
+            kind = frame.get("type")
+            if kind in ("publish", "message"):
+                self._deliver(_message(frame))
+            elif kind == "close":
+                return str(frame.get("reason", "closed"))
+            elif kind == "resync":
+                self._spawn_resubscribe()
+            else:
+                future = self._pending.pop(str(frame.get("requestId")), None)
+                if future is not None and not future.done():
+                    future.set_result(frame)
+
+    def _deliver(self, message: Message) -> None:
+        if len(self._queue) >= self._max_queue:
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append(message)
+        self._ready.set()
+
+    def _end(self, error: BaseException | None) -> None:
+        self._closed = True
+        self._queue.append(error)
+        self._ready.set()
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    async def disconnect(self) -> None:
+        """Close the session; iteration over messages then ends."""
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._writer.wait_closed(), 2)
+        if self._reader_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader_task, 5)
+        self._connected.clear()
+
+    # ------------------------------------------------------------ requests
+
+    async def _request(self, body: dict[str, Any], rid: Any = None) -> dict[str, Any]:
+        if rid is None:
+            rid = f"r{next(self._ids)}"
+        if not self._connected.is_set():
+            await asyncio.wait_for(self._connected.wait(), self.request_timeout)
+        key = str(rid)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        assert self._writer is not None
+        self._writer.write(json.dumps({**body, "requestId": rid}).encode() + b"\n")
+        try:
+            reply = await asyncio.wait_for(future, self.request_timeout)
+        finally:
+            self._pending.pop(key, None)
+        if reply.get("code") == "error":
+            raise BrokerError(str(reply.get("message")), reply.get("detail"))
+        return reply
+
+    async def subscribe(self, target: dict[str, Any] | str, request_id: Any = None) -> Any:
+        """Subscribe to a room, or watch a client destination (``/agent/bob``, ``/agent/*``).
+
+        Returns the subscription's request id; raises BrokerError (``room-not-found``, ...).
+        """
+        room = destination_room(target) if isinstance(target, str) else target
+        rid = request_id if request_id is not None else f"s{next(self._ids)}"
+        await self._request({"type": "subscribe", "room": room}, rid)
+        self.subscriptions[rid] = room
+        return rid
+
+    async def unsubscribe(self, request_id: Any = None) -> None:
+        """Drop one subscription, or all of them when ``request_id`` is None."""
+        rids = list(self.subscriptions) if request_id is None else [request_id]
+        for rid in rids:
+            self.subscriptions.pop(rid, None)
+            await self._request({"type": "unsubscribe"}, rid)
+
+    async def send(self, to: str, data: Any) -> str | None:
+        """Send ``data`` to a connected client (``/agent/bob``); returns the message id."""
+        return (await self._request({"type": "send", "to": to, "data": data})).get("id")
+
+    async def publish(self, rooms: list[dict[str, Any]] | dict[str, Any], data: Any
+                      ) -> str | None:
+        """Publish to rooms (a service, or within ``publish_rooms``); returns the trigger id."""
+        if isinstance(rooms, dict):
+            rooms = [rooms]
+        return (await self._request({"type": "publish", "rooms": rooms, "data": data})).get("id")
+
+    async def ping(self) -> None:
+        await self._request({"type": "ping"})
+
+    async def request(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Any other request (``status``, ``admin``): the reply frame."""
+        return await self._request(body)
+
+    # ------------------------------------------------------------ deliveries
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+        item = self._queue.popleft()
+        if item is None:
+            self._queue.appendleft(None)  # the end stays the end
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._queue.appendleft(None)
+            raise item
+        return item
+
+    async def receive(self, timeout: float | None = None) -> Message:
+        """The next delivery (``asyncio.TimeoutError`` after ``timeout``)."""
+        return await asyncio.wait_for(self.__anext__(), timeout)
+
+
+def destination_room(destination: str) -> dict[str, Any]:
+    """``/agent/bob`` -> ``{"client": "bob", "profile": "agent"}`` (``*`` is a wildcard)."""
+    parts = destination.split("/", 2)
+    if len(parts) != 3 or parts[0] or not parts[1] or not parts[2]:
+        raise ValueError(f"not a client destination: {destination!r}")
+    return {"client": parts[2], "profile": parts[1]}
+
+
+# ---------------------------------------------------------------- the synchronous facade
+
+
+class broker_client:  # noqa: N801 - the Communication Broker's name
+    """The Communication Broker's Python client interface, over ``Client`` on its own thread.
+
+    Callbacks (``link_call_back_functions``), all optional, run on the client's thread:
+
+    - ``on_connected()``; ``on_disconnected()``; ``on_error(text)``;
+    - ``on_message(origin, message, destination)``: ``origin`` is the sender's login (for a
+      trigger, the room as JSON), ``message`` the text sent (JSON text when the data is not
+      a string), ``destination`` the recipient's destination;
+    - ``on_ack(transaction, error_desc)``: the answer to ``subscribe``/``unsubscribe``/``send``,
+      ``"OK"`` or the error code; those calls return their transaction id at once.
+    """
+
+    def __init__(self, id: str = "", app_key: str = "") -> None:  # noqa: A002
+        self.id = id
+        self.app_key = app_key
+        self._ssl: ssl_module.SSLContext | None = None
+        self._callbacks: dict[str, Callable[..., Any] | None] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: Client | None = None
+        self._transactions = itertools.count(1)
+        self._patterns: dict[Any, re.Pattern[str]] = {}
+        self._pump: Any = None
+
+    def set_ssl_options(self, cert_path: str) -> None:
+        """Use TLS, trusting the CA (or self-signed) certificate in ``cert_path``.
+
+        The server certificate is verified, and so is its name (``server_hostname``).
+        """
+        self._ssl = ssl_module.create_default_context(cafile=cert_path)
+
+    def link_call_back_functions(self, on_connected: Callable[..., Any] | None = None,
+                                 on_disconnected: Callable[..., Any] | None = None,
+                                 on_error: Callable[..., Any] | None = None,
+                                 on_message: Callable[..., Any] | None = None,
+                                 on_ack: Callable[..., Any] | None = None) -> None:
+        self._callbacks = {"on_connected": on_connected, "on_disconnected": on_disconnected,
+                           "on_error": on_error, "on_message": on_message, "on_ack": on_ack}
+
+    def _call(self, name: str, *args: Any) -> None:
+        callback = self._callbacks.get(name)
+        if callback is not None:
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("%s callback failed", name)
+
+    def connect(self, server_hostname: str | None, host: str, port: int, login_id: str,
+                secret_key: str, timeout: float = 15.0) -> bool:
+        """Log in with the application key, ``login_id`` and the profile key ``secret_key``.
+
+        Blocks until connected or refused; returns True when connected.
+        """
+        if self._thread is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever,
+                                            name=f"broker_client-{self.id}", daemon=True)
+            self._thread.start()
+        client = Client(host, port, app_key=self.app_key, login_id=login_id,
+                        profile_key=secret_key, ssl=self._ssl, server_hostname=server_hostname,
+                        headers={"user-agent": f"combroker-py broker_client {self.id}"},
+                        on_connected=lambda _w: self._call("on_connected"),
+                        on_disconnected=lambda _r: self._call("on_disconnected"))
+        try:
+            self._run(client.connect(), timeout)
+        except Exception as exc:
+            self._call("on_error", str(exc) or type(exc).__name__)
+            return False
+        self._client = client
+        self._pump = asyncio.run_coroutine_threadsafe(self._deliveries(client), self._loop)
+        return True
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _spawn(self, transaction: str, coro: Any) -> str:
+        async def answer() -> None:
+            try:
+                await coro
+            except BrokerError as exc:
+                self._call("on_ack", transaction, exc.code)
+            except Exception as exc:
+                self._call("on_ack", transaction, str(exc) or type(exc).__name__)
+            else:
+                self._call("on_ack", transaction, "OK")
+
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(answer(), self._loop)
+        return transaction
+
+    async def _deliveries(self, client: Client) -> None:
+        try:
+            async for m in client:
+                if m.kind == "message":
+                    sender, text, dest = m.sender, _text(m.data), m.to
+                elif isinstance(m.data, dict) and m.data.get("type") == "message":
+                    # a watched client's message: shown as the message itself
+                    dest = m.data.get("to")
+                    pattern = self._patterns.get(m.subscription)
+                    if pattern is not None and not pattern.fullmatch(str(dest)):
+                        continue
+                    sender, text = m.data.get("from"), _text(m.data.get("data"))
+                else:
+                    sender, text, dest = json.dumps(m.room), _text(m.data), None
+                login = sender.rsplit("/", 1)[-1] if sender and sender.startswith("/") else sender
+                self._call("on_message", login, text, dest)
+        except Exception as exc:
+            self._call("on_error", str(exc) or type(exc).__name__)
+
+    def _require(self) -> Client:
+        if self._client is None:
+            raise ConnectionError("not connected")
+        return self._client
+
+    def subscribe(self, destination: str, use_regex: bool = False) -> str:
+        """Watch a destination (``/agent/bob``, ``/agent/*``), a room (``/room/<json>``), or
+        with ``use_regex`` every client whose destination fully matches the expression."""
+        client = self._require()
+        transaction = f"sub-{next(self._transactions)}"
+        if use_regex:
+            pattern = re.compile(destination)
+            prefix = re.match(r"\^?/(\w+)/", destination)
+            profile = prefix.group(1) if prefix else "agent"
+            self._patterns[transaction] = pattern
+            return self._spawn(transaction, client.subscribe(
+                {"client": "*", "profile": profile}, transaction))
+        if destination.startswith("/room/"):
+            target: Any = json.loads(destination[len("/room/"):])
+        else:
+            target = destination
+        return self._spawn(transaction, client.subscribe(target, transaction))
+
+    def unsubscribe(self) -> str:
+        """Drop every subscription (the Communication Broker's UNSUBSCRIBE)."""
+        client = self._require()
+        self._patterns.clear()
+        return self._spawn(f"unsub-{next(self._transactions)}", client.unsubscribe())
+
+    def send(self, destination: str, message: str, content_type: str = "text/plain") -> str:
+        """Send ``message`` to a client; JSON content types send the parsed value."""
+        client = self._require()
+        data: Any = message
+        if "json" in (content_type or "").lower():
+            with contextlib.suppress(ValueError):
+                data = json.loads(message)
+        return self._spawn(f"send-{next(self._transactions)}", client.send(destination, data))
+
+    def disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._run(client.disconnect(), 10)
+            if self._pump is not None:
+                with contextlib.suppress(Exception):
+                    self._pump.result(5)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(5)
+            self._loop.close()
+        self._loop = self._thread = None
+
+
+def _text(data: Any) -> str:
+    return data if isinstance(data, str) else json.dumps(data, separators=(",", ":"),
+                                                         ensure_ascii=False)

@@ -1,0 +1,350 @@
+"""The TCP gate: STOMP 1.2, Communication Broker framing and JSON lines over TCP or TLS.
+
+It owns the byte stream of one TCP connection, nothing more (PROTOCOL §4.1). One port serves
+three framings, told apart by the connection's first byte:
+
+- ``C``/``S`` (or an EOL): standard STOMP 1.2, parsed by ``stompframe.StompParser``;
+- ``0x00``/``0x01``: the Communication Broker's length-prefixed frames (``CBFramer``);
+- ``{``: JSON lines, the rich JSON dialect after a first ``{"type":"connect", ...}`` line.
+
+Each connection then drives ``broker.connection.Connection`` exactly as the WebSocket consumer
+does: credentials once, each frame through the codec into ``Connection.receive``, and writes
+and closes through the small ``Transport`` interface. The codecs decide what frames mean.
+
+Memory per connection is bounded by explicit limits:
+
+- inbound: one frame of at most BROKER_MAX_MESSAGE_BYTES (headers BROKER_MAX_HEADER_BYTES),
+  enforced by the parsers before buffering; a JSON line by the StreamReader limit;
+- outbound: ``write`` awaits ``drain()``, so at most the transport's high-water mark
+  (``WRITE_HIGH_WATER``) waits in asyncio's buffer; everything else waits in the
+  Connection's outbox, which closes the connection as ``slow`` past BROKER_MAX_OUTBOX_BYTES.
+
+A transport without close codes says why it closes in its own framing: an ERROR frame with
+``message:<reason>`` on STOMP, a ``{"type":"close","code":..,"reason":..}`` line on JSON lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from typing import Any
+
+from broker import errors, metrics
+from broker.auth import AuthUnavailable, Credentials, Refused
+from broker.codecs.jsoncodec import JsonCodec
+from broker.codecs.stomp import StompCodec
+from broker.codecs.stompframe import (
+    HEARTBEAT, CBFramer, Frame, StompFrameError, StompParser, encode_frame,
+)
+from broker.conf import conf
+from broker.connection import Connection
+from broker.errors import BrokerUnavailable
+
+log = logging.getLogger("tcpgate")
+
+READ_CHUNK = 65_536
+WRITE_HIGH_WATER = 65_536  # bytes asyncio may buffer per connection before write() waits
+CONNECT_TIMEOUT = 30.0  # seconds a new connection has to send its CONNECT / connect line
+CLOSE_GRACE = 2.0  # seconds a closing connection may take to flush before it is aborted
+HEARTBEAT_TIMEOUT = "heart-beat-timeout"
+
+
+def ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def credentials_from_connect(msg: dict[str, Any], remote_addr: str | None) -> Credentials:
+    """The §2 credentials of a JSON-lines ``{"type":"connect", ...}`` line."""
+
+    def text(name: str) -> str | None:
+        value = msg.get(name)
+        return value if isinstance(value, str) else None
+
+    headers = {name: value for name in ("cookie", "authorization", "user-agent")
+               if (value := text(name))}
+    extra = msg.get("headers")
+    if isinstance(extra, dict):  # for BROKER_AUTH_FORWARD_HEADERS
+        headers.update({str(k).lower(): v for k, v in extra.items() if isinstance(v, str)})
+    return Credentials(headers=headers, token=text("token"), remote_addr=remote_addr,
+                       app_key=text("app_key"), login_id=text("login_id"),
+                       profile_key=text("profile_key"))
+
+
+class TcpTransport:
+    """``broker.connection.Transport`` over an asyncio stream."""
+
+    name = "tcp"
+
+    def __init__(self, writer: asyncio.StreamWriter, json_lines: bool = False) -> None:
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.remote_addr: str | None = peer[0] if isinstance(peer, tuple) else None
+        self.json_lines = json_lines
+        self.codec: Any = None
+        self.last_write = time.monotonic()
+        self.done = asyncio.Event()  # set once the socket is closed
+        writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    async def write(self, frame: str | bytes) -> None:
+        data = frame.encode("utf-8") if isinstance(frame, str) else frame
+        if self.json_lines:
+            data += b"\n"
+        self.writer.write(data)
+        self.last_write = time.monotonic()
+        await self.writer.drain()
+
+    def last_words(self, code: int, reason: str) -> bytes | None:
+        if code == errors.CLOSE_NORMAL:
+            return None
+        if self.json_lines:
+            return json.dumps({"type": "close", "code": code, "reason": reason}).encode() + b"\n"
+        if isinstance(self.codec, StompCodec):
+            frame = self.codec.closing_frame(code, reason)
+            return frame.encode("utf-8") if isinstance(frame, str) else frame
+        return None
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.done.is_set() or self.writer.is_closing():
+            self.done.set()
+            return
+        last = self.last_words(code, reason)
+        with contextlib.suppress(Exception):
+            if last:
+                self.writer.write(last)  # no drain: a slow reader may never take it
+            self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), CLOSE_GRACE)
+        except Exception:  # timeout (the peer does not read) or the socket already failed
+            self.writer.transport.abort()
+        finally:
+            self.done.set()
+
+
+class Gate:
+    """Accepts TCP connections and serves each until it closes."""
+
+    def __init__(self, *, heartbeat_ms: int | None = None) -> None:
+        c = conf()
+        self.heartbeat_ms = c.BROKER_STOMP_HEARTBEAT_MS if heartbeat_ms is None else heartbeat_ms
+        self.max_frame = c.BROKER_MAX_MESSAGE_BYTES
+        self.max_header = min(c.BROKER_MAX_HEADER_BYTES, c.BROKER_MAX_MESSAGE_BYTES)
+        self.connections: set[Connection] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int, *, ssl: ssl.SSLContext | None = None
+                    ) -> asyncio.Server:
+        # ``limit`` bounds one JSON line; STOMP reads are chunked and bounded by their parsers.
+        self.server = await asyncio.start_server(self.handle, host, port, ssl=ssl,
+                                                 limit=self.max_frame + 2)
+        return self.server
+
+    async def shutdown(self, grace: float = CLOSE_GRACE) -> None:
+        """Stop accepting, then close every connection with 1001 ``going-away``."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.close_soon(errors.CLOSE_GOING_AWAY, "going-away")
+        deadline = time.monotonic() + grace
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------ one connection
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        transport = TcpTransport(writer)
+        conn: Connection | None = None
+        try:
+            try:
+                first = await asyncio.wait_for(reader.read(1), CONNECT_TIMEOUT)
+            except (TimeoutError, OSError, ssl.SSLError):
+                first = b""
+            if not first:
+                return
+            if first in b"CS\r\n":
+                conn = await self._stomp(reader, transport, first, cb=False)
+            elif first in (b"\x00", b"\x01"):
+                conn = await self._stomp(reader, transport, first, cb=True)
+            elif first == b"{":
+                transport.json_lines = True
+                conn = await self._json_lines(reader, transport, first)
+            else:
+                writer.write(encode_frame(Frame("ERROR", {"message": errors.MALFORMED_FRAME},
+                                                b"unknown framing")))
+        except Exception:
+            log.exception("tcp connection failed")
+        finally:
+            if conn is not None:
+                self.connections.discard(conn)
+                if not conn.closing:
+                    conn.close_soon(errors.CLOSE_NORMAL, "eof")
+                # the close flushes what is queued; a peer that does not read is cut off
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(transport.done.wait(), CLOSE_GRACE * 3)
+                if not transport.done.is_set():
+                    writer.transport.abort()
+                await conn.closed()
+            await transport.close(errors.CLOSE_NORMAL, "")
+
+    async def _read(self, reader: asyncio.StreamReader, conn: Connection,
+                    timeout: float | None) -> bytes:
+        if timeout is None:
+            return await reader.read(READ_CHUNK)
+        try:
+            return await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+        except TimeoutError:
+            if conn.session is None:
+                return b""
+            conn.close_soon(errors.CLOSE_GOING_AWAY, HEARTBEAT_TIMEOUT)
+            return b""
+
+    async def _open(self, conn: Connection, transport: TcpTransport, codec: Any,
+                    creds: Credentials) -> bool:
+        """Authenticate; welcome, or refuse and close. The same outcomes as over WebSocket."""
+        try:
+            await conn.open(creds)
+        except (Refused, AuthUnavailable, BrokerUnavailable) as exc:
+            metrics.counters["connections_refused"] += 1
+            if isinstance(exc, Refused):
+                reason = exc.reason
+            elif isinstance(exc, AuthUnavailable):
+                reason = errors.AUTH_UNAVAILABLE
+            else:
+                reason = errors.SERVICE_UNAVAILABLE
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(transport.write(codec.refused(reason)), CLOSE_GRACE)
+            await transport.close(errors.CLOSE_NORMAL, reason)
+            return False
+        self.connections.add(conn)
+        conn.push(codec.welcome(conn.identity, conn.id, None))
+        return True
+
+    async def _stomp(self, reader: asyncio.StreamReader, transport: TcpTransport, first: bytes,
+                     *, cb: bool) -> Connection:
+        framer: CBFramer | StompParser
+        if cb:
+            framer = CBFramer(max_frame_bytes=self.max_frame, max_header_bytes=self.max_header)
+            codec = StompCodec(cb=True, framer=framer, max_header_bytes=self.max_header)
+        else:
+            framer = StompParser(max_frame_bytes=self.max_frame, max_header_bytes=self.max_header)
+            codec = StompCodec(heartbeat_ms=self.heartbeat_ms, max_header_bytes=self.max_header)
+        transport.codec = codec
+        conn = Connection(transport, codec)
+        beats: asyncio.Task[None] | None = None
+        data = first
+        try:
+            while True:
+                error: StompFrameError | None = None
+                try:
+                    items: list[Any] = list(framer.feed(data))
+                except StompFrameError as exc:
+                    items, error = list(exc.frames), exc
+                for item in items:
+                    if item is HEARTBEAT:
+                        continue
+                    if conn.session is None:
+                        if not await self._stomp_connect(conn, transport, codec, item):
+                            return conn
+                        if codec.heartbeat_out:
+                            beats = asyncio.ensure_future(self._beat(conn, transport, codec))
+                    else:
+                        await conn.receive(codec.decode(item))
+                    if conn.closing:
+                        return conn
+                if error is not None:
+                    if conn.session is None:
+                        await transport.write(codec.error_frame(errors.MALFORMED_FRAME,
+                                                                str(error)))
+                        await transport.close(errors.CLOSE_NORMAL, errors.MALFORMED_FRAME)
+                    else:
+                        await conn.receive(codec.malformed(str(error)))
+                    return conn
+                timeout = (codec.heartbeat_in * 2 / 1000 + 1 if codec.heartbeat_in
+                           else None) if conn.session is not None else CONNECT_TIMEOUT
+                data = await self._read(reader, conn, timeout)
+                if not data or conn.closing:
+                    return conn
+        finally:
+            if beats is not None:
+                beats.cancel()
+
+    async def _stomp_connect(self, conn: Connection, transport: TcpTransport, codec: StompCodec,
+                             frame: Frame) -> bool:
+        try:
+            creds = codec.credentials(frame, transport.remote_addr)
+        except StompFrameError as exc:
+            await transport.write(codec.refused(str(exc)))
+            await transport.close(errors.CLOSE_NORMAL, str(exc))
+            return False
+        return await self._open(conn, transport, codec, creds)
+
+    async def _beat(self, conn: Connection, transport: TcpTransport, codec: StompCodec) -> None:
+        """Send a heart-beat EOL whenever nothing was written for the negotiated period."""
+        period = codec.heartbeat_out / 1000
+        while not conn.closing:
+            await asyncio.sleep(max(period - (time.monotonic() - transport.last_write), 0.01))
+            if time.monotonic() - transport.last_write >= period * 0.9:
+                conn.push(codec.heartbeat())
+                transport.last_write = time.monotonic()
+
+    async def _json_lines(self, reader: asyncio.StreamReader, transport: TcpTransport,
+                          first: bytes) -> Connection:
+        codec = JsonCodec(rich=True)
+        transport.codec = codec
+        conn = Connection(transport, codec)
+        line: bytes | None = first
+        while True:
+            try:
+                rest = await asyncio.wait_for(reader.readline(), None if conn.session
+                                              else CONNECT_TIMEOUT)
+            except ValueError:  # a line over the limit
+                if conn.session is None:
+                    await transport.close(errors.CLOSE_TOO_BIG, "message too big")
+                else:
+                    conn.close_soon(errors.CLOSE_TOO_BIG, "message too big")
+                return conn
+            except TimeoutError:
+                return conn
+            line = (line or b"") + rest
+            if not rest.endswith(b"\n"):
+                return conn  # EOF (a last line without its newline is dropped)
+            text = line.rstrip(b"\r\n")
+            line = None
+            if not text.strip():
+                continue  # keep-alive
+            try:
+                decoded: str | None = text.decode("utf-8")
+            except UnicodeDecodeError:
+                decoded = None
+            if conn.session is None:
+                try:
+                    msg = json.loads(decoded) if decoded is not None else None
+                except ValueError:
+                    msg = None
+                if not isinstance(msg, dict) or msg.get("type") != "connect":
+                    await transport.write(codec.refused(errors.NOT_CONNECTED))
+                    await transport.close(errors.CLOSE_NORMAL, errors.NOT_CONNECTED)
+                    return conn
+                creds = credentials_from_connect(msg, transport.remote_addr)
+                if not await self._open(conn, transport, codec, creds):
+                    return conn
+                continue
+            await conn.receive(codec.decode(decoded))
+            if conn.closing:
+                return conn
+
+
+async def start_server(host: str, port: int, *, certfile: str | None = None,
+                       keyfile: str | None = None, heartbeat_ms: int | None = None
+                       ) -> tuple[Gate, asyncio.Server]:
+    """Start a gate on the running loop (Django must be set up); it shares the loop's hub."""
+    gate = Gate(heartbeat_ms=heartbeat_ms)
+    server = await gate.start(host, port,
+                              ssl=ssl_context(certfile, keyfile) if certfile else None)
+    return gate, server

@@ -1,0 +1,200 @@
+"""The auth API proxy (PROTOCOL §2.1) against a real HTTP server (the AuthAPI stub).
+
+What the broker forwards, how it reads the answer, what happens when the API is down or slow,
+and the bound on auth requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.harness import (
+    close_code, expect_nothing, free_port, recv_json, ws_connect, ws_open,
+)
+
+NEWS = {"target": "news"}
+OK_BODY = {"login_id": "u1", "allowed_rooms": [NEWS]}
+REFUSED = {"is_authorized": False}
+# Headers that carry who the client is: the API must see only the ones the client sent.
+IDENTITY_HEADERS = ("cookie", "authorization", "x-csrftoken", "user-agent", "x-custom")
+
+
+async def connect_or_fail(url: str, **kw):
+    """The handshake must succeed whatever auth says: the outcome is a frame and a close code,
+    never an HTTP error (a 500) during the handshake."""
+    try:
+        return await ws_connect(url, **kw)
+    except InvalidStatus as exc:
+        pytest.fail(f"handshake answered HTTP {exc.response.status_code}")
+
+
+async def expect_refused(url: str, **kw) -> None:
+    ws = await connect_or_fail(url, **kw)
+    assert await recv_json(ws) == REFUSED
+    assert (await close_code(ws))[0] == 1000
+
+
+async def expect_unavailable(url: str, **kw) -> None:
+    ws = await connect_or_fail(url, **kw)
+    frames: list = []
+    assert await close_code(ws, frames=frames) == (1011, "auth-unavailable")
+    assert frames == []
+
+
+# ---------------------------------------------------------------- what is forwarded
+
+
+async def test_forwarded_headers(broker_factory, auth_api):
+    auth_api.allow(token="t1", body=OK_BODY)
+    auth_api.allow(authorization="Bearer own", body=OK_BODY)
+    broker = broker_factory(auth_api=auth_api, BROKER_AUTH_FORWARD_HEADERS="X-Custom")
+
+    ws, welcome = await ws_open(
+        broker.ws_url, token="t1", cookie="sessionid=s1; csrftoken=abc",
+        user_agent_header="ua-test/1.0",
+        headers={"X-Custom": "c-value", "X-Other": "not-forwarded", "X-Real-IP": "6.6.6.6"})
+    assert welcome == {"is_authorized": True, "allowed_rooms": [NEWS]}
+    await ws.close()
+    rec = auth_api.last
+    assert (rec.method, rec.path, rec.raw_query) == ("GET", "/api/bootstrap/", "")
+    assert {h: rec.headers.get(h) for h in (*IDENTITY_HEADERS, "x-real-ip", "x-other")} == {
+        "cookie": "sessionid=s1; csrftoken=abc",
+        "authorization": "Token t1",        # made from ?token=
+        "x-csrftoken": "abc",               # from the csrftoken cookie
+        "user-agent": "ua-test/1.0",
+        "x-custom": "c-value",              # named in BROKER_AUTH_FORWARD_HEADERS
+        "x-real-ip": "127.0.0.1",           # the client's address, not what it claims
+        "x-other": None,
+    }
+
+    # The client's own Authorization wins over ?token=; nothing it did not send is made up.
+    auth_api.clear()
+    ws, welcome = await ws_open(broker.ws_url, token="ignored", user_agent_header=None,
+                                headers={"Authorization": "Bearer own"})
+    assert welcome["is_authorized"] is True
+    await ws.close()
+    rec = auth_api.last
+    assert {h: rec.headers.get(h) for h in (*IDENTITY_HEADERS, "x-real-ip")} == {
+        "cookie": None, "authorization": "Bearer own", "x-csrftoken": None,
+        "user-agent": None, "x-custom": None, "x-real-ip": "127.0.0.1"}
+
+    # A cookie without csrftoken gives no X-CSRFToken; no token and no Authorization gives none.
+    auth_api.clear()
+    await expect_refused(broker.ws_url, cookie="sessionid=s2", user_agent_header=None)
+    rec = auth_api.last
+    assert {h: rec.headers.get(h) for h in IDENTITY_HEADERS} == {
+        "cookie": "sessionid=s2", "authorization": None, "x-csrftoken": None,
+        "user-agent": None, "x-custom": None}
+
+
+# ---------------------------------------------------------------- how the answer is read
+
+
+async def test_any_status_but_200_refuses(broker_factory, auth_api):
+    broker = broker_factory(auth_api=auth_api)
+    for status in (403, 401, 404, 500, 302, 201, 204):
+        auth_api.allow(token=f"s{status}", status=status, body=OK_BODY,
+                       headers={"Location": auth_api.url} if status == 302 else None)
+        await expect_refused(broker.ws_url, token=f"s{status}")
+    assert auth_api.count == 7  # one request each (no redirect followed)
+
+
+MALFORMED = [
+    b"{not json", b"", "null", "[]", '"string"', "5",
+    {"allowed_rooms": ["foo"]}, {"allowed_rooms": "news"}, {"allowed_rooms": {"target": "x"}},
+    {"allowed_rooms": [{"target": None}]}, {"allowed_rooms": [{}]},
+    {"allowed_rooms": [], "profile": "root"}, {"allowed_rooms": [], "login_id": 5},
+    {"allowed_rooms": [], "publish_rooms": ["foo"]},
+]
+
+
+async def test_malformed_body_refuses(broker, auth_api):
+    for i, body in enumerate(MALFORMED):
+        auth_api.allow(token=f"m{i}", body=body)
+    for i, body in enumerate(MALFORMED):
+        try:
+            await expect_refused(broker.ws_url, token=f"m{i}")
+        except AssertionError as exc:
+            raise AssertionError(f"auth API body {body!r}: {exc}") from exc
+
+
+async def test_minimal_and_extra_keys_authorize(broker, auth_api):
+    auth_api.allow(token="empty", body={})
+    auth_api.allow(token="extra", body={"allowed_rooms": [NEWS], "is_staff": True,
+                                        "name": "Ann"})
+    ws, welcome = await ws_open(broker.ws_url, token="empty")
+    assert welcome == {"is_authorized": True, "allowed_rooms": []}
+    await ws.close()
+    ws, welcome = await ws_open(broker.ws_url, token="extra")
+    assert welcome == {"is_authorized": True, "allowed_rooms": [NEWS]}
+    await ws.close()
+
+
+# ---------------------------------------------------------------- API down or slow
+
+
+async def test_auth_unavailable_when_nothing_listens(broker_factory):
+    url = f"http://127.0.0.1:{free_port()}/api/bootstrap/"
+    broker = broker_factory(auth_api=url, BROKER_AUTH_TIMEOUT=2)
+    t0 = time.monotonic()
+    await expect_unavailable(broker.ws_url, token="x")
+    assert time.monotonic() - t0 < 2  # refused at once, not after the timeout
+    # the rich dialect also says why before closing
+    ws = await connect_or_fail(broker.ws_url, token="x", subprotocols=["combroker.v1"])
+    assert await recv_json(ws) == {"type": "refused", "is_authorized": False,
+                                   "reason": "auth-unavailable"}
+    assert await close_code(ws) == (1011, "auth-unavailable")
+
+
+async def test_auth_unavailable_when_slower_than_the_timeout(broker_factory, auth_api):
+    auth_api.allow(token="slow", body=OK_BODY, delay=2.0)
+    auth_api.allow(token="quick", body=OK_BODY, delay=0.1)
+    broker = broker_factory(auth_api=auth_api, BROKER_AUTH_TIMEOUT=0.5)
+    t0 = time.monotonic()
+    await expect_unavailable(broker.ws_url, token="slow")
+    elapsed = time.monotonic() - t0
+    assert 0.4 < elapsed < 1.8, elapsed  # the broker gave up; it did not wait for the answer
+    # within the timeout all is well
+    ws, welcome = await ws_open(broker.ws_url, token="quick")
+    assert welcome == {"is_authorized": True, "allowed_rooms": [NEWS]}
+    await ws.close()
+
+
+async def test_channel_layer_down_at_connect_is_a_close_not_a_500(broker_factory, auth_api,
+                                                                  fresh_redis):
+    auth_api.allow(token="t", body=OK_BODY)
+    broker = broker_factory(auth_api=auth_api, redis=fresh_redis)
+    fresh_redis.stop()
+    ws = await connect_or_fail(broker.ws_url, token="t")
+    code, _reason = await close_code(ws, timeout=10)
+    assert code == 1011
+
+
+# ---------------------------------------------------------------- bounded and pooled
+
+
+async def test_auth_requests_in_flight_are_bounded(broker_factory, auth_api):
+    auth_api.allow(token="t", body=OK_BODY)
+    broker = broker_factory(auth_api=auth_api, BROKER_AUTH_MAX_IN_FLIGHT=3,
+                            BROKER_AUTH_TIMEOUT=10)
+    auth_api.pause()
+    try:
+        sockets = await asyncio.gather(*(connect_or_fail(broker.ws_url, token="t")
+                                         for _ in range(10)))
+        await auth_api.await_requests(3)
+        await asyncio.to_thread(auth_api.wait_for_in_flight, 3)
+        await expect_nothing(sockets[0], within=0.5)  # time for any excess request to arrive
+        assert (auth_api.in_flight, auth_api.count) == (3, 3)
+    finally:
+        auth_api.resume()
+    for ws in sockets:
+        assert await recv_json(ws) == {"is_authorized": True, "allowed_rooms": [NEWS]}
+    assert auth_api.count == 10
+    assert auth_api.max_in_flight == 3
+    # one pooled client: the 10 requests went over at most 3 kept-alive TCP connections
+    assert auth_api.connections_opened <= 3
+    await asyncio.gather(*(ws.close() for ws in sockets))

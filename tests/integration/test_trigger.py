@@ -1,0 +1,250 @@
+"""POST /trigger (PROTOCOL §5): every status code, and publish()/publish_sync() from a Django
+process of its own reaching a WebSocket subscriber through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.conftest import _BROKERS as BROKERS_KEY
+from tests.harness import (
+    ROOT, AuthAPI, BrokerProcess, expect_nothing, recv_json, send_json, trigger, ws_open,
+)
+
+TOKEN = "test-token"
+NEWS = {"target": "news"}
+MAX_BYTES = 300
+
+
+def publish(request_id, data) -> dict:
+    return {"type": "publish", "requestId": request_id, "data": data}
+
+
+async def subscriber(broker, room=NEWS, request_id=1, **kw):
+    ws, welcome = await ws_open(broker.ws_url, token="sub", **kw)
+    assert welcome["is_authorized"] is True
+    await send_json(ws, {"type": "subscribe", "room": room, "requestId": request_id})
+    assert (await recv_json(ws))["code"] == "success"
+    return ws
+
+
+def api_rules(api: AuthAPI) -> AuthAPI:
+    return api.allow(token="sub", body={"allowed_rooms": [NEWS, {"target": "chat", "n": "*"}]})
+
+
+@pytest.fixture(scope="module")
+def shared_broker():
+    with AuthAPI() as api:
+        api_rules(api)
+        with BrokerProcess({"BROKER_AUTH_URL": api.url, "BROKER_TRIGGER_TOKEN": TOKEN,
+                            "BROKER_MAX_TRIGGER_BYTES": MAX_BYTES},
+                           name="shared-broker") as broker:
+            yield broker
+
+
+@pytest.fixture
+def broker(shared_broker, request):
+    request.node.stash.setdefault(BROKERS_KEY, []).append(shared_broker)
+    return shared_broker
+
+
+def post(broker, body, *, token: str | None = TOKEN, scheme="Bearer", path="/trigger",
+         **kw) -> httpx.Response:
+    """POST a raw body (bytes/str) or a JSON value."""
+    return trigger(broker.base_url, token, None, None, body=body, scheme=scheme, path=path,
+                   **kw)
+
+
+def error_of(response: httpx.Response) -> str:
+    body = response.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str), body
+    return body["error"]
+
+
+# ---------------------------------------------------------------- 202
+
+
+async def test_202_delivers(broker):
+    ws = await subscriber(broker)
+    r = await broker.atrigger([NEWS], {"hello": "world"})
+    assert r.status_code == 202
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == {"id"} and re.fullmatch(r"[0-9a-f]{32}", body["id"])
+    assert await recv_json(ws) == publish(1, {"hello": "world"})
+
+    # /trigger/ too; data may be null; Authorization: Token <t> is accepted as well
+    r2 = await broker.atrigger([NEWS], None, path="/trigger/", scheme="Token")
+    assert r2.status_code == 202 and r2.json()["id"] != body["id"]
+    assert await recv_json(ws) == publish(1, None)
+    await expect_nothing(ws)
+    await ws.close()
+
+
+# ---------------------------------------------------------------- 400, 401, 405, 413
+
+
+async def test_400_for_each_cause(broker):
+    ws = await subscriber(broker)
+    cases = [
+        (b"{broken", "body is not JSON"),
+        (b"", "body is not JSON"),
+        ("[]", "body must be a JSON object"),
+        ('"rooms"', "body must be a JSON object"),
+        ({"data": 1}, "rooms missing"),
+        ({"rooms": [NEWS]}, "data missing"),
+        ({"rooms": [{"target": None}], "data": 1}, "invalid room"),
+        ({"rooms": [NEWS, {}], "data": 1}, "invalid room"),
+        ({"rooms": NEWS, "data": 1}, "invalid room"),
+        ({"rooms": [], "data": 1}, "invalid room"),
+        ({"rooms": None, "data": 1}, "invalid room"),
+    ]
+    for body, expected in cases:
+        r = post(broker, body)
+        assert r.status_code == 400, (body, r.status_code, r.text)
+        message = error_of(r)
+        assert message == expected or message.startswith(expected + ": "), (body, message)
+    # nothing of it was delivered, not even the valid room of a list with an invalid one
+    await expect_nothing(ws)
+    assert post(broker, {"rooms": [NEWS], "data": "valid"}).status_code == 202
+    assert await recv_json(ws) == publish(1, "valid")
+    await ws.close()
+
+
+async def test_401_without_the_right_token(broker):
+    ws = await subscriber(broker)
+    valid = {"rooms": [NEWS], "data": 1}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Token wrong"},
+                    {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN},
+                    {"Authorization": "Bearer"}, {"Authorization": f"Bearer {TOKEN}x"},
+                    {"X-Trigger-Token": TOKEN}):
+        r = post(broker, valid, token=None, headers=headers)
+        assert r.status_code == 401, (headers, r.status_code)
+        assert error_of(r)
+    # the token is checked before the body
+    assert post(broker, b"{broken", token="wrong").status_code == 401
+    await expect_nothing(ws)
+    assert post(broker, valid, scheme="Token").status_code == 202
+    assert await recv_json(ws) == publish(1, 1)
+    await ws.close()
+
+
+def test_401_for_everyone_without_a_configured_token(broker_factory):
+    broker = broker_factory(BROKER_TRIGGER_TOKEN=None)
+    for token in (None, "test-token", "anything"):
+        r = broker.trigger([NEWS], 1, token=token)
+        assert r.status_code == 401, (token, r.status_code)
+
+
+def test_405_for_other_methods(broker):
+    for method in ("GET", "PUT", "DELETE", "PATCH"):
+        for path in ("/trigger", "/trigger/"):
+            r = httpx.request(method, broker.base_url + path, trust_env=False, timeout=10,
+                              headers={"Authorization": f"Bearer {TOKEN}"})
+            assert r.status_code == 405, (method, path)
+            assert r.headers["allow"] == "POST"
+            assert error_of(r)
+
+
+def _body_of_size(n: int) -> bytes:
+    body = json.dumps({"rooms": [NEWS], "data": ""}, separators=(",", ":")).encode()
+    pad = n - len(body)
+    assert pad >= 0
+    return body[:-2] + b"x" * pad + b'"}'
+
+
+async def test_413_over_the_limit(broker):
+    ws = await subscriber(broker)
+    at_limit = _body_of_size(MAX_BYTES)
+    assert len(at_limit) == MAX_BYTES
+    assert post(broker, at_limit).status_code == 202
+    assert await recv_json(ws) == publish(1, json.loads(at_limit)["data"])
+
+    r = post(broker, _body_of_size(MAX_BYTES + 1))
+    assert r.status_code == 413 and error_of(r)
+
+    def chunks():
+        yield _body_of_size(MAX_BYTES * 3)
+
+    # without a Content-Length (chunked), the body itself is measured
+    r = httpx.post(broker.base_url + "/trigger", content=chunks(), trust_env=False, timeout=10,
+                   headers={"Authorization": f"Bearer {TOKEN}",
+                            "Content-Type": "application/json"})
+    assert r.status_code == 413, r.text
+    await expect_nothing(ws)
+    assert post(broker, {"rooms": [NEWS], "data": "small"}).status_code == 202
+    assert await recv_json(ws) == publish(1, "small")
+    await ws.close()
+
+
+# ---------------------------------------------------------------- 503
+
+
+async def test_503_when_redis_is_down(broker_factory, auth_api, fresh_redis):
+    api_rules(auth_api)
+    idle = broker_factory(auth_api=auth_api, redis=fresh_redis)   # no hub running yet
+    busy = broker_factory(auth_api=auth_api, redis=fresh_redis)   # a subscriber: hub running
+    ws = await subscriber(busy)
+    assert (await busy.atrigger([NEWS], "before")).status_code == 202
+    assert await recv_json(ws) == publish(1, "before")
+
+    fresh_redis.stop()
+    for b in (idle, busy):
+        r = await b.atrigger([NEWS], "during")
+        assert r.status_code == 503, (b.name, r.status_code, r.text)
+        assert "not delivered" in error_of(r)
+    await expect_nothing(ws)
+
+
+# ---------------------------------------------------------------- publish() / publish_sync()
+
+PUBLISHER = r"""
+import asyncio, json, sys
+import django
+django.setup()
+from broker import publish, publish_sync
+from rooms import InvalidRoom
+rooms = json.loads(sys.argv[1])
+out = {"sync": publish_sync(rooms, {"via": "publish_sync"})}
+out["async"] = asyncio.run(publish(rooms, {"via": "publish"}))
+try:
+    publish_sync([{"bad": None}], 1)
+except InvalidRoom:
+    out["invalid"] = "InvalidRoom"
+print(json.dumps(out))
+"""
+
+
+async def test_publish_and_publish_sync_from_another_process(broker_factory, auth_api,
+                                                             redis_server, unique):
+    api_rules(auth_api)
+    prefix = f"pub-{unique}"
+    broker = broker_factory(auth_api=auth_api, redis=redis_server, BROKER_KEY_PREFIX=prefix)
+    room = {"target": "chat", "n": "5"}
+    ws = await subscriber(broker, room={"target": "chat", "n": "*"}, request_id="r",
+                          subprotocols=["combroker.v1"])
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update(DJANGO_SETTINGS_MODULE="combroker.settings", BROKER_REDIS_URL=redis_server.url,
+               BROKER_KEY_PREFIX=prefix, PYTHONDONTWRITEBYTECODE="1")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PUBLISHER, json.dumps([room]), cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, stderr.decode()
+    out = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert out["invalid"] == "InvalidRoom"
+
+    assert await recv_json(ws) == {"type": "publish", "requestId": "r", "room": room,
+                                   "data": {"via": "publish_sync"}, "id": out["sync"]}
+    assert await recv_json(ws) == {"type": "publish", "requestId": "r", "room": room,
+                                   "data": {"via": "publish"}, "id": out["async"]}
+    await expect_nothing(ws)
+    await ws.close()

@@ -1,0 +1,340 @@
+"""The STOMP codec (broker.codecs.stomp) with plain function calls: frames <-> session values."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from broker import errors
+from broker.codecs.stomp import StompCodec
+from broker.codecs.stompframe import CBFramer, Frame, encode_frame, parse_frame
+from broker.identity import identity_from_api, identity_from_static_keys
+from broker.session import (
+    Disconnect, Error, Invalid, JoinRoom, Ping, Pong, Publish, Send, Session, Subscribe,
+    Subscription, Success, Unsubscribe, UnsubscribeAll,
+)
+from rooms import parse_room
+
+KEYS = {"agent": "ak", "super_agent": "sk", "service": "vk", "admin": "dk"}
+
+
+def frame(command: str, body: str = "", **headers: str) -> bytes:
+    return encode_frame(Frame(command, {k.replace("_", "-"): v for k, v in headers.items()},
+                              body.encode()))
+
+
+def out(data: str | bytes | None, cb: bool = False) -> Frame:
+    assert data is not None
+    raw = data.encode() if isinstance(data, str) else data
+    return parse_frame(raw, cb_compat=cb)
+
+
+def connected(codec: StompCodec, profile: str = "agent", login: str = "bob") -> StompCodec:
+    codec.welcome(identity_from_api({"login_id": login, "profile": profile}), "c1", None)
+    return codec
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+def test_credentials_static_keys_and_token():
+    codec = StompCodec(cb=True)
+    creds = codec.credentials(
+        frame("CONNECT", login="agent1", passcode="ak", **{"secret-key": "app"}), "10.0.0.1")
+    assert (creds.app_key, creds.login_id, creds.profile_key) == ("app", "agent1", "ak")
+    assert creds.is_static and creds.remote_addr == "10.0.0.1"
+    assert "passcode" not in creds.headers and "secret-key" not in creds.headers
+
+    creds = StompCodec().credentials(
+        frame("STOMP", token="t1", cookie="sessionid=x", authorization="Token z"), None)
+    assert not creds.is_static and creds.token == "t1"
+    assert creds.headers["cookie"] == "sessionid=x" and creds.headers["authorization"] == "Token z"
+
+
+@pytest.mark.parametrize("data", [frame("SEND", destination="/x"), b"junk\n\n\x00", b""])
+def test_credentials_need_a_connect_frame(data):
+    from broker.codecs.stompframe import StompFrameError
+
+    with pytest.raises(StompFrameError):
+        StompCodec().credentials(data, None)
+
+
+def test_welcome_has_the_communication_broker_headers():
+    codec = StompCodec(heartbeat_ms=5000)
+    codec.credentials(frame("CONNECT", token="t", **{"heart-beat": "1000,20000"}), None)
+    ident = identity_from_static_keys("app", "sam", "sk", expected_app_key="app",
+                                      profile_keys=KEYS)
+    f = out(codec.welcome(ident, "abc", None))
+    assert f.command == "CONNECTED"
+    assert f.headers == {
+        "version": "1.2", "heart-beat": "5000,5000", "session": "abc", "server": "combroker/0.1",
+        "session-id": "abc", "login": "sam", "connection-id": "abc",
+        "destination": "/super_agent/sam", "profile-code": "2", "profile-desc": "super_agent"}
+    # negotiated: we send every max(5000, 20000), and expect the client every max(1000, 5000)
+    assert (codec.heartbeat_out, codec.heartbeat_in) == (20000, 5000)
+
+
+def test_no_heartbeats_when_either_side_declines():
+    codec = StompCodec(heartbeat_ms=5000)
+    codec.credentials(frame("CONNECT", token="t"), None)
+    connected(codec)
+    assert (codec.heartbeat_out, codec.heartbeat_in) == (0, 0)
+
+
+@pytest.mark.parametrize("reason", [errors.INVALID_APP_KEY, errors.INVALID_PROFILE_KEY,
+                                    errors.REFUSED])
+def test_refused_is_an_error_with_the_exact_text(reason):
+    f = out(StompCodec(cb=True).refused(reason), cb=True)
+    assert f.command == "ERROR" and f.headers["message"] == reason
+
+
+# --------------------------------------------------------------------------- inbound
+
+CHAT = {"target": "chat", "customer": "1"}
+
+
+@pytest.mark.parametrize("data, expected", [
+    (frame("SUBSCRIBE", id="s1", destination="/room/" + json.dumps(CHAT)), Subscribe("s1", CHAT)),
+    (frame("SUBSCRIBE", id="s2", destination="/agent/alice"),
+     Subscribe("s2", {"client": "alice", "profile": "agent"})),
+    (frame("SUBSCRIBE", id="s3", destination="/super_agent/*"),
+     Subscribe("s3", {"client": "*", "profile": "super_agent"})),
+    (frame("SUBSCRIBE", destination="/room/{}"), Subscribe(None, {})),
+    (frame("UNSUBSCRIBE", id="s1"), Unsubscribe("s1")),
+    (frame("UNSUBSCRIBE"), UnsubscribeAll()),
+    (frame("UNSUBSCRIBE", destination="/agent/x"), UnsubscribeAll()),
+    (frame("SEND", '{"a":1}', destination="/agent/alice"),
+     Send(None, "/agent/alice", {"a": 1}, text='{"a":1}')),
+    (frame("SEND", "hello", destination="/agent/alice"),
+     Send(None, "/agent/alice", "hello", text="hello")),
+    (frame("SEND", "123", destination="/agent/alice", content_type="text/plain"),
+     Send(None, "/agent/alice", "123", text="123")),
+    (frame("SEND", '{"x":true}', destination="/room/" + json.dumps(CHAT)),
+     Publish(None, [CHAT], {"x": True})),
+    (frame("SEND", "1", destination="/room/[" + json.dumps(CHAT) + ', {"a":"b"}]'),
+     Publish(None, [CHAT, {"a": "b"}], 1)),
+    (frame("DISCONNECT"), Disconnect()),
+    (frame("ACK", id="m1"), Ping()),
+    (b"\n", Ping()),
+    (b"\r\n\n", Ping()),
+])
+def test_decode(data, expected):
+    req = StompCodec().decode(data)
+    req.meta = None
+    if isinstance(req, Subscribe):
+        req.pattern = None
+    assert req == expected
+
+
+@pytest.mark.parametrize("data, code", [
+    (frame("SUBSCRIBE", id="s", destination="/room/{nope"), errors.INVALID_ROOM),
+    (frame("SUBSCRIBE", id="s", destination="/topic/x"), errors.INVALID_ROOM),
+    (frame("SUBSCRIBE", id="s"), errors.INVALID_MESSAGE),
+    (frame("SUBSCRIBE", id="s", destination="(", **{"destination-type": "1"}),
+     errors.INVALID_MESSAGE),
+    (frame("SEND", "x"), errors.INVALID_MESSAGE),
+    (frame("SEND", "x", destination="/room/]"), errors.INVALID_ROOM),
+    (frame("BEGIN", transaction="t"), errors.MESSAGE_TYPE_NOT_ALLOWED),
+    (frame("CONNECT", token="t"), errors.MESSAGE_TYPE_NOT_ALLOWED),
+    (frame("MESSAGE", destination="/x"), errors.MESSAGE_TYPE_NOT_ALLOWED),
+    (b"SEND\ndestination:/a\\q\n\nx\x00", errors.MALFORMED_FRAME),
+    (b"SEND\ndestination\n\nx\x00", errors.MALFORMED_FRAME),
+    (b"\x00\x01\x02junk", errors.MALFORMED_FRAME),
+    (b"SEND\ncontent-length:99\n\nshort\x00", errors.MALFORMED_FRAME),
+])
+def test_decode_errors(data, code):
+    req = StompCodec().decode(data)
+    assert isinstance(req, Invalid) and req.code == code
+    assert bool(req.meta and req.meta.get("fatal")) == (code == errors.MALFORMED_FRAME)
+
+
+def test_send_body_bytes_must_be_utf8():
+    req = StompCodec().decode(Frame("SEND", {"destination": "/agent/a"}, b"\xff\xfe"))
+    assert isinstance(req, Invalid) and req.code == errors.INVALID_MESSAGE
+
+
+def test_receipt_and_transaction_travel_in_meta():
+    codec = StompCodec(cb=True)
+    req = codec.decode(frame("SEND", "x", destination="/agent/a", transaction="t9", receipt="r"))
+    assert req.meta == {"command": "SEND", "receipt": "r", "transaction": "t9"}
+    req = codec.decode(frame("DISCONNECT", **{"receipt-id": "77"}))
+    assert isinstance(req, Disconnect) and req.meta["receipt"] == "77"
+
+
+def test_cb_subscribe_without_id_is_named_by_its_destination():
+    req = StompCodec(cb=True).decode(frame("SUBSCRIBE", destination="/agent/x"))
+    assert isinstance(req, Subscribe) and req.request_id == "/agent/x"
+
+
+def test_cb_parsing_is_tolerant_of_spaces_and_unescaped_text():
+    req = StompCodec(cb=True).decode(b"SEND \ndestination : /agent/a\\b\n\nhi")
+    assert isinstance(req, Send) and req.to == "/agent/a\\b" and req.text == "hi"
+
+
+def test_regex_watch_is_a_wildcard_watch_with_a_pattern():
+    ident = identity_from_api({"login_id": "sup", "profile": "super_agent"})
+    codec = StompCodec(cb=True)
+    codec.welcome(ident, "c", None)
+    req = codec.decode(frame("SUBSCRIBE", id="w", destination="/agent/.*",
+                             **{"destination-type": "1"}))
+    assert isinstance(req, Subscribe)
+    assert req.room == {"client": "*", "profile": "agent"}
+    assert req.pattern.fullmatch("/agent/bob") and not req.pattern.fullmatch("/agentx/bob")
+    step = Session(ident, max_subscriptions=10, public_status=False).handle(req)
+    assert isinstance(step.effect, JoinRoom) and step.effect.subscription.pattern is req.pattern
+    # a super agent only watches agents: a regex without a profile prefix means agents
+    req = codec.decode(frame("SUBSCRIBE", id="w2", destination=".*bo.*",
+                             **{"destination-type": "1"}))
+    assert req.room == {"client": "*", "profile": "agent"}
+
+
+def test_regex_watch_of_a_service_needs_a_profile_prefix():
+    codec = StompCodec()
+    codec.welcome(identity_from_api({"login_id": "svc", "profile": "service"}), "c", None)
+    req = codec.decode(frame("SUBSCRIBE", id="w", destination=".*",
+                             **{"destination-type": "1"}))
+    assert isinstance(req, Invalid)
+    req = codec.decode(frame("SUBSCRIBE", id="w", destination="^/super_agent/a.*",
+                             **{"destination-type": "1"}))
+    assert req.room == {"client": "*", "profile": "super_agent"}
+
+
+def test_subscribing_to_ones_own_destination_names_direct_messages():
+    codec = connected(StompCodec())
+    req = codec.decode(frame("SUBSCRIBE", id="inbox", destination="/agent/bob", receipt="r1"))
+    assert isinstance(req, Ping)
+    assert out(codec.reply(Pong(), req.meta)).headers == {"receipt-id": "r1"}
+    msg = out(codec.message(_direct()))
+    assert msg.headers["subscription"] == "inbox"
+    assert isinstance(codec.decode(frame("UNSUBSCRIBE", id="inbox")), Ping)
+    assert "subscription" not in out(codec.message(_direct())).headers
+
+
+# --------------------------------------------------------------------------- replies
+
+
+def test_success_replies():
+    codec = StompCodec()
+    assert codec.reply(Success(), {"command": "SUBSCRIBE"}) is None
+    assert codec.reply(Success()) is None
+    f = out(codec.reply(Success(), {"command": "SUBSCRIBE", "receipt": "r1"}))
+    assert (f.command, f.headers) == ("RECEIPT", {"receipt-id": "r1"})
+    f = out(codec.reply(Success(), {"command": "SEND", "transaction": "7"}))
+    assert (f.command, f.headers) == ("ACK", {"transaction": "7", "error-desc": "OK"})
+    assert codec.ending is None
+
+
+def test_standard_error_closes():
+    codec = StompCodec()
+    f = out(codec.reply(Error(errors.ROOM_NOT_FOUND, "s1"), {"command": "SUBSCRIBE",
+                                                              "receipt": "r"}))
+    assert f.command == "ERROR"
+    assert f.headers["message"] == errors.ROOM_NOT_FOUND and f.headers["receipt-id"] == "r"
+    assert codec.ending == (errors.CLOSE_NORMAL, errors.ROOM_NOT_FOUND)
+
+
+def test_cb_errors_keep_the_connection_open():
+    codec = StompCodec(cb=True)
+    f = out(codec.reply(Error(errors.DESTINATION_NOT_FOUND),
+                        {"command": "SEND", "transaction": "t1"}), cb=True)
+    assert (f.command, f.headers) == ("ACK", {"transaction": "t1",
+                                              "error-desc": errors.DESTINATION_NOT_FOUND})
+    f = out(codec.reply(Error(errors.ROOM_NOT_FOUND), {"command": "SUBSCRIBE"}), cb=True)
+    assert f.command == "ERROR"
+    assert codec.ending is None
+    # ... except for a malformed frame
+    req = codec.decode(b"SEND\nno colon here\n\nx")
+    out(codec.reply(Error(req.code, detail=req.detail), req.meta), cb=True)
+    assert codec.ending == (errors.CLOSE_NORMAL, errors.MALFORMED_FRAME)
+
+
+@pytest.mark.parametrize("headers", [{"receipt": "bye"}, {"receipt-id": "bye"}])
+def test_disconnect_receipt_then_close(headers):
+    codec = StompCodec(cb=True)
+    req = codec.decode(frame("DISCONNECT", **headers))
+    f = out(codec.reply(Success(), req.meta), cb=True)
+    assert (f.command, f.headers) == ("RECEIPT", {"receipt-id": "bye"})
+    assert codec.ending == (errors.CLOSE_NORMAL, "disconnect")
+
+
+def test_disconnect_without_receipt_closes_silently():
+    codec = StompCodec()
+    req = codec.decode(frame("DISCONNECT"))
+    assert codec.reply(Success(), req.meta) is None and codec.ending is not None
+
+
+# --------------------------------------------------------------------------- deliveries
+
+
+def _sub(rid: str, room: dict, pattern: str | None = None) -> Subscription:
+    return Subscription(rid, json.dumps(rid), parse_room(room),
+                        pattern=re.compile(pattern) if pattern else None)
+
+
+def _direct(text: str | None = None, data_json: str = '{"n":1}') -> dict:
+    return {"id": "m1", "room": '{"client":"bob","profile":"agent"}', "to": "/agent/bob",
+            "from": "/service/billing", "message": "{}", "data": data_json, "text": text}
+
+
+def test_publish_frame():
+    f = out(StompCodec().publish(_sub("s1", CHAT), '{"a":[1,2]}', "k", "trig1"))
+    assert f.command == "MESSAGE" and f.body == b'{"a":[1,2]}'
+    assert f.headers["subscription"] == "s1" and f.headers["message-id"] == "trig1"
+    assert f.headers["content-type"] == "application/json"
+    assert json.loads(f.headers["destination"].removeprefix("/room/")) == CHAT
+
+
+@pytest.mark.parametrize("room, pattern, dest", [
+    ({"client": "*", "profile": "agent"}, None, "/agent/*"),
+    ({"client": "*", "profile": "agent"}, "/agent/b.*", "/agent/b.*"),
+    ({"client": "al", "profile": "agent"}, None, "/agent/al"),
+])
+def test_publish_destination_names_the_subscription(room, pattern, dest):
+    f = out(StompCodec().publish(_sub("s", room, pattern), "1", "k", "t"))
+    assert f.headers["destination"] == dest
+
+
+@pytest.mark.parametrize("text, data_json, body, ctype", [
+    ("exact  text {", '"exact  text {"', b"exact  text {", "text/plain"),
+    (None, '"just a string"', b"just a string", "text/plain"),
+    (None, '{"n":1}', b'{"n":1}', "application/json"),
+    (None, "été", "été".encode(), "application/json"),
+])
+def test_direct_message_body(text, data_json, body, ctype):
+    f = out(StompCodec().message(_direct(text, data_json)))
+    assert f.body == body and f.headers["content-type"] == ctype
+    assert f.headers["origin"] == "/service/billing" and f.headers["destination"] == "/agent/bob"
+    assert "transaction" not in f.headers
+
+
+def test_cb_direct_message_has_login_origin_and_transaction():
+    codec = StompCodec(cb=True, framer=CBFramer())
+    data = codec.message(_direct("hi"))
+    assert data[:1] == b"\x00" and int.from_bytes(data[1:5], "little") == len(data) - 5
+    f = parse_frame(data[5:], cb_compat=True)
+    assert f.headers["origin"] == "billing" and f.headers["transaction"] == "m1"
+    assert f.headers["content-length"] == "2" and f.body == b"hi"
+
+
+def test_watched_copy_is_the_message_with_the_watch_subscription():
+    f = out(StompCodec().watched(_sub("w", {"client": "*", "profile": "agent"}), _direct("yo")))
+    assert f.headers["subscription"] == "w" and f.headers["destination"] == "/agent/bob"
+    assert f.body == b"yo"
+
+
+def test_text_mode_for_websocket():
+    codec = StompCodec(text=True)
+    data = codec.publish(_sub("s", CHAT), '"é"', "k", "t")
+    assert isinstance(data, str) and data.endswith("\x00")
+    assert codec.heartbeat() == "\n"
+
+
+def test_cb_framer_answers_in_the_clients_byte_order():
+    framer = CBFramer()
+    text = b"CONNECT\nlogin:a\n\n"
+    framer.feed(b"\x01" + len(text).to_bytes(4, "big") + text)
+    data = StompCodec(cb=True, framer=framer).refused("no")
+    assert data[:1] == b"\x01" and int.from_bytes(data[1:5], "big") == len(data) - 5
+    assert data.endswith(b"\x00")
