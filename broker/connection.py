@@ -114,6 +114,10 @@ class Connection:
                     self.session.undo(step.effect)
                     log.warning("conn %s: %s", self.id, exc)
                     reply = Error(errors.SERVICE_UNAVAILABLE, rid, str(exc))
+                except Exception:  # noqa: BLE001 - a bug must not end the connection
+                    self.session.undo(step.effect)
+                    log.exception("conn %s: request failed", self.id)
+                    reply = Error(errors.INTERNAL_ERROR, rid)
             if reply is not None:
                 # A codec may answer nothing (a STOMP SUBSCRIBE without receipt), and may need
                 # the request's own headers (``meta``: receipt, transaction) to answer.

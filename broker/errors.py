@@ -22,6 +22,8 @@ ROOM_NOT_ALLOWED = "room-not-allowed"
 # not be carried out. Sent for subscribe/send/publish during an outage (documented).
 SERVICE_UNAVAILABLE = "service-unavailable"
 UNKNOWN_ACTION = "unknown-action"
+# A bug in the broker while carrying out a request; logged with its traceback.
+INTERNAL_ERROR = "internal-error"
 # STOMP (PROTOCOL §4): a frame the STOMP syntax rejects (the detail says why), and a frame
 # that arrived before CONNECT. Answered with ERROR; the connection then closes.
 MALFORMED_FRAME = "malformed-frame"
