@@ -50,6 +50,8 @@ class Settings:
     BROKER_REGISTRY_TTL: float = 15.0
     # Set by runbroker: serves the demo auth API and demo page, prints a trigger token.
     BROKER_DEMO: bool = False
+    # Root log level (read by combroker.settings' LOGGING).
+    BROKER_LOG_LEVEL: str = "INFO"
 
 
 def _parse(raw: str, default: Any, name: str) -> Any:
