@@ -65,9 +65,9 @@ return 0
 _HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZADD', KEYS[1], now, ARGV[1])
+local known = redis.call('ZADD', KEYS[1], now, ARGV[1]) == 0
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * tonumber(ARGV[2]))
-return now
+return known and 1 or 0
 """
 
 
@@ -92,7 +92,10 @@ class Cluster:
     async def connections(self) -> list[dict[str, Any]]: raise NotImplementedError
     async def heartbeat(self, infos: dict[str, dict[str, Any]], rooms: list[str],
                         destinations: list[str], stats: dict[str, Any],
-                        masks: list[tuple[str, int]]) -> None: ...
+                        masks: list[tuple[str, int]]) -> bool:
+        """Refresh this process's entries; False when Redis had lost them (restarted or
+        flushed), which means fan-out messages may have been lost too."""
+        raise NotImplementedError
     async def stats(self) -> list[dict[str, Any]]: raise NotImplementedError
     async def ping(self) -> bool: return True
 
@@ -150,8 +153,9 @@ class MemoryCluster(Cluster):
 
     async def heartbeat(self, infos: dict[str, dict[str, Any]], rooms: list[str],
                         destinations: list[str], stats: dict[str, Any],
-                        masks: list[tuple[str, int]]) -> None:
+                        masks: list[tuple[str, int]]) -> bool:
         self._stats = stats
+        return True
 
     async def stats(self) -> list[dict[str, Any]]:
         return [self._stats] if self._stats else []
@@ -269,10 +273,11 @@ class RedisCluster(Cluster):
 
     async def heartbeat(self, infos: dict[str, dict[str, Any]], rooms: list[str],
                         destinations: list[str], stats: dict[str, Any],
-                        masks: list[tuple[str, int]]) -> None:
+                        masks: list[tuple[str, int]]) -> bool:
         """Refresh liveness and re-assert this process's whole state, masks included: a Redis
         that restarted empty is whole again within one heartbeat."""
-        await self._call(self._heartbeat(keys=[self._k_procs], args=[self.proc_id, self.ttl]))
+        known = await self._call(
+            self._heartbeat(keys=[self._k_procs], args=[self.proc_id, self.ttl]))
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self._k_conns, self._k_rooms)
         if infos:
@@ -288,6 +293,7 @@ class RedisCluster(Cluster):
             pipe.sadd(f"{self.prefix}:masks:{shape_key}", mask)
         pipe.hset(self._k_stats, self.proc_id, json.dumps(stats))
         await self._call(pipe.execute())
+        return bool(known)
 
     async def stats(self) -> list[dict[str, Any]]:
         procs = set(await self._live_procs())

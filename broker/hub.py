@@ -69,9 +69,11 @@ class Conn(Protocol):
 class Router:
     """Sends triggers, direct messages and control messages to the right groups."""
 
-    def __init__(self, layer: Any, cluster: Cluster) -> None:
+    def __init__(self, layer: Any, cluster: Cluster,
+                 on_failure: Callable[[], None] | None = None) -> None:
         self.layer = layer
         self.cluster = cluster
+        self.on_failure = on_failure
 
     async def groups_for(self, rooms: list[Room]) -> set[str]:
         concrete = {r.shape_key for r in rooms if r.is_concrete}
@@ -87,7 +89,9 @@ class Router:
     async def send(self, groups: set[str], message: dict[str, Any]) -> None:
         try:
             await asyncio.gather(*(self.layer.group_send(g, message) for g in groups))
-        except Exception as exc:  # the layer's own errors are not a documented type
+        except Exception as exc:  # noqa: BLE001 - the layer's errors are not a documented type
+            if self.on_failure is not None:
+                self.on_failure()
             raise BrokerUnavailable(f"channel layer: {type(exc).__name__}: {exc}") from None
 
     async def publish(self, rooms: list[Room], data_json: str) -> str:
@@ -117,7 +121,7 @@ class Hub:
     def __init__(self, layer: Any, cluster: Cluster) -> None:
         self.layer = layer
         self.cluster = cluster
-        self.router = Router(layer, cluster)
+        self.router = Router(layer, cluster, on_failure=self._on_redis_failure)
         self.index: SubscriptionIndex[Subscription] = SubscriptionIndex()
         self.conns: dict[str, Conn] = {}
         self.owners: dict[str, set[Conn]] = {}  # client destination -> its local connections
@@ -130,6 +134,9 @@ class Hub:
         # Registry writes are ordered: a heartbeat snapshots and writes the whole state under
         # this lock, so it can never re-add an entry that a concurrent unregister just removed.
         self._registry_lock = asyncio.Lock()
+        # Redis failed a request of this process since the last successful heartbeat.
+        self.degraded = False
+        self._probes: dict[str, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_counts: tuple[float, int, int, int] = (time.monotonic(), 0, 0, 0)
 
@@ -327,6 +334,10 @@ class Hub:
                 self._deliver_direct(message)
         elif kind == "cb.control":
             self._control(message)
+        elif kind == "cb.probe":
+            probe = self._probes.get(message.get("token", ""))
+            if probe is not None and not probe.done():
+                probe.set_result(None)
 
     def _deliver_trigger(self, message: dict[str, Any]) -> None:
         trigger_id, data_json = message["id"], message["data"]
@@ -383,32 +394,76 @@ class Hub:
                 "deliveries_per_s": round((de - de0) / dt, 2),
                 "drops_per_s": round((dr - dr0) / dt, 2), "online_since": self.started_at}
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self) -> bool:
         async with self._registry_lock:
             self._dirty.clear()
             rooms = list(self.index.rooms())
-            await self.cluster.heartbeat(
+            return await self.cluster.heartbeat(
                 {cid: c.info() for cid, c in self.conns.items()},
                 [r.key for r in rooms], list(self.owners), self._stats(),
                 [(r.shape_key, r.mask) for r in rooms if not r.is_concrete])
 
     async def _registry_loop(self) -> None:
+        """Heartbeat every TTL/3, flush changed connection entries twice a second.
+
+        While Redis is unreachable the heartbeat is retried on every tick. When it succeeds
+        again, messages published during the outage are lost to this process's clients, so
+        each connection is told (rich dialect: ``{"type":"resync"}``) and may re-fetch state.
+        """
         interval = max(conf().BROKER_REGISTRY_TTL / 3, 0.2)
         next_beat = time.monotonic() + interval
         while True:
             await asyncio.sleep(min(0.5, interval))
             try:
-                if time.monotonic() >= next_beat:
+                if self.degraded or time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + interval
-                    await self._heartbeat()
+                    known = await self._heartbeat()
+                    if self.degraded or not known:
+                        # Redis failed us, or lost this process's entries (a restart): messages
+                        # published meanwhile may never have reached this process. Tell clients
+                        # only once a message really comes back through the layer, i.e. once
+                        # the layer has re-subscribed every group.
+                        self.degraded = True
+                        if not await self._probe():
+                            continue
+                        self.degraded = False
+                        log.warning("redis is back: telling %d connections to resync",
+                                    len(self.conns))
+                        self._resync()
                 elif self._dirty:
                     dirty, self._dirty = self._dirty, set()
                     await self.cluster.update(
                         {cid: self.conns[cid].info() for cid in dirty if cid in self.conns})
             except BrokerUnavailable as exc:
-                log.warning("registry upkeep failed: %s", exc)
-            except Exception:
+                if not self.degraded:
+                    log.error("redis unreachable, fan-out interrupted: %s", exc)
+                self.degraded = True
+            except Exception:  # noqa: BLE001 - upkeep must outlive any single failure
                 log.exception("registry upkeep failed")
+
+    async def _probe(self, timeout: float = 2.0) -> bool:
+        """Send a message to this process's own channel through the layer; True if it comes
+        back within ``timeout``: the fan-out path works end to end."""
+        token = uuid.uuid4().hex
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probes[token] = future
+        try:
+            await self.layer.send(self.channel, {"type": "cb.probe", "token": token})
+            await asyncio.wait_for(future, timeout)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means: not yet
+            return False
+        finally:
+            self._probes.pop(token, None)
+
+    def _on_redis_failure(self) -> None:
+        self.degraded = True
+
+    def _resync(self) -> None:
+        for conn in list(self.conns.values()):
+            frame = conn.codec.resync()
+            if frame is not None:
+                conn.push(frame)
 
 
 # ---------------------------------------------------------------- one hub per event loop

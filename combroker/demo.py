@@ -1,5 +1,6 @@
 """The built-in demo: an auth API with a few users, a trigger endpoint for the demo page, and the
-page itself. Active only under ``runbroker`` (BROKER_DEMO); otherwise every view here is a 404.
+page itself. Active only under ``runbroker`` (BROKER_DEMO); otherwise these views are a 404.
+The monitor console (``admin_console``) and the static files are served in every mode.
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ async def demo_trigger(request: HttpRequest) -> HttpResponse:
 def demo_page(request: HttpRequest) -> HttpResponse:
     _demo_only()
     return FileResponse(open(STATIC_DIR / "combroker" / "demo.html", "rb"),
+                        content_type="text/html; charset=utf-8")
+
+
+def admin_console(request: HttpRequest) -> HttpResponse:
+    """The monitor console (static/combroker/admin.html). Not demo-only: it is a static page
+    that talks to /ws/ with the admin's own token, so it needs no server-side state."""
+    return FileResponse(open(STATIC_DIR / "combroker" / "admin.html", "rb"),
                         content_type="text/html; charset=utf-8")
 
 

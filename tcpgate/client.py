@@ -39,7 +39,8 @@ import ssl as ssl_module
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 __all__ = ["BrokerError", "Client", "Message", "Refused", "broker_client"]
 
@@ -203,7 +204,7 @@ class Client:
                     if exc.code != "auth-unavailable":
                         self._end(exc)
                         return
-                except (OSError, asyncio.TimeoutError, ValueError) as exc:
+                except (TimeoutError, OSError, ValueError) as exc:
                     log.info("reconnect failed: %s", exc)
                     continue
                 attempt = 0
@@ -226,7 +227,7 @@ class Client:
             except BrokerError as exc:  # no longer allowed: forget it
                 log.warning("re-subscribe %r failed: %s", rid, exc)
                 self.subscriptions.pop(rid, None)
-            except (ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, ConnectionError):
                 return  # the connection went again; the next reconnect re-subscribes
 
     async def _read_loop(self) -> str:
@@ -442,10 +443,11 @@ class broker_client:  # noqa: N801 - the Communication Broker's name
                         on_disconnected=lambda _r: self._call("on_disconnected"))
         try:
             self._run(client.connect(), timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
             self._call("on_error", str(exc) or type(exc).__name__)
             return False
         self._client = client
+        assert self._loop is not None
         self._pump = asyncio.run_coroutine_threadsafe(self._deliveries(client), self._loop)
         return True
 
@@ -459,7 +461,7 @@ class broker_client:  # noqa: N801 - the Communication Broker's name
                 await coro
             except BrokerError as exc:
                 self._call("on_ack", transaction, exc.code)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported to the caller
                 self._call("on_ack", transaction, str(exc) or type(exc).__name__)
             else:
                 self._call("on_ack", transaction, "OK")
@@ -484,7 +486,7 @@ class broker_client:  # noqa: N801 - the Communication Broker's name
                     sender, text, dest = json.dumps(m.room), _text(m.data), None
                 login = sender.rsplit("/", 1)[-1] if sender and sender.startswith("/") else sender
                 self._call("on_message", login, text, dest)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
             self._call("on_error", str(exc) or type(exc).__name__)
 
     def _require(self) -> Client:

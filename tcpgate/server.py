@@ -121,7 +121,7 @@ class TcpTransport:
             self.writer.close()
         try:
             await asyncio.wait_for(self.writer.wait_closed(), CLOSE_GRACE)
-        except Exception:  # timeout (the peer does not read) or the socket already failed
+        except Exception:  # noqa: BLE001 - a peer that does not read, or a failed socket
             self.writer.transport.abort()
         finally:
             self.done.set()

@@ -136,7 +136,7 @@ export class CombrokerClient {
       throw new CombrokerError("no-websocket",
         "no WebSocket implementation: pass one as options.WebSocket");
     }
-    this.state = "idle"; // connecting | open | reconnecting | closing | closed
+    this.state = "idle"; // connecting | open | reconnecting | closed
     this.welcome = null; // the last welcome frame
     this.resumeToken = null;
     this.attempt = 0; // consecutive failed attempts since the last welcome
@@ -221,7 +221,6 @@ export class CombrokerClient {
     this._clearTimer("reconnect");
     const ws = this._ws;
     if (ws && (ws.readyState === 0 || ws.readyState === 1)) {
-      this.state = "closing";
       try { ws.close(code, reason); } catch { ws.close(); }
       // Do not wait for a server that may be gone: settle now, ignore its late close event.
       this._onClose(ws, code, reason || "closed by client");

@@ -45,7 +45,7 @@ def self_signed_cert(directory: Path, cn: str = "localhost") -> tuple[str, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -185,7 +185,7 @@ class CBClient:
         try:
             while self.sock.recv(65536):
                 pass
-        except socket.timeout:
+        except TimeoutError:
             return False
         except OSError:
             pass
@@ -227,7 +227,7 @@ class RawStomp:
         try:
             while self.sock.recv(65536):
                 pass
-        except socket.timeout:
+        except TimeoutError:
             return False
         except OSError:
             pass

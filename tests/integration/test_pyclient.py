@@ -100,7 +100,7 @@ async def test_reconnects_and_resubscribes(broker_factory, auth_api, redis_serve
         try:
             m = await client.receive(0.3)
             break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
     else:
         raise AssertionError("no delivery after the reconnect")

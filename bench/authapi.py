@@ -1,0 +1,53 @@
+"""The bench's auth API: a real HTTP server answering ``GET /api/bootstrap/`` after a delay.
+
+aiohttp on uvloop, so it is never the bottleneck of a connect storm. It counts the requests
+it serves and the most that were in flight at once (``GET /stats``, ``POST /reset``).
+
+    python bench/authapi.py PORT [DELAY_MS]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import uvloop
+from aiohttp import web
+
+BODY = json.dumps({"allowed_rooms": [{"bench": "*"}, {"user": "*"}], "profile": "agent"})
+state = {"count": 0, "in_flight": 0, "max_in_flight": 0}
+
+
+def make_app(delay: float) -> web.Application:
+    async def bootstrap(request: web.Request) -> web.Response:
+        state["count"] += 1
+        state["in_flight"] += 1
+        state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+            return web.Response(text=BODY, content_type="application/json")
+        finally:
+            state["in_flight"] -= 1
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(state)
+
+    async def reset(request: web.Request) -> web.Response:
+        state.update(count=0, max_in_flight=state["in_flight"])
+        return web.json_response(state)
+
+    app = web.Application()
+    app.router.add_get("/api/bootstrap/", bootstrap)
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/reset", reset)
+    return app
+
+
+if __name__ == "__main__":
+    port = int(sys.argv[1])
+    delay_ms = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
+    uvloop.install()
+    web.run_app(make_app(delay_ms / 1000), host="127.0.0.1", port=port, print=None,
+                access_log=None, backlog=4096)

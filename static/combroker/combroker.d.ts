@@ -1,0 +1,279 @@
+// Type declarations for combroker.js (the combroker.v1 WebSocket client).
+
+/** A room: 1 to 16 keys, each a string, number or boolean; "*" is the wildcard. */
+export type Room = Record<string, string | number | boolean>;
+export type RequestId = number | string;
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+export declare const SUBPROTOCOL: "combroker.v1";
+
+export declare const CLOSE_CODES: Readonly<{
+  NORMAL: 1000;
+  GOING_AWAY: 1001;
+  ORIGIN_NOT_ALLOWED: 1008;
+  MESSAGE_TOO_BIG: 1009;
+  AUTH_UNAVAILABLE: 1011;
+  REFUSED: 4003;
+  SLOW: 4008;
+  REPLACED: 4009;
+  KICKED: 4010;
+  RATE_LIMITED: 4029;
+}>;
+
+/** Close code -> error code ("kicked", "replaced", ...). */
+export declare const CLOSE_REASONS: Readonly<Record<number, string>>;
+
+/** Any class with the browser WebSocket's constructor and on* handlers (e.g. Node's `ws`). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+export type WebSocketClass = new (url: string, protocols?: string | string[], options?: unknown)
+  => WebSocketLike;
+
+export interface ClientOptions {
+  /** Sent as ?token=...; the broker forwards it to the auth API as `Authorization: Token <t>`. */
+  token?: string | (() => string | Promise<string>);
+  /** Extra query parameters for the WebSocket URL. */
+  params?: Record<string, string | number | boolean>;
+  /** Re-open after a drop (default true). Never after 1008, 4003, 4009 or 4010. */
+  reconnect?: boolean;
+  /** First reconnect delay in ms before jitter (default 500). */
+  minDelay?: number;
+  /** Bound of every reconnect delay in ms (default 10000). */
+  maxDelay?: number;
+  /** Growth of the delay per failed attempt (default 2). */
+  factor?: number;
+  /** Each delay is drawn from [base * (1 - jitter), base] (default 0.5). */
+  jitter?: number;
+  /** Consecutive failed attempts before giving up with "reconnect-failed" (default Infinity). */
+  maxAttempts?: number;
+  /** Least delay after a 4029 (rate limited) close, ms (default 5000). */
+  rateLimitedDelay?: number;
+  /** Keep-alive ping period in ms; 0 disables (default 20000). */
+  pingInterval?: number;
+  /** A ping unanswered this long drops and re-opens the connection (default 10000). */
+  pingTimeout?: number;
+  /** Time for the socket to open and the welcome to arrive, ms (default 15000). */
+  openTimeout?: number;
+  /** A request unanswered this long rejects with code "timeout"; 0: never (default 15000). */
+  requestTimeout?: number;
+  /** The WebSocket class; default globalThis.WebSocket. In Node 20: `import WS from "ws"`. */
+  WebSocket?: WebSocketClass;
+  /** Third constructor argument for the WebSocket class (Node's ws: {headers}, ...). */
+  wsOptions?: unknown;
+}
+
+export declare const DEFAULTS: Readonly<Required<Omit<ClientOptions, "token" | "params" |
+  "WebSocket" | "wsOptions">> & Pick<ClientOptions, "token" | "params" | "WebSocket" | "wsOptions">>;
+
+export interface WelcomeFrame {
+  type: "welcome";
+  is_authorized: true;
+  is_authenticated: true;
+  allowed_rooms: Room[];
+  connection_id: string;
+  login_id: string | null;
+  profile: "agent" | "super_agent" | "service" | "admin";
+  destination: string | null;
+  resume_token: string | null;
+  [key: string]: unknown;
+}
+
+export interface DeliveryFrame<T = Json> {
+  type: "publish";
+  requestId: RequestId;
+  data: T;
+  /** The trigger room that matched, keys sorted. */
+  room: Room;
+  /** The trigger's id. */
+  id: string;
+}
+
+export interface DirectMessage<T = Json> {
+  type: "message";
+  from: string | null;
+  to: string;
+  data: T;
+  id: string;
+}
+
+export interface SuccessReply {
+  code: "success";
+  requestId: RequestId;
+  /** The message or trigger id (send, publish). */
+  id?: string;
+  [key: string]: unknown;
+}
+
+export interface AdminConnection {
+  id: string;
+  login_id: string | null;
+  profile: string;
+  transport: string;
+  remote_addr: string | null;
+  connected_at: string;
+  subscriptions: number;
+}
+
+export interface AdminStats {
+  connections: number;
+  rooms: number;
+  triggers_per_s: number;
+  deliveries_per_s: number;
+  drops_per_s: number;
+  triggers: number;
+  deliveries: number;
+  drops: number;
+}
+
+export interface AdminReply extends SuccessReply {
+  type: "admin";
+  action: string;
+  connections?: AdminConnection[];
+  stats?: AdminStats;
+  processes?: Array<Record<string, unknown>>;
+  kicked?: string[];
+}
+
+export interface StatusReply {
+  type: "status";
+  open_connections: number;
+  num_rooms: number;
+  online_since: string;
+  requestId: RequestId;
+}
+
+/** A rejected request or a failed connection. */
+export declare class CombrokerError extends Error {
+  constructor(code: string, message?: string, extra?: Record<string, unknown>);
+  /**
+   * The contract's error code ("room-not-found", "destination-not-found", ...), a close reason
+   * ("kicked", "replaced", "refused", "auth-unavailable", ...), or a client-side code:
+   * "timeout", "disconnected" (the connection dropped before the reply), "closed", "not-open",
+   * "reconnect-failed".
+   */
+  code: string;
+  detail?: string;
+  /** The error frame, for request errors. */
+  frame?: Record<string, unknown>;
+  /** The request frame that failed. */
+  request?: Record<string, unknown>;
+  /** The WebSocket close code, for connection errors. */
+  closeCode?: number;
+  reason?: string;
+  /** For a subscription the broker refused on restore after a reconnect. */
+  subscription?: Subscription;
+}
+
+export declare class Subscription<T = Json> {
+  readonly client: CombrokerClient;
+  /** The requestId: the same on every connection (restored after reconnects). */
+  readonly id: number;
+  readonly room: Room;
+  onData: (data: T, frame: DeliveryFrame<T>) => void;
+  /** The broker holds it on the current connection. */
+  active: boolean;
+  /** Unsubscribed, or refused by the broker. */
+  closed: boolean;
+  deliveries: number;
+  /** Resolves with this subscription once the broker accepted it; rejects with its error. */
+  readonly ready: Promise<Subscription<T>>;
+  /** Stop receiving; resolves once the broker confirmed (at once when disconnected). */
+  unsubscribe(): Promise<void>;
+}
+
+export interface OpenEvent { welcome: WelcomeFrame; reconnected: boolean; }
+export interface CloseEvent { code: number; reason: string; wasOpen: boolean; willReconnect: boolean; }
+export interface ReconnectingEvent { attempt: number; delay: number; code: number; reason: string; }
+export interface ReconnectEvent {
+  welcome: WelcomeFrame;
+  /** Failed attempts before this one succeeded. */
+  attempts: number;
+  /** Successful re-opens so far. */
+  reconnects: number;
+  restored: Subscription[];
+  failed: Array<{ ok: false; sub: Subscription; error: CombrokerError }>;
+}
+
+export interface ClientEvents {
+  /** A welcome arrived (first connection or a reconnect). */
+  open: OpenEvent;
+  /** The connection closed; `willReconnect` tells whether another attempt follows. */
+  close: CloseEvent;
+  /** A socket error, a refused subscription restore, an error frame without requestId. */
+  error: Error;
+  /** A direct message to this client. */
+  message: DirectMessage;
+  /** After a reconnect, once subscriptions were restored. */
+  reconnect: ReconnectEvent;
+  /** A reconnect attempt is scheduled. */
+  reconnecting: ReconnectingEvent;
+  /** Every delivery frame (also handed to its subscription's onData). */
+  publish: DeliveryFrame;
+  /** Every inbound frame, parsed. */
+  frame: Record<string, unknown>;
+}
+
+export declare class CombrokerClient {
+  constructor(url: string, options?: ClientOptions);
+  readonly url: string;
+  readonly options: ClientOptions;
+  state: "idle" | "connecting" | "open" | "reconnecting" | "closed";
+  welcome: WelcomeFrame | null;
+  resumeToken: string | null;
+  attempt: number;
+  reconnects: number;
+  lastClose: { code: number; reason: string } | null;
+  /** Resolves with the client at the first welcome; rejects on a final failure. */
+  readonly ready: Promise<CombrokerClient>;
+  readonly connectionId: string | null;
+  readonly loginId: string | null;
+  readonly profile: string | null;
+  readonly destination: string | null;
+  readonly allowedRooms: Room[];
+  readonly subscriptions: Subscription[];
+  readonly isOpen: boolean;
+
+  on<K extends keyof ClientEvents>(type: K, fn: (ev: ClientEvents[K]) => void): () => void;
+  once<K extends keyof ClientEvents>(type: K, fn: (ev: ClientEvents[K]) => void): () => void;
+  off<K extends keyof ClientEvents>(type: K, fn: (ev: ClientEvents[K]) => void): void;
+
+  open(): Promise<CombrokerClient>;
+  /** Close for good (no reconnect); pending requests reject with code "closed". */
+  close(code?: number, reason?: string): void;
+
+  subscribe<T = Json>(room: Room, onData?: (data: T, frame: DeliveryFrame<T>) => void): Subscription<T>;
+  send(destination: string, data: Json): Promise<SuccessReply>;
+  publish(rooms: Room | Room[], data: Json): Promise<SuccessReply>;
+  admin(action: "connections" | "stats" | "kick" | string, args?: Record<string, Json>): Promise<AdminReply>;
+  status(): Promise<StatusReply>;
+  /** Resolves with the round trip in ms. */
+  ping(timeout?: number): Promise<number>;
+}
+
+export declare function backoffDelay(attempt: number, options?: ClientOptions,
+  random?: () => number): number;
+export declare function websocketUrl(url: string, query?: Record<string, unknown>): string;
+export declare function createClient(url: string, options?: ClientOptions): CombrokerClient;
+/** Connect; resolves at the first welcome. Transient failures are retried with backoff. */
+export declare function connect(url: string, options?: ClientOptions): Promise<CombrokerClient>;
+
+declare const _default: {
+  connect: typeof connect;
+  createClient: typeof createClient;
+  CombrokerClient: typeof CombrokerClient;
+  CombrokerError: typeof CombrokerError;
+  Subscription: typeof Subscription;
+  backoffDelay: typeof backoffDelay;
+  websocketUrl: typeof websocketUrl;
+  SUBPROTOCOL: typeof SUBPROTOCOL;
+  CLOSE_CODES: typeof CLOSE_CODES;
+  CLOSE_REASONS: typeof CLOSE_REASONS;
+  DEFAULTS: typeof DEFAULTS;
+};
+export default _default;
