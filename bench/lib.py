@@ -363,17 +363,18 @@ class Clients:
 
     def __init__(self, urls: list[str], n: int, *, subs: str, workers: int = 2,
                  concurrency: int = 100, wait_go: bool = False, stomp_port: int | None = None,
-                 room: dict | None = None, query: str = "?token=bench") -> None:
+                 room: dict | None = None, query: str = "?token=bench",
+                 offset: int = 0) -> None:
         self.urls, self.n, self.subs, self.workers = urls, n, subs, max(1, min(workers, n))
         self.concurrency, self.wait_go, self.stomp_port = concurrency, wait_go, stomp_port
-        self.room, self.query = room, query
+        self.room, self.query, self.offset = room, query, offset
         self.procs: list[asyncio.subprocess.Process] = []
         self.ready: list[dict] = []
 
     async def start(self) -> None:
         per = [self.n // self.workers + (1 if i < self.n % self.workers else 0)
                for i in range(self.workers)]
-        off = 0
+        off = self.offset
         for i, k in enumerate(per):
             cfg = {"url": self.urls[i % len(self.urls)], "n": k, "offset": off, "subs": self.subs,
                    "concurrency": max(1, self.concurrency // self.workers),

@@ -1,0 +1,580 @@
+"""bench/run: every scenario of issue 6 against the broker and its baselines, in one run.
+
+Targets (all measured in the same run, through the same load generator):
+  broker   this tree under daphne (the production server unless docs/performance.md says
+           otherwise), one process, private redis-server
+  prev     the previous commit (HEAD~1), same venv, same settings: regressions
+  ht       High-templar 3.1.0 from PyPI (bench/.venv-ht) under hypercorn, local RabbitMQ
+  raw      a minimal websockets broadcast server (bench/raw_server.py): the physical limit
+Scenarios: B1 broadcast fan-out, B2 targeted triggers, B3 connect storm, B4 idle memory,
+B5 TCP gate fan-out (STOMP), B6 scale-out (2 broker processes), B7 trigger ingestion.
+
+    bench/run --quick          # < 5 minutes, reduced sizes
+    bench/run                  # full sizes, medians over 3 runs
+    bench/run --only B1,B3 --targets broker,ht
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import uvloop  # noqa: E402
+
+import lib  # noqa: E402
+from lib import (  # noqa: E402
+    BENCH, PY, ROOT, BrokerTarget, Clients, HighTemplarTarget, RawTarget, cpu_seconds,
+    free_port, loadavg, now_us, payload, wait_for_port,
+)
+
+B1_ROOM = '[{"bench":"b1"}]'
+
+
+def log(*a: Any) -> None:
+    print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, int(p * len(v)))]
+
+
+def med(values: list[Any]) -> Any:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+# ------------------------------------------------------------------ the auth API
+
+class AuthServer:
+    def __init__(self, delay_ms: float = 5.0) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([PY, str(BENCH / "authapi.py"), str(self.port),
+                                      str(delay_ms)], cwd=ROOT, stdin=subprocess.DEVNULL)
+        wait_for_port(self.port, timeout=30)
+        self.url = f"http://127.0.0.1:{self.port}/api/bootstrap/"
+        self.api_base = f"http://127.0.0.1:{self.port}/api/"
+
+    def _call(self, path: str, method: str = "GET") -> dict:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
+                                     data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def stats(self) -> dict:
+        return self._call("/stats")
+
+    def reset(self) -> dict:
+        return self._call("/reset", "POST")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# ------------------------------------------------------------------ measuring primitives
+
+class Meter:
+    """Counts deliveries through the clients, and the server's CPU while it works."""
+
+    def __init__(self, clients: Clients, target: lib.Target) -> None:
+        self.clients, self.target = clients, target
+        self.recv = 0
+        self.lat: list[int] = []
+
+    async def sync(self) -> dict:
+        r = await self.clients.report()
+        self.recv = r["recv"]
+        self.lat.extend(r["lat"])
+        return r
+
+    async def drain(self, expected: int, stall_s: float = 3.0, limit_s: float = 60.0) -> dict:
+        """Wait until ``expected`` deliveries in total arrived, or nothing moved for stall_s."""
+        t0 = last_move = time.monotonic()
+        prev = -1
+        while True:
+            r = await self.sync()
+            if r["recv"] >= expected:
+                return r
+            if r["recv"] != prev:
+                prev, last_move = r["recv"], time.monotonic()
+            if time.monotonic() - last_move > stall_s or time.monotonic() - t0 > limit_s:
+                return r
+            await asyncio.sleep(0.1)
+
+
+async def paced(trig: Any, rate: float, count: int, rooms: Any = B1_ROOM) -> int:
+    """Send ``count`` triggers at ``rate``/s (open loop); ``rooms`` may be a callable."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks = []
+    for i in range(count):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        r = rooms(i) if callable(rooms) else rooms
+        tasks.append(asyncio.ensure_future(trig.send(r, payload(now_us()))))
+    await asyncio.gather(*tasks)
+    return count
+
+
+async def closed_loop(trig: Any, conc: int, seconds: float, rooms: Any) -> tuple[int, float]:
+    """``conc`` senders, each sending its next trigger as soon as the last one was answered."""
+    done = 0
+    stop_at = time.monotonic() + seconds
+
+    async def lane() -> None:
+        nonlocal done
+        while time.monotonic() < stop_at:
+            await trig.send(rooms() if callable(rooms) else rooms, payload(now_us()))
+            done += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(lane() for _ in range(conc)))
+    return done, time.monotonic() - t0
+
+
+def lat_summary(lat_us: list[int]) -> dict:
+    return {"p50_ms": round(pct(lat_us, 0.5) / 1000, 2) if lat_us else None,
+            "p99_ms": round(pct(lat_us, 0.99) / 1000, 2) if lat_us else None,
+            "samples": len(lat_us)}
+
+
+# ------------------------------------------------------------------ B1 / B5 / B6: fan-out
+
+async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
+                 stomp: bool = False) -> dict:
+    clients = Clients(target.ws_urls, n, subs="same", workers=cfg.workers, concurrency=200,
+                      stomp_port=target.stomp_port if stomp else None)
+    t0 = time.monotonic()
+    await clients.start()
+    ready = clients_ready(clients)
+    log(f"  {target.name}: {ready['ok']}/{n} subscribers in {time.monotonic() - t0:.1f}s")
+    if ready["ok"] != n:
+        await clients.close()
+        return {"error": f"only {ready['ok']} of {n} subscribed: {ready['first_error']}"}
+    trig = target.trigger(conns=8)
+    await trig.start()
+    m = Meter(clients, target)
+    sent_total = 0
+    result: dict[str, Any] = {"subscribers": n, "runs": []}
+    try:
+        # warm-up: a few triggers, all delivered
+        sent_total += await paced(trig, 20, 10)
+        await m.drain(sent_total * n)
+        for run in range(cfg.runs):
+            steps = []
+            rate = max(1.0, cfg.start_msgs / n)
+            overloaded = 0
+            while len(steps) < cfg.max_steps:
+                count = max(3, int(rate * cfg.step_s))
+                await m.sync()
+                base = m.recv
+                cpu0, tcpu = cpu_seconds(target.proc_pids()), time.monotonic()
+                first = now_us()
+                sent_total += await paced(trig, rate, count)
+                r = await m.drain(sent_total * n)
+                got = r["recv"] - base
+                span_s = max((r["last_us"] - first) / 1e6, 1e-6)
+                cpu = (cpu_seconds(target.proc_pids()) - cpu0) / (time.monotonic() - tcpu)
+                step = {"rate": round(rate, 2), "offered_msgs_s": round(rate * n),
+                        "delivered_msgs_s": round(got / span_s), "lost": count * n - got,
+                        "server_cpu": round(cpu, 2)}
+                steps.append(step)
+                if step["lost"]:
+                    sent_total = r["recv"] // n  # resync; losses are reported
+                    m.recv = r["recv"]
+                    result["losses"] = result.get("losses", 0) + step["lost"]
+                if step["delivered_msgs_s"] < 0.8 * step["offered_msgs_s"] or step["lost"]:
+                    overloaded += 1
+                    if overloaded >= 2:
+                        break
+                    rate *= 1.3
+                else:
+                    rate *= 2
+            sat = max(s["delivered_msgs_s"] for s in steps)
+            # latency at half of saturation
+            lat_rate = max(0.5, 0.5 * sat / n)
+            await m.sync()
+            m.lat = []
+            count = max(5, int(lat_rate * cfg.lat_s))
+            sent_total += await paced(trig, lat_rate, count)
+            r = await m.drain(sent_total * n)
+            lat = lat_summary(m.lat)
+            log(f"  {target.name} n={n} run {run + 1}: saturation {sat:,} msgs/s, "
+                f"p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms at {lat_rate:.1f} trig/s; "
+                f"steps {[(s['offered_msgs_s'], s['delivered_msgs_s'], s['server_cpu']) for s in steps]}")
+            result["runs"].append({"saturation_msgs_s": sat, "latency_rate": round(lat_rate, 2),
+                                   **lat, "steps": steps})
+        result["saturation_msgs_s"] = med([r["saturation_msgs_s"] for r in result["runs"]])
+        result["p50_ms"] = med([r["p50_ms"] for r in result["runs"]])
+        result["p99_ms"] = med([r["p99_ms"] for r in result["runs"]])
+        final = await m.sync()
+        result["closed_early"] = final["closed_early"]
+        result["delivered_all"] = not result.get("losses") and final["recv"] == sent_total * n
+    finally:
+        await trig.close()
+        await clients.close()
+    return result
+
+
+def clients_ready(clients: Clients) -> dict:
+    rs = clients.ready
+    return {"ok": sum(r["ok"] for r in rs),
+            "first_error": next((r["first_error"] for r in rs if r["first_error"]), None)}
+
+
+# ------------------------------------------------------------------ B2: targeted
+
+async def targeted(target: lib.Target, n: int, cfg: argparse.Namespace) -> dict:
+    t0 = time.monotonic()
+    clients = Clients(target.ws_urls, n, subs="own", workers=cfg.workers, concurrency=200)
+    await clients.start()
+    ready = clients_ready(clients)
+    setup_s = time.monotonic() - t0
+    log(f"  {target.name}: {ready['ok']}/{n} own-room subscribers in {setup_s:.1f}s")
+    if ready["ok"] != n:
+        await clients.close()
+        return {"error": f"only {ready['ok']} of {n} subscribed: {ready['first_error']}"}
+    trig = target.trigger(conns=cfg.trigger_conns)
+    await trig.start()
+    m = Meter(clients, target)
+    rnd = random.Random(6)
+
+    def room() -> str:
+        return f'[{{"user":{rnd.randrange(n)}}}]'
+
+    sent = 0
+    runs = []
+    try:
+        sent += await paced(trig, 50, 20, lambda i: room())
+        await m.drain(sent)
+        for run in range(cfg.runs):
+            await m.sync()
+            base = m.recv
+            cpu0 = cpu_seconds(target.proc_pids())
+            done, secs = await closed_loop(trig, cfg.trigger_conns, cfg.step_s * 2, room)
+            sent += done
+            r = await m.drain(sent)
+            cpu = (cpu_seconds(target.proc_pids()) - cpu0) / secs
+            tps = (r["recv"] - base) / secs
+            m.lat = []
+            rate = max(1.0, tps / 2)
+            sent += await paced(trig, rate, max(10, int(rate * cfg.lat_s)), lambda i: room())
+            r = await m.drain(sent)
+            lat = lat_summary(m.lat)
+            runs.append({"triggers_s": round(tps, 1), "server_cpu": round(cpu, 2),
+                         "latency_rate": round(rate, 1), **lat})
+            log(f"  {target.name} n={n} run {run + 1}: {tps:,.0f} triggers/s (cpu {cpu:.2f}); "
+                f"p50 {lat['p50_ms']} p99 {lat['p99_ms']} ms at {rate:.0f}/s")
+        final = await m.sync()
+        return {"connections": n, "setup_s": round(setup_s, 1),
+                "triggers_s": med([r["triggers_s"] for r in runs]),
+                "p50_ms": med([r["p50_ms"] for r in runs]),
+                "p99_ms": med([r["p99_ms"] for r in runs]),
+                "delivered_all": final["recv"] == sent and trig.errors == 0, "runs": runs}
+    finally:
+        await trig.close()
+        await clients.close()
+
+
+# ------------------------------------------------------------------ B3: connect storm
+
+async def storm(target: lib.Target, n: int, auth: AuthServer, cfg: argparse.Namespace) -> dict:
+    runs = []
+    for run in range(cfg.runs):
+        auth.reset()
+        clients = Clients(target.ws_urls, n, subs="none", workers=cfg.workers,
+                          concurrency=cfg.storm_concurrency, wait_go=True)
+        await clients.start()
+        await asyncio.sleep(0.3)  # node start-up
+        await clients.go()
+        ready = await clients.wait_ready()
+        st = auth.stats()
+        secs = (ready["end_us"] - ready["start_us"]) / 1e6
+        runs.append({"ok": ready["ok"], "errors": ready["errors"],
+                     "conns_s": round(ready["ok"] / secs, 1),
+                     "auth_requests": st["count"], "auth_max_in_flight": st["max_in_flight"],
+                     "connect_p50_ms": ready["connect_p50_ms"],
+                     "connect_p99_ms": ready["connect_p99_ms"],
+                     "first_error": ready["first_error"]})
+        log(f"  {target.name} storm {n} run {run + 1}: {runs[-1]}")
+        await clients.close()
+        await asyncio.sleep(1.0)  # let the server forget them
+    return {"clients": n, "conns_s": med([r["conns_s"] for r in runs]),
+            "auth_max_in_flight": max(r["auth_max_in_flight"] for r in runs),
+            "all_connected": all(r["ok"] == n for r in runs), "runs": runs}
+
+
+# ------------------------------------------------------------------ B4: idle memory
+
+async def idle_memory(target: lib.Target, n: int, cfg: argparse.Namespace) -> dict:
+    warm = Clients(target.ws_urls, 50, subs="two", workers=1, concurrency=50)
+    await warm.start()
+    await asyncio.sleep(2)
+    rss0 = lib.rss_bytes(target.proc_pids())
+    t0 = time.monotonic()
+    clients = Clients(target.ws_urls, n, subs="two", workers=cfg.workers, concurrency=200,
+                      offset=1000)  # rooms {"user": i} apart from the warm clients' ones
+    await clients.start()
+    ready = clients_ready(clients)
+    setup = time.monotonic() - t0
+    await asyncio.sleep(3)
+    rss1 = lib.rss_bytes(target.proc_pids())
+    await clients.close()
+    await warm.close()
+    per = (rss1 - rss0) / max(1, ready["ok"])
+    res = {"connections": n, "ok": ready["ok"], "rss_before_mb": round(rss0 / 2**20, 1),
+           "rss_after_mb": round(rss1 / 2**20, 1), "bytes_per_conn": round(per),
+           "kib_per_conn": round(per / 1024, 1), "setup_s": round(setup, 1)}
+    log(f"  {target.name} idle {n}: {res}")
+    return res
+
+
+# ------------------------------------------------------------------ B7: ingestion
+
+PUBLISH_SYNC_SNIPPET = r"""
+import json, os, sys, time
+import django
+django.setup()
+from broker import publish_sync
+secs = float(sys.argv[1])
+for _ in range(50):
+    publish_sync([{"bench": "nobody"}], {"x": 1})
+n, t0 = 0, time.monotonic()
+while time.monotonic() - t0 < secs:
+    publish_sync([{"bench": "nobody"}], {"x": 1})
+    n += 1
+print(json.dumps({"calls_s": n / (time.monotonic() - t0)}))
+"""
+
+
+async def ingestion(target: BrokerTarget, cfg: argparse.Namespace) -> dict:
+    trig = target.trigger(conns=cfg.trigger_conns)
+    await trig.start()
+    runs = []
+    try:
+        await closed_loop(trig, cfg.trigger_conns, 0.5, '[{"bench":"nobody"}]')
+        for _ in range(cfg.runs):
+            cpu0 = cpu_seconds(target.proc_pids())
+            done, secs = await closed_loop(trig, cfg.trigger_conns, cfg.step_s * 2,
+                                           '[{"bench":"nobody"}]')
+            cpu = (cpu_seconds(target.proc_pids()) - cpu0) / secs
+            runs.append({"trigger_req_s": round(done / secs, 1), "server_cpu": round(cpu, 2)})
+    finally:
+        await trig.close()
+    env = lib.broker_env(target.redis.url, target.auth_url, target.src)
+    from tests.harness import _broker_env
+
+    ps = []
+    for _ in range(cfg.runs):
+        out = subprocess.run([PY, "-c", PUBLISH_SYNC_SNIPPET, str(cfg.step_s * 2)],
+                             cwd=target.src, env=_broker_env(env), capture_output=True,
+                             text=True, timeout=120)
+        try:
+            ps.append(json.loads(out.stdout.strip().splitlines()[-1])["calls_s"])
+        except (IndexError, ValueError, KeyError):
+            log(f"  publish_sync failed: {out.stderr[-1000:]}")
+    res = {"trigger_req_s": med([r["trigger_req_s"] for r in runs]),
+           "server_cpu": med([r["server_cpu"] for r in runs]),
+           "publish_sync_calls_s": round(med(ps), 1) if ps else None, "runs": runs,
+           "publish_sync_runs": ps}
+    log(f"  {target.name} ingestion: {res}")
+    return res
+
+
+# ------------------------------------------------------------------ orchestration
+
+def gate_works(src: Path) -> bool:
+    """True when ``manage.py runtcpgate`` exists and speaks STOMP (checked on a real gate)."""
+    return (src / "tcpgate" / "server.py").exists() and (
+        src / "broker" / "management" / "commands" / "runtcpgate.py").exists()
+
+
+async def with_target(target: lib.Target, fn: Any) -> Any:
+    log(f"starting {target.name} ...")
+    try:
+        target.start()
+    except Exception as exc:  # noqa: BLE001 - a baseline that cannot start is reported
+        log(f"  {target.name} failed to start: {exc}")
+        with_stop(target)
+        return {"error": f"start failed: {exc}"[:500]}
+    try:
+        return await fn(target)
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    finally:
+        with_stop(target)
+
+
+def with_stop(target: lib.Target) -> None:
+    try:
+        target.stop()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+async def main(cfg: argparse.Namespace) -> dict:
+    lib.ensure_node_ws(log)
+    if "ht" in cfg.targets:
+        lib.ensure_ht_venv(log)
+    prev = lib.prev_tree(log) if "prev" in cfg.targets else None
+    prev_rev = (prev / ".bench-rev").read_text() if prev else None
+    auth = AuthServer(5.0)
+    res: dict[str, Any] = {"mode": "quick" if cfg.quick else "full",
+                           "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                           "loadavg_start": loadavg(), "cpus": os.cpu_count(),
+                           "prev_rev": prev_rev, "config": {k: v for k, v in vars(cfg).items()}}
+
+    def mk(name: str, **kw: Any) -> lib.Target | None:
+        if name == "broker":
+            return BrokerTarget("broker", auth.url, **kw)
+        if name == "prev":
+            return BrokerTarget("prev", auth.url, src=prev, **kw) if prev else None
+        if name == "ht":
+            return HighTemplarTarget(auth.api_base)
+        if name == "raw":
+            return RawTarget()
+        raise ValueError(name)
+
+    def want(s: str) -> bool:
+        return s in cfg.only
+
+    try:
+        if want("B1"):
+            res["B1"] = {}
+            for name in cfg.targets:
+                for n in cfg.b1_sizes:
+                    t = mk(name)
+                    if t is None:
+                        continue
+                    res["B1"].setdefault(name, {})[str(n)] = await with_target(
+                        t, lambda t, n=n: fanout(t, n, cfg))
+        if want("B2"):
+            res["B2"] = {}
+            for name in [x for x in cfg.targets if x in ("broker", "prev")]:
+                t = mk(name)
+                if t is None:
+                    continue
+
+                async def b2(t: lib.Target) -> dict:
+                    return {str(n): await targeted(t, n, cfg) for n in cfg.b2_sizes}
+                res["B2"][name] = await with_target(t, b2)
+        if want("B3"):
+            res["B3"] = {}
+            for name in [x for x in cfg.targets if x in ("broker", "prev", "ht")]:
+                t = mk(name)
+                if t is not None:
+                    res["B3"][name] = await with_target(
+                        t, lambda t: storm(t, cfg.b3_clients, auth, cfg))
+        if want("B4"):
+            res["B4"] = {}
+            for label, kw in (("daphne", {"server": "daphne"}), ("uvicorn", {"server": "uvicorn"})):
+                res["B4"][label] = await with_target(
+                    BrokerTarget(f"broker-{label}", auth.url, **kw),
+                    lambda t: idle_memory(t, cfg.b4_conns, cfg))
+            if "ht" in cfg.targets:
+                res["B4"]["hightemplar"] = await with_target(
+                    mk("ht"), lambda t: idle_memory(t, cfg.b4_conns, cfg))
+        if want("B5"):
+            if gate_works(ROOT):
+                res["B5"] = await with_target(
+                    BrokerTarget("broker-gate", auth.url, tcpgate=True),
+                    lambda t: fanout(t, cfg.b5_size, cfg, stomp=True))
+            else:
+                res["B5"] = {"error": "pending: no working tcpgate/runtcpgate"}
+        if want("B6"):
+            res["B6"] = {"procs2": await with_target(
+                BrokerTarget("broker-2p", auth.url, procs=2),
+                lambda t: fanout(t, cfg.b6_size, cfg))}
+            b1 = res.get("B1", {}).get("broker", {}).get(str(cfg.b6_size))
+            if b1 is None or "error" in b1:
+                b1 = await with_target(BrokerTarget("broker-1p", auth.url),
+                                       lambda t: fanout(t, cfg.b6_size, cfg))
+            res["B6"]["procs1"] = b1
+        if want("B7"):
+            res["B7"] = {}
+            for name in [x for x in cfg.targets if x in ("broker", "prev")]:
+                t = mk(name)
+                if t is not None:
+                    res["B7"][name] = await with_target(t, lambda t: ingestion(t, cfg))
+    finally:
+        auth.stop()
+        if prev:
+            shutil.rmtree(prev, ignore_errors=True)
+    res["loadavg_end"] = loadavg()
+    res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return res
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="reduced sizes, one run (< 5 min)")
+    ap.add_argument("--only", default="B1,B2,B3,B4,B5,B6,B7")
+    ap.add_argument("--targets", default="broker,prev,ht,raw")
+    ap.add_argument("--runs", type=int)
+    ap.add_argument("--out", help="JSON file (default bench/results/<mode>-<time>.json)")
+    ap.add_argument("--sizes", help="override every size with one number (smoke tests)")
+    cfg = ap.parse_args(argv)
+    cfg.only = cfg.only.split(",")
+    cfg.targets = cfg.targets.split(",")
+    q = cfg.quick
+    cfg.runs = cfg.runs or (1 if q else 3)
+    cfg.workers = 2
+    cfg.step_s = 1.5 if q else 3.0
+    cfg.lat_s = 2.0 if q else 4.0
+    cfg.max_steps = 8
+    cfg.start_msgs = 5000
+    cfg.trigger_conns = 16
+    cfg.storm_concurrency = 200
+    cfg.b1_sizes = [1000] if q else [1000, 5000]
+    cfg.b2_sizes = [1000, 3000] if q else [1000, 10000]
+    cfg.b3_clients = 600 if q else 2000
+    cfg.b4_conns = 2000 if q else 10000
+    cfg.b5_size = 1000
+    cfg.b6_size = 1000 if q else 5000
+    if cfg.sizes:
+        s = int(cfg.sizes)
+        cfg.b1_sizes = [s]
+        cfg.b2_sizes = [s]
+        cfg.b3_clients = cfg.b4_conns = cfg.b5_size = cfg.b6_size = s
+    return cfg
+
+
+def run(argv: list[str] | None = None) -> dict:
+    cfg = parse(argv)
+    t0 = time.monotonic()
+    res = uvloop.run(main(cfg))
+    res["duration_s"] = round(time.monotonic() - t0, 1)
+    import report
+
+    out = Path(cfg.out) if cfg.out else BENCH / "results" / (
+        f"{res['mode']}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(report.table(res))
+    print(f"\nJSON: {out}  ({res['duration_s']} s, load {res['loadavg_start']} -> "
+          f"{res['loadavg_end']})")
+    return res
+
+
+if __name__ == "__main__":
+    run()
