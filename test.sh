@@ -97,9 +97,41 @@ ensure_redis_running() {
 }
 
 ensure_browser() {
-    # Placeholder: installing Chromium (Debian packages chromium, chromium-driver) and
-    # Playwright for the browser tests will go here. Nothing to do yet.
-    :
+    # The browser tests (tests/browser) drive Debian's chromium with Python Playwright (from the
+    # [test] extra; it launches /usr/bin/chromium and never downloads a browser), and run
+    # static/combroker/combroker.js under Node's test runner with the npm packages pinned in
+    # tests/browser/package-lock.json. When all of that is in place, COMBROKER_BROWSER_TESTS=required
+    # makes a missing piece fail those tests; if an install fails here they are skipped instead.
+    if ! command -v chromium >/dev/null 2>&1; then
+        log "installing chromium (Debian package) for the browser tests"
+        if ! apt_install chromium; then
+            log "WARNING: could not install chromium: the browser tests will be skipped"
+            return 0
+        fi
+    fi
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        log "installing nodejs and npm (Debian packages) for the browser tests"
+        if ! apt_install nodejs npm; then
+            log "WARNING: could not install node/npm: the browser tests will be skipped"
+            return 0
+        fi
+    fi
+    local dir=tests/browser
+    local stamp="$dir/node_modules/.combroker-npm-stamp"
+    local want
+    want="$(cat "$dir/package.json" "$dir/package-lock.json" | sha256sum | cut -d' ' -f1)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        log "$dir/node_modules is up to date"
+    else
+        log "installing the Node packages of $dir (npm ci)"
+        if (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2); then
+            echo "$want" >"$stamp"
+        else
+            log "WARNING: npm ci failed in $dir: the browser tests will be skipped"
+            return 0
+        fi
+    fi
+    export COMBROKER_BROWSER_TESTS=required
 }
 
 ensure_venv

@@ -370,6 +370,7 @@ class Clients:
         self.room, self.query, self.offset = room, query, offset
         self.procs: list[asyncio.subprocess.Process] = []
         self.ready: list[dict] = []
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         per = [self.n // self.workers + (1 if i < self.n % self.workers else 0)
@@ -412,9 +413,10 @@ class Clients:
                 "connect_p99_ms": max((r["connect_p99_ms"] or 0) for r in self.ready)}
 
     async def report(self) -> dict:
-        for p in self.procs:
-            p.stdin.write(b'{"cmd":"report"}\n')
-        reps = [await self._read(p, 60) for p in self.procs]
+        async with self._lock:  # one request/answer at a time on the workers' pipes
+            for p in self.procs:
+                p.stdin.write(b'{"cmd":"report"}\n')
+            reps = [await self._read(p, 60) for p in self.procs]
         lat: list[int] = []
         for r in reps:
             lat.extend(r["lat"])

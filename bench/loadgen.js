@@ -29,6 +29,7 @@ function onData(buf) {
   const i = buf.indexOf('"t":');
   if (i < 0) return;
   let j = i + 4, t = 0, c;
+  while (buf[j] === 32) j++;  // json.dumps writes '"t": 1'
   while (j < buf.length && (c = buf[j]) >= 48 && c <= 57) { t = t * 10 + (c - 48); j++; }
   seenLat++;
   const v = now - t;
@@ -73,7 +74,11 @@ function openWs(idx) {
       else { fail('subscribe: ' + s.slice(0, 200)); ws.terminate(); finish(false); }
     });
     ws.on('error', (e) => { fail(e); finish(false); });
-    ws.on('close', (code) => { closeCodes[code] = (closeCodes[code] || 0) + 1; if (stage === 2) closedEarly++; finish(false); });
+    ws.on('close', (code, reason) => {
+      closeCodes[code] = (closeCodes[code] || 0) + 1;
+      if (stage === 2) closedEarly++; else if (!done) fail('closed ' + code + ' ' + reason);
+      finish(false);
+    });
   });
 }
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -42,6 +43,8 @@ from lib import (  # noqa: E402
 )
 
 B1_ROOM = '[{"bench":"b1"}]'
+# The recommended production ASGI server (docs/performance.md): goals and ratios use it.
+PRODUCTION_SERVER = "uvicorn"
 
 
 def log(*a: Any) -> None:
@@ -104,12 +107,24 @@ class Meter:
         self.lat.extend(r["lat"])
         return r
 
-    async def drain(self, expected: int, stall_s: float = 3.0, limit_s: float = 60.0) -> dict:
+    async def sample(self, out: list[tuple[float, int]], stop: asyncio.Event,
+                     every: float = 0.1) -> None:
+        """Append (time, deliveries so far) every ``every`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            r = await self.sync()
+            out.append((time.monotonic(), r["recv"]))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+
+    async def drain(self, expected: int, stall_s: float = 3.0, limit_s: float = 60.0,
+                    samples: list[tuple[float, int]] | None = None) -> dict:
         """Wait until ``expected`` deliveries in total arrived, or nothing moved for stall_s."""
         t0 = last_move = time.monotonic()
         prev = -1
         while True:
             r = await self.sync()
+            if samples is not None:
+                samples.append((time.monotonic(), r["recv"]))
             if r["recv"] >= expected:
                 return r
             if r["recv"] != prev:
@@ -117,6 +132,20 @@ class Meter:
             if time.monotonic() - last_move > stall_s or time.monotonic() - t0 > limit_s:
                 return r
             await asyncio.sleep(0.1)
+
+
+def steady_rate(samples: list[tuple[float, int]], send_start: float, send_end: float,
+                almost: float) -> float | None:
+    """Deliveries/s in the steady part of a step: from 30% into the sending until the clients
+    hold 95% of what was sent (later than send_end when the server is saturated and drains a
+    backlog), so neither the ramp-up nor the latency tail is counted."""
+    t_start = send_start + 0.3 * (send_end - send_start)
+    inside = [(t, c) for t, c in samples if t >= t_start]
+    end = next((i for i, (t, c) in enumerate(inside) if c >= almost), len(inside) - 1)
+    inside = inside[: end + 1]
+    if len(inside) < 3 or inside[-1][0] - inside[0][0] < 0.2:
+        return None
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
 
 async def paced(trig: Any, rate: float, count: int, rooms: Any = B1_ROOM) -> int:
@@ -187,15 +216,27 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
                 await m.sync()
                 base = m.recv
                 cpu0, tcpu = cpu_seconds(target.proc_pids()), time.monotonic()
+                gcpu0 = cpu_seconds(clients.pids() + [os.getpid()])
                 first = now_us()
+                samples: list[tuple[float, int]] = []
+                stop = asyncio.Event()
+                poll = asyncio.ensure_future(m.sample(samples, stop))
                 sent_total += await paced(trig, rate, count)
-                r = await m.drain(sent_total * n)
+                send_end = time.monotonic()
+                stop.set()
+                await poll
+                r = await m.drain(sent_total * n, samples=samples)
                 got = r["recv"] - base
-                span_s = max((r["last_us"] - first) / 1e6, 1e-6)
+                delivered = steady_rate(samples, send_end - (count / rate), send_end,
+                                        base + 0.95 * count * n)
+                if delivered is None:  # too few samples: fall back to first send..last receipt
+                    delivered = got / max((r["last_us"] - first) / 1e6, 1e-6)
                 cpu = (cpu_seconds(target.proc_pids()) - cpu0) / (time.monotonic() - tcpu)
+                gcpu = (cpu_seconds(clients.pids() + [os.getpid()]) - gcpu0) / (
+                    time.monotonic() - tcpu)
                 step = {"rate": round(rate, 2), "offered_msgs_s": round(rate * n),
-                        "delivered_msgs_s": round(got / span_s), "lost": count * n - got,
-                        "server_cpu": round(cpu, 2)}
+                        "delivered_msgs_s": round(delivered), "lost": count * n - got,
+                        "server_cpu": round(cpu, 2), "loadgen_cpu": round(gcpu, 2)}
                 steps.append(step)
                 if step["lost"]:
                     sent_total = r["recv"] // n  # resync; losses are reported
@@ -219,7 +260,7 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
             lat = lat_summary(m.lat)
             log(f"  {target.name} n={n} run {run + 1}: saturation {sat:,} msgs/s, "
                 f"p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms at {lat_rate:.1f} trig/s; "
-                f"steps {[(s['offered_msgs_s'], s['delivered_msgs_s'], s['server_cpu']) for s in steps]}")
+                f"steps {[(s['offered_msgs_s'], s['delivered_msgs_s'], s['server_cpu'], s['loadgen_cpu']) for s in steps]}")
             result["runs"].append({"saturation_msgs_s": sat, "latency_rate": round(lat_rate, 2),
                                    **lat, "steps": steps})
         result["saturation_msgs_s"] = med([r["saturation_msgs_s"] for r in result["runs"]])
@@ -443,11 +484,14 @@ async def main(cfg: argparse.Namespace) -> dict:
                            "loadavg_start": loadavg(), "cpus": os.cpu_count(),
                            "prev_rev": prev_rev, "config": {k: v for k, v in vars(cfg).items()}}
 
+    res["production_server"] = cfg.prod
+
     def mk(name: str, **kw: Any) -> lib.Target | None:
-        if name == "broker":
-            return BrokerTarget("broker", auth.url, **kw)
+        if name in ("daphne", "uvicorn"):
+            return BrokerTarget(name, auth.url, server=name, **kw)
         if name == "prev":
-            return BrokerTarget("prev", auth.url, src=prev, **kw) if prev else None
+            return BrokerTarget("prev", auth.url, src=prev, server=cfg.prod, **kw) \
+                if prev else None
         if name == "ht":
             return HighTemplarTarget(auth.api_base)
         if name == "raw":
@@ -457,6 +501,11 @@ async def main(cfg: argparse.Namespace) -> dict:
     def want(s: str) -> bool:
         return s in cfg.only
 
+    def brokers(allowed: tuple[str, ...]) -> list[str]:
+        """Targets of B2/B3/B7: quick mode skips the non-production server."""
+        other = "daphne" if cfg.prod == "uvicorn" else "uvicorn"
+        return [x for x in cfg.targets if x in allowed and not (cfg.quick and x == other)]
+
     try:
         if want("B1"):
             res["B1"] = {}
@@ -465,28 +514,29 @@ async def main(cfg: argparse.Namespace) -> dict:
                     t = mk(name)
                     if t is None:
                         continue
-                    res["B1"].setdefault(name, {})[str(n)] = await with_target(
+                    res["B1"].setdefault(t.name, {})[str(n)] = await with_target(
                         t, lambda t, n=n: fanout(t, n, cfg))
         if want("B2"):
             res["B2"] = {}
-            for name in [x for x in cfg.targets if x in ("broker", "prev")]:
+            for name in brokers(("daphne", "uvicorn", "prev")):
                 t = mk(name)
                 if t is None:
                     continue
 
                 async def b2(t: lib.Target) -> dict:
                     return {str(n): await targeted(t, n, cfg) for n in cfg.b2_sizes}
-                res["B2"][name] = await with_target(t, b2)
+                res["B2"][t.name] = await with_target(t, b2)
         if want("B3"):
             res["B3"] = {}
-            for name in [x for x in cfg.targets if x in ("broker", "prev", "ht")]:
+            for name in brokers(("daphne", "uvicorn", "prev", "ht")):
                 t = mk(name)
                 if t is not None:
-                    res["B3"][name] = await with_target(
+                    res["B3"][t.name] = await with_target(
                         t, lambda t: storm(t, cfg.b3_clients, auth, cfg))
         if want("B4"):
             res["B4"] = {}
-            for label, kw in (("daphne", {"server": "daphne"}), ("uvicorn", {"server": "uvicorn"})):
+            for label in [x for x in ("daphne", "uvicorn") if x in cfg.targets]:
+                kw = {"server": label}
                 res["B4"][label] = await with_target(
                     BrokerTarget(f"broker-{label}", auth.url, **kw),
                     lambda t: idle_memory(t, cfg.b4_conns, cfg))
@@ -496,25 +546,25 @@ async def main(cfg: argparse.Namespace) -> dict:
         if want("B5"):
             if gate_works(ROOT):
                 res["B5"] = await with_target(
-                    BrokerTarget("broker-gate", auth.url, tcpgate=True),
+                    BrokerTarget("broker-gate", auth.url, server=cfg.prod, tcpgate=True),
                     lambda t: fanout(t, cfg.b5_size, cfg, stomp=True))
             else:
                 res["B5"] = {"error": "pending: no working tcpgate/runtcpgate"}
         if want("B6"):
             res["B6"] = {"procs2": await with_target(
-                BrokerTarget("broker-2p", auth.url, procs=2),
+                BrokerTarget("broker-2p", auth.url, server=cfg.prod, procs=2),
                 lambda t: fanout(t, cfg.b6_size, cfg))}
-            b1 = res.get("B1", {}).get("broker", {}).get(str(cfg.b6_size))
+            b1 = res.get("B1", {}).get(cfg.prod, {}).get(str(cfg.b6_size))
             if b1 is None or "error" in b1:
-                b1 = await with_target(BrokerTarget("broker-1p", auth.url),
+                b1 = await with_target(BrokerTarget("broker-1p", auth.url, server=cfg.prod),
                                        lambda t: fanout(t, cfg.b6_size, cfg))
             res["B6"]["procs1"] = b1
         if want("B7"):
             res["B7"] = {}
-            for name in [x for x in cfg.targets if x in ("broker", "prev")]:
+            for name in brokers(("daphne", "uvicorn", "prev")):
                 t = mk(name)
                 if t is not None:
-                    res["B7"][name] = await with_target(t, lambda t: ingestion(t, cfg))
+                    res["B7"][t.name] = await with_target(t, lambda t: ingestion(t, cfg))
     finally:
         auth.stop()
         if prev:
@@ -529,7 +579,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="reduced sizes, one run (< 5 min)")
     ap.add_argument("--only", default="B1,B2,B3,B4,B5,B6,B7")
-    ap.add_argument("--targets", default="broker,prev,ht,raw")
+    ap.add_argument("--targets", default="daphne,uvicorn,prev,ht,raw",
+                    help="daphne/uvicorn: this tree under that server; prev: HEAD~1 under --prod")
+    ap.add_argument("--prod", default=PRODUCTION_SERVER,
+                    help="the server the goals are checked on (docs/performance.md)")
     ap.add_argument("--runs", type=int)
     ap.add_argument("--out", help="JSON file (default bench/results/<mode>-<time>.json)")
     ap.add_argument("--sizes", help="override every size with one number (smoke tests)")
@@ -539,17 +592,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     q = cfg.quick
     cfg.runs = cfg.runs or (1 if q else 3)
     cfg.workers = 2
-    cfg.step_s = 1.5 if q else 3.0
-    cfg.lat_s = 2.0 if q else 4.0
+    cfg.step_s = 1.2 if q else 3.0
+    cfg.lat_s = 1.5 if q else 4.0
     cfg.max_steps = 8
     cfg.start_msgs = 5000
     cfg.trigger_conns = 16
     cfg.storm_concurrency = 200
     cfg.b1_sizes = [1000] if q else [1000, 5000]
-    cfg.b2_sizes = [1000, 3000] if q else [1000, 10000]
-    cfg.b3_clients = 600 if q else 2000
-    cfg.b4_conns = 2000 if q else 10000
-    cfg.b5_size = 1000
+    cfg.b2_sizes = [300, 1500] if q else [1000, 10000]
+    cfg.b3_clients = 400 if q else 2000
+    cfg.b4_conns = 1000 if q else 10000
+    cfg.b5_size = 500 if q else 1000
     cfg.b6_size = 1000 if q else 5000
     if cfg.sizes:
         s = int(cfg.sizes)

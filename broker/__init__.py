@@ -8,13 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 
-async def publish(rooms: list[Any], data: Any) -> str:
+async def publish(rooms: list[Any], data: Any, *, history: bool = False) -> str:
     from .publish import publish as _publish
 
-    return await _publish(rooms, data)
+    return await _publish(rooms, data, history=history)
 
 
-def publish_sync(rooms: list[Any], data: Any, timeout: float = 10.0) -> str:
+def publish_sync(rooms: list[Any], data: Any, timeout: float = 10.0, *,
+                 history: bool = False) -> str:
     from .publish import publish_sync as _publish_sync
 
-    return _publish_sync(rooms, data, timeout)
+    return _publish_sync(rooms, data, timeout, history=history)

@@ -16,6 +16,9 @@ Keys (``P`` = BROKER_KEY_PREFIX, ``proc`` = a process id):
   P:masks:<shape>   set   wildcard masks ever subscribed for a room shape (see hub.py)
 
 Masks are only ever added: a stale mask costs one PUBLISH nobody hears, never a lost message.
+
+Room history, resume states and acknowledged messages are stored by the same two classes; that
+part (its keys and scripts) is ``broker.store``'s, mixed in here.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .errors import BrokerUnavailable
+from .store import MemoryStore, RedisStore, Store
 
 _LIVE_PROCS = """
 local t = redis.call('TIME')
@@ -71,7 +75,7 @@ return known and 1 or 0
 """
 
 
-class Cluster:
+class Cluster(Store):
     """The interface; MemoryCluster is the reference implementation."""
 
     proc_id: str
@@ -100,7 +104,7 @@ class Cluster:
     async def ping(self) -> bool: return True
 
 
-class MemoryCluster(Cluster):
+class MemoryCluster(MemoryStore, Cluster):
     def __init__(self, proc_id: str) -> None:
         self.proc_id = proc_id
         self._masks: dict[str, set[int]] = {}
@@ -154,6 +158,11 @@ class MemoryCluster(Cluster):
     async def heartbeat(self, infos: dict[str, dict[str, Any]], rooms: list[str],
                         destinations: list[str], stats: dict[str, Any],
                         masks: list[tuple[str, int]]) -> bool:
+        # The hub clears its dirty set on a heartbeat: take the fresh entries (subscription
+        # counts) here too, as the Redis cluster does.
+        for conn_id, info in infos.items():
+            if conn_id in self._conns:
+                self._conns[conn_id] = info
         self._stats = stats
         return True
 
@@ -161,7 +170,7 @@ class MemoryCluster(Cluster):
         return [self._stats] if self._stats else []
 
 
-class RedisCluster(Cluster):
+class RedisCluster(RedisStore, Cluster):
     def __init__(self, proc_id: str, url: str, prefix: str, ttl: float) -> None:
         self.proc_id = proc_id
         self.prefix = prefix

@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, fields
-from functools import cache
-from typing import Any
+from functools import cache, cached_property
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .history import HistoryPolicy
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,20 @@ class Settings:
     # Bytes of encoded frames waiting to be written to one connection before it is closed
     # with 4008 "slow". This bounds the memory one slow client can hold.
     BROKER_MAX_OUTBOX_BYTES: int = 1_048_576
+    # Requests one connection may make: a token bucket refilled at BROKER_RATE_LIMIT per
+    # second holding at most BROKER_RATE_BURST (0 = no limit). Over it a request is answered
+    # ``rate-limited`` and not carried out; a client that sends BROKER_RATE_BURST more while
+    # limited is closed with 4029. The burst covers subscribing a full set at connect.
+    BROKER_RATE_LIMIT: float = 100.0
+    BROKER_RATE_BURST: int = 2048
+    # Connections one process serves (WebSocket, authenticating ones included); beyond it the
+    # handshake is refused with HTTP 503. 0 = no limit.
+    BROKER_MAX_CONNECTIONS: int = 20_000
+    # WebSocket Origin allow-list, comma-separated ("https://app.example.com,https://*.ex.com");
+    # empty = any origin. A handshake without Origin (not a browser) is always let through.
+    BROKER_ALLOWED_ORIGINS: tuple[str, ...] = ()
+    # Seconds SIGTERM waits for clients to be closed with 1001 and their queues to drain.
+    BROKER_SHUTDOWN_GRACE: float = 10.0
     BROKER_PUBLIC_STATUS: bool = False
     # Cluster registry: entries of a process that stops heartbeating vanish after this.
     BROKER_REGISTRY_TTL: float = 15.0
@@ -52,6 +69,24 @@ class Settings:
     BROKER_DEMO: bool = False
     # Root log level (read by combroker.settings' LOGGING).
     BROKER_LOG_LEVEL: str = "INFO"
+    # Room history (docs/guarantees.md): a JSON list of {"room": <pattern, "*" allowed>,
+    # "size": <triggers kept per concrete room>, "ttl": <seconds after the last one>}. A trigger
+    # asking "history": true is recorded in each of its concrete rooms the first matching
+    # pattern covers. None/[] = no history.
+    BROKER_HISTORY: Any = None
+    # Seconds a room's offset sequence outlives its last trigger (at least the room's ttl).
+    # Within it, "recovered" is exact; after it the sequence restarts above the old offsets.
+    BROKER_HISTORY_META_TTL: float = 86_400.0
+    # Seconds a closed connection's resume token keeps its subscriptions and positions.
+    BROKER_RESUME_TTL: float = 300.0
+    # Seconds an acknowledged direct message ("ack": true) waits for its confirmations.
+    BROKER_ACK_TTL: float = 86_400.0
+
+    @cached_property
+    def history_policy(self) -> HistoryPolicy:
+        from .history import HistoryPolicy
+
+        return HistoryPolicy.from_setting(self.BROKER_HISTORY)
 
 
 def _parse(raw: str, default: Any, name: str) -> Any:
@@ -69,6 +104,8 @@ def _parse(raw: str, default: Any, name: str) -> Any:
             return dict(json.loads(raw))
         # "agent:k1,super_agent:k2"
         return dict(part.strip().split(":", 1) for part in raw.split(",") if part.strip())
+    if name == "BROKER_HISTORY":
+        return json.loads(raw) if raw.strip() else None
     return raw
 
 

@@ -9,41 +9,76 @@ through the small ``Transport`` interface. Everything else is here or below:
 Outbound frames (replies and deliveries alike) go through one bounded outbox, so a reply and
 the deliveries around it keep their order, and a client that does not read is closed with
 4008 ``slow`` once BROKER_MAX_OUTBOX_BYTES of frames wait for it; its other state is freed.
+
+Issue 8 (docs/guarantees.md) lives here where it needs I/O and ordering:
+
+- **The welcome comes first.** From ``open`` until the transport calls ``welcome()``, frames
+  (deliveries while attaching, pending acknowledged messages, replays) are held; ``welcome()``
+  queues the welcome, then them.
+- **The seam.** A subscription to a history room joins its groups first, with its live frames
+  held in ``Subscription.buffer``; then the room's history after ``since`` is read; then, after
+  the reply, the replay is queued and the buffer merged into it (``history.merge_seam``: a
+  trigger both replayed and received live is dropped by id). Triggers are recorded before they
+  are published, so nothing falls between the read and the join.
+- **Positions.** A frame that carries an offset of its subscription's own room is queued with
+  a mark; once the transport has written it, the subscription's ``offset`` moves up to it. A
+  resume replays after the offsets written, not after those merely queued.
+- **Resume.** ``welcome()`` hands out a fresh token (rich dialect); ``closed()`` saves the
+  subscriptions and their offsets under it for BROKER_RESUME_TTL; ``open(resume=...)`` takes
+  them back (any process) for the same identity, restoring each subscription with ``since``.
+- **Acknowledged messages.** Delivered ones are owed (``_owed``) until confirmed; their store
+  updates run in order on one chain of tasks. A connection that closes owing some releases
+  them (they are redelivered to the login's next connection); a confirmation that completes a
+  message tells its sender.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from . import errors, metrics
+from . import errors, logctx, metrics, resume
 from .auth import Credentials, Refused, authenticate
 from .conf import conf
 from .errors import BrokerUnavailable
+from .history import merge_seam, recovered
 from .hub import Hub, get_hub
 from .identity import Identity, client_room, parse_destination
+from .limits import Verdict, make_bucket
 from .session import (
     AdminAction,
     AdminResult,
+    ConfirmMessage,
     Effect,
     Error,
+    HistoryResult,
     JoinRoom,
     LeaveRooms,
     PublishRooms,
     QueryStatus,
+    ReadHistory,
     Reply,
     Request,
     SendDirect,
     Session,
     StatusInfo,
+    Subscribe,
+    Subscription,
     Success,
 )
 
 log = logging.getLogger("broker.connection")
+
+# Seconds a closing connection may take to write out its outbox, and then to close, before it
+# is given up (its transport may still hold what it buffered): a client that stopped reading
+# must not keep a kick, a replace or a shutdown waiting.
+CLOSE_TIMEOUT = 5.0
 
 
 class Transport(Protocol):
@@ -66,14 +101,38 @@ class Connection:
         self._outbox: deque[str | bytes] = deque()
         self._outbox_bytes = 0
         self._max_outbox = conf().BROKER_MAX_OUTBOX_BYTES
+        self._bucket = make_bucket(conf().BROKER_RATE_LIMIT, conf().BROKER_RATE_BURST)
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._lock = asyncio.Lock()
+        # Issue 8. The token handed out in the welcome (rich dialect), and whether a presented
+        # one was honoured (None: none was presented).
+        self.resume_token: str | None = None
+        self.resumed: bool | None = None
+        self._restored: list[dict[str, Any]] = []
+        # Frames queued while opening, released by welcome() after the welcome.
+        self._held: list[tuple[str | bytes, tuple[Subscription, int] | None]] | None = None
+        self._held_bytes = 0
+        # Run after the current reply (or the welcome) is queued: history replays.
+        self._follow_ups: list[Callable[[], None]] = []
+        # Frames queued and written so far; marks move a subscription's offset once written.
+        self._pushed = 0
+        self._written = 0
+        self._marks: deque[tuple[int, Subscription, int]] = deque()
+        # Acknowledged messages: delivered here (for dedupe while opening), and still owed.
+        self._acked_ids: OrderedDict[str, None] = OrderedDict()
+        self._owed: set[str] = set()
+        self._ack_io: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ opening
 
-    async def open(self, creds: Credentials) -> Identity:
-        """Authenticate and join the hub. Raises Refused, AuthUnavailable or BrokerUnavailable."""
+    async def open(self, creds: Credentials, resume_token: str | None = None) -> Identity:
+        """Authenticate and join the hub. Raises Refused, AuthUnavailable or BrokerUnavailable.
+
+        ``resume_token``: a token of an earlier connection (rich dialect) whose subscriptions
+        to take back. The transport then calls ``welcome()``.
+        """
+        logctx.conn_id.set(self.id)  # the transport's task logs as this connection from now on
         c = conf()
         identity = await authenticate(creds)
         hub = await get_hub()
@@ -82,13 +141,84 @@ class Connection:
             raise Refused(errors.DUPLICATE_LOGIN)
         self.identity = identity
         self.session = Session(identity, max_subscriptions=c.BROKER_MAX_SUBSCRIPTIONS,
-                               public_status=c.BROKER_PUBLIC_STATUS)
+                               public_status=c.BROKER_PUBLIC_STATUS, history=c.history_policy)
+        self._held = []  # from the moment the hub may deliver, until the welcome
         await hub.attach(self)
         self.hub = hub
         if dest and c.BROKER_DUPLICATE_LOGIN == "replace":
             await hub.router.control(action="close", destination=dest, code=errors.CLOSE_REPLACED,
                                      reason=errors.REPLACED, **{"except": self.id})
+        if resume_token is not None and self._resumable:
+            await self._resume(resume_token)
+        if dest:
+            try:
+                pending = await hub.cluster.ack_pending(dest)
+            except BrokerUnavailable as exc:
+                log.warning("conn %s: pending acknowledged messages not read: %s", self.id, exc)
+                pending = []
+            for message in pending:
+                self.deliver_acked(message)
         return identity
+
+    @property
+    def _resumable(self) -> bool:
+        """Only the rich JSON dialect carries resume tokens."""
+        return bool(getattr(self.codec, "rich", False))
+
+    def welcome(self) -> None:
+        """Queue the welcome, then every frame that waited for it, then the replays."""
+        if self._resumable:
+            self.resume_token = resume.new_token()
+        if self.resumed is None:
+            frame = self.codec.welcome(self.identity, self.id, self.resume_token)
+        else:
+            frame = self.codec.welcome(self.identity, self.id, self.resume_token,
+                                       resumed=self.resumed, restored=self._restored)
+        held, self._held, self._held_bytes = self._held or [], None, 0
+        self.push(frame)
+        for held_frame, mark in held:
+            self.push(held_frame, mark)
+        self._run_follow_ups()
+
+    def _run_follow_ups(self) -> None:
+        follow_ups, self._follow_ups = self._follow_ups, []
+        for follow_up in follow_ups:
+            follow_up()
+
+    async def _resume(self, token: str) -> None:
+        """Take back a closed connection's subscriptions (issue 8, broker.resume)."""
+        hub = self.hub
+        assert hub is not None and self.session is not None
+        self.resumed = False
+        if not resume.plausible(token):
+            return
+        try:
+            state = await hub.cluster.resume_take(resume.token_key(token),
+                                                  resume.fingerprint(self.identity))
+        except BrokerUnavailable as exc:
+            log.warning("conn %s: resume state not read: %s", self.id, exc)
+            return
+        if state is None:
+            return
+        self.resumed = True
+        for saved in resume.decode_state(state):
+            step = self.session.handle(Subscribe(saved.request_id, saved.room.original,
+                                                 since=saved.offset))
+            if not isinstance(step.effect, JoinRoom):
+                continue  # no longer allowed (the identity's rooms changed), or invalid
+            try:
+                reply = await self._join(step.effect, saved.request_id)
+            except Exception as exc:  # noqa: BLE001 - one subscription must not fail the rest
+                self.session.undo(step.effect)
+                log.warning("conn %s: subscription %r not restored: %s", self.id,
+                            saved.request_id, exc)
+                continue
+            entry: dict[str, Any] = {"requestId": saved.request_id}
+            extra = (reply.extra if isinstance(reply, Success) else None) or (
+                step.reply.extra if isinstance(step.reply, Success) else None)
+            if extra:
+                entry.update(extra)
+            self._restored.append(entry)
 
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "login_id": self.identity.login_id,
@@ -103,6 +233,11 @@ class Connection:
     async def receive(self, request: Request) -> None:
         """Handle one decoded request. Requests of one connection run one at a time."""
         assert self.session is not None and self.hub is not None
+        if self._bucket is not None:
+            verdict = self._bucket.take()
+            if verdict is not Verdict.ALLOWED:
+                self._rate_limited(request, verdict)
+                return
         async with self._lock:
             step = self.session.handle(request)
             reply = step.reply
@@ -125,39 +260,116 @@ class Connection:
                 frame = self.codec.reply(reply) if meta is None else self.codec.reply(reply, meta)
                 if frame is not None:
                     self.push(frame)
+            if self._follow_ups:  # a history replay comes after the subscribe's reply
+                self._run_follow_ups()
             # A protocol that ends the connection after this reply (STOMP: DISCONNECT, or any
             # ERROR on standard framing) says so through its codec's ``ending``.
             ending = getattr(self.codec, "ending", None)
             if ending is not None:
                 self.close_soon(*ending)
 
+    def _rate_limited(self, request: Request, verdict: Verdict) -> None:
+        """Over BROKER_RATE_LIMIT: answer ``rate-limited`` without carrying the request out;
+        a client that kept on regardless (EXCEEDED), or whose protocol ends the connection
+        on any error (standard STOMP), is closed with 4029."""
+        metrics.counters["rate_limited"] += 1
+        if verdict is Verdict.EXCEEDED:
+            log.warning("conn %s: over BROKER_RATE_LIMIT, closing", self.id)
+            self.close_soon(errors.CLOSE_RATE_LIMITED, errors.RATE_LIMITED)
+            return
+        reply = Error(errors.RATE_LIMITED, request.request_id)
+        meta = request.meta
+        frame = self.codec.reply(reply) if meta is None else self.codec.reply(reply, meta)
+        if frame is not None:
+            self.push(frame)
+        if getattr(self.codec, "ending", None) is not None:
+            self.close_soon(errors.CLOSE_RATE_LIMITED, errors.RATE_LIMITED)
+
     async def _carry_out(self, effect: Effect, rid: Any) -> Reply | None:
         hub = self.hub
         assert hub is not None
         match effect:
             case JoinRoom():
-                effect.subscription.owner = self
-                await hub.subscribe(effect.subscription)
+                return await self._join(effect, rid)
             case LeaveRooms():
                 await hub.unsubscribe(effect.subscriptions)
             case PublishRooms():
-                trigger_id = await hub.router.publish(effect.rooms, effect.data_json)
+                trigger_id = await hub.router.publish(effect.rooms, effect.data_json,
+                                                      history=effect.history)
                 return Success(rid, {"id": trigger_id})
             case SendDirect():
                 target = parse_destination(effect.destination)
                 assert target is not None
-                if not await hub.cluster.destination_exists(effect.destination):
+                # An acknowledged message waits for a recipient that is not connected yet.
+                if not effect.ack and not await hub.cluster.destination_exists(
+                        effect.destination):
                     return Error(errors.DESTINATION_NOT_FOUND, rid)
                 message_id = await hub.router.direct(
                     self.identity.destination, effect.destination, client_room(*target),
-                    effect.data_json, effect.text)
+                    effect.data_json, effect.text, ack=effect.ack)
                 return Success(rid, {"id": message_id})
+            case ReadHistory():
+                page = await hub.cluster.history_read(effect.room.key, since=effect.since,
+                                                      limit=effect.limit)
+                return HistoryResult(rid, effect.room, page.top, list(page.entries),
+                                     None if effect.since is None
+                                     else recovered(effect.since, page))
+            case ConfirmMessage():
+                await self._confirm(effect.message_id)
             case QueryStatus():
                 conns, num_rooms = await hub.cluster.status()
                 return StatusInfo(rid, conns, num_rooms, hub.started_at)
             case AdminAction():
                 return await self._admin(effect, rid)
         return None
+
+    async def _join(self, effect: JoinRoom, rid: Any) -> Reply | None:
+        """Join the hub; for a history room also read its offset (and the replay after
+        ``since``), and leave the replay and the buffered live frames to a follow-up."""
+        hub = self.hub
+        assert hub is not None
+        sub = effect.subscription
+        sub.owner = self
+        rule = effect.history
+        if rule is None:
+            await hub.subscribe(sub)
+            return None
+        since = effect.since
+        sub.buffer = []
+        try:
+            await hub.subscribe(sub)
+        except BaseException:
+            sub.buffer = None
+            raise
+        try:
+            # The whole replay: the stream is bounded by its size (MAXLEN ~, so a little more).
+            page = await hub.cluster.history_read(sub.room.key, since=since,
+                                                  limit=0 if since is None else None)
+        except BaseException:
+            sub.buffer = None
+            await hub.unsubscribe([sub])
+            raise
+        extra: dict[str, Any] = {"offset": page.top}
+        replay = list(page.entries) if since is not None else []
+        if since is None:
+            sub.offset = page.top
+        else:
+            ok = recovered(since, page)
+            extra["recovered"] = ok
+            sub.offset = since if ok else 0
+
+        def flush_seam() -> None:
+            key = sub.room.key
+            for e in replay:
+                self.push(self.codec.publish(sub, e.data_json, key, e.id, offset=e.offset),
+                          (sub, e.offset))
+            live = merge_seam(replay, sub.buffer or [], since if since is not None else -1)
+            sub.buffer = None
+            for _trigger_id, offset, frame in live:
+                self.push(frame, (sub, offset) if offset is not None else None)
+
+        self._follow_ups.append(flush_seam)
+        return Success(rid, extra)
 
     async def _admin(self, effect: AdminAction, rid: Any) -> Reply:
         hub = self.hub
@@ -188,12 +400,27 @@ class Connection:
 
     # ------------------------------------------------------------ outbound
 
-    def push(self, frame: str | bytes) -> None:
-        """Queue a frame for writing; never blocks. Overflow closes the connection as slow."""
+    def push(self, frame: str | bytes, mark: tuple[Subscription, int] | None = None) -> None:
+        """Queue a frame for writing; never blocks. Overflow closes the connection as slow.
+
+        ``mark``: (subscription, offset) of a delivery; the subscription's resume position
+        becomes that offset once the frame has been written.
+        """
         if self._closing:
+            return
+        if self._held is not None:  # opening: the welcome is not queued yet
+            self._held.append((frame, mark))
+            self._held_bytes += len(frame)
+            if self._held_bytes > self._max_outbox:
+                metrics.drop("slow", len(self._held))
+                self._held, self._held_bytes = [], 0
+                self.close_soon(errors.CLOSE_SLOW, errors.SLOW)
             return
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
+        self._pushed += 1
+        if mark is not None:
+            self._marks.append((self._pushed, mark[0], mark[1]))
         if self._outbox_bytes > self._max_outbox:
             metrics.drop("slow", len(self._outbox))
             log.warning("conn %s: outbox over %d bytes, closing as slow", self.id,
@@ -206,11 +433,18 @@ class Connection:
             self._writer = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
+        logctx.conn_id.set(self.id)
         try:
             while self._outbox:
                 frame = self._outbox.popleft()
                 self._outbox_bytes -= len(frame)
                 await self.transport.write(frame)
+                self._written += 1
+                marks = self._marks
+                while marks and marks[0][0] <= self._written:
+                    _n, sub, offset = marks.popleft()
+                    if sub.offset is None or offset > sub.offset:
+                        sub.offset = offset
         except Exception as exc:
             log.info("conn %s: write failed: %s", self.id, type(exc).__name__)
         finally:
@@ -234,13 +468,23 @@ class Connection:
         asyncio.ensure_future(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
+        logctx.conn_id.set(self.id)
         if code == errors.CLOSE_SLOW and self._writer is not None:
             # The writer waits for a reader that stopped reading (a transport whose write
-            # awaits drain, like the TCP gate's): flushing would wait forever.
+            # awaits drain, like the TCP gate's, or the WebSocket one's): flushing would
+            # wait forever.
             self._writer.cancel()
-        await self.flush()
         try:
-            await self.transport.close(code, reason)
+            await asyncio.wait_for(self.flush(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            if self._writer is not None:
+                self._writer.cancel()
+            log.info("conn %s: outbox not written out within %.0f s, closing anyway", self.id,
+                     CLOSE_TIMEOUT)
+        try:
+            await asyncio.wait_for(self.transport.close(code, reason), CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.info("conn %s: close not sent within %.0f s", self.id, CLOSE_TIMEOUT)
         finally:
             await self.closed()
 
@@ -251,5 +495,87 @@ class Connection:
         if hub is not None and self.session is not None:
             subs = list(self.session.subscriptions.values())
             self.session.subscriptions.clear()
+            # Saved first: a client that reconnects at once finds its state.
+            await self._save_resume(hub, subs)
             await hub.detach(self, subs)
+            await self._release_acks(hub)
+
+    # ------------------------------------------------------------ resume, acknowledgements
+
+    async def _save_resume(self, hub: Hub, subs: list[Subscription]) -> None:
+        if self.resume_token is None:
+            return
+        state = resume.encode_state([resume.SavedSubscription(s.request_id, s.room, s.offset)
+                                     for s in subs if s.pattern is None])
+        try:
+            await hub.cluster.resume_save(resume.token_key(self.resume_token),
+                                          resume.fingerprint(self.identity), state,
+                                          conf().BROKER_RESUME_TTL)
+        except Exception as exc:  # noqa: BLE001 - closing goes on; the client re-subscribes
+            log.warning("conn %s: resume state not saved: %s", self.id, exc)
+
+    def deliver_acked(self, message: dict[str, Any]) -> None:
+        """An acknowledged message for this connection's login (live, or pending at open)."""
+        message_id = message["id"]
+        if message_id in self._acked_ids or self._closing:
+            return  # the live copy and the stored one of a message sent while opening
+        self._acked_ids[message_id] = None
+        if len(self._acked_ids) > 4096:
+            self._acked_ids.popitem(last=False)
+        self.push(self.codec.message(message))
+        hub = self.hub
+        cluster = hub.cluster if hub is not None else None
+        if cluster is None:
+            return
+        if hasattr(self.codec, "confirmed"):
+            self._owed.add(message_id)
+            self._ack_chain(lambda: cluster.ack_hold(message_id, self.id))
+        else:
+            # A codec without ``confirm`` (STOMP): queued for writing counts as confirmed.
+            self._ack_chain(lambda: self._complete(message_id))
+
+    def _ack_chain(self, make: Callable[[], Awaitable[Any]]) -> None:
+        """Run store updates of acknowledged messages one after the other, in call order."""
+        previous = self._ack_io
+
+        async def run() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            try:
+                await make()
+            except Exception as exc:  # noqa: BLE001 - the message is then redelivered
+                log.warning("conn %s: acknowledged message update failed: %s", self.id, exc)
+
+        self._ack_io = asyncio.ensure_future(run())
+
+    async def _confirm(self, message_id: str) -> None:
+        if self._ack_io is not None:  # the hold of that message is recorded first
+            with contextlib.suppress(Exception):
+                await self._ack_io
+        await self._complete(message_id)
+
+    async def _complete(self, message_id: str) -> None:
+        hub, dest = self.hub, self.identity.destination
+        if hub is None or dest is None:
+            return
+        done, sender = await hub.cluster.ack_confirm(message_id, dest, self.id)
+        self._owed.discard(message_id)
+        if done and sender:
+            await hub.router.confirmed(sender, message_id, dest)
+
+    async def _release_acks(self, hub: Hub) -> None:
+        dest = self.identity.destination
+        if self._ack_io is not None:
+            with contextlib.suppress(Exception):
+                await self._ack_io
+        if not self._owed or dest is None:
+            return
+        owed, self._owed = list(self._owed), set()
+        try:
+            for message_id, sender in await hub.cluster.ack_release(self.id, dest, owed):
+                if sender:
+                    await hub.router.confirmed(sender, message_id, dest)
+        except Exception as exc:  # noqa: BLE001 - holds expire with their messages
+            log.warning("conn %s: acknowledged messages not released: %s", self.id, exc)
 

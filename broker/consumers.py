@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import daphne_close, errors, metrics
+from . import daphne_close, daphne_ext, errors, logctx, metrics
 from .auth import AuthUnavailable, Credentials, Refused
 from .codecs.jsoncodec import RICH_SUBPROTOCOL, JsonCodec
 from .codecs.stomp import CB_SUBPROTOCOL, STOMP_SUBPROTOCOLS, StompCodec
@@ -25,10 +25,12 @@ from .codecs.stompframe import StompFrameError
 from .conf import conf
 from .connection import Connection
 from .errors import BrokerUnavailable
+from .limits import admission, origin_allowed
 
 log = logging.getLogger("broker.ws")
 
 daphne_close.patch()  # under daphne, close codes 1009/1011 and close reasons reach the client
+daphne_ext.patch()  # under daphne: backpressure, 503 refusals, graceful SIGTERM, redacted log
 
 
 def credentials_from_scope(scope: dict[str, Any]) -> Credentials:
@@ -50,12 +52,40 @@ def credentials_from_scope(scope: dict[str, Any]) -> Credentials:
                        profile_key=first("profile_key"))
 
 
+def resume_token_from_scope(scope: dict[str, Any]) -> str | None:
+    """``?resume=<token>`` (also ``?resume_token=``): an earlier connection's resume token."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return (query.get("resume") or query.get("resume_token") or [None])[0]
+
+
 class BrokerConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = "__combroker_no_layer__"
 
     name = "websocket"
+    admitted = False  # counted in limits.admission; released exactly once, when the app ends
+    flow: daphne_ext.WriteFlow | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.admitted:
+                self.admitted = False
+                admission.release()
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
+        c = conf()
+        # Refused before the WebSocket opens, so refusing costs no auth request: HTTP 503
+        # over BROKER_MAX_CONNECTIONS or while shutting down.
+        refusal = admission.admit(c.BROKER_MAX_CONNECTIONS)
+        if refusal is not None:
+            metrics.refused(refusal)
+            log.warning("handshake refused: %s", refusal)
+            await self._deny(503, refusal)
+            return
+        self.admitted = True
+        extensions = self.scope.get("extensions") or {}
+        self.flow = extensions.get(daphne_ext.FLOW_EXTENSION)
         offered = self.scope.get("subprotocols") or []
         stomp = next((p for p in STOMP_SUBPROTOCOLS if p in offered), None)
         rich = RICH_SUBPROTOCOL in offered and stomp is None
@@ -64,11 +94,21 @@ class BrokerConsumer(AsyncWebsocketConsumer):
         self.explicit_refusal = rich or stomp is not None  # a refusal frame, then 4003
         self.awaiting_connect = stomp is not None
         self.conn = Connection(self, self.codec)
+        logctx.conn_id.set(self.conn.id)
         client = self.scope.get("client")
         self.remote_addr = client[0] if client else None
         # Accept first, then authenticate: a slow or failing auth API then gives a close code
         # the client can read, never an HTTP 500 during the handshake.
         await self.accept(stomp or (RICH_SUBPROTOCOL if rich else None))
+        origin = next((v.decode("latin-1") for k, v in self.scope.get("headers", [])
+                       if k.lower() == b"origin"), None)
+        if not origin_allowed(origin, c.BROKER_ALLOWED_ORIGINS):
+            # PROTOCOL §3: 1008; nothing else is sent and the auth API is not asked.
+            metrics.refused(errors.ORIGIN_NOT_ALLOWED)
+            log.warning("origin %r not in BROKER_ALLOWED_ORIGINS", (origin or "")[:200])
+            self.awaiting_connect = False
+            await self.close(errors.CLOSE_ORIGIN, errors.ORIGIN_NOT_ALLOWED)
+            return
         if stomp is None:
             await self._open(credentials_from_scope(self.scope))
         # else: STOMP credentials come in the CONNECT frame, the first message
@@ -78,6 +118,7 @@ class BrokerConsumer(AsyncWebsocketConsumer):
         try:
             creds = self.codec.credentials(data, self.remote_addr)
         except StompFrameError as exc:
+            metrics.refused(errors.REFUSED)
             await self.send(text_data=self.codec.refused(str(exc)))
             await self.close(errors.CLOSE_REFUSED)
             return
@@ -86,21 +127,24 @@ class BrokerConsumer(AsyncWebsocketConsumer):
     async def _open(self, creds: Credentials) -> None:
         rich = self.explicit_refusal
         try:
-            await self.conn.open(creds)
+            await self.conn.open(creds, resume_token_from_scope(self.scope))
         except Refused as exc:
-            metrics.counters["connections_refused"] += 1
+            metrics.refused(errors.DUPLICATE_LOGIN if exc.reason == errors.DUPLICATE_LOGIN
+                            else errors.REFUSED)
             await self.send(text_data=self.codec.refused(exc.reason))
             await self.close(errors.CLOSE_REFUSED if rich else errors.CLOSE_NORMAL)
             return
         except (AuthUnavailable, BrokerUnavailable) as exc:
-            metrics.counters["connections_refused"] += 1
             reason = errors.AUTH_UNAVAILABLE if isinstance(exc, AuthUnavailable) else \
                 errors.SERVICE_UNAVAILABLE
+            metrics.refused(reason)
             if rich:
                 await self.send(text_data=self.codec.refused(reason))
             await self.close(errors.CLOSE_AUTH_UNAVAILABLE, reason)
             return
-        self.conn.push(self.codec.welcome(self.conn.identity, self.conn.id, None))
+        self.conn.welcome()  # the welcome, then what waited for it (broker.connection)
+        if admission.shutting_down:  # authenticated while graceful_shutdown was closing
+            self.conn.close_soon(errors.CLOSE_GOING_AWAY, errors.GOING_AWAY)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self.conn.session is None:
@@ -118,8 +162,22 @@ class BrokerConsumer(AsyncWebsocketConsumer):
         await self.conn.receive(self.codec.decode(data if stomp_bytes else text))
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        await self.conn.closed()
+        conn = getattr(self, "conn", None)  # none when the handshake was refused
+        if conn is not None:
+            await conn.closed()
         raise StopConsumer()
+
+    async def _deny(self, status: int, reason: str) -> None:
+        """Refuse the handshake: HTTP ``status`` where the server has the ASGI
+        ``websocket.http.response`` extension (uvicorn; daphne through broker.daphne_ext),
+        else the plain close before the accept, which servers answer with 403."""
+        if daphne_ext.DENIAL_EXTENSION in (self.scope.get("extensions") or {}):
+            await self.base_send({"type": "websocket.http.response.start", "status": status,
+                                  "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await self.base_send({"type": "websocket.http.response.body",
+                                  "body": reason.encode()})
+        else:
+            await self.close()
 
     # ---- broker.connection.Transport
 
@@ -128,3 +186,7 @@ class BrokerConsumer(AsyncWebsocketConsumer):
             await self.send(bytes_data=frame)
         else:
             await self.send(text_data=frame)
+        # Backpressure: uvicorn's send already waits while its buffer is full; under daphne
+        # the flow says so. Either way the next frame waits in the bounded outbox.
+        if self.flow is not None:
+            await self.flow.wait()

@@ -18,6 +18,8 @@ MESSAGE_TYPE_NOT_ALLOWED = "message-type-not-allowed"
 INVALID_MESSAGE = "invalid-message"
 DESTINATION_NOT_FOUND = "destination-not-found"
 ROOM_NOT_ALLOWED = "room-not-allowed"
+# Issue 8: a history request for a room no BROKER_HISTORY rule covers (or a wildcard room).
+HISTORY_NOT_ENABLED = "history-not-enabled"
 # Not in the contract's list: the channel layer (Redis) is unreachable, so the request could
 # not be carried out. Sent for subscribe/send/publish during an outage (documented).
 SERVICE_UNAVAILABLE = "service-unavailable"
@@ -29,6 +31,8 @@ INTERNAL_ERROR = "internal-error"
 MALFORMED_FRAME = "malformed-frame"
 NOT_CONNECTED = "not-connected"
 CONNECTION_NOT_FOUND = "connection-not-found"
+# Over BROKER_RATE_LIMIT: the request was not carried out (repeated, the close reason of 4029).
+RATE_LIMITED = "rate-limited"
 
 # Refusal reasons and close reasons.
 AUTH_UNAVAILABLE = "auth-unavailable"
@@ -39,6 +43,11 @@ KICKED = "kicked"
 DUPLICATE_LOGIN = "duplicate-login"
 INVALID_APP_KEY = "Invalid Application Secret Key."
 INVALID_PROFILE_KEY = "Invalid Profile/Passcode."
+GOING_AWAY = "going-away"  # 1001: the process is shutting down
+ORIGIN_NOT_ALLOWED = "origin-not-allowed"  # 1008: Origin not in BROKER_ALLOWED_ORIGINS
+# Handshakes refused with HTTP 503 before the WebSocket opens.
+OVER_CAPACITY = "over-capacity"  # BROKER_MAX_CONNECTIONS reached in this process
+SHUTTING_DOWN = "shutting-down"  # the process got SIGTERM
 
 # WebSocket close codes (PROTOCOL §3 "Close codes").
 CLOSE_NORMAL = 1000

@@ -17,6 +17,12 @@ Routing (``Router``), the part that decides speed and cost:
 Delivery (``Hub``): one Hub per process (event loop) owns one channel-layer channel, the local
 ``SubscriptionIndex``, the owners of client destinations, and the live connections. It encodes
 each frame once per subscription and pushes it into that connection's bounded outbox.
+
+History and acknowledged delivery (issue 8, docs/guarantees.md): a trigger that asks for history
+is recorded (``Cluster.history_append``) *before* it is sent, and carries each recorded room's
+offset; a subscription whose replay is being read holds its live frames in ``buffer`` for the
+driver to merge. An acknowledged direct message is stored before it is sent, and its recipient
+connections take it through ``Conn.deliver_acked``, which remembers what they owe.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from . import metrics
 from .cluster import Cluster, MemoryCluster, RedisCluster, now_iso
 from .conf import conf, redis_urls
 from .errors import BrokerUnavailable
+from .identity import client_room, parse_destination
 from .session import Subscription, dump_json
 
 log = logging.getLogger("broker.hub")
@@ -61,7 +68,8 @@ class Conn(Protocol):
     identity: Any
     codec: Any
 
-    def push(self, frame: str | bytes) -> None: ...
+    def push(self, frame: str | bytes, mark: tuple[Subscription, int] | None = None) -> None: ...
+    def deliver_acked(self, message: dict[str, Any]) -> None: ...
     def close_soon(self, code: int, reason: str) -> None: ...
     def info(self) -> dict[str, Any]: ...
 
@@ -94,24 +102,51 @@ class Router:
                 self.on_failure()
             raise BrokerUnavailable(f"channel layer: {type(exc).__name__}: {exc}") from None
 
-    async def publish(self, rooms: list[Room], data_json: str) -> str:
+    async def publish(self, rooms: list[Room], data_json: str, history: bool = False) -> str:
         trigger_id = uuid.uuid4().hex
-        message = {"type": "cb.trigger", "id": trigger_id, "rooms": [r.key for r in rooms],
-                   "data": data_json}
+        message: dict[str, Any] = {"type": "cb.trigger", "id": trigger_id,
+                                   "rooms": [r.key for r in rooms], "data": data_json}
+        if history:
+            # Recorded before it is sent: a subscriber that reads the history after joining
+            # the group can then miss nothing (it dedupes what it gets both ways by id).
+            c = conf()
+            recorded = c.history_policy.recorded(rooms)
+            if recorded:
+                message["offsets"] = await self.cluster.history_append(
+                    [(r.key, rule) for r, rule in recorded], trigger_id, data_json,
+                    c.BROKER_HISTORY_META_TTL)
         await self.send(await self.groups_for(rooms), message)
         metrics.counters["triggers"] += 1
         return trigger_id
 
     async def direct(self, sender: str | None, destination: str, room: Room, data_json: str,
-                     text: str | None) -> str:
+                     text: str | None, ack: bool = False) -> str:
         message_id = uuid.uuid4().hex
+        flag = ',"ack":true' if ack else ""
         message_json = (f'{{"type":"message","from":{dump_json(sender)},'
-                        f'"to":{dump_json(destination)},"data":{data_json},"id":"{message_id}"}}')
-        message = {"type": "cb.direct", "id": message_id, "room": room.key, "to": destination,
-                   "from": sender, "message": message_json, "data": data_json, "text": text}
+                        f'"to":{dump_json(destination)},"data":{data_json},"id":"{message_id}"'
+                        f'{flag}}}')
+        message: dict[str, Any] = {
+            "type": "cb.direct", "id": message_id, "room": room.key, "to": destination,
+            "from": sender, "message": message_json, "data": data_json, "text": text}
+        if ack:
+            # Stored before it is sent, so a recipient connecting meanwhile finds it (and
+            # dedupes the live copy by id).
+            message["ack"] = True
+            await self.cluster.ack_store(message, conf().BROKER_ACK_TTL)
         await self.send(await self.groups_for([room]), message)
         metrics.counters["direct_messages"] += 1
         return message_id
+
+    async def confirmed(self, sender: str, message_id: str, recipient: str) -> None:
+        """Tell the sender's connections, wherever they are, that a message is confirmed."""
+        target = parse_destination(sender)
+        if target is None:
+            return
+        room = client_room(*target)
+        await self.send(await self.groups_for([room]), {
+            "type": "cb.confirmed", "id": f"confirmed.{message_id}", "message_id": message_id,
+            "to": sender, "by": recipient})
 
     async def control(self, **message: Any) -> None:
         await self.send({CONTROL_GROUP}, {"type": "cb.control", **message})
@@ -148,11 +183,19 @@ class Hub:
         await self._heartbeat()
         self._tasks = [asyncio.ensure_future(self._receive_loop()),
                        asyncio.ensure_future(self._registry_loop())]
+        from .shutdown import install_signal_hooks
+
+        install_signal_hooks()  # uvicorn: SIGTERM closes clients with 1001 first
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
         await self.cluster.stop()
+
+    async def quiesce(self, timeout: float = 1.0) -> bool:
+        """Wait until the messages the layer holds for this process now are dispatched (a
+        probe sent now comes back behind them; graceful shutdown). False on timeout."""
+        return await self._probe(timeout)
 
     # ------------------------------------------------------------ refcounted resources
 
@@ -332,6 +375,9 @@ class Hub:
         elif kind == "cb.direct":
             if self._first_copy(message["id"]):
                 self._deliver_direct(message)
+        elif kind == "cb.confirmed":
+            if self._first_copy(message["id"]):
+                self._deliver_confirmed(message)
         elif kind == "cb.control":
             self._control(message)
         elif kind == "cb.probe":
@@ -341,6 +387,7 @@ class Hub:
 
     def _deliver_trigger(self, message: dict[str, Any]) -> None:
         trigger_id, data_json = message["id"], message["data"]
+        offsets: dict[str, int] | None = message.get("offsets")
         delivered: set[Subscription] = set()
         for key in message["rooms"]:
             for sub in self.index.match(Room.from_key(key)):
@@ -348,23 +395,60 @@ class Hub:
                     continue
                 delivered.add(sub)
                 conn = sub.owner
-                conn.push(conn.codec.publish(sub, data_json, key, trigger_id))
+                if offsets is None and sub.buffer is None:
+                    conn.push(conn.codec.publish(sub, data_json, key, trigger_id))
+                    continue
+                room_key, offset = key, None
+                if offsets is not None:
+                    # A recorded trigger names the subscription's own room when it can: that
+                    # is the offset sequence the subscription resumes from.
+                    own = sub.room.key
+                    if own in offsets:
+                        room_key, offset = own, offsets[own]
+                    else:
+                        offset = offsets.get(key)
+                if offset is None:
+                    frame = conn.codec.publish(sub, data_json, room_key, trigger_id)
+                else:
+                    frame = conn.codec.publish(sub, data_json, room_key, trigger_id,
+                                               offset=offset)
+                if sub.buffer is not None:
+                    sub.buffer.append((trigger_id, offset, frame))
+                elif offset is not None and room_key == sub.room.key:
+                    conn.push(frame, (sub, offset))
+                else:
+                    conn.push(frame)
         metrics.counters["deliveries"] += len(delivered)
 
     def _deliver_direct(self, message: dict[str, Any]) -> None:
         dest = message["to"]
         n = 0
+        acked = message.get("ack", False)
         for conn in self.owners.get(dest, ()):
-            conn.push(conn.codec.message(message))
+            if acked:
+                conn.deliver_acked(message)
+            else:
+                conn.push(conn.codec.message(message))
             n += 1
         for sub in self.index.match(Room.from_key(message["room"])):
             if sub.pattern is not None and not sub.pattern.fullmatch(dest):
                 continue
             conn = sub.owner
             # a watcher's copy; the codec sees the whole message (STOMP shows origin, raw text)
-            conn.push(conn.codec.watched(sub, message))
+            frame = conn.codec.watched(sub, message)
+            if sub.buffer is not None:
+                sub.buffer.append((message["id"], None, frame))
+            else:
+                conn.push(frame)
             n += 1
         metrics.counters["deliveries"] += n
+
+    def _deliver_confirmed(self, message: dict[str, Any]) -> None:
+        for conn in self.owners.get(message["to"], ()):
+            encode = getattr(conn.codec, "confirmed", None)
+            frame = encode(message["message_id"], message.get("by")) if encode else None
+            if frame is not None:
+                conn.push(frame)
 
     def _control(self, message: dict[str, Any]) -> None:
         if message.get("action") != "close":

@@ -11,6 +11,9 @@ counters: Counter[str] = Counter()
 gauges: dict[str, float] = {"connections": 0, "subscriptions": 0, "auth_in_flight": 0,
                             "auth_in_flight_max": 0}
 drops: Counter[str] = Counter()  # deliveries dropped, by cause
+# Connections refused, by cause (auth refusal, auth-unavailable, over-capacity, origin, ...);
+# counters["connections_refused"] stays their total.
+refusals: Counter[str] = Counter()
 auth_outcomes: Counter[str] = Counter()
 AUTH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 auth_latency = [0] * (len(AUTH_BUCKETS) + 1)
@@ -37,14 +40,23 @@ def drop(cause: str, n: int = 1) -> None:
     drops[cause] += n
 
 
+def refused(cause: str) -> None:
+    """Count one refused connection (any transport) under ``cause``."""
+    counters["connections_refused"] += 1
+    refusals[cause] += 1
+
+
 def render() -> str:
     lines = []
     for name, value in gauges.items():
         lines += [f"# TYPE combroker_{name} gauge", f"combroker_{name} {value}"]
     for name in ("triggers", "triggers_received", "deliveries", "direct_messages",
-                 "connections_opened", "connections_refused"):
+                 "connections_opened", "connections_refused", "rate_limited"):
         lines += [f"# TYPE combroker_{name}_total counter",
                   f"combroker_{name}_total {counters[name]}"]
+    lines.append("# TYPE combroker_connections_refused_by_cause_total counter")
+    for cause, n in sorted(refusals.items()):
+        lines.append(f'combroker_connections_refused_by_cause_total{{cause="{cause}"}} {n}')
     lines.append("# TYPE combroker_drops_total counter")
     for cause, n in sorted(drops.items()):
         lines.append(f'combroker_drops_total{{cause="{cause}"}} {n}')

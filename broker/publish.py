@@ -39,13 +39,17 @@ def _router() -> Router:
     return router
 
 
-async def publish_rooms(rooms: list[Room], data: Any) -> str:
-    return await _router().publish(rooms, dump_json(data))
+async def publish_rooms(rooms: list[Room], data: Any, history: bool = False) -> str:
+    return await _router().publish(rooms, dump_json(data), history=history)
 
 
-async def publish(rooms: list[Any], data: Any) -> str:
-    """Deliver ``data`` to every subscription matching any of ``rooms``; returns the trigger id."""
-    return await publish_rooms(parse_rooms(rooms), data)
+async def publish(rooms: list[Any], data: Any, *, history: bool = False) -> str:
+    """Deliver ``data`` to every subscription matching any of ``rooms``; returns the trigger id.
+
+    ``history``: also record it in the history of its rooms that BROKER_HISTORY covers, so
+    subscribers can recover it (``since``, resume tokens; docs/guarantees.md).
+    """
+    return await publish_rooms(parse_rooms(rooms), data, history)
 
 
 _loop: asyncio.AbstractEventLoop | None = None
@@ -62,11 +66,13 @@ def _background_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def publish_sync(rooms: list[Any], data: Any, timeout: float = 10.0) -> str:
+def publish_sync(rooms: list[Any], data: Any, timeout: float = 10.0, *,
+                 history: bool = False) -> str:
     """Blocking ``publish()`` for sync code (views, signals, management commands)."""
     parsed = parse_rooms(rooms)  # raise InvalidRoom in the caller's thread
     # In a process that runs a hub (runbroker, in-memory layer), publish on the hub's loop:
     # the in-memory layer's queues belong to that loop.
     loop = next(iter(_hubs), None) or _background_loop()
-    future: Future[str] = asyncio.run_coroutine_threadsafe(publish_rooms(parsed, data), loop)
+    future: Future[str] = asyncio.run_coroutine_threadsafe(
+        publish_rooms(parsed, data, history), loop)
     return future.result(timeout)

@@ -20,12 +20,14 @@ hub before replying success, and removes it when the session drops it).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 from rooms import InvalidRoom, Room, parse_room
 
 from . import errors
+from .history import HistoryEntry, HistoryPolicy, HistoryRule, valid_offset
 from .identity import Identity, parse_destination
 
 RequestId = Union[str, int, float]
@@ -46,6 +48,8 @@ class Subscribe:
     # (STOMP destination-type:1); it becomes Subscription.pattern.
     pattern: Any = None
     meta: Any = None  # codec state that travels to this request's reply (see Connection)
+    # The last offset the client has of this (history) room: replay what came after it.
+    since: Any = None
 
 
 @dataclass(slots=True)
@@ -80,6 +84,7 @@ class Send:
     data: Any
     text: str | None = None  # the exact text a STOMP client sent, kept for STOMP receivers
     meta: Any = None
+    ack: Any = False  # acknowledged delivery: stored until the recipient confirms
 
 
 @dataclass(slots=True)
@@ -87,6 +92,27 @@ class Publish:
     request_id: Any
     rooms: Any
     data: Any
+    meta: Any = None
+    history: Any = False  # record the trigger in its rooms' history (BROKER_HISTORY)
+
+
+@dataclass(slots=True)
+class History:
+    """``{"type":"history","room":R,"limit":n,"since":s}``: a room's recorded triggers."""
+
+    request_id: Any
+    room: Any
+    limit: Any = None
+    since: Any = None
+    meta: Any = None
+
+
+@dataclass(slots=True)
+class Confirm:
+    """``{"type":"confirm","id":M}``: this connection has processed acknowledged message M."""
+
+    request_id: Any
+    message_id: Any
     meta: Any = None
 
 
@@ -117,7 +143,7 @@ class Invalid:
 
 
 Request = Union[Subscribe, Unsubscribe, UnsubscribeAll, Ping, Status, Send, Publish, Admin,
-                Disconnect, Invalid]
+                Disconnect, Invalid, History, Confirm]
 
 
 # ---------------------------------------------------------------- replies (session -> codec)
@@ -156,7 +182,19 @@ class AdminResult:
     result: dict[str, Any]
 
 
-Reply = Union[Success, Error, Pong, StatusInfo, AdminResult]
+@dataclass(slots=True)
+class HistoryResult:
+    """The answer to History: ``top`` is the room's last offset (0: nothing recorded);
+    ``recovered`` is set when the request had ``since`` (see broker.history.recovered)."""
+
+    request_id: Any
+    room: Room
+    top: int
+    entries: list[HistoryEntry]
+    recovered: bool | None = None
+
+
+Reply = Union[Success, Error, Pong, StatusInfo, AdminResult, HistoryResult]
 
 
 # ---------------------------------------------------------------- effects (session -> driver)
@@ -172,11 +210,19 @@ class Subscription:
     owner: Any = None  # the driver's connection object; set by the driver
     # Client destinations a regex watch is limited to (STOMP destination-type:1); None = all.
     pattern: Any = None
+    # History rooms: the last offset written to the client (what a resume replays after).
+    offset: int | None = None
+    # While a replay is being read: live deliveries wait here as (trigger id, offset, frame)
+    # and are merged after the replay (broker.history.merge_seam). None = deliver at once.
+    buffer: list[tuple[str, int | None, Any]] | None = None
 
 
 @dataclass(slots=True)
 class JoinRoom:
     subscription: Subscription
+    # A history room's rule (None: the room keeps no history), and the offset to replay after.
+    history: HistoryRule | None = None
+    since: int | None = None
 
 
 @dataclass(slots=True)
@@ -189,12 +235,26 @@ class SendDirect:
     destination: str
     data_json: str
     text: str | None
+    ack: bool = False
 
 
 @dataclass(slots=True)
 class PublishRooms:
     rooms: list[Room]
     data_json: str
+    history: bool = False
+
+
+@dataclass(slots=True)
+class ReadHistory:
+    room: Room
+    limit: int
+    since: int | None
+
+
+@dataclass(slots=True)
+class ConfirmMessage:
+    message_id: str
 
 
 @dataclass(slots=True)
@@ -208,7 +268,8 @@ class AdminAction:
     args: dict[str, Any]
 
 
-Effect = Union[JoinRoom, LeaveRooms, SendDirect, PublishRooms, QueryStatus, AdminAction]
+Effect = Union[JoinRoom, LeaveRooms, SendDirect, PublishRooms, QueryStatus, AdminAction,
+               ReadHistory, ConfirmMessage]
 
 ADMIN_ACTIONS = frozenset({"connections", "kick", "stats"})
 
@@ -220,15 +281,57 @@ class Step:
 
 
 def dump_json(value: Any) -> str:
-    """The one JSON encoder for data crossing the broker (compact, UTF-8 kept)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """The one JSON encoder for data crossing the broker (compact, UTF-8 kept).
+
+    A string holding an unpaired surrogate (what the JSON escape ``"\\ud800"`` decodes to)
+    cannot be sent as UTF-8: such a value is written with ``\\u`` escapes instead, as the
+    client sent it, so every frame carrying it can still be written to every transport.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(value, separators=(",", ":"))
+    return text
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999: Python would make it inf, sent on as "Infinity"
+        raise ValueError("number out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+
+
+def load_json(text: str | bytes) -> Any:
+    """The one JSON decoder for input from clients: RFC 8259 JSON, or ValueError.
+
+    Python's json accepts NaN and Infinity, and turns 1e999 into inf: no client could read
+    them back once forwarded (dump_json would write ``Infinity``). It also raises
+    RecursionError on deep nesting. All of these are ValueError here.
+    """
+    try:
+        if isinstance(text, str):
+            return _decoder.decode(text)
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 class Session:
-    def __init__(self, identity: Identity, *, max_subscriptions: int, public_status: bool) -> None:
+    def __init__(self, identity: Identity, *, max_subscriptions: int, public_status: bool,
+                 history: HistoryPolicy | None = None) -> None:
         self.identity = identity
         self.max_subscriptions = max_subscriptions
         self.public_status = public_status
+        self.history = history or HistoryPolicy()
         self.subscriptions: dict[str, Subscription] = {}
 
     def handle(self, req: Request) -> Step:
@@ -255,6 +358,10 @@ class Session:
                 return self._admin(req)
             case Disconnect():
                 return Step(Success(req.request_id))
+            case History():
+                return self._history(req)
+            case Confirm():
+                return self._confirm(req)
             case Invalid():
                 return Step(Error(req.code, req.request_id, req.detail))
         return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED))  # pragma: no cover
@@ -278,6 +385,10 @@ class Session:
             room = parse_room(req.room)
         except InvalidRoom as exc:
             return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
+        since = req.since
+        if since is not None and not valid_offset(since):
+            return Step(Error(errors.INVALID_MESSAGE, rid,
+                              "since must be an offset (a non-negative integer)"))
         key = dump_json(rid)
         existing = self.subscriptions.get(key)
         if existing is not None:
@@ -290,7 +401,14 @@ class Session:
             return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid))
         sub = Subscription(rid, key, room, pattern=pattern)
         self.subscriptions[key] = sub
-        return Step(Success(rid), JoinRoom(sub))
+        rule = self.history.rule_for(room)
+        if rule is None:
+            # No history to replay (a wildcard room, or one no BROKER_HISTORY rule covers):
+            # a ``since`` cannot be honoured, and the reply says so.
+            return Step(Success(rid, {"recovered": False} if since is not None else None),
+                        JoinRoom(sub))
+        # The driver answers: it reads the room's offset (and the replay after ``since``).
+        return Step(Success(rid), JoinRoom(sub, rule, since))
 
     def _unsubscribe(self, req: Unsubscribe) -> Step:
         rid = req.request_id
@@ -309,7 +427,9 @@ class Session:
             return Step(Error(errors.INVALID_MESSAGE, rid, "'to' must be a destination string"))
         if parse_destination(req.to) is None:
             return Step(Error(errors.DESTINATION_NOT_FOUND, rid, "not a client destination"))
-        return Step(Success(rid), SendDirect(req.to, dump_json(req.data), req.text))
+        if not isinstance(req.ack, bool):
+            return Step(Error(errors.INVALID_MESSAGE, rid, "'ack' must be a boolean"))
+        return Step(Success(rid), SendDirect(req.to, dump_json(req.data), req.text, req.ack))
 
     def _publish(self, req: Publish) -> Step:
         rid = req.request_id
@@ -321,7 +441,47 @@ class Session:
             return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
         if not all(self.identity.may_publish(r) for r in rooms):
             return Step(Error(errors.ROOM_NOT_ALLOWED, rid))
-        return Step(Success(rid), PublishRooms(rooms, dump_json(req.data)))
+        if not isinstance(req.history, bool):
+            return Step(Error(errors.INVALID_MESSAGE, rid, "'history' must be a boolean"))
+        return Step(Success(rid), PublishRooms(rooms, dump_json(req.data), req.history))
+
+    def _history(self, req: History) -> Step:
+        """A room's history is readable by whoever may subscribe to that room."""
+        rid = req.request_id
+        if rid is not None and not request_id_ok(rid):
+            return Step(Error(errors.INVALID_MESSAGE, rid, "requestId must be a string or number"))
+        if not self.identity.rule.can_subscribe:
+            return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
+        try:
+            room = parse_room(req.room)
+        except InvalidRoom as exc:
+            return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
+        if not self.identity.may_subscribe(room):
+            return Step(Error(errors.ROOM_NOT_FOUND, rid))
+        rule = self.history.rule_for(room)
+        if rule is None:
+            detail = ("history is kept per concrete room" if not room.is_concrete
+                      else "no BROKER_HISTORY rule covers this room")
+            return Step(Error(errors.HISTORY_NOT_ENABLED, rid, detail))
+        limit = rule.size if req.limit is None else req.limit
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            return Step(Error(errors.INVALID_MESSAGE, rid, "limit must be a positive integer"))
+        if req.since is not None and not valid_offset(req.since):
+            return Step(Error(errors.INVALID_MESSAGE, rid,
+                              "since must be an offset (a non-negative integer)"))
+        return Step(None, ReadHistory(room, min(limit, rule.size), req.since))
+
+    def _confirm(self, req: Confirm) -> Step:
+        rid = req.request_id
+        if rid is not None and not request_id_ok(rid):
+            return Step(Error(errors.INVALID_MESSAGE, rid, "requestId must be a string or number"))
+        mid = req.message_id
+        if not isinstance(mid, str) or not mid or len(mid) > 128:
+            return Step(Error(errors.INVALID_MESSAGE, rid, "'id' must be a message id"))
+        if self.identity.destination is None:
+            # Acknowledged messages go to client destinations: without a login, none is ours.
+            return Step(Success(rid))
+        return Step(Success(rid), ConfirmMessage(mid))
 
     def _admin(self, req: Admin) -> Step:
         if not self.identity.rule.admin:

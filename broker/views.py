@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -16,6 +15,7 @@ from .conf import conf
 from .errors import BrokerUnavailable
 from .hub import get_hub
 from .publish import parse_rooms, publish_rooms
+from .session import load_json
 
 log = logging.getLogger("broker.trigger")
 
@@ -50,7 +50,7 @@ async def trigger(request: HttpRequest) -> HttpResponse:
     if declared > limit or len(request.body) > limit:
         return _error(413, f"body over BROKER_MAX_TRIGGER_BYTES ({limit} bytes)")
     try:
-        body = json.loads(request.body)
+        body = load_json(request.body)  # RFC 8259 only: no NaN, no RecursionError
     except ValueError:
         return _error(400, "body is not JSON")
     if not isinstance(body, dict):
@@ -63,8 +63,11 @@ async def trigger(request: HttpRequest) -> HttpResponse:
         rooms = parse_rooms(body["rooms"])
     except InvalidRoom as exc:
         return _error(400, f"invalid room: {exc}")
+    history = body.get("history", False)  # issue 8: record it in its rooms' history
+    if not isinstance(history, bool):
+        return _error(400, "history must be a boolean")
     try:
-        trigger_id = await publish_rooms(rooms, body["data"])
+        trigger_id = await publish_rooms(rooms, body["data"], history=history)
     except BrokerUnavailable as exc:
         log.error("trigger not delivered: %s", exc)
         return _error(503, "channel layer unavailable: the trigger was not delivered")

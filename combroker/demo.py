@@ -72,6 +72,14 @@ def demo_page(request: HttpRequest) -> HttpResponse:
                         content_type="text/html; charset=utf-8")
 
 
+def com_broker_page(request: HttpRequest) -> HttpResponse:
+    """The Communication Broker JS API page (static/combroker/com-broker.html): its client API
+    over the ``stomp`` subprotocol with a static-key login (needs BROKER_APP_KEY)."""
+    _demo_only()
+    return FileResponse(open(STATIC_DIR / "combroker" / "com-broker.html", "rb"),
+                        content_type="text/html; charset=utf-8")
+
+
 def admin_console(request: HttpRequest) -> HttpResponse:
     """The monitor console (static/combroker/admin.html). Not demo-only: it is a static page
     that talks to /ws/ with the admin's own token, so it needs no server-side state."""

@@ -54,8 +54,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # conn=<connection id> on every line (``-`` outside a connection): broker.logctx.
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s conn=%(conn)s "
+                                       "%(message)s"}},
+    "filters": {"conn": {"()": "broker.logctx.ConnFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
+                             "filters": ["conn"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("BROKER_LOG_LEVEL", "INFO")},
     "loggers": {"daphne": {"level": "WARNING"}, "httpx": {"level": "WARNING"},
                 "httpcore": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},

@@ -43,6 +43,7 @@ from broker.codecs.stompframe import (
 from broker.conf import conf
 from broker.connection import Connection
 from broker.errors import BrokerUnavailable
+from broker.session import load_json
 
 log = logging.getLogger("tcpgate")
 
@@ -205,10 +206,10 @@ class Gate:
             return b""
 
     async def _open(self, conn: Connection, transport: TcpTransport, codec: Any,
-                    creds: Credentials) -> bool:
+                    creds: Credentials, resume_token: str | None = None) -> bool:
         """Authenticate; welcome, or refuse and close. The same outcomes as over WebSocket."""
         try:
-            await conn.open(creds)
+            await conn.open(creds, resume_token)
         except (Refused, AuthUnavailable, BrokerUnavailable) as exc:
             metrics.counters["connections_refused"] += 1
             if isinstance(exc, Refused):
@@ -222,7 +223,7 @@ class Gate:
             await transport.close(errors.CLOSE_NORMAL, reason)
             return False
         self.connections.add(conn)
-        conn.push(codec.welcome(conn.identity, conn.id, None))
+        conn.welcome()  # the welcome, then what waited for it (broker.connection)
         return True
 
     async def _stomp(self, reader: asyncio.StreamReader, transport: TcpTransport, first: bytes,
@@ -324,7 +325,7 @@ class Gate:
                 decoded = None
             if conn.session is None:
                 try:
-                    msg = json.loads(decoded) if decoded is not None else None
+                    msg = load_json(decoded) if decoded is not None else None
                 except ValueError:
                     msg = None
                 if not isinstance(msg, dict) or msg.get("type") != "connect":
@@ -332,7 +333,9 @@ class Gate:
                     await transport.close(errors.CLOSE_NORMAL, errors.NOT_CONNECTED)
                     return conn
                 creds = credentials_from_connect(msg, transport.remote_addr)
-                if not await self._open(conn, transport, codec, creds):
+                resume = msg.get("resume")  # an earlier connection's resume_token
+                if not await self._open(conn, transport, codec, creds,
+                                        resume if isinstance(resume, str) else None):
                     return conn
                 continue
             await conn.receive(codec.decode(decoded))

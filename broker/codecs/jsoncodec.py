@@ -6,11 +6,15 @@
 
 Delivery frames are built by string concatenation around the trigger's ``data`` already encoded
 once per trigger, so fanning one trigger out to N connections encodes the data once, not N times.
+
+Issue 8 adds, in the rich dialect only, ``offset`` to deliveries of recorded triggers and
+``resumed`` to a welcome that answers a resume; and in both dialects the new requests
+``history`` and ``confirm`` with their frames (``history``, ``confirmed``), ``since`` on
+subscribe, ``ack`` on send, ``history`` on publish. No High-templar frame changes.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .. import errors
@@ -18,7 +22,10 @@ from ..identity import Identity
 from ..session import (
     Admin,
     AdminResult,
+    Confirm,
     Error,
+    History,
+    HistoryResult,
     Invalid,
     Ping,
     Pong,
@@ -33,6 +40,7 @@ from ..session import (
     Success,
     Unsubscribe,
     dump_json,
+    load_json,
 )
 
 RICH_SUBPROTOCOL = "combroker.v1"
@@ -42,7 +50,7 @@ def _decode_request(msg: dict[str, Any]) -> Request:
     kind = msg.get("type")
     rid = msg.get("requestId")
     if kind == "subscribe":
-        return Subscribe(rid, msg.get("room"))
+        return Subscribe(rid, msg.get("room"), since=msg.get("since"))
     if kind == "unsubscribe":
         return Unsubscribe(rid)
     if kind == "ping":
@@ -52,11 +60,15 @@ def _decode_request(msg: dict[str, Any]) -> Request:
     if kind == "send":
         if "to" not in msg or "data" not in msg:
             return Invalid(errors.INVALID_MESSAGE, rid, "send needs 'to' and 'data'")
-        return Send(rid, msg["to"], msg["data"])
+        return Send(rid, msg["to"], msg["data"], ack=msg.get("ack", False))
     if kind == "publish":
         if "data" not in msg:
             return Invalid(errors.INVALID_MESSAGE, rid, "publish needs 'rooms' and 'data'")
-        return Publish(rid, msg.get("rooms"), msg["data"])
+        return Publish(rid, msg.get("rooms"), msg["data"], history=msg.get("history", False))
+    if kind == "history":
+        return History(rid, msg.get("room"), msg.get("limit"), msg.get("since"))
+    if kind == "confirm":
+        return Confirm(rid, msg.get("id"))
     if kind == "admin":
         args = {k: v for k, v in msg.items() if k not in ("type", "requestId", "action")}
         return Admin(rid, msg.get("action"), args)
@@ -75,7 +87,7 @@ class JsonCodec:
         if text == "ping":
             return Ping(text=True)
         try:
-            msg = json.loads(text)
+            msg = load_json(text)  # RFC 8259 only: no NaN, no RecursionError
         except ValueError:
             return Invalid(errors.NON_JSON_MESSAGE)
         if not isinstance(msg, dict):
@@ -84,16 +96,23 @@ class JsonCodec:
 
     # ---- outbound
 
-    def welcome(self, identity: Identity, connection_id: str, resume_token: str | None) -> str:
+    def welcome(self, identity: Identity, connection_id: str, resume_token: str | None,
+                resumed: bool | None = None, restored: list[dict[str, Any]] | None = None
+                ) -> str:
         rooms = [r.original for r in identity.allowed_rooms]
         if not self.rich:
             return dump_json({"is_authorized": True, "allowed_rooms": rooms})
-        return dump_json({
+        frame = {
             "type": "welcome", "is_authorized": True, "is_authenticated": True,
             "allowed_rooms": rooms, "connection_id": connection_id,
             "login_id": identity.login_id, "profile": str(identity.profile),
             "destination": identity.destination, "resume_token": resume_token,
-        })
+        }
+        if resumed is not None:  # only when the client presented a resume token
+            frame["resumed"] = resumed
+            if resumed:  # what came back: requestId, and for history rooms offset, recovered
+                frame["subscriptions"] = restored or []
+        return dump_json(frame)
 
     def refused(self, reason: str) -> str:
         if not self.rich:
@@ -102,6 +121,8 @@ class JsonCodec:
 
     def reply(self, reply: Reply) -> str:
         frame: dict[str, Any]
+        if isinstance(reply, HistoryResult):
+            return self._history(reply)
         match reply:
             case Pong(text=True):
                 return "pong"
@@ -128,11 +149,30 @@ class JsonCodec:
             frame["requestId"] = reply.request_id
         return dump_json(frame)
 
-    def publish(self, sub: Subscription, data_json: str, room_key: str, trigger_id: str) -> str:
+    def _history(self, reply: HistoryResult) -> str:
+        """A new frame (no High-templar equivalent), the same in both dialects."""
+        messages = ",".join(f'{{"offset":{e.offset},"id":{dump_json(e.id)},"data":{e.data_json}}}'
+                            for e in reply.entries)
+        head = f'{{"type":"history","room":{reply.room.key},"offset":{reply.top}'
+        if reply.recovered is not None:
+            head += ',"recovered":' + ("true" if reply.recovered else "false")
+        if reply.request_id is not None:
+            head += ',"requestId":' + dump_json(reply.request_id)
+        return f'{head},"messages":[{messages}]}}'
+
+    def publish(self, sub: Subscription, data_json: str, room_key: str, trigger_id: str,
+                offset: int | None = None) -> str:
         if not self.rich:
             return f'{{"type":"publish","requestId":{sub.request_id_json},"data":{data_json}}}'
+        if offset is not None:  # a recorded trigger: its offset in ``room``'s history
+            return (f'{{"type":"publish","requestId":{sub.request_id_json},"data":{data_json},'
+                    f'"room":{room_key},"id":"{trigger_id}","offset":{offset}}}')
         return (f'{{"type":"publish","requestId":{sub.request_id_json},"data":{data_json},'
                 f'"room":{room_key},"id":"{trigger_id}"}}')
+
+    def confirmed(self, message_id: str, recipient: str | None) -> str:
+        """To the sender of an acknowledged message: every connection that got it confirmed."""
+        return dump_json({"type": "confirmed", "id": message_id, "to": recipient})
 
     def watched(self, sub: Subscription, message: dict[str, Any]) -> str:
         """A watcher's copy of a direct message: a publish frame whose data is that message."""

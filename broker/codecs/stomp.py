@@ -37,6 +37,7 @@ from ..identity import Identity, Profile, parse_destination
 from ..session import (
     AdminResult, Disconnect, Error, Invalid, Ping, Pong, Publish, Reply, Request, Send,
     StatusInfo, Subscribe, Subscription, Success, Unsubscribe, UnsubscribeAll, dump_json,
+    load_json,
 )
 from .stompframe import CBFramer, Frame, StompFrameError, encode_frame, is_heartbeat, parse_frame
 
@@ -64,7 +65,7 @@ def _data_of(text: str, content_type: str | None) -> Any:
     """A STOMP body as the data JSON clients see: parsed JSON when it is JSON, else the text."""
     if content_type is None or "json" in content_type.lower():
         try:
-            return json.loads(text)
+            return load_json(text)
         except ValueError:
             pass
     return text
@@ -72,7 +73,7 @@ def _data_of(text: str, content_type: str | None) -> Any:
 
 def _rooms_of(destination: str) -> Any:
     """``/room/<room>`` or ``/room/[<room>, ...]`` -> the JSON value; ValueError if not JSON."""
-    return json.loads(destination[len(ROOM_PREFIX):])
+    return load_json(destination[len(ROOM_PREFIX):])
 
 
 class StompCodec:
@@ -324,8 +325,9 @@ class StompCodec:
 
     # ------------------------------------------------------------ deliveries
 
-    def publish(self, sub: Subscription, data_json: str, room_key: str, trigger_id: str
-                ) -> str | bytes:
+    def publish(self, sub: Subscription, data_json: str, room_key: str, trigger_id: str,
+                offset: int | None = None) -> str | bytes:
+        # ``offset`` (a recorded trigger's, issue 8) is not shown: STOMP frames stay as they are.
         return self.encode(Frame("MESSAGE", {
             "subscription": str(sub.request_id), "message-id": trigger_id,
             "destination": self._destination_of(sub), "content-type": "application/json",
@@ -362,7 +364,8 @@ class StompCodec:
         headers["content-type"] = content_type
         if self.cb:
             headers["transaction"] = str(message["id"])
-        return self.encode(Frame("MESSAGE", headers, body.encode("utf-8")))
+        # "replace": a JSON string may hold an unpaired surrogate, which UTF-8 cannot carry
+        return self.encode(Frame("MESSAGE", headers, body.encode("utf-8", "replace")))
 
     def _destination_of(self, sub: Subscription) -> str:
         if sub.pattern is not None:

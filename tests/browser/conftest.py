@@ -35,6 +35,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 TIMEOUT_MS = 20_000
 RUNBROKER_ARGV = ["{python}", "manage.py", "runbroker", "--port", "{port}", "--tcp-port", "0"]
 
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the fixtures below skip (or fail) with a clear reason
+    pass
+else:
+    expect.set_options(timeout=TIMEOUT_MS)
+
 
 def missing(reason: str) -> None:
     """Skip, or fail when ./test.sh promised the prerequisites (COMBROKER_BROWSER_TESTS=required)."""
@@ -83,10 +90,15 @@ class PageFactory:
         self.broker = broker
         self.contexts: list[Any] = []
 
-    def __call__(self, path: str = "/", *, viewport: dict[str, int] | None = None) -> Any:
+    def __call__(self, path: str = "/", *, viewport: dict[str, int] | None = None,
+                 setup: Callable[[Any], None] | None = None) -> Any:
+        """A new page in a context of its own; ``setup(context)`` runs before the page loads
+        (for ``context.route``)."""
         context = self.browser.new_context(viewport=viewport or {"width": 1280, "height": 860})
         context.set_default_timeout(TIMEOUT_MS)
         self.contexts.append(context)
+        if setup is not None:
+            setup(context)
         page = context.new_page()
         page.errors = []  # type: ignore[attr-defined]
         page.on("pageerror", lambda exc: page.errors.append(str(exc)))

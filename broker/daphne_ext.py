@@ -1,0 +1,200 @@
+"""What daphne lacks for a broker on the public edge, added to it (``broker.daphne_close``
+does the close codes). ``patch()`` applies only when daphne serves the application (its
+modules are loaded before the application is: the ``daphne`` CLI, ``runbroker``), never
+imports daphne, and is idempotent.
+
+- **Backpressure.** daphne's ``send`` never waits: a frame goes straight into Twisted's
+  write buffer, which grows without bound when the client stops reading, so the connection's
+  outbox (BROKER_MAX_OUTBOX_BYTES) never fills and a slow client could take any amount of
+  memory. Each WebSocket gets a ``WriteFlow``, a streaming producer registered on its Twisted
+  transport: Twisted pauses it when its buffer holds more than ``bufferSize`` (64 KiB) and
+  resumes it once the buffer is written out. The application finds it in
+  ``scope["extensions"]["combroker.flow"]``; the WebSocket transport awaits ``wait()`` after
+  every frame, so frames wait in the bounded outbox, never in Twisted.
+- **Refusing a handshake with a status.** The ASGI ``websocket.http.response`` extension
+  (uvicorn has it): ``websocket.http.response.start`` then ``.body`` before the accept answer
+  the handshake with that HTTP status (503 over capacity or shutting down), where a plain
+  close before the accept can only give 403.
+- **Graceful shutdown.** daphne stops on SIGTERM/SIGINT by stopping the reactor, whose
+  "before shutdown" trigger ``Server.kill_all_applications`` cancels every application at once.
+  That trigger now first stops listening and runs ``broker.shutdown.graceful_shutdown``
+  (clients closed with 1001 after their queues drain, within BROKER_SHUTDOWN_GRACE).
+- **No credentials in the access log.** daphne writes it itself (not through logging), with
+  the query string of HTTP requests; ``broker.logctx.redact`` now runs over each line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from http import HTTPStatus
+from typing import Any
+
+log = logging.getLogger("broker.daphne")
+
+FLOW_EXTENSION = "combroker.flow"
+DENIAL_EXTENSION = "websocket.http.response"
+
+
+class WriteFlow:
+    """Twisted ``IPushProducer`` for one WebSocket transport, awaited from asyncio.
+
+    Invariant: ``wait()`` returns at once unless the transport's buffer went over its limit
+    (``pauseProducing``) and has not been written out since (``resumeProducing``), or the
+    connection is gone (``stopProducing``, which releases every waiter for good).
+    """
+
+    def __init__(self) -> None:
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.registered = False
+        self.stopped = False
+
+    @property
+    def paused(self) -> bool:
+        return not self._writable.is_set()
+
+    async def wait(self) -> None:
+        if not self._writable.is_set():
+            await self._writable.wait()
+
+    # IPushProducer, called by Twisted in the reactor (= the event loop) thread
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted's names
+        if not self.stopped:
+            self._writable.clear()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._writable.set()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.stopped = True
+        self._writable.set()
+
+    def register(self, transport: Any) -> None:
+        # daphne upgraded an HTTP connection: its HTTPChannel is still the transport's
+        # producer, though nothing reads its pause/resume any more. Take its place.
+        transport.unregisterProducer()
+        transport.registerProducer(self, True)
+        self.registered = True
+
+
+def patch() -> None:
+    server_module = sys.modules.get("daphne.server")
+    ws_module = sys.modules.get("daphne.ws_protocol")
+    if server_module is not None:
+        _patch_server(server_module.Server)
+    if ws_module is not None:
+        _patch_protocol(ws_module.WebSocketProtocol)
+    access = sys.modules.get("daphne.access")
+    if access is not None:
+        _patch_access_log(access.AccessLogGenerator)
+
+
+def _patch_server(cls: Any) -> None:
+    if getattr(cls, "_combroker_patched", False):
+        return
+    from twisted.internet import defer
+
+    create_application = cls.create_application
+    listen_success = cls.listen_success
+    kill_all_applications = cls.kill_all_applications
+
+    def create_application_with_extensions(self: Any, protocol: Any, scope: dict[str, Any]
+                                           ) -> Any:
+        if scope.get("type") == "websocket":
+            flow = protocol._combroker_flow = WriteFlow()
+            extensions = dict(scope.get("extensions") or {})
+            extensions.setdefault(DENIAL_EXTENSION, {})
+            extensions[FLOW_EXTENSION] = flow
+            scope["extensions"] = extensions
+        return create_application(self, protocol, scope)
+
+    def remember_port(self: Any, port: Any) -> Any:
+        self.__dict__.setdefault("_combroker_ports", []).append(port)
+        return listen_success(self, port)
+
+    def graceful_then_kill(self: Any) -> Any:
+        """The reactor's "before shutdown" trigger: the reactor waits for its Deferred."""
+        from .shutdown import graceful_shutdown
+
+        async def graceful() -> None:
+            for port in self.__dict__.get("_combroker_ports", []):
+                try:
+                    port.stopListening()  # new connections are refused by the kernel
+                except Exception as exc:  # noqa: BLE001 - keep shutting down
+                    log.warning("stopListening failed: %s", exc)
+            await graceful_shutdown()
+
+        d = defer.Deferred.fromFuture(asyncio.ensure_future(graceful()))
+        d.addErrback(lambda failure: log.error("graceful shutdown failed: %s",
+                                               failure.getErrorMessage()))
+        d.addBoth(lambda _: kill_all_applications(self))
+        return d
+
+    cls.create_application = create_application_with_extensions
+    cls.listen_success = remember_port
+    cls.kill_all_applications = graceful_then_kill
+    cls._combroker_patched = True
+
+
+def _patch_protocol(cls: Any) -> None:
+    if getattr(cls, "_combroker_ext_patched", False):
+        return
+    from autobahn.websocket.types import ConnectionDeny
+
+    on_open = cls.onOpen
+    handle_reply = cls.handle_reply
+
+    def on_open_with_flow(self: Any) -> None:
+        on_open(self)
+        flow = getattr(self, "_combroker_flow", None)
+        if flow is not None and self.transport is not None:
+            try:
+                flow.register(self.transport)
+            except Exception as exc:  # noqa: BLE001 - without it, daphne's old behaviour
+                log.warning("no backpressure for %s: %s", self.client_addr, exc)
+
+    def handle_reply_with_denial(self: Any, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "websocket.http.response.start" and self.state == self.STATE_CONNECTING:
+            self._combroker_denial = message
+            return
+        if kind == "websocket.http.response.body":
+            start = self.__dict__.pop("_combroker_denial", None)
+            if start is None or not hasattr(self, "handshake_deferred"):
+                return
+            status = int(start.get("status", 403))
+            body = bytes(message.get("body") or b"").decode("utf-8", "replace")
+            try:
+                phrase = HTTPStatus(status).phrase
+            except ValueError:
+                phrase = "Refused"
+            self.handshake_deferred.errback(ConnectionDeny(code=status, reason=body or phrase))
+            del self.handshake_deferred
+            self.server.protocol_disconnected(self)
+            self.server.log_action("websocket", "rejected", {
+                "path": self.request.path,
+                "client": ("{}:{}".format(*self.client_addr) if self.client_addr else None)})
+            return
+        handle_reply(self, message)
+
+    cls.onOpen = on_open_with_flow
+    cls.handle_reply = handle_reply_with_denial
+    cls._combroker_ext_patched = True
+
+
+def _patch_access_log(cls: Any) -> None:
+    if getattr(cls, "_combroker_redacted", False):
+        return
+    from .logctx import redact
+
+    write_entry = cls.write_entry
+
+    def write_redacted(self: Any, host: Any, date: Any, request: Any, *args: Any,
+                       **kwargs: Any) -> None:
+        write_entry(self, host, date, redact(request) if isinstance(request, str) else request,
+                    *args, **kwargs)
+
+    cls.write_entry = write_redacted
+    cls._combroker_redacted = True
