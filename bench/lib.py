@@ -465,6 +465,24 @@ def ensure_node_ws(log=print) -> None:  # noqa: ANN001
                    check=True)
 
 
+SNAPSHOT_ITEMS = ("rooms", "broker", "combroker", "tcpgate", "static", "manage.py",
+                  "pyproject.toml")
+
+
+def snapshot_tree() -> Path:
+    """A copy of this tree's code, taken once at the start of a run: other engineers edit the
+    work tree while the bench runs, and every target of one run must run the same code."""
+    d = Path(tempfile.mkdtemp(prefix="combroker-snap-"))
+    for item in SNAPSHOT_ITEMS:
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, d / item, ignore=shutil.ignore_patterns(
+                "__pycache__", "node_modules", "*.pyc"))
+        elif src.exists():
+            shutil.copy2(src, d / item)
+    return d
+
+
 def prev_tree(log=print) -> Path | None:  # noqa: ANN001
     """The previous commit (HEAD~1) exported read-only into a temp dir (``git archive``)."""
     d = Path(tempfile.mkdtemp(prefix="combroker-prev-"))

@@ -56,7 +56,10 @@ function openWs(idx) {
     });
     const subs = subsFor(idx);
     let stage = 0, acks = 0, done = false;
-    const finish = (ok) => { if (!done) { done = true; if (ok) { connectMs.push((nowUs() - t0) / 1000); socks.push(ws); } resolve(ok); } };
+    const timer = setTimeout(() => {
+      if (!done) { fail('timeout at stage ' + stage + ' (0 welcome, 1 subscribe)'); ws.terminate(); finish(false); }
+    }, cfg.client_timeout_ms || 60000);
+    const finish = (ok) => { if (!done) { done = true; clearTimeout(timer); if (ok) { connectMs.push((nowUs() - t0) / 1000); socks.push(ws); } resolve(ok); } };
     ws.on('message', (buf) => {
       if (stage === 2) return onData(buf);
       if (stage === 0) {
@@ -89,7 +92,10 @@ function openStomp(idx) {
     const s = net.connect(cfg.port, cfg.host || '127.0.0.1');
     s.setNoDelay(true);
     let stage = 0, done = false, pending = Buffer.alloc(0);
-    const finish = (ok) => { if (!done) { done = true; if (ok) { connectMs.push((nowUs() - t0) / 1000); socks.push(s); } resolve(ok); } };
+    const timer = setTimeout(() => {
+      if (!done) { fail('timeout at stage ' + stage); s.destroy(); finish(false); }
+    }, cfg.client_timeout_ms || 60000);
+    const finish = (ok) => { if (!done) { done = true; clearTimeout(timer); if (ok) { connectMs.push((nowUs() - t0) / 1000); socks.push(s); } resolve(ok); } };
     s.on('connect', () => {
       s.write('CONNECT\naccept-version:1.2\nhost:bench\nheart-beat:0,0\ntoken:' + (cfg.token || 'x') + '\n\n\0');
     });

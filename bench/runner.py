@@ -478,6 +478,7 @@ async def main(cfg: argparse.Namespace) -> dict:
         lib.ensure_ht_venv(log)
     prev = lib.prev_tree(log) if "prev" in cfg.targets else None
     prev_rev = (prev / ".bench-rev").read_text() if prev else None
+    snap = lib.snapshot_tree()
     auth = AuthServer(5.0)
     res: dict[str, Any] = {"mode": "quick" if cfg.quick else "full",
                            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -488,7 +489,7 @@ async def main(cfg: argparse.Namespace) -> dict:
 
     def mk(name: str, **kw: Any) -> lib.Target | None:
         if name in ("daphne", "uvicorn"):
-            return BrokerTarget(name, auth.url, server=name, **kw)
+            return BrokerTarget(name, auth.url, src=snap, server=name, **kw)
         if name == "prev":
             return BrokerTarget("prev", auth.url, src=prev, server=cfg.prod, **kw) \
                 if prev else None
@@ -538,25 +539,27 @@ async def main(cfg: argparse.Namespace) -> dict:
             for label in [x for x in ("daphne", "uvicorn") if x in cfg.targets]:
                 kw = {"server": label}
                 res["B4"][label] = await with_target(
-                    BrokerTarget(f"broker-{label}", auth.url, **kw),
+                    BrokerTarget(f"broker-{label}", auth.url, src=snap, **kw),
                     lambda t: idle_memory(t, cfg.b4_conns, cfg))
             if "ht" in cfg.targets:
                 res["B4"]["hightemplar"] = await with_target(
                     mk("ht"), lambda t: idle_memory(t, cfg.b4_conns, cfg))
         if want("B5"):
-            if gate_works(ROOT):
+            if gate_works(snap):
                 res["B5"] = await with_target(
-                    BrokerTarget("broker-gate", auth.url, server=cfg.prod, tcpgate=True),
+                    BrokerTarget("broker-gate", auth.url, src=snap, server=cfg.prod,
+                                 tcpgate=True),
                     lambda t: fanout(t, cfg.b5_size, cfg, stomp=True))
             else:
                 res["B5"] = {"error": "pending: no working tcpgate/runtcpgate"}
         if want("B6"):
             res["B6"] = {"procs2": await with_target(
-                BrokerTarget("broker-2p", auth.url, server=cfg.prod, procs=2),
+                BrokerTarget("broker-2p", auth.url, src=snap, server=cfg.prod, procs=2),
                 lambda t: fanout(t, cfg.b6_size, cfg))}
             b1 = res.get("B1", {}).get(cfg.prod, {}).get(str(cfg.b6_size))
             if b1 is None or "error" in b1:
-                b1 = await with_target(BrokerTarget("broker-1p", auth.url, server=cfg.prod),
+                b1 = await with_target(BrokerTarget("broker-1p", auth.url, src=snap,
+                                                    server=cfg.prod),
                                        lambda t: fanout(t, cfg.b6_size, cfg))
             res["B6"]["procs1"] = b1
         if want("B7"):
@@ -569,6 +572,7 @@ async def main(cfg: argparse.Namespace) -> dict:
         auth.stop()
         if prev:
             shutil.rmtree(prev, ignore_errors=True)
+        shutil.rmtree(snap, ignore_errors=True)
     res["loadavg_end"] = loadavg()
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return res
@@ -585,7 +589,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                     help="the server the goals are checked on (docs/performance.md)")
     ap.add_argument("--runs", type=int)
     ap.add_argument("--out", help="JSON file (default bench/results/<mode>-<time>.json)")
-    ap.add_argument("--sizes", help="override every size with one number (smoke tests)")
+    ap.add_argument("--sizes", help="override every size with one number")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds, tiny sizes: the scenarios run and deliver everything")
     cfg = ap.parse_args(argv)
     cfg.only = cfg.only.split(",")
     cfg.targets = cfg.targets.split(",")
@@ -604,6 +610,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     cfg.b4_conns = 1000 if q else 10000
     cfg.b5_size = 500 if q else 1000
     cfg.b6_size = 1000 if q else 5000
+    if cfg.smoke:
+        cfg.runs, cfg.step_s, cfg.lat_s, cfg.max_steps = 1, 0.5, 0.5, 2
+        cfg.start_msgs = 400
+        cfg.b1_sizes, cfg.b2_sizes = [20], [20, 40]
+        cfg.b3_clients = cfg.b4_conns = cfg.b5_size = cfg.b6_size = 20
     if cfg.sizes:
         s = int(cfg.sizes)
         cfg.b1_sizes = [s]

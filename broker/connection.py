@@ -351,19 +351,22 @@ class Connection:
             raise
         extra: dict[str, Any] = {"offset": page.top}
         replay = list(page.entries) if since is not None else []
+        # Live frames at or below ``held`` are ones the client already has.
+        held = -1
         if since is None:
             sub.offset = page.top
         else:
             ok = recovered(since, page)
             extra["recovered"] = ok
             sub.offset = since if ok else 0
+            held = since if ok else -1
 
         def flush_seam() -> None:
             key = sub.room.key
             for e in replay:
                 self.push(self.codec.publish(sub, e.data_json, key, e.id, offset=e.offset),
                           (sub, e.offset))
-            live = merge_seam(replay, sub.buffer or [], since if since is not None else -1)
+            live = merge_seam(replay, sub.buffer or [], held)
             sub.buffer = None
             for _trigger_id, offset, frame in live:
                 self.push(frame, (sub, offset) if offset is not None else None)
@@ -503,8 +506,8 @@ class Connection:
     # ------------------------------------------------------------ resume, acknowledgements
 
     async def _save_resume(self, hub: Hub, subs: list[Subscription]) -> None:
-        if self.resume_token is None:
-            return
+        if self.resume_token is None or not subs:
+            return  # nothing to take back: a resume then simply says "resumed": false
         state = resume.encode_state([resume.SavedSubscription(s.request_id, s.room, s.offset)
                                      for s in subs if s.pattern is None])
         try:

@@ -35,6 +35,10 @@ log = logging.getLogger("broker.daphne")
 
 FLOW_EXTENSION = "combroker.flow"
 DENIAL_EXTENSION = "websocket.http.response"
+# Seconds a client has to answer the server's close frame before its TCP connection is
+# aborted (autobahn's default is 1): a slow client that is still reading gets to see why it
+# was closed (4008 ``slow``) behind the frames already buffered for it.
+CLOSE_HANDSHAKE_TIMEOUT = 5.0
 
 
 class WriteFlow:
@@ -148,6 +152,7 @@ def _patch_protocol(cls: Any) -> None:
 
     def on_open_with_flow(self: Any) -> None:
         on_open(self)
+        self.closeHandshakeTimeout = CLOSE_HANDSHAKE_TIMEOUT
         flow = getattr(self, "_combroker_flow", None)
         if flow is not None and self.transport is not None:
             try:

@@ -135,15 +135,18 @@ def recovered(since: int, page: HistoryPage) -> bool:
     return bool(page.entries) and page.entries[0].offset == start + 1
 
 
-def merge_seam(replayed: Sequence[HistoryEntry], buffered: Iterable[tuple[str, int | None, Any]],
-               since: int) -> list[Any]:
+Buffered = tuple[str, "int | None", Any]  # (trigger id, offset or None, frame)
+
+
+def merge_seam(replayed: Sequence[HistoryEntry], buffered: Iterable[Buffered],
+               since: int) -> list[Buffered]:
     """The live items to deliver after a replay: those neither replayed nor already held.
 
-    ``buffered`` holds ``(trigger id, offset or None, item)`` received live while the history
+    ``buffered`` holds ``(trigger id, offset or None, frame)`` received live while the history
     was read, in arrival order. A trigger is recorded before it is published, so one that came
     live and was also read from history is dropped by its id; one at or below ``since`` is one
-    the client already has.
+    the client already has (pass -1 when there is none).
     """
     ids = {e.id for e in replayed}
-    return [item for trigger_id, offset, item in buffered
-            if trigger_id not in ids and (offset is None or offset > since)]
+    return [item for item in buffered
+            if item[0] not in ids and (item[1] is None or item[1] > since)]

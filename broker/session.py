@@ -486,6 +486,6 @@ class Session:
     def _admin(self, req: Admin) -> Step:
         if not self.identity.rule.admin:
             return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED, req.request_id))
-        if req.action not in ADMIN_ACTIONS:
+        if not isinstance(req.action, str) or req.action not in ADMIN_ACTIONS:
             return Step(Error(errors.UNKNOWN_ACTION, req.request_id, f"actions: {sorted(ADMIN_ACTIONS)}"))
         return Step(None, AdminAction(str(req.action), req.args))

@@ -15,6 +15,11 @@ request carries a ``requestId`` and its reply echoes it, so each call awaits its
 Reconnection: when the connection drops (not when the client disconnects, nor after a
 refusal, ``kicked`` or ``replaced``), the client reconnects with full-jitter exponential
 backoff and subscribes again to everything it was subscribed to, under the same ids.
+It presents the last welcome's ``resume_token``: the broker then restores the subscriptions
+itself (on any process) and replays what history rooms missed. Subscriptions it did not
+restore are made again with ``since`` = the last offset received, so history rooms recover
+either way (docs/guarantees.md). A trigger received twice (same subscription, same id) is
+delivered once.
 
 Memory: incoming deliveries wait in a queue of at most ``max_queue`` messages; past that
 the oldest are dropped (counted in ``dropped``), so a program that stops iterating cannot grow
@@ -37,7 +42,7 @@ import random
 import re
 import ssl as ssl_module
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import AsyncIterator, Callable
@@ -65,8 +70,10 @@ class Refused(BrokerError):
 
 @dataclass
 class Message:
-    """One delivery: ``kind`` is ``publish`` (a trigger, or a watched client's message) or
-    ``message`` (a direct message to this client)."""
+    """One delivery: ``kind`` is ``publish`` (a trigger, or a watched client's message),
+    ``message`` (a direct message to this client; ``ack``: confirm it with ``confirm(id)``)
+    or ``confirmed`` (every recipient connection confirmed the acknowledged message ``id``
+    this client sent to ``to``)."""
 
     kind: str
     data: Any
@@ -76,14 +83,20 @@ class Message:
     sender: str | None = None  # message: the sender's destination, e.g. /service/billing
     to: str | None = None  # message: the recipient's destination
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    offset: int | None = None  # publish: a recorded trigger's offset in ``room``'s history
+    ack: bool = False  # message: the sender waits for ``confirm(id)``
 
 
 def _message(frame: dict[str, Any]) -> Message:
     if frame.get("type") == "message":
         return Message("message", frame.get("data"), id=frame.get("id"),
-                       sender=frame.get("from"), to=frame.get("to"), raw=frame)
+                       sender=frame.get("from"), to=frame.get("to"), raw=frame,
+                       ack=frame.get("ack") is True)
+    if frame.get("type") == "confirmed":
+        return Message("confirmed", None, id=frame.get("id"), to=frame.get("to"), raw=frame)
     return Message("publish", frame.get("data"), subscription=frame.get("requestId"),
-                   room=frame.get("room"), id=frame.get("id"), raw=frame)
+                   room=frame.get("room"), id=frame.get("id"), raw=frame,
+                   offset=frame.get("offset"))
 
 
 class Client:
@@ -120,6 +133,10 @@ class Client:
         self.welcome: dict[str, Any] | None = None
         self.dropped = 0
         self.subscriptions: dict[Any, dict[str, Any]] = {}  # request id -> room
+        # request id -> the last offset received in its (history) room: the ``since`` of a
+        # re-subscription
+        self.offsets: dict[Any, int] = {}
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (rid, trigger id)
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._queue: deque[Message | BaseException | None] = deque()
@@ -156,8 +173,12 @@ class Client:
             self.host, self.port, ssl=self.ssl,
             server_hostname=(self.server_hostname or self.host) if self.ssl else None,
             limit=16 * 1024 * 1024), self.connect_timeout)
+        line = dict(self._connect_line)
+        token = (self.welcome or {}).get("resume_token")
+        if token:  # the previous connection's: take its subscriptions back
+            line["resume"] = token
         try:
-            writer.write(json.dumps(self._connect_line).encode() + b"\n")
+            writer.write(json.dumps(line).encode() + b"\n")
             line = await asyncio.wait_for(reader.readline(), self.connect_timeout)
             frame = json.loads(line) if line else {"type": "refused", "reason": "closed"}
             if frame.get("type") != "welcome":
@@ -221,9 +242,17 @@ class Client:
         task.add_done_callback(self._tasks.discard)
 
     async def _resubscribe(self) -> None:
+        welcome = self.welcome or {}
+        restored = [s.get("requestId") for s in welcome.get("subscriptions") or []
+                    if isinstance(s, dict)] if welcome.get("resumed") is True else []
         for rid, room in list(self.subscriptions.items()):
+            if rid in restored:
+                continue  # the broker restored it (and replays what it missed)
+            body: dict[str, Any] = {"type": "subscribe", "room": room}
+            if rid in self.offsets:
+                body["since"] = self.offsets[rid]
             try:
-                await self._request({"type": "subscribe", "room": room}, rid)
+                await self._request(body, rid)
             except BrokerError as exc:  # no longer allowed: forget it
                 log.warning("re-subscribe %r failed: %s", rid, exc)
                 self.subscriptions.pop(rid, None)
@@ -246,7 +275,12 @@ class Client:
             if not isinstance(frame, dict):
                 continue
             kind = frame.get("type")
-            if kind in ("publish", "message"):
+            if kind == "publish" and "code" not in frame:
+                message = _message(frame)
+                if self._duplicate(message):
+                    continue
+                self._deliver(message)
+            elif kind in ("message", "confirmed"):
                 self._deliver(_message(frame))
             elif kind == "close":
                 return str(frame.get("reason", "closed"))
@@ -256,6 +290,21 @@ class Client:
                 future = self._pending.pop(str(frame.get("requestId")), None)
                 if future is not None and not future.done():
                     future.set_result(frame)
+
+    def _duplicate(self, message: Message) -> bool:
+        """Track the subscription's offset; True for a trigger it already received."""
+        rid = message.subscription
+        if message.id is not None:
+            key = (json.dumps(rid), message.id)
+            if key in self._seen:
+                return True
+            self._seen[key] = None
+            if len(self._seen) > 10_000:
+                self._seen.popitem(last=False)
+        if (isinstance(message.offset, int) and rid in self.subscriptions
+                and message.room == self.subscriptions[rid]):
+            self.offsets[rid] = max(message.offset, self.offsets.get(rid, 0))
+        return False
 
     def _deliver(self, message: Message) -> None:
         if len(self._queue) >= self._max_queue:
@@ -314,8 +363,10 @@ class Client:
         """
         room = destination_room(target) if isinstance(target, str) else target
         rid = request_id if request_id is not None else f"s{next(self._ids)}"
-        await self._request({"type": "subscribe", "room": room}, rid)
+        reply = await self._request({"type": "subscribe", "room": room}, rid)
         self.subscriptions[rid] = room
+        if isinstance(reply.get("offset"), int):  # a history room: where this one starts
+            self.offsets.setdefault(rid, reply["offset"])
         return rid
 
     async def unsubscribe(self, request_id: Any = None) -> None:
@@ -323,18 +374,45 @@ class Client:
         rids = list(self.subscriptions) if request_id is None else [request_id]
         for rid in rids:
             self.subscriptions.pop(rid, None)
+            self.offsets.pop(rid, None)
             await self._request({"type": "unsubscribe"}, rid)
 
-    async def send(self, to: str, data: Any) -> str | None:
-        """Send ``data`` to a connected client (``/agent/bob``); returns the message id."""
-        return (await self._request({"type": "send", "to": to, "data": data})).get("id")
+    async def send(self, to: str, data: Any, *, ack: bool = False) -> str | None:
+        """Send ``data`` to a connected client (``/agent/bob``); returns the message id.
 
-    async def publish(self, rooms: list[dict[str, Any]] | dict[str, Any], data: Any
-                      ) -> str | None:
-        """Publish to rooms (a service, or within ``publish_rooms``); returns the trigger id."""
+        ``ack=True``: the broker keeps the message until the recipient confirms it (it may be
+        offline); a ``confirmed`` Message with this id arrives once it did."""
+        body: dict[str, Any] = {"type": "send", "to": to, "data": data}
+        if ack:
+            body["ack"] = True
+        return (await self._request(body)).get("id")
+
+    async def confirm(self, message_id: str) -> None:
+        """Confirm an acknowledged message (``Message.ack``) once it is processed."""
+        await self._request({"type": "confirm", "id": message_id})
+
+    async def publish(self, rooms: list[dict[str, Any]] | dict[str, Any], data: Any, *,
+                      history: bool = False) -> str | None:
+        """Publish to rooms (a service, or within ``publish_rooms``); returns the trigger id.
+
+        ``history=True`` records it in the rooms' history (BROKER_HISTORY)."""
         if isinstance(rooms, dict):
             rooms = [rooms]
-        return (await self._request({"type": "publish", "rooms": rooms, "data": data})).get("id")
+        body: dict[str, Any] = {"type": "publish", "rooms": rooms, "data": data}
+        if history:
+            body["history"] = True
+        return (await self._request(body)).get("id")
+
+    async def history(self, room: dict[str, Any], limit: int | None = None,
+                      since: int | None = None) -> dict[str, Any]:
+        """A history room's recorded triggers: the ``history`` frame (``messages``,
+        ``offset``, and with ``since`` ``recovered``)."""
+        body: dict[str, Any] = {"type": "history", "room": room}
+        if limit is not None:
+            body["limit"] = limit
+        if since is not None:
+            body["since"] = since
+        return await self._request(body)
 
     async def ping(self) -> None:
         await self._request({"type": "ping"})

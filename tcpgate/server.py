@@ -43,6 +43,7 @@ from broker.codecs.stompframe import (
 from broker.conf import conf
 from broker.connection import Connection
 from broker.errors import BrokerUnavailable
+from broker.limits import admission
 from broker.session import load_json
 
 log = logging.getLogger("tcpgate")
@@ -91,6 +92,7 @@ class TcpTransport:
         self.codec: Any = None
         self.last_write = time.monotonic()
         self.done = asyncio.Event()  # set once the socket is closed
+        self.admitted = False  # counted in limits.admission; released once, by Gate.handle
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     async def write(self, frame: str | bytes) -> None:
@@ -146,15 +148,14 @@ class Gate:
                                                  limit=self.max_frame + 2)
         return self.server
 
-    async def shutdown(self, grace: float = CLOSE_GRACE) -> None:
-        """Stop accepting, then close every connection with 1001 ``going-away``."""
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, then close every connection with 1001 ``going-away`` once its
+        outbox is written, and stop the hub (``broker.shutdown``, as under daphne)."""
+        from broker.shutdown import graceful_shutdown
+
         if self.server is not None:
             self.server.close()
-        for conn in list(self.connections):
-            conn.close_soon(errors.CLOSE_GOING_AWAY, "going-away")
-        deadline = time.monotonic() + grace
-        while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await graceful_shutdown(grace)
 
     # ------------------------------------------------------------ one connection
 
@@ -181,6 +182,9 @@ class Gate:
         except Exception:
             log.exception("tcp connection failed")
         finally:
+            if transport.admitted:
+                transport.admitted = False
+                admission.release()
             if conn is not None:
                 self.connections.discard(conn)
                 if not conn.closing:
@@ -207,23 +211,33 @@ class Gate:
 
     async def _open(self, conn: Connection, transport: TcpTransport, codec: Any,
                     creds: Credentials, resume_token: str | None = None) -> bool:
-        """Authenticate; welcome, or refuse and close. The same outcomes as over WebSocket."""
-        try:
-            await conn.open(creds, resume_token)
-        except (Refused, AuthUnavailable, BrokerUnavailable) as exc:
-            metrics.counters["connections_refused"] += 1
-            if isinstance(exc, Refused):
+        """Admit and authenticate; welcome, or refuse and close. The outcomes (and metrics)
+        are the WebSocket consumer's; admission comes first, so a refusal costs no auth
+        request."""
+        reason = admission.admit(conf().BROKER_MAX_CONNECTIONS)
+        if reason is not None:
+            metrics.refused(reason)
+        else:
+            transport.admitted = True
+            try:
+                await conn.open(creds, resume_token)
+            except Refused as exc:
                 reason = exc.reason
-            elif isinstance(exc, AuthUnavailable):
-                reason = errors.AUTH_UNAVAILABLE
-            else:
-                reason = errors.SERVICE_UNAVAILABLE
+                metrics.refused(errors.DUPLICATE_LOGIN if reason == errors.DUPLICATE_LOGIN
+                                else errors.REFUSED)
+            except (AuthUnavailable, BrokerUnavailable) as exc:
+                reason = errors.AUTH_UNAVAILABLE if isinstance(exc, AuthUnavailable) else \
+                    errors.SERVICE_UNAVAILABLE
+                metrics.refused(reason)
+        if reason is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(transport.write(codec.refused(reason)), CLOSE_GRACE)
             await transport.close(errors.CLOSE_NORMAL, reason)
             return False
         self.connections.add(conn)
         conn.welcome()  # the welcome, then what waited for it (broker.connection)
+        if admission.shutting_down:  # authenticated while graceful_shutdown was closing
+            conn.close_soon(errors.CLOSE_GOING_AWAY, errors.GOING_AWAY)
         return True
 
     async def _stomp(self, reader: asyncio.StreamReader, transport: TcpTransport, first: bytes,

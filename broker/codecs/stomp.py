@@ -130,8 +130,10 @@ class StompCodec:
             profile_key=h.get("passcode"),
         )
 
-    def welcome(self, identity: Identity, connection_id: str, resume_token: str | None
+    def welcome(self, identity: Identity, connection_id: str, resume_token: str | None,
+                resumed: bool | None = None, restored: list[dict[str, Any]] | None = None
                 ) -> str | bytes:
+        # STOMP sessions are not resumable: the last three are the rich JSON dialect's.
         self.identity = identity
         cx, cy = self._client_heartbeat
         offer = self.heartbeat_ms

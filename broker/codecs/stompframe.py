@@ -294,6 +294,8 @@ class StompParser:
                     raise StompFrameError("frame too large")
                 self._scan = len(buf)
                 return None
+            if end - start > self.max_frame_bytes:  # the same limit when it came in one chunk
+                raise StompFrameError("frame too large")
         frame = Frame(command, headers, bytes(buf[start:end]))
         self._pending = None
         del buf[: end + 1]

@@ -81,6 +81,10 @@ export interface WelcomeFrame {
   profile: "agent" | "super_agent" | "service" | "admin";
   destination: string | null;
   resume_token: string | null;
+  /** Present when a resume token was presented: whether it was honoured. */
+  resumed?: boolean;
+  /** When resumed: the restored subscriptions (history rooms: offset, recovered). */
+  subscriptions?: Array<{ requestId: RequestId; offset?: number; recovered?: boolean }>;
   [key: string]: unknown;
 }
 
@@ -92,6 +96,8 @@ export interface DeliveryFrame<T = Json> {
   room: Room;
   /** The trigger's id. */
   id: string;
+  /** A recorded trigger (history room): its offset in `room`'s history. */
+  offset?: number;
 }
 
 export interface DirectMessage<T = Json> {
@@ -100,6 +106,21 @@ export interface DirectMessage<T = Json> {
   to: string;
   data: T;
   id: string;
+  /** An acknowledged message: call `confirm(id)` once it is processed. */
+  ack?: true;
+}
+
+export interface ConfirmedEvent { type: "confirmed"; id: string; to: string | null; }
+
+export interface HistoryFrame<T = Json> {
+  type: "history";
+  requestId?: RequestId;
+  room: Room;
+  /** The room's last offset (0: nothing recorded). */
+  offset: number;
+  /** With `since`: every offset after it is still there. */
+  recovered?: boolean;
+  messages: Array<{ offset: number; id: string; data: T }>;
 }
 
 export interface SuccessReply {
@@ -181,6 +202,8 @@ export declare class Subscription<T = Json> {
   /** Unsubscribed, or refused by the broker. */
   closed: boolean;
   deliveries: number;
+  /** History rooms: the last offset received, sent as `since` when subscribing again. */
+  offset: number | null;
   /** Resolves with this subscription once the broker accepted it; rejects with its error. */
   readonly ready: Promise<Subscription<T>>;
   /** Stop receiving; resolves once the broker confirmed (at once when disconnected). */
@@ -209,6 +232,8 @@ export interface ClientEvents {
   error: Error;
   /** A direct message to this client. */
   message: DirectMessage;
+  /** Every recipient connection confirmed an acknowledged message this client sent. */
+  confirmed: ConfirmedEvent;
   /** After a reconnect, once subscriptions were restored. */
   reconnect: ReconnectEvent;
   /** A reconnect attempt is scheduled. */
@@ -248,8 +273,11 @@ export declare class CombrokerClient {
   close(code?: number, reason?: string): void;
 
   subscribe<T = Json>(room: Room, onData?: (data: T, frame: DeliveryFrame<T>) => void): Subscription<T>;
-  send(destination: string, data: Json): Promise<SuccessReply>;
-  publish(rooms: Room | Room[], data: Json): Promise<SuccessReply>;
+  send(destination: string, data: Json, options?: { ack?: boolean }): Promise<SuccessReply>;
+  /** Confirm an acknowledged message by its id. */
+  confirm(id: string): Promise<SuccessReply>;
+  publish(rooms: Room | Room[], data: Json, options?: { history?: boolean }): Promise<SuccessReply>;
+  history<T = Json>(room: Room, options?: { limit?: number; since?: number }): Promise<HistoryFrame<T>>;
   admin(action: "connections" | "stats" | "kick" | string, args?: Record<string, Json>): Promise<AdminReply>;
   status(): Promise<StatusReply>;
   /** Resolves with the round trip in ms. */

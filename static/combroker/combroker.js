@@ -16,6 +16,12 @@
 // - The connection is kept alive with {"type":"ping"} and re-opened after a drop with jittered,
 //   bounded exponential backoff. Subscriptions are restored on the new connection with the same
 //   requestIds (a `resume_token` from the welcome is presented when the broker gives one).
+// - History rooms (docs/guarantees.md): each subscription remembers the last `offset` it got;
+//   a resumed connection gets its missed triggers from the broker, and a subscription the
+//   broker did not restore is sent again with `since`, so nothing is lost either way. A
+//   trigger delivered twice to one subscription (same id) reaches `onData` once.
+// - Acknowledged messages: `send(to, data, { ack: true })`; the recipient gets the message
+//   event with `ack: true` and calls `confirm(id)`; the sender gets a "confirmed" event.
 // - Node 20 has no global WebSocket: pass one, e.g. `connect(url, { WebSocket: require("ws") })`.
 
 export const SUBPROTOCOL = "combroker.v1";
@@ -114,6 +120,8 @@ export class Subscription {
     this.active = false; // the broker holds it on the current connection
     this.closed = false; // unsubscribed, or refused by the broker
     this.deliveries = 0;
+    this.offset = null; // history rooms: the last offset received (the `since` of a resubscribe)
+    this._seen = new Set(); // recent trigger ids, to drop a trigger delivered twice
     this.ready = new Promise((resolve, reject) => {
       this._resolve = resolve;
       this._reject = reject;
@@ -292,7 +300,8 @@ export class CombrokerClient {
   _onClose(ws, code, reason) {
     if (this._ws !== ws) return;
     this._ws = null;
-    ws.onmessage = ws.onclose = ws.onerror = null;
+    ws.onmessage = ws.onclose = null;
+    ws.onerror = () => {}; // Node's ws throws on an 'error' nobody listens to (close while opening)
     this._clearTimer("open");
     this._clearTimer("ping");
     const wasOpen = this.state === "open";
@@ -372,6 +381,9 @@ export class CombrokerClient {
       case "message":
         this._emit("message", frame);
         return;
+      case "confirmed":
+        this._emit("confirmed", frame);
+        return;
       case "resync":
         this._restoreSubscriptions();
         return;
@@ -420,7 +432,7 @@ export class CombrokerClient {
     this._startPing();
     // Subscriptions first (the resumed ones the broker already holds), then queued requests.
     const restoring = frame.resumed === true
-      ? this._markResumed()
+      ? this._markResumed(frame)
       : this._restoreSubscriptions();
     const queued = this._queue;
     this._queue = [];
@@ -443,10 +455,18 @@ export class CombrokerClient {
     }
   }
 
-  _markResumed() {
+  // The broker restored the subscriptions the welcome lists; any other is sent again.
+  _markResumed(frame) {
+    const restored = new Set((frame.subscriptions || []).map((s) => JSON.stringify(s.requestId)));
     const subs = [...this._subs.values()];
-    for (const sub of subs) sub.active = true;
-    return Promise.resolve(subs.map((sub) => ({ ok: true, sub })));
+    return Promise.all(subs.map((sub) => {
+      if (restored.has(JSON.stringify(sub.id))) {
+        sub.active = true;
+        return { ok: true, sub };
+      }
+      return this._sendSubscribe(sub)
+        .then(() => ({ ok: true, sub }), (error) => ({ ok: false, sub, error }));
+    }));
   }
 
   // (Re)send every wanted subscription with its own requestId: the same id with the same room
@@ -458,9 +478,11 @@ export class CombrokerClient {
   }
 
   _sendSubscribe(sub) {
-    const p = this._request({ type: "subscribe", room: sub.room, requestId: sub.id },
-      { timeout: 0, queue: false });
+    const frame = { type: "subscribe", room: sub.room, requestId: sub.id };
+    if (typeof sub.offset === "number") frame.since = sub.offset; // replay what was missed
+    const p = this._request(frame, { timeout: 0, queue: false });
     return p.then((reply) => {
+      if (sub.offset === null && typeof reply.offset === "number") sub.offset = reply.offset;
       if (!sub.closed) {
         sub.active = true;
         sub._resolve(sub);
@@ -484,6 +506,14 @@ export class CombrokerClient {
     const sub = this._subs.get(frame.requestId);
     this._emit("publish", frame);
     if (!sub || sub.closed) return;
+    if (frame.id !== undefined) {
+      if (sub._seen.has(frame.id)) return;
+      sub._seen.add(frame.id);
+      if (sub._seen.size > 1000) sub._seen.delete(sub._seen.values().next().value);
+    }
+    if (typeof frame.offset === "number" && sameRoom(frame.room, sub.room)) {
+      sub.offset = Math.max(sub.offset || 0, frame.offset);
+    }
     sub.deliveries += 1;
     if (typeof sub.onData === "function") {
       try {
@@ -581,14 +611,38 @@ export class CombrokerClient {
     }
   }
 
-  /** Send `data` to a client, e.g. "/agent/bob". Resolves with the reply ({code, id}). */
-  send(destination, data) {
-    return this._request({ type: "send", to: destination, data });
+  /**
+   * Send `data` to a client, e.g. "/agent/bob". Resolves with the reply ({code, id}).
+   * `{ ack: true }`: kept until the recipient confirms (it may be offline); a "confirmed"
+   * event with this id follows.
+   */
+  send(destination, data, { ack = false } = {}) {
+    const frame = { type: "send", to: destination, data };
+    if (ack) frame.ack = true;
+    return this._request(frame);
   }
 
-  /** Publish `data` to rooms (a room or a list of rooms). Resolves with {code, id}. */
-  publish(rooms, data) {
-    return this._request({ type: "publish", rooms: Array.isArray(rooms) ? rooms : [rooms], data });
+  /** Confirm an acknowledged message (a "message" event with `ack: true`) by its id. */
+  confirm(id) {
+    return this._request({ type: "confirm", id });
+  }
+
+  /**
+   * Publish `data` to rooms (a room or a list of rooms). Resolves with {code, id}.
+   * `{ history: true }` records it in the rooms' history.
+   */
+  publish(rooms, data, { history = false } = {}) {
+    const frame = { type: "publish", rooms: Array.isArray(rooms) ? rooms : [rooms], data };
+    if (history) frame.history = true;
+    return this._request(frame);
+  }
+
+  /** A history room's recorded triggers: {type:"history", offset, messages, recovered?}. */
+  history(room, { limit, since } = {}) {
+    const frame = { type: "history", room };
+    if (limit !== undefined) frame.limit = limit;
+    if (since !== undefined) frame.since = since;
+    return this._request(frame);
   }
 
   /** An admin action (`connections`, `kick`, `stats`); resolves with the whole reply. */
@@ -637,6 +691,13 @@ export class CombrokerClient {
     }
     this._timers[name] = null;
   }
+}
+
+// Rooms compare by keys and values, whatever the key order.
+function sameRoom(a, b) {
+  if (!a || !b) return false;
+  const keys = Object.keys(a);
+  return keys.length === Object.keys(b).length && keys.every((k) => a[k] === b[k]);
 }
 
 /** Make a client without connecting it yet (call `client.open()`). */

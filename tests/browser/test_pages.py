@@ -18,6 +18,7 @@ def test_console_and_client_are_served_without_the_demo(broker: BrokerProcess) -
     assert "export function connect" in js.text
     assert broker.get("/").status_code == 404  # the demo page is demo-only
     assert broker.get("/demo/trigger").status_code == 404
+    assert broker.get("/com-broker").status_code == 404
 
 
 def test_demo_page_under_runbroker(demo_broker: BrokerProcess) -> None:
@@ -25,3 +26,5 @@ def test_demo_page_under_runbroker(demo_broker: BrokerProcess) -> None:
     assert page.status_code == 200
     assert 'from "/static/combroker/combroker.js"' in page.text
     assert demo_broker.get("/admin-console").status_code == 200
+    cb = demo_broker.get("/com-broker")
+    assert cb.status_code == 200 and "/static/combroker/com-broker-compat.js" in cb.text

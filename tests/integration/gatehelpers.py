@@ -10,6 +10,7 @@ import ipaddress
 import json
 import queue
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,11 @@ class Collector(stomp.ConnectionListener):
         self.frames: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.heartbeats = 0
         self.disconnected = False
+        self.answered = threading.Event()  # CONNECTED or ERROR arrived
 
     def on_connected(self, frame: Any) -> None:
         self.frames.put(("connected", frame))
+        self.answered.set()
 
     def on_message(self, frame: Any) -> None:
         self.frames.put(("message", frame))
@@ -93,6 +96,7 @@ class Collector(stomp.ConnectionListener):
 
     def on_error(self, frame: Any) -> None:
         self.frames.put(("error", frame))
+        self.answered.set()
 
     def on_heartbeat(self) -> None:
         self.heartbeats += 1
@@ -131,7 +135,11 @@ def stomp_client(port: int, *, headers: dict[str, str], ca_certs: str | None = N
         conn.set_ssl(for_hosts=[("127.0.0.1", port)], ca_certs=ca_certs)
     listener = Collector()
     conn.set_listener("collector", listener)
-    conn.connect(headers=headers, wait=True)
+    # not wait=True: stomp.py would then wait for CONNECTED without a time limit
+    conn.connect(headers=headers, wait=False)
+    if not listener.answered.wait(10):
+        conn.disconnect()
+        raise AssertionError("no CONNECTED or ERROR within 10 s")
     return conn, listener
 
 

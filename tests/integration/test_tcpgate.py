@@ -428,3 +428,34 @@ def test_json_line_too_big_closes_with_1009(broker_factory, auth_api, unique):
     assert j.recv()["type"] == "welcome"
     j.send({"type": "ping", "pad": "x" * 2000})
     assert j.recv() == {"type": "close", "code": 1009, "reason": "message too big"}
+
+
+def test_sigterm_closes_connections_with_going_away(broker_factory, auth_api, unique):
+    auth_api.allow(unique, {"login_id": f"g{unique}"})
+    gate = start_gate(broker_factory, auth_api=auth_api)
+    client = RawStomp(gate.port)
+    assert client.connect(unique).command == "CONNECTED"
+    j = JsonLines(gate.port)
+    j.send({"type": "connect", "token": unique})
+    assert j.recv()["type"] == "welcome"
+    gate.terminate()
+    f = client.recv()
+    assert f.command == "ERROR" and f.headers["message"] == "going-away"
+    assert j.recv() == {"type": "close", "code": 1001, "reason": "going-away"}
+    assert gate.wait(15) == 0
+
+
+def test_over_capacity_is_refused(broker_factory, auth_api, unique):
+    auth_api.allow(unique, {"login_id": f"c{unique}"})
+    gate = start_gate(broker_factory, auth_api=auth_api, BROKER_MAX_CONNECTIONS=1)
+    first = RawStomp(gate.port)
+    assert first.connect(unique).command == "CONNECTED"
+    second = RawStomp(gate.port)
+    f = second.connect(unique)
+    assert f.command == "ERROR" and f.headers["message"] == "over-capacity"
+    assert second.closed()
+    first.send("DISCONNECT", receipt="r")
+    assert first.recv().command == "RECEIPT"
+    assert first.closed()
+    third = RawStomp(gate.port)  # the slot was released
+    assert third.connect(unique).command == "CONNECTED"

@@ -1,5 +1,8 @@
 """Settings of the host project. Only what mounting the broker takes, plus the project's own."""
 
+import os
+import tempfile
+
 from broker.conf import channel_layers_setting
 
 SECRET_KEY = "mountproject-test-only"
@@ -10,12 +13,19 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "channels",
     "broker",
+    # The project's own app, whose model changes reach the broker (broker.model_events).
+    "tests.mountproject.notes.apps.NotesConfig",
 ]
 MIDDLEWARE: list[str] = []
 
 ROOT_URLCONF = "tests.mountproject.urls"
 ASGI_APPLICATION = "tests.mountproject.asgi.application"
-DATABASES: dict = {}
+DATABASES = {"default": {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": os.environ.get("MOUNTPROJECT_DB")
+    or os.path.join(tempfile.gettempdir(), "combroker-mountproject.sqlite3"),
+}}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 
 CHANNEL_LAYERS = channel_layers_setting()

@@ -256,7 +256,8 @@ roomish = st.one_of(
 )
 request_ids = st.one_of(st.integers(-5, 5), st.sampled_from(["a", "b", "1", 1.5, 1.0]),
                         json_values)
-JSON_TYPES = ["subscribe", "unsubscribe", "ping", "status", "send", "publish", "admin"]
+JSON_TYPES = ["subscribe", "unsubscribe", "ping", "status", "send", "publish", "admin",
+              "history", "confirm"]
 # Strings that are certainly not a request type (others may add types, so no "ack" here).
 JUNK_TYPES = ["SUBSCRIBE", "", " subscribe", "publish\n", "Subscribe", "sub", "\x00"]
 messages = st.fixed_dictionaries({}, optional={
@@ -269,6 +270,11 @@ messages = st.fixed_dictionaries({}, optional={
     "action": st.sampled_from(["connections", "kick", "stats", "nope"]) | json_values,
     "connection_id": json_values,
     "login_id": json_values,
+    "since": st.sampled_from([0, 1, 2**63, -1, "1", True, None]) | json_values,
+    "limit": st.sampled_from([0, 1, 5, -1, "1", True]) | json_values,
+    "id": json_values,
+    "ack": json_values,
+    "history": json_values,
     "junk": json_values,
 })
 
@@ -338,7 +344,7 @@ def json_oracle(text: str | None, request: Any) -> None:
 
 
 def subscribe_oracle(session: Session, model: dict[str, Room], rid: Any, room: Any,
-                     reply: Any) -> None:
+                     reply: Any, since: Any = None) -> None:
     """PROTOCOL §3.1 subscribe rules against a model of the subscription table."""
     code = reply.code if isinstance(reply, Error) else "success"
     if rid is None:
@@ -354,6 +360,10 @@ def subscribe_oracle(session: Session, model: dict[str, Room], rid: Any, room: A
         parsed = parse_room(room)
     except InvalidRoom:
         assert code == errors.INVALID_ROOM
+        return
+    if since is not None and not (isinstance(since, int) and not isinstance(since, bool)
+                                  and 0 <= since < 2**63):
+        assert code == errors.INVALID_MESSAGE
         return
     key = dump_json(rid)
     if key in model:
@@ -383,7 +393,8 @@ def test_json_codec_to_session(profile: str, rich: bool, texts: list[str | None]
         json_oracle(text, request)
         reply = driver.receive(request)
         if isinstance(request, Subscribe):
-            subscribe_oracle(driver.session, model, request.request_id, request.room, reply)
+            subscribe_oracle(driver.session, model, request.request_id, request.room, reply,
+                             getattr(request, "since", None))
         else:
             for key in list(model):
                 if key not in driver.session.subscriptions:
@@ -410,7 +421,8 @@ def test_subscription_limit_and_table(msgs: list[dict[str, Any]], limit: int) ->
         request = codec.decode(json.dumps(msg))
         reply = driver.receive(request)
         if isinstance(request, Subscribe):
-            subscribe_oracle(driver.session, model, request.request_id, request.room, reply)
+            subscribe_oracle(driver.session, model, request.request_id, request.room, reply,
+                             getattr(request, "since", None))
         else:
             model = {k: v for k, v in model.items() if k in driver.session.subscriptions}
         assert set(model) == set(driver.session.subscriptions)
@@ -763,3 +775,23 @@ def test_regression_number_overflow_is_not_json() -> None:
         request = JsonCodec(rich=True).decode(text)
         assert isinstance(request, Invalid) and request.code == errors.NON_JSON_MESSAGE
     assert JsonCodec(rich=True).decode('{"type":"ping","requestId":1.5e300}').request_id == 1.5e300
+
+
+def test_regression_admin_action_of_any_json_type() -> None:
+    """`{"type":"admin","action":[]}` raised TypeError (unhashable) out of Session.handle."""
+    driver = Driver(make_session("admin"), JsonCodec(rich=True))
+    for action in ("[]", "{}", '[["stats"]]', "null", "1"):
+        reply = driver.receive(driver.codec.decode(f'{{"type":"admin","action":{action}}}'))
+        assert isinstance(reply, Error) and reply.code == errors.UNKNOWN_ACTION
+
+
+def test_regression_parser_frame_limit_does_not_depend_on_chunking() -> None:
+    """A frame without content-length over max_frame_bytes was refused when it came in pieces
+    but accepted when its NUL was in the same chunk."""
+    data = b"SEND\n\n" + b"x" * 101 + b"\x00"
+    for chunks in ([data], [data[:50], data[50:]], [bytes([b]) for b in data]):
+        parser = StompParser(max_frame_bytes=100)
+        with pytest.raises(StompFrameError, match="frame too large"):
+            for chunk in chunks:
+                parser.feed(chunk)
+    assert StompParser(max_frame_bytes=100).feed(b"SEND\n\n" + b"x" * 100 + b"\x00")

@@ -3,7 +3,7 @@
 Production runs M of these next to N daphne processes, all on one BROKER_REDIS_URL: the gate
 shares the hub and the channel layer with them, so triggers and messages cross between
 WebSocket and TCP clients. SIGTERM/SIGINT stop accepting and close every connection with
-``going-away``.
+``going-away`` once its outbox is written (``broker.shutdown``, BROKER_SHUTDOWN_GRACE).
 """
 
 from __future__ import annotations
@@ -47,6 +47,4 @@ class Command(BaseCommand):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        await gate.shutdown()
-        hub = await get_hub()
-        await hub.stop()
+        await gate.shutdown()  # closes every connection with going-away, then stops the hub

@@ -290,6 +290,25 @@ function startProxy(target) {
   };
 }
 
+describe("a server that never answers the handshake", () => {
+  test("openTimeout gives up on the socket, retries, and maxAttempts ends it", async () => {
+    const held = new Set();
+    const server = net.createServer((s) => { held.add(s); s.on("error", () => {}); });
+    await new Promise((r) => server.listen(0, "127.0.0.1", r));
+    const { port } = server.address();
+    const closes = [];
+    const client = new CombrokerClient(`ws://127.0.0.1:${port}/ws/`, {
+      WebSocket: WS, openTimeout: 150, minDelay: 10, maxDelay: 20, maxAttempts: 2,
+    });
+    client.on("close", (ev) => closes.push(ev.reason));
+    const err = await client.open().then(() => null, (e) => e);
+    assert.equal(err.code, "reconnect-failed");
+    assert.deepEqual(closes, ["open-timeout", "open-timeout", "open-timeout"]);
+    for (const s of held) s.destroy();
+    server.close();
+  });
+});
+
 describe("against the broker", { skip: noBroker && "COMBROKER_WS_URL etc. not set" }, () => {
   test("welcome, and the connect() promise resolves with the client", async () => {
     const alice = await open("alice");

@@ -1,0 +1,47 @@
+"""Smoke test of the benchmark runner (bench/run, issue 6): the scenarios run end to end
+against the broker and deliver every message they send. Tiny sizes, a few seconds; the
+figures themselves are not asserted (they belong to docs/performance.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("redis-server") is None,
+    reason="bench/run needs node and redis-server")
+
+
+def _have(module: str) -> bool:
+    return subprocess.run([sys.executable, "-c", f"import {module}"],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.timeout(180)
+def test_b1_b2_run_and_deliver_everything(tmp_path: Path) -> None:
+    if not (_have("uvloop") and _have("uvicorn") and _have("aiohttp")):
+        pytest.skip("the [bench] extra is not installed (bench/run installs it)")
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "runner.py"), "--smoke", "--only", "B1,B2",
+         "--targets", "uvicorn", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    b1 = res["B1"]["uvicorn"]["20"]
+    assert "error" not in b1, b1
+    assert b1["delivered_all"], b1
+    assert b1["saturation_msgs_s"] > 0
+    for n in ("20", "40"):
+        b2 = res["B2"]["uvicorn"][n]
+        assert "error" not in b2, b2
+        assert b2["delivered_all"], b2
+        assert b2["triggers_s"] > 0
+    assert "B1" in proc.stdout and "Goals" in proc.stdout  # the table was printed

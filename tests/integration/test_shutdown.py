@@ -1,0 +1,108 @@
+"""Graceful shutdown (docs/operations.md "Stopping a process"): on SIGTERM the broker stops
+accepting connections, delivers what it already accepted, closes every client with 1001
+``going-away`` and exits within BROKER_SHUTDOWN_GRACE, under daphne and under uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.harness import close_code, recv_json, send_json, ws_connect, ws_open
+
+NEWS = {"target": "news"}
+# As docs/operations.md runs it: uvicorn waits forever for a client that does not read unless
+# --timeout-graceful-shutdown bounds its own teardown (after broker.shutdown's grace).
+UVICORN = ["{python}", "-m", "uvicorn", "combroker.asgi:application", "--host", "127.0.0.1",
+           "--port", "{port}", "--no-access-log", "--log-level", "warning",
+           "--timeout-graceful-shutdown", "1"]
+SERVERS = {"daphne": None, "uvicorn": UVICORN}
+
+
+def start(broker_factory, auth_api, server, **env):
+    if server == "uvicorn":
+        pytest.importorskip("uvicorn")
+    auth_api.allow(token="t", body={"allowed_rooms": [NEWS]})
+    return broker_factory(auth_api=auth_api, argv=SERVERS[server], **env)
+
+
+async def subscriber(broker, **kw):
+    ws, welcome = await ws_open(broker.ws_url, token="t", **kw)
+    assert welcome["is_authorized"] is True
+    await send_json(ws, {"type": "subscribe", "room": NEWS, "requestId": 1})
+    assert await recv_json(ws) == {"code": "success"}
+    return ws
+
+
+async def wait_exit(broker, timeout: float) -> float:
+    t0 = time.monotonic()
+    code = await asyncio.to_thread(broker.wait, timeout)
+    assert code is not None
+    return time.monotonic() - t0
+
+
+@pytest.mark.parametrize("layer", ["memory", "redis"])
+@pytest.mark.parametrize("server", SERVERS)
+async def test_sigterm_delivers_then_closes_with_1001(broker_factory, auth_api, redis_server,
+                                                      server, layer):
+    broker = start(broker_factory, auth_api, server,
+                   redis=redis_server if layer == "redis" else None,
+                   BROKER_KEY_PREFIX=f"shutdown-{server}-{layer}")
+    clients = [await subscriber(broker) for _ in range(3)]
+    r = await broker.atrigger([NEWS], {"last": "words"})
+    assert r.status_code == 202
+    broker.terminate()  # SIGTERM right after the trigger was accepted
+    for ws in clients:
+        assert await recv_json(ws, timeout=10) == {"type": "publish", "requestId": 1,
+                                                   "data": {"last": "words"}}
+        assert await close_code(ws, timeout=10) == (1001, "going-away")
+    elapsed = await wait_exit(broker, 15)
+    assert elapsed < 10, elapsed
+    log = broker.log()
+    assert "Traceback" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_grace_bounds_the_wait_for_a_client_that_does_not_read(broker_factory, auth_api,
+                                                                     server):
+    # an outbox large enough that the stuck client is not dropped as slow before the signal
+    broker = start(broker_factory, auth_api, server, BROKER_SHUTDOWN_GRACE=2,
+                   BROKER_MAX_OUTBOX_BYTES=64_000_000)
+    stuck = await subscriber(broker, max_queue=1)
+    reader = await subscriber(broker)
+    # fill the stuck client's buffers (20 MB, incompressible for uvicorn's permessage-deflate):
+    # it reads nothing from now on
+    payload = secrets.token_urlsafe(500_000)
+    for i in range(40):
+        assert (await broker.atrigger([NEWS], {"i": i, "p": f"{i}{payload}"})).status_code == 202
+    for _ in range(40):
+        await recv_json(reader, timeout=10)
+    t0 = time.monotonic()
+    broker.terminate()
+    assert await close_code(reader, timeout=10) == (1001, "going-away")
+    # while the grace runs, no new connection gets in
+    try:
+        async with ws_connect(broker.ws_url, token="t", open_timeout=3) as late:
+            pytest.fail(f"connected during shutdown: {await recv_json(late)}")
+    except InvalidStatus as exc:
+        assert exc.response.status_code == 503
+    except (OSError, asyncio.TimeoutError, TimeoutError):
+        pass  # daphne stopped listening
+    await wait_exit(broker, 20)
+    # it waited for the stuck client up to BROKER_SHUTDOWN_GRACE (2 s), not longer
+    elapsed = time.monotonic() - t0
+    assert 1.5 < elapsed < 8, elapsed
+    assert "still open after BROKER_SHUTDOWN_GRACE" in broker.log()
+    stuck.transport.abort()
+
+
+async def test_shutdown_without_connections_is_quick(broker_factory, auth_api):
+    broker = start(broker_factory, auth_api, "daphne")
+    t0 = time.monotonic()
+    broker.terminate()
+    await wait_exit(broker, 15)
+    assert time.monotonic() - t0 < 5

@@ -1,0 +1,6 @@
+from django.db import models
+
+
+class Note(models.Model):
+    board = models.CharField(max_length=50)
+    title = models.CharField(max_length=200)

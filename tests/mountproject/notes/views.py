@@ -1,0 +1,51 @@
+"""Plain sync views that change Notes, as the host project's own code would."""
+
+import json
+
+from django.db import transaction
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from .models import Note
+
+
+class Rollback(Exception):
+    pass
+
+
+@csrf_exempt
+def create(request: HttpRequest) -> JsonResponse:
+    body = json.loads(request.body)
+    note = Note.objects.create(board=body["board"], title=body["title"])
+    return JsonResponse({"id": note.pk}, status=201)
+
+
+@csrf_exempt
+def update(request: HttpRequest, pk: int) -> JsonResponse:
+    note = Note.objects.get(pk=pk)
+    note.title = json.loads(request.body)["title"]
+    note.save()
+    return JsonResponse({"id": note.pk})
+
+
+@csrf_exempt
+def delete(request: HttpRequest, pk: int) -> JsonResponse:
+    Note.objects.get(pk=pk).delete()
+    return JsonResponse({"id": pk})
+
+
+@csrf_exempt
+def rolled_back(request: HttpRequest) -> JsonResponse:
+    """Creates, updates and deletes inside a transaction that then rolls back."""
+    body = json.loads(request.body)
+    try:
+        with transaction.atomic():
+            note = Note.objects.create(board=body["board"], title=body["title"])
+            note.title += " (edited)"
+            note.save()
+            Note.objects.filter(board=body["board"]).first().delete()
+            raise Rollback
+    except Rollback:
+        pass
+    return JsonResponse({"rolled_back": True, "count": Note.objects.filter(
+        board=body["board"]).count()})
