@@ -232,7 +232,10 @@ def broker_env(redis_url: str, auth_url: str, src: Path) -> dict[str, Any]:
     return {"BROKER_REDIS_URL": redis_url, "BROKER_AUTH_URL": auth_url,
             "BROKER_TRIGGER_TOKEN": TOKEN, "BROKER_LOG_LEVEL": "WARNING",
             "BROKER_AUTH_MAX_IN_FLIGHT": os.environ.get("BENCH_AUTH_MAX_IN_FLIGHT", None),
-            "PYTHONPATH": str(src), "DJANGO_SECRET_KEY": "bench"}
+            "PYTHONPATH": os.pathsep.join(
+                [str(src)] + ([os.environ["BENCH_EXTRA_PYTHONPATH"]]
+                              if os.environ.get("BENCH_EXTRA_PYTHONPATH") else [])),
+            "DJANGO_SECRET_KEY": "bench"}
 
 
 class BrokerTarget(Target):
@@ -244,6 +247,7 @@ class BrokerTarget(Target):
         self.name, self.kind = name, "broker"
         self.auth_url, self.src, self.server, self.nprocs = auth_url, src, server, procs
         self.tcpgate = tcpgate
+        self.ws_impl = os.environ.get("BENCH_UVICORN_WS", "websockets-sansio")
         self.redis: RedisServer | None = None
         self.procs: list[BrokerProcess] = []
         self.gate: subprocess.Popen | None = None
@@ -252,7 +256,7 @@ class BrokerTarget(Target):
         if self.server == "uvicorn":
             return [PY, "-m", "uvicorn", "combroker.asgi:application", "--host", "127.0.0.1",
                     "--port", "{port}", "--no-access-log", "--log-level", "warning",
-                    "--loop", "uvloop", "--http", "httptools", "--ws", "websockets",
+                    "--loop", "uvloop", "--http", "httptools", "--ws", self.ws_impl,
                     "--backlog", "4096"]
         return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}",
                 "combroker.asgi:application"]

@@ -10,8 +10,9 @@ the same test with it, unchanged (it is not part of this repository); Playwright
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

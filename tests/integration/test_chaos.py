@@ -116,65 +116,18 @@ class World:
             self.violations.append(text)
 
 
-class Client:
-    """One connection at a time; a reader task files deliveries and queues the replies."""
+class Conn:
+    """One WebSocket connection: a reader task files deliveries and queues the replies."""
 
-    def __init__(self, world: World, n: int, rng: random.Random) -> None:
-        self.world = world
-        self.n = n
-        self.rng = rng
-        self.rich = n % 2 == 1  # half the clients speak the rich dialect
-        self.int_ids = n % 3 == 0  # some use numeric request ids (their JSON type is kept)
-
-    async def run(self, until: float) -> None:
-        while time.monotonic() < until and not self.world.stop:
-            broker = self.rng.randrange(len(self.world.brokers))
-            try:
-                await self.session(broker, until)
-            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
-                self.world.errors[type(exc).__name__] += 1
-                await asyncio.sleep(0.2 + self.rng.random() * 0.3)
-
-    async def session(self, broker: int, until: float) -> None:
-        world = self.world
-        url = world.brokers[broker].ws_url
-        ws = await ws_connect(url, token="chaos", open_timeout=5,
-                              subprotocols=["combroker.v1"] if self.rich else None)
-        self.ws, self.broker, self.conn = ws, broker, next(world.conn_ids)
+    def __init__(self, world: World, ws: Any, broker: int, rich: bool) -> None:
+        self.world, self.ws, self.broker, self.rich = world, ws, broker, rich
+        self.id = next(world.conn_ids)
+        self.opened = time.monotonic()
         self.live: dict[str, Sub] = {}  # JSON of request id -> its subscription (any state)
         self.replies: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
-        self.opened = time.monotonic()
+        self.leaving: Sub | None = None  # the subscription of the unsubscribe in flight
+        self.reader = asyncio.ensure_future(self.read())
         world.connections += 1
-        reader = asyncio.ensure_future(self.read())
-        try:
-            _, welcome = await self.next_reply()
-            if not (isinstance(welcome, dict) and welcome.get("is_authorized")):
-                raise ConnectionError(f"not welcome: {welcome!r}")
-            lifetime = self.rng.uniform(2.0, 14.0)
-            leave = min(until, time.monotonic() + lifetime)
-            rid = 0
-            while time.monotonic() < leave and not world.stop:
-                current = [s for s in self.live.values() if s.start and s.end is None]
-                if current and (len(current) >= 6 or self.rng.random() < 0.3):
-                    await self.unsubscribe(self.rng.choice(current))
-                else:
-                    rid += 1
-                    await self.subscribe(rid if self.int_ids else f"c{self.n}-{rid}")
-                await asyncio.sleep(self.rng.uniform(0.05, 1.2))
-            if time.monotonic() >= until:
-                return  # keep the connection and its subscriptions for the final drain
-            self.end_all(time.monotonic())
-            await ws.close()
-        except TimeoutError:
-            # No reply in REPLY_TIMEOUT: give up this connection (its subscriptions end now).
-            world.violation(f"conn {self.conn} on broker {broker}: no reply within "
-                            f"{REPLY_TIMEOUT}s")
-            self.end_all(time.monotonic())
-            await ws.close()
-            raise
-        finally:
-            if time.monotonic() < until or world.stop:
-                await asyncio.wait([reader], timeout=10)
 
     def end_all(self, when: float) -> None:
         for sub in self.live.values():
@@ -188,9 +141,13 @@ class Client:
                 now = time.monotonic()
                 frame = json.loads(raw)
                 if isinstance(frame, dict) and frame.get("type") == "publish":
-                    self.deliver(frame, now)
-                else:
-                    self.replies.put_nowait((now, frame))
+                    self.deliver(frame)
+                    continue
+                leaving, self.leaving = self.leaving, None
+                if leaving is not None and self.success(frame, leaving.rid):
+                    # From here on, in frame order, nothing may arrive for it.
+                    leaving.unsubscribed = now
+                self.replies.put_nowait((now, frame))
         except ConnectionClosed:
             pass
         finally:
@@ -198,18 +155,18 @@ class Client:
             if not world.stop and any(s.end is None for s in self.live.values()):
                 world.drops += 1
             # A kill ends the subscriptions at the kill, even if the drop is noticed later.
-            self.end_all(min(now, world.killed_at[self.broker]) if
-                         world.killed_at[self.broker] > self.opened else now)
+            killed = world.killed_at[self.broker]
+            self.end_all(min(now, killed) if killed > self.opened else now)
             self.replies.put_nowait((now, None))
 
-    def deliver(self, frame: dict[str, Any], now: float) -> None:
+    def deliver(self, frame: dict[str, Any]) -> None:
         world = self.world
         world.deliveries += 1
         data = frame.get("data")
         seq = data.get("seq") if isinstance(data, dict) else None
         sub = self.live.get(json.dumps(frame.get("requestId")))
         trigger = world.triggers.get(seq) if isinstance(seq, int) else None
-        where = f"conn {self.conn} on broker {self.broker}"
+        where = f"conn {self.id} on broker {self.broker}"
         if sub is None or trigger is None:
             world.violation(f"{where}: frame for an unknown subscription or trigger: {frame}")
             return
@@ -248,9 +205,8 @@ class Client:
             return False
         return not self.rich or frame.get("requestId") == rid
 
-    async def subscribe(self, rid: Any) -> None:
-        room = random_room(self.rng, wild=0.25)
-        sub = Sub(self.conn, rid, parse_room(room), self.broker, time.monotonic())
+    async def subscribe(self, rid: Any, room: dict[str, Any]) -> None:
+        sub = Sub(self.id, rid, parse_room(room), self.broker, time.monotonic())
         self.live[json.dumps(rid)] = sub
         self.world.subs.append(sub)
         await self.ws.send(json.dumps({"type": "subscribe", "room": room, "requestId": rid}))
@@ -259,16 +215,71 @@ class Client:
             sub.start = when
         else:
             sub.refused = repr(frame)
-            self.world.violation(f"conn {self.conn}: subscribe {rid!r} {room} got {frame}")
+            self.world.violation(f"conn {self.id}: subscribe {rid!r} {room} got {frame}")
 
     async def unsubscribe(self, sub: Sub) -> None:
         sub.end = time.monotonic()
+        self.leaving = sub
         await self.ws.send(json.dumps({"type": "unsubscribe", "requestId": sub.rid}))
-        when, frame = await self.next_reply()
-        if self.success(frame, sub.rid):
-            sub.unsubscribed = when
-        else:
-            self.world.violation(f"conn {self.conn}: unsubscribe {sub.rid!r} got {frame}")
+        _, frame = await self.next_reply()
+        if not self.success(frame, sub.rid):
+            self.world.violation(f"conn {self.id}: unsubscribe {sub.rid!r} got {frame}")
+
+
+class Client:
+    """A user that connects to either process, subscribes, unsubscribes, leaves, comes back."""
+
+    def __init__(self, world: World, n: int, rng: random.Random) -> None:
+        self.world = world
+        self.n = n
+        self.rng = rng
+        self.rich = n % 2 == 1  # half the clients speak the rich dialect
+        self.int_ids = n % 3 == 0  # some use numeric request ids (their JSON type is kept)
+        self.conn: Conn | None = None
+
+    async def run(self, until: float) -> None:
+        while time.monotonic() < until and not self.world.stop:
+            broker = self.rng.randrange(len(self.world.brokers))
+            try:
+                await self.session(broker, until)
+            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                self.world.errors[type(exc).__name__] += 1
+                await asyncio.sleep(0.2 + self.rng.random() * 0.3)
+
+    async def session(self, broker: int, until: float) -> None:
+        world = self.world
+        ws = await ws_connect(world.brokers[broker].ws_url, token="chaos", open_timeout=5,
+                              subprotocols=["combroker.v1"] if self.rich else None)
+        conn = self.conn = Conn(world, ws, broker, self.rich)
+        try:
+            _, welcome = await conn.next_reply()
+            if not (isinstance(welcome, dict) and welcome.get("is_authorized")):
+                raise ConnectionError(f"not welcome: {welcome!r}")
+            leave = min(until, time.monotonic() + self.rng.uniform(2.0, 14.0))
+            rid = 0
+            while time.monotonic() < leave and not world.stop:
+                current = [s for s in conn.live.values() if s.start and s.end is None]
+                if current and (len(current) >= 6 or self.rng.random() < 0.3):
+                    await conn.unsubscribe(self.rng.choice(current))
+                else:
+                    rid += 1
+                    await conn.subscribe(rid if self.int_ids else f"c{self.n}-{rid}",
+                                         random_room(self.rng, wild=0.25))
+                await asyncio.sleep(self.rng.uniform(0.05, 1.2))
+            if time.monotonic() >= until:
+                return  # keep the connection and its subscriptions for the final drain
+            conn.end_all(time.monotonic())
+            await ws.close()
+        except TimeoutError:
+            # No reply in REPLY_TIMEOUT: give up this connection (its subscriptions end now).
+            world.violation(f"conn {conn.id} on broker {broker}: no reply within "
+                            f"{REPLY_TIMEOUT}s")
+            conn.end_all(time.monotonic())
+            await ws.close()
+            raise
+        finally:
+            if time.monotonic() < until or world.stop:
+                await asyncio.wait([conn.reader], timeout=10)
 
 
 async def post_triggers(world: World, token: str, rng: random.Random, until: float) -> None:
@@ -354,9 +365,9 @@ async def test_chaos_exactly_once(broker_factory, auth_api, redis_server, unique
     world.stop = True
     finished = time.monotonic()
     for c in clients:
-        if getattr(c, "ws", None) is not None:
-            c.end_all(finished)
-            await c.ws.close()
+        if c.conn is not None:
+            c.conn.end_all(finished)
+            await c.conn.ws.close()
 
     checked = exact = 0
     for trigger in world.triggers.values():
