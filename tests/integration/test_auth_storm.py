@@ -73,14 +73,17 @@ class Pinger:
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One unmasked server frame: (opcode, payload)."""
-    b0, b1 = await reader.readexactly(2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = int.from_bytes(await reader.readexactly(2), "big")
-    elif n == 127:
-        n = int.from_bytes(await reader.readexactly(8), "big")
-    return b0 & 0x0F, await reader.readexactly(n)
+    """The next unmasked server frame but pings and pongs: (opcode, payload)."""
+    while True:
+        b0, b1 = await reader.readexactly(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(await reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await reader.readexactly(8), "big")
+        payload = await reader.readexactly(n)
+        if b0 & 0x0F not in (9, 10):  # the server's keepalive pings are not for us
+            return b0 & 0x0F, payload
 
 
 async def outcome(port: int, token: str, sem: asyncio.Semaphore) -> tuple:
@@ -167,7 +170,9 @@ async def test_storm_beyond_capacity_degrades_into_auth_unavailable(broker_facto
         outcomes
     opened = sum(1 for _, end in results if end == "open")
     assert 8 <= opened < 400, opened  # some got in, the rest were told auth-unavailable
-    assert auth_api.max_in_flight <= 8
+    # the broker never had more than its bound out (the API itself may briefly see a few more:
+    # it still works on requests the broker gave up on at the timeout)
+    assert metric(broker, "combroker_auth_in_flight_max") == 8
     # the waiting was bounded by the timeout, not queued: the API saw few more than it answered
     assert auth_api.count < opened + 8 * 3, (auth_api.count, opened)
     # and once the storm is over, all is well
