@@ -134,9 +134,23 @@ ensure_browser() {
     export COMBROKER_BROWSER_TESTS=required
 }
 
+ensure_tools() {
+    # nginx: the deploy/ site is checked with `nginx -t`; openssl: self-signed test certificates.
+    local missing=()
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]}"
+        apt_install "${missing[@]}"
+        # Debian starts the packaged nginx on port 80; the tests only need the binary.
+        as_root sh -c 'nginx -s quit 2>/dev/null || true'
+    fi
+}
+
 ensure_venv
 ensure_redis_server
 ensure_redis_running
+ensure_tools
 ensure_browser
 
 set +e
