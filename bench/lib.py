@@ -242,11 +242,12 @@ class BrokerTarget(Target):
     """combroker (this tree, or the previous commit's tree ``src``) on a private Redis."""
 
     def __init__(self, name: str, auth_url: str, *, src: Path = ROOT, server: str = "daphne",
-                 procs: int = 1, tcpgate: bool = False) -> None:
+                 procs: int = 1, tcpgate: bool = False, layer: str = "pubsub") -> None:
         super().__init__()
         self.name, self.kind = name, "broker"
         self.auth_url, self.src, self.server, self.nprocs = auth_url, src, server, procs
         self.tcpgate = tcpgate
+        self.layer = layer
         self.ws_impl = os.environ.get("BENCH_UVICORN_WS", "websockets-sansio")
         self.redis: RedisServer | None = None
         self.procs: list[BrokerProcess] = []
@@ -264,6 +265,9 @@ class BrokerTarget(Target):
     def start(self) -> None:
         self.redis = RedisServer().start()
         env = broker_env(self.redis.url, self.auth_url, self.src)
+        if self.layer == "classic":
+            env["DJANGO_SETTINGS_MODULE"] = "settings_classic"
+            env["PYTHONPATH"] += os.pathsep + str(BENCH)
         for i in range(self.nprocs):
             p = BrokerProcess(env, argv=self.argv(), cwd=self.src, name=f"{self.name}{i}",
                               start_timeout=60)

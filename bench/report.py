@@ -70,6 +70,8 @@ def goals(res: dict) -> list[tuple[str, Any, str, bool | None]]:
 def table(res: dict) -> str:
     prod = res.get("production_server", "uvicorn")
     cols = ["daphne", "uvicorn", "prev", "hightemplar", "raw"]
+    if any("classic" in (res.get(k) or {}) for k in ("B1", "B2", "B7")):
+        cols.insert(2, "classic")
     rows: list[list[str]] = [["scenario", "metric", *cols, f"{prod}/HT", f"{prod}/raw",
                               f"{prod}/prev"]]
 

@@ -491,6 +491,8 @@ async def main(cfg: argparse.Namespace) -> dict:
     def mk(name: str, **kw: Any) -> lib.Target | None:
         if name in ("daphne", "uvicorn"):
             return BrokerTarget(name, auth.url, src=snap, server=name, **kw)
+        if name == "classic":  # the production server on channels_redis's classic layer
+            return BrokerTarget(name, auth.url, src=snap, server=cfg.prod, layer="classic", **kw)
         if name == "prev":
             return BrokerTarget("prev", auth.url, src=prev, server=cfg.prod, **kw) \
                 if prev else None
@@ -523,7 +525,7 @@ async def main(cfg: argparse.Namespace) -> dict:
                         t, lambda t, n=n: fanout(t, n, cfg))
         if want("B2"):
             res["B2"] = {}
-            for name in brokers(("daphne", "uvicorn")):
+            for name in brokers(("daphne", "uvicorn", "classic")):
                 t = mk(name)
                 if t is None:
                     continue
@@ -568,7 +570,7 @@ async def main(cfg: argparse.Namespace) -> dict:
             res["B6"]["procs1"] = b1
         if want("B7"):
             res["B7"] = {}
-            for name in brokers(("daphne", "uvicorn", "prev")):
+            for name in brokers(("daphne", "uvicorn", "prev", "classic")):
                 t = mk(name)
                 if t is not None:
                     res["B7"][t.name] = await with_target(t, lambda t: ingestion(t, cfg))

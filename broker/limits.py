@@ -50,7 +50,7 @@ class TokenBucket:
         now = self._clock()
         self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
         self._last = now
-        if self.tokens >= 1:
+        if self.tokens >= 1 - 1e-9:  # a client at exactly the rate: float rounding is no debt
             self.tokens -= 1
             return Verdict.ALLOWED
         self.tokens -= 1

@@ -283,3 +283,26 @@ async def test_auth_api_receives_nothing_the_client_did_not_send(broker_factory,
     ws, refused = await ws_open(broker.ws_url + "?app_key=a&login_id=bob&profile_key=p")
     assert refused == {"is_authorized": False}
     assert auth_api.count == 0
+
+
+# ---------------------------------------------------------------- structured logs
+
+
+async def test_log_lines_carry_the_connection_id(broker_factory, auth_api):
+    auth_api.allow(token="t", body=OK)
+    broker = broker_factory(auth_api=auth_api, BROKER_RATE_LIMIT=0.1, BROKER_RATE_BURST=1)
+    ws, welcome = await ws_open(broker.ws_url, token="t", subprotocols=["combroker.v1"])
+    conn_id = welcome["connection_id"]
+    for rid in range(4):
+        await send_json(ws, {"type": "ping", "requestId": rid})
+    assert await close_code(ws) == (4029, "rate-limited")
+    # a line logged in the connection's own task, and one logged outside any connection
+    auth_api.stop()
+    ws = await ws_connect(broker.ws_url, token="t")
+    assert (await close_code(ws, timeout=10))[0] == 1011
+    log = broker.wait_for_log("auth API unavailable")
+    assert re.search(rf" broker\.connection conn={conn_id} .*over BROKER_RATE_LIMIT", log), log
+    assert re.search(r" broker\.auth conn=[0-9a-f]{16} auth API unavailable", log), log
+    for line in log.splitlines():
+        if " broker." in line:
+            assert re.search(r" broker\.[a-z_.]+ conn=([0-9a-f]{16}|-) ", line), line
