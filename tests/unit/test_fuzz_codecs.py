@@ -18,7 +18,8 @@ codec). After every request it checks:
   canonical JSON of their request id, within the limit), and the session stays usable: a valid
   subscribe still succeeds and its subscription receives a matching trigger exactly once.
 
-``FUZZ_EXAMPLES=<n>`` raises the number of examples per test (default: quick enough for CI).
+``FUZZ_EXAMPLES=<n>`` raises the number of examples per test (default: quick enough for CI;
+with thousands, add ``--timeout=0``).
 The longer, coverage-guided run is ``fuzz/fuzz_codecs.py`` (atheris).
 """
 
