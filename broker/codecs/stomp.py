@@ -50,6 +50,10 @@ MAX_PATTERN = 512  # characters of a destination-type:1 regular expression
 # CONNECT headers that are credentials, never forwarded to the auth API as headers.
 _SECRET_HEADERS = frozenset({"passcode", "secret-key", "login"})
 _PROFILE_PREFIX = re.compile(r"\^?/(\w+)/")
+# A group followed by a quantifier; backreferences. Both can make matching exponential.
+MAX_PATTERN_QUANTIFIERS = 2
+_NESTED_QUANTIFIER = re.compile(r"\)[*+?{]")
+_BACKREFERENCE = re.compile(r"\\[1-9]|\(\?P=")
 _PROFILES = frozenset(p.value for p in Profile)
 
 
@@ -251,6 +255,14 @@ class StompCodec:
         """
         if len(source) > MAX_PATTERN:
             return Invalid(errors.INVALID_MESSAGE, sid, "regular expression too long", meta)
+        if (_NESTED_QUANTIFIER.search(source) or _BACKREFERENCE.search(source)
+                or sum(source.count(q) for q in "*+{") > MAX_PATTERN_QUANTIFIERS):
+            # The hub matches patterns on the event loop: a quantified group such as (a|aa)*
+            # backtracks exponentially, and k unbounded quantifiers cost O(n^k); either would
+            # stall every client of the process.
+            return Invalid(errors.INVALID_MESSAGE, sid,
+                           "regular expression too costly: at most 2 quantifiers, no quantified "
+                           "groups, no backreferences", meta)
         try:
             pattern = re.compile(source)
         except re.error as exc:

@@ -338,3 +338,25 @@ def test_cb_framer_answers_in_the_clients_byte_order():
     data = StompCodec(cb=True, framer=framer).refused("no")
     assert data[:1] == b"\x01" and int.from_bytes(data[1:5], "big") == len(data) - 5
     assert data.endswith(b"\x00")
+
+
+
+@pytest.mark.parametrize("pattern, allowed", [
+    ("/agent/.*", True),
+    ("/agent/bob.*", True),
+    ("/agent/[a-z]+_.*", True),
+    ("/agent/(bob|ann)", True),
+    ("/agent/(a|aa)*b", False),   # exponential backtracking
+    ("/agent/(ab)+", False),
+    (r"/agent/(a)\1", False),    # backreference
+    ("/agent/.*.*.*x", False),    # O(n^3) and worse
+])
+def test_regex_watch_rejects_costly_patterns(pattern, allowed):
+    codec = connected(StompCodec(cb=True), profile="super_agent", login="sue")
+    req = codec.decode(frame("SUBSCRIBE", id="w", destination=pattern,
+                             **{"destination-type": "1"}))
+    if allowed:
+        assert isinstance(req, Subscribe) and req.pattern.pattern == pattern
+    else:
+        assert isinstance(req, Invalid) and req.code == errors.INVALID_MESSAGE
+        assert "too costly" in req.detail
