@@ -286,13 +286,15 @@ def dump_json(value: Any) -> str:
     A string holding an unpaired surrogate (what the JSON escape ``"\\ud800"`` decodes to)
     cannot be sent as UTF-8: such a value is written with ``\\u`` escapes instead, as the
     client sent it, so every frame carrying it can still be written to every transport.
+    NaN and infinities are not JSON: they raise ValueError (only ``publish()`` callers can
+    pass them; the codecs never decode them).
     """
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            return json.dumps(value, separators=(",", ":"))
+            return json.dumps(value, separators=(",", ":"), allow_nan=False)
     return text
 
 

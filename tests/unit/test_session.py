@@ -156,3 +156,12 @@ def test_profiles_rules_table():
     assert service.may_publish(parse_room({"any": "room"}))
     assert service.may_subscribe(parse_room({"client": "x", "profile": "super_agent"}))
     assert not service.may_subscribe(parse_room({"client": "x", "profile": "service"}))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1, {"x": float("-inf")}]])
+def test_dump_json_refuses_values_that_are_not_json(value):
+    # publish()/publish_sync() callers can pass these; no client could parse the frame.
+    from broker.session import dump_json
+
+    with pytest.raises(ValueError):
+        dump_json(value)
