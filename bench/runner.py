@@ -366,12 +366,13 @@ async def storm(target: lib.Target, n: int, auth: AuthServer, cfg: argparse.Name
 # ------------------------------------------------------------------ B4: idle memory
 
 async def idle_memory(target: lib.Target, n: int, cfg: argparse.Namespace) -> dict:
-    warm = Clients(target.ws_urls, 50, subs="two", workers=1, concurrency=50)
+    subs = os.environ.get("BENCH_B4_SUBS", "two")  # "none": the cost of a bare connection
+    warm = Clients(target.ws_urls, 50, subs=subs, workers=1, concurrency=50)
     await warm.start()
     await asyncio.sleep(2)
     rss0 = lib.rss_bytes(target.proc_pids())
     t0 = time.monotonic()
-    clients = Clients(target.ws_urls, n, subs="two", workers=cfg.workers, concurrency=64,
+    clients = Clients(target.ws_urls, n, subs=subs, workers=cfg.workers, concurrency=64,
                       offset=1000)  # rooms {"user": i} apart from the warm clients' ones
     await clients.start()
     ready = clients_ready(clients)

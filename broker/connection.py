@@ -137,7 +137,8 @@ class Connection:
         identity = await authenticate(creds)
         hub = await get_hub()
         dest = identity.destination
-        if dest and c.BROKER_DUPLICATE_LOGIN == "reject" and await hub.cluster.destination_exists(dest):
+        if (dest and c.BROKER_DUPLICATE_LOGIN == "reject"
+                and await hub.cluster.destination_exists(dest)):
             raise Refused(errors.DUPLICATE_LOGIN)
         self.identity = identity
         self.session = Session(identity, max_subscriptions=c.BROKER_MAX_SUBSCRIPTIONS,
@@ -448,7 +449,7 @@ class Connection:
                     _n, sub, offset = marks.popleft()
                     if sub.offset is None or offset > sub.offset:
                         sub.offset = offset
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a dead transport: the close path follows
             log.info("conn %s: write failed: %s", self.id, type(exc).__name__)
         finally:
             self._writer = None

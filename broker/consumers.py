@@ -39,7 +39,9 @@ def credentials_from_scope(scope: dict[str, Any]) -> Credentials:
     for raw_name, raw_value in scope.get("headers", []):
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
-        headers[name] = f"{headers[name]}; {value}" if name == "cookie" and name in headers else value
+        if name == "cookie" and name in headers:  # HTTP/2 may split cookies into several
+            value = f"{headers[name]}; {value}"
+        headers[name] = value
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     client = scope.get("client")
 

@@ -232,13 +232,13 @@ class Hub:
         if self._release_ref(name):
             try:
                 await on_last()
-            except Exception as exc:  # leaving during an outage: the server forgot us anyway
+            except Exception as exc:  # noqa: BLE001 - leaving during an outage: Redis forgot us
                 log.warning("release %s failed: %s", name, exc)
 
     async def _join_group(self, group: str) -> None:
         try:
             await self.layer.group_add(group, self.channel)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the layer's errors are not a documented type
             raise BrokerUnavailable(f"channel layer: {type(exc).__name__}: {exc}") from None
 
     def _room_resources(self, room: Room) -> list[tuple[str, Callable[[], Awaitable[None]],
@@ -583,7 +583,7 @@ async def get_hub() -> Hub:
         starting = _starting[loop] = asyncio.ensure_future(start())
     try:
         return await asyncio.shield(starting)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - layer or Redis errors of any type
         _starting.pop(loop, None)
         raise BrokerUnavailable(f"hub start failed: {type(exc).__name__}: {exc}") from None
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from rooms import InvalidRoom, Room, parse_room
 
@@ -30,7 +30,7 @@ from . import errors
 from .history import HistoryEntry, HistoryPolicy, HistoryRule, valid_offset
 from .identity import Identity, parse_destination
 
-RequestId = Union[str, int, float]
+RequestId = str | int | float
 
 
 def request_id_ok(value: object) -> bool:
@@ -142,8 +142,8 @@ class Invalid:
     meta: Any = None
 
 
-Request = Union[Subscribe, Unsubscribe, UnsubscribeAll, Ping, Status, Send, Publish, Admin,
-                Disconnect, Invalid, History, Confirm]
+Request = (Subscribe | Unsubscribe | UnsubscribeAll | Ping | Status | Send | Publish | Admin
+           | Disconnect | Invalid | History | Confirm)
 
 
 # ---------------------------------------------------------------- replies (session -> codec)
@@ -194,7 +194,7 @@ class HistoryResult:
     recovered: bool | None = None
 
 
-Reply = Union[Success, Error, Pong, StatusInfo, AdminResult, HistoryResult]
+Reply = Success | Error | Pong | StatusInfo | AdminResult | HistoryResult
 
 
 # ---------------------------------------------------------------- effects (session -> driver)
@@ -268,8 +268,8 @@ class AdminAction:
     args: dict[str, Any]
 
 
-Effect = Union[JoinRoom, LeaveRooms, SendDirect, PublishRooms, QueryStatus, AdminAction,
-               ReadHistory, ConfirmMessage]
+Effect = (JoinRoom | LeaveRooms | SendDirect | PublishRooms | QueryStatus | AdminAction
+          | ReadHistory | ConfirmMessage)
 
 ADMIN_ACTIONS = frozenset({"connections", "kick", "stats"})
 
@@ -489,5 +489,6 @@ class Session:
         if not self.identity.rule.admin:
             return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED, req.request_id))
         if not isinstance(req.action, str) or req.action not in ADMIN_ACTIONS:
-            return Step(Error(errors.UNKNOWN_ACTION, req.request_id, f"actions: {sorted(ADMIN_ACTIONS)}"))
+            return Step(Error(errors.UNKNOWN_ACTION, req.request_id,
+                              f"actions: {sorted(ADMIN_ACTIONS)}"))
         return Step(None, AdminAction(str(req.action), req.args))

@@ -43,16 +43,18 @@ class Command(BaseCommand):
         from channels.routing import get_default_application
 
         base = f"http://{local}:{port}"
+        demo_users = "  (built-in demo users: alice, bob, carol, billing, root, guest)"
+        layer = f"redis {c.BROKER_REDIS_URL}" if c.BROKER_REDIS_URL else "in-memory (one process)"
         self.stdout.write(
             "combroker is running\n"
             f"  demo page     {base}/\n"
             f"  WebSocket     ws://{local}:{port}/ws/?token=alice\n"
-            + (f"  TCP gate      tcp://{local}:{opts['tcp_port']} (STOMP 1.2, Communication Broker, "
-               "JSON lines)\n" if opts["tcp_port"] else "") +
+            + (f"  TCP gate      tcp://{local}:{opts['tcp_port']} (STOMP 1.2, "
+               "Communication Broker, JSON lines)\n" if opts["tcp_port"] else "") +
             f"  trigger       POST {base}/trigger\n"
             f"  trigger token {token}\n"
-            f"  auth API      {c.BROKER_AUTH_URL}{'  (built-in demo users: alice, bob, carol, billing, root)' if demo_auth else ''}\n"
-            f"  channel layer {'redis ' + c.BROKER_REDIS_URL if c.BROKER_REDIS_URL else 'in-memory (single process)'}\n"
+            f"  auth API      {c.BROKER_AUTH_URL}{demo_users if demo_auth else ''}\n"
+            f"  channel layer {layer}\n"
             "example:\n"
             f"  curl -X POST {base}/trigger -H 'Authorization: Bearer {token}' "
             "-H 'Content-Type: application/json' "
