@@ -18,7 +18,7 @@ from channels.exceptions import StopConsumer
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import daphne_close, daphne_ext, errors, logctx, metrics
+from . import daphne_ext, errors, logctx, metrics
 from .auth import AuthUnavailable, Credentials, Refused
 from .codecs.jsoncodec import RICH_SUBPROTOCOL, JsonCodec
 from .codecs.stomp import CB_SUBPROTOCOL, STOMP_SUBPROTOCOLS, StompCodec
@@ -30,8 +30,7 @@ from .limits import admission, origin_allowed
 
 log = logging.getLogger("broker.ws")
 
-daphne_close.patch()  # under daphne, close codes 1009/1011 and close reasons reach the client
-daphne_ext.patch()  # under daphne: backpressure, 503 refusals, graceful SIGTERM, redacted log
+daphne_ext.patch()  # under daphne: close codes, backpressure, 503 refusals, SIGTERM, redacted log
 
 
 def credentials_from_scope(scope: dict[str, Any]) -> Credentials:

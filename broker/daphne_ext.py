@@ -1,5 +1,5 @@
-"""What daphne lacks for a broker on the public edge, added to it (``broker.daphne_close``
-does the close codes). ``patch()`` applies only when daphne serves the application (its
+"""What daphne lacks for a broker on the public edge, added to it. ``patch()`` applies only
+when daphne serves the application (its
 modules are loaded before the application is: the ``daphne`` CLI, ``runbroker``), never
 imports daphne, and is idempotent.
 
@@ -19,6 +19,11 @@ imports daphne, and is idempotent.
   "before shutdown" trigger ``Server.kill_all_applications`` cancels every application at once.
   That trigger now first stops listening and runs ``broker.shutdown.graceful_shutdown``
   (clients closed with 1001 after their queues drain, within BROKER_SHUTDOWN_GRACE).
+- **Close codes and reasons.** daphne hands ``websocket.close`` to autobahn's ``sendClose``,
+  which accepts only 1000 and 3000-4999, and drops the reason: the contract's 1009 (message
+  too big) and 1011 (``auth-unavailable``) raised inside daphne and left the socket open, and
+  every reason (``replaced``, ``kicked``, ``slow``) was lost. The close frame is now sent with
+  the code and reason the application asked for (uvicorn already does this).
 - **No credentials in the access log.** daphne writes it itself (not through logging), with
   the query string of HTTP requests; ``broker.logctx.redact`` now runs over each line.
 """
@@ -90,6 +95,7 @@ def patch() -> None:
         _patch_server(server_module.Server)
     if ws_module is not None:
         _patch_protocol(ws_module.WebSocketProtocol)
+        _patch_close(ws_module.WebSocketProtocol)
     access = sys.modules.get("daphne.access")
     if access is not None:
         _patch_access_log(access.AccessLogGenerator)
@@ -187,6 +193,28 @@ def _patch_protocol(cls: Any) -> None:
     cls.onOpen = on_open_with_flow
     cls.handle_reply = handle_reply_with_denial
     cls._combroker_ext_patched = True
+
+
+def _patch_close(cls: Any) -> None:
+    if getattr(cls, "_combroker_close_patched", False):
+        return
+    from autobahn.util import encode_truncate  # autobahn is daphne's dependency
+
+    handle_reply = cls.handle_reply
+
+    def handle_reply_with_close_code(self: Any, message: dict[str, Any]) -> None:
+        # Before the accept, daphne answers HTTP 403 (its own path); once closing or closed,
+        # sendCloseFrame does nothing, where sendClose would still raise on the code.
+        if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
+            code = message.get("code") or 1000
+            reason = message.get("reason") or ""
+            self.sendCloseFrame(code=int(code), isReply=False,
+                                reasonUtf8=encode_truncate(reason, 123) if reason else None)
+            return
+        handle_reply(self, message)
+
+    cls.handle_reply = handle_reply_with_close_code
+    cls._combroker_close_patched = True
 
 
 def _patch_access_log(cls: Any) -> None:
