@@ -100,19 +100,20 @@ ensure_browser() {
     # The browser tests (tests/browser) drive Debian's chromium with Python Playwright (from the
     # [test] extra; it launches /usr/bin/chromium and never downloads a browser), and run
     # static/combroker/combroker.js under Node's test runner with the npm packages pinned in
-    # tests/browser/package-lock.json. When all of that is in place, COMBROKER_BROWSER_TESTS=required
-    # makes a missing piece fail those tests; if an install fails here they are skipped instead.
+    # tests/browser/package-lock.json. COMBROKER_BROWSER_TESTS=required makes a missing piece
+    # fail those tests: an install that fails here is reported, never turned into a skip.
+    export COMBROKER_BROWSER_TESTS=required
     if ! command -v chromium >/dev/null 2>&1; then
         log "installing chromium (Debian package) for the browser tests"
         if ! apt_install chromium; then
-            log "WARNING: could not install chromium: the browser tests will be skipped"
+            log "ERROR: could not install chromium: the browser tests will fail"
             return 0
         fi
     fi
     if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
         log "installing nodejs and npm (Debian packages) for the browser tests"
         if ! apt_install nodejs npm; then
-            log "WARNING: could not install node/npm: the browser tests will be skipped"
+            log "ERROR: could not install node/npm: the browser tests will fail"
             return 0
         fi
     fi
@@ -127,11 +128,10 @@ ensure_browser() {
         if (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2); then
             echo "$want" >"$stamp"
         else
-            log "WARNING: npm ci failed in $dir: the browser tests will be skipped"
+            log "ERROR: npm ci failed in $dir: the browser tests will fail"
             return 0
         fi
     fi
-    export COMBROKER_BROWSER_TESTS=required
 }
 
 ensure_tools() {

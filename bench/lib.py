@@ -133,22 +133,34 @@ class HttpTrigger:
         assert self.pool is not None
         r, w, host, port = await self.pool.get()
         try:
-            w.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nAuthorization: Bearer %s\r\n"
-                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                    % (path.encode(), host.encode(), port, self.token.encode(), len(body), body))
-            head = await r.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await r.readexactly(length)
-            if status != 202:
-                self.errors += 1
-            return status
+            try:
+                return await self._post(r, w, host, port, body, path)
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                    raise
+                # the server closed an idle keep-alive connection before reading: reconnect
+                w.close()
+                r, w = await asyncio.open_connection(host, port)
+                self._all.append(w)
+                return await self._post(r, w, host, port, body, path)
         finally:
             self.pool.put_nowait((r, w, host, port))
+
+    async def _post(self, r: Any, w: Any, host: str, port: int, body: bytes, path: str) -> int:
+        w.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nAuthorization: Bearer %s\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (path.encode(), host.encode(), port, self.token.encode(), len(body), body))
+        head = await r.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await r.readexactly(length)
+        if status != 202:
+            self.errors += 1
+        return status
 
     async def send(self, rooms_json: str, data: str) -> None:
         await self.post(f'{{"rooms":{rooms_json},"data":{data}}}'.encode())
@@ -258,7 +270,7 @@ class BrokerTarget(Target):
             return [PY, "-m", "uvicorn", "combroker.asgi:application", "--host", "127.0.0.1",
                     "--port", "{port}", "--no-access-log", "--log-level", "warning",
                     "--loop", "uvloop", "--http", "httptools", "--ws", self.ws_impl,
-                    "--backlog", "4096"]
+                    "--backlog", "4096", "--timeout-keep-alive", "30"]
         return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}",
                 "combroker.asgi:application"]
 

@@ -221,10 +221,12 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
                 samples: list[tuple[float, int]] = []
                 stop = asyncio.Event()
                 poll = asyncio.ensure_future(m.sample(samples, stop))
-                sent_total += await paced(trig, rate, count)
-                send_end = time.monotonic()
-                stop.set()
-                await poll
+                try:
+                    sent_total += await paced(trig, rate, count)
+                finally:
+                    send_end = time.monotonic()
+                    stop.set()
+                    await poll
                 r = await m.drain(sent_total * n, samples=samples)
                 got = r["recv"] - base
                 delivered = steady_rate(samples, send_end - (count / rate), send_end,

@@ -185,6 +185,13 @@ var COM_BROKER_Client = (function () {
     ], body));
   };
 
+  // The names the Communication Broker's documentation uses, beside the original file's own
+  // spellings (connectToServer, suscribe, unsuscribe, sendText), which stay as they were.
+  Client.prototype.connect = Client.prototype.connectToServer;
+  Client.prototype.subscribe = Client.prototype.suscribe;
+  Client.prototype.unsubscribe = Client.prototype.unsuscribe;
+  Client.prototype.send = Client.prototype.sendText;
+
   Client.parseFrame = parseFrame;
   return Client;
 })();
