@@ -6,6 +6,7 @@ malformed input.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import struct
@@ -15,6 +16,7 @@ import httpx
 import pytest
 import stomp
 
+from tests.harness import recv_json, send_json, ws_open
 from tests.integration.gatehelpers import (
     STATIC_KEYS, CBClient, JsonLines, RawStomp, rss_kib, self_signed_cert, start_gate,
     stomp_client,
@@ -459,3 +461,42 @@ def test_over_capacity_is_refused(broker_factory, auth_api, unique):
     assert first.closed()
     third = RawStomp(gate.port)  # the slot was released
     assert third.connect(unique).command == "CONNECTED"
+
+
+
+async def test_stomp_send_to_a_room_reaches_websocket_and_stomp_subscribers(
+        broker_factory, auth_api, redis_server, unique):
+    """SEND /room/<json> is a publish: a service may publish anywhere, the frame reaches a
+    WebSocket subscriber on another process and a STOMP subscriber on the gate; an agent
+    without publish_rooms is refused with an ERROR."""
+    room = {"target": "news", "id": unique}
+    auth_api.allow(f"svc-{unique}", {"login_id": f"billing{unique}", "profile": "service"})
+    auth_api.allow(f"sub-{unique}", {"allowed_rooms": [room], "login_id": f"ann{unique}"})
+    auth_api.allow(f"agt-{unique}", {"login_id": f"joe{unique}"})
+    gate = start_gate(broker_factory, auth_api=auth_api, redis=redis_server)
+    web = broker_factory(auth_api=auth_api, redis=redis_server, name="web")
+    wait = asyncio.to_thread
+
+    ws, _ = await ws_open(web.ws_url, token=f"sub-{unique}")
+    await send_json(ws, {"type": "subscribe", "room": room, "requestId": "w"})
+    assert await recv_json(ws) == {"code": "success"}
+    reader, r = await wait(stomp_client, gate.port, headers={"token": f"sub-{unique}"})
+    await wait(r.next, "connected")
+    reader.subscribe("/room/" + json.dumps(room), id="s", receipt="sub")
+    await wait(r.receipt, "sub")
+
+    service, s = await wait(stomp_client, gate.port, headers={"token": f"svc-{unique}"})
+    await wait(s.next, "connected")
+    service.send("/room/" + json.dumps(room), json.dumps({"n": 1}),
+                 content_type="application/json", receipt="pub")
+    await wait(s.receipt, "pub")
+    assert json.loads((await wait(r.next, "message")).body) == {"n": 1}
+    assert await recv_json(ws) == {"type": "publish", "requestId": "w", "data": {"n": 1}}
+
+    agent, a = await wait(stomp_client, gate.port, headers={"token": f"agt-{unique}"})
+    await wait(a.next, "connected")
+    agent.send("/room/" + json.dumps(room), "x", receipt="nope")
+    assert (await wait(a.next, "error")).headers["message"] == "room-not-allowed"
+    await ws.close()
+    await wait(service.disconnect)
+    await wait(reader.disconnect)
