@@ -303,6 +303,7 @@ class BrokerTarget(Target):
         for p in self.procs:
             with contextlib.suppress(Exception):
                 p.stop()
+            shutil.rmtree(p._tmpdir, ignore_errors=True)  # its log; the harness keeps it
         if self.gate is not None and self.gate.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.gate.pid, signal.SIGTERM)
@@ -324,7 +325,8 @@ class _Subprocess(Target):
             wait_for_port(port, timeout=60)
         except TimeoutError:
             self.stop()
-            raise RuntimeError(f"{self.name} did not start:\n{self.log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"{self.name} did not start:\n{self.log.read_text()[-3000:]}") from None
         self.pids = [self.proc.pid]
 
     def stop(self) -> None:
@@ -459,7 +461,7 @@ class Clients:
         for p in self.procs:
             try:
                 await asyncio.wait_for(p.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 p.kill()
                 await p.wait()
 

@@ -1,17 +1,20 @@
 """bench/run: every scenario of issue 6 against the broker and its baselines, in one run.
 
 Targets (all measured in the same run, through the same load generator):
-  broker   this tree under daphne (the production server unless docs/performance.md says
-           otherwise), one process, private redis-server
+  uvicorn  this tree under uvicorn (the production server, docs/performance.md), one process,
+           private redis-server, pub/sub layer; goals and ratios use it
+  daphne   this tree under daphne
+  classic  this tree on channels_redis's classic layer (not in the default targets)
   prev     the previous commit (HEAD~1), same venv, same settings: regressions
   ht       High-templar 3.1.0 from PyPI (bench/.venv-ht) under hypercorn, local RabbitMQ
   raw      a minimal websockets broadcast server (bench/raw_server.py): the physical limit
 Scenarios: B1 broadcast fan-out, B2 targeted triggers, B3 connect storm, B4 idle memory,
 B5 TCP gate fan-out (STOMP), B6 scale-out (2 broker processes), B7 trigger ingestion.
 
-    bench/run --quick          # < 5 minutes, reduced sizes
-    bench/run                  # full sizes, medians over 3 runs
-    bench/run --only B1,B3 --targets broker,ht
+    bench/run --quick          # ~5 minutes, reduced sizes
+    bench/run                  # full sizes, medians over 3 runs (~20 minutes)
+    bench/run --only B1,B3 --targets uvicorn,ht
+    bench/run --smoke --only B1,B2 --targets uvicorn   # seconds: tests/integration
 """
 
 from __future__ import annotations
@@ -260,9 +263,11 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
             sent_total += await paced(trig, lat_rate, count)
             r = await m.drain(sent_total * n)
             lat = lat_summary(m.lat)
+            brief = [(s["offered_msgs_s"], s["delivered_msgs_s"], s["server_cpu"],
+                      s["loadgen_cpu"]) for s in steps]
             log(f"  {target.name} n={n} run {run + 1}: saturation {sat:,} msgs/s, "
                 f"p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms at {lat_rate:.1f} trig/s; "
-                f"steps {[(s['offered_msgs_s'], s['delivered_msgs_s'], s['server_cpu'], s['loadgen_cpu']) for s in steps]}")
+                f"steps (offered, delivered, server cpu, loadgen cpu) {brief}")
             result["runs"].append({"saturation_msgs_s": sat, "latency_rate": round(lat_rate, 2),
                                    **lat, "steps": steps})
         result["saturation_msgs_s"] = med([r["saturation_msgs_s"] for r in result["runs"]])
