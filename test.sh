@@ -53,7 +53,7 @@ ensure_venv() {
         fi
     fi
     log "installing the project and its test dependencies"
-    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    "$VENV/bin/python" -m pip install -q -e '.[test,bench]'
 }
 
 ensure_redis_server() {
