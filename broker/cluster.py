@@ -88,7 +88,8 @@ class Cluster(Store):
                        first_for_destination: bool) -> None: ...
     async def unregister(self, conn_id: str, destination: str | None,
                          last_for_destination: bool) -> None: ...
-    async def update(self, infos: dict[str, dict[str, Any]]) -> None: ...
+    async def update(self, infos: dict[str, dict[str, Any]], stats: dict[str, Any]) -> None:
+        """Rewrite the given connections' entries and this process's stats."""
     async def room_added(self, room_key: str) -> None: ...
     async def room_removed(self, room_key: str) -> None: ...
     async def destination_exists(self, destination: str) -> bool: raise NotImplementedError
@@ -133,10 +134,11 @@ class MemoryCluster(MemoryStore, Cluster):
             if self._dests[destination] <= 0:
                 del self._dests[destination]
 
-    async def update(self, infos: dict[str, dict[str, Any]]) -> None:
+    async def update(self, infos: dict[str, dict[str, Any]], stats: dict[str, Any]) -> None:
         for conn_id, info in infos.items():
             if conn_id in self._conns:
                 self._conns[conn_id] = info
+        self._stats = stats
 
     async def room_added(self, room_key: str) -> None:
         self._rooms[room_key] += 1
@@ -242,10 +244,12 @@ class RedisCluster(RedisStore, Cluster):
             pipe.srem(self._dest_key(destination), self.proc_id)
         await self._call(pipe.execute())
 
-    async def update(self, infos: dict[str, dict[str, Any]]) -> None:
+    async def update(self, infos: dict[str, dict[str, Any]], stats: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
         if infos:
-            await self._call(self.redis.hset(
-                self._k_conns, mapping={k: json.dumps(v) for k, v in infos.items()}))
+            pipe.hset(self._k_conns, mapping={k: json.dumps(v) for k, v in infos.items()})
+        pipe.hset(self._k_stats, self.proc_id, json.dumps(stats))
+        await self._call(pipe.execute())
 
     async def room_added(self, room_key: str) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -488,7 +488,8 @@ class Hub:
                 [(r.shape_key, r.mask) for r in rooms if not r.is_concrete])
 
     async def _registry_loop(self) -> None:
-        """Heartbeat every TTL/3, flush changed connection entries twice a second.
+        """Heartbeat every TTL/3; in between, twice a second, flush changed connection entries
+        and this process's stats (the monitor console's per-second rates).
 
         While Redis is unreachable the heartbeat is retried on every tick. When it succeeds
         again, messages published during the outage are lost to this process's clients, so
@@ -514,10 +515,11 @@ class Hub:
                         log.warning("redis is back: telling %d connections to resync",
                                     len(self.conns))
                         self._resync()
-                elif self._dirty:
+                else:
                     dirty, self._dirty = self._dirty, set()
                     await self.cluster.update(
-                        {cid: self.conns[cid].info() for cid in dirty if cid in self.conns})
+                        {cid: self.conns[cid].info() for cid in dirty if cid in self.conns},
+                        self._stats())
             except BrokerUnavailable as exc:
                 if not self.degraded:
                     log.error("redis unreachable, fan-out interrupted: %s", exc)
