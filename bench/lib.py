@@ -109,13 +109,17 @@ def loadavg() -> str:
 class HttpTrigger:
     """POST /trigger with keep-alive over ``conns`` connections (a pool)."""
 
-    def __init__(self, base_urls: list[str], token: str = TOKEN, conns: int = 8) -> None:
+    def __init__(self, base_urls: list[str], token: str = TOKEN, conns: int = 8,
+                 fields: dict[str, Any] | None = None) -> None:
         self.addrs = []
         for u in base_urls:
             hostport = u.split("://", 1)[1].rstrip("/")
             host, port = hostport.rsplit(":", 1)
             self.addrs.append((host, int(port)))
         self.token = token
+        # extra members of every /trigger body, e.g. {"history": true}; encoded once
+        self.extra = "".join(f",{json.dumps(k)}:{json.dumps(v)}"
+                             for k, v in (fields or {}).items())
         self.nconns = conns
         self.pool: asyncio.Queue | None = None
         self.errors = 0
@@ -163,7 +167,7 @@ class HttpTrigger:
         return status
 
     async def send(self, rooms_json: str, data: str) -> None:
-        await self.post(f'{{"rooms":{rooms_json},"data":{data}}}'.encode())
+        await self.post(f'{{"rooms":{rooms_json},"data":{data}{self.extra}}}'.encode())
 
     async def close(self) -> None:
         for w in self._all:
@@ -254,16 +258,24 @@ class BrokerTarget(Target):
     """combroker (this tree, or the previous commit's tree ``src``) on a private Redis."""
 
     def __init__(self, name: str, auth_url: str, *, src: Path = ROOT, server: str = "daphne",
-                 procs: int = 1, tcpgate: bool = False, layer: str = "pubsub") -> None:
+                 procs: int = 1, tcpgate: bool = False, layer: str = "pubsub",
+                 env: dict[str, str] | None = None,
+                 trigger_fields: dict[str, Any] | None = None) -> None:
+        """``env``: extra settings of the broker processes (e.g. BROKER_HISTORY);
+        ``trigger_fields``: extra members of every /trigger body (e.g. {"history": True})."""
         super().__init__()
         self.name, self.kind = name, "broker"
         self.auth_url, self.src, self.server, self.nprocs = auth_url, src, server, procs
         self.tcpgate = tcpgate
         self.layer = layer
+        self.extra_env, self.trigger_fields = dict(env or {}), dict(trigger_fields or {})
         self.ws_impl = os.environ.get("BENCH_UVICORN_WS", "websockets-sansio")
         self.redis: RedisServer | None = None
         self.procs: list[BrokerProcess] = []
         self.gate: subprocess.Popen | None = None
+
+    def trigger(self, conns: int = 8) -> HttpTrigger:
+        return HttpTrigger(self.base_urls, conns=conns, fields=self.trigger_fields)
 
     def argv(self) -> list[str]:
         if self.server == "uvicorn":
@@ -280,6 +292,7 @@ class BrokerTarget(Target):
         if self.layer == "classic":
             env["DJANGO_SETTINGS_MODULE"] = "settings_classic"
             env["PYTHONPATH"] += os.pathsep + str(BENCH)
+        env.update(self.extra_env)
         for i in range(self.nprocs):
             p = BrokerProcess(env, argv=self.argv(), cwd=self.src, name=f"{self.name}{i}",
                               start_timeout=60)

@@ -1,7 +1,10 @@
 """Profile the broker under a B1-style load with py-spy: where do the server's cycles go?
 
     .venv/bin/python bench/profile.py [--subs 1000] [--rate 5] [--seconds 10]
-        [--server daphne|uvicorn] [--scenario fanout|targeted|storm]
+        [--server daphne|uvicorn] [--scenario fanout|targeted|storm] [--history]
+
+--history: the B1 room keeps history and every trigger asks for it (runner.B1H_VARIANTS);
+--tag: a suffix of the output file names.
 
 Writes bench/results/profile-<scenario>-<server>.txt: the top functions by own time and by
 inclusive time (from py-spy's collapsed stacks), and the .collapsed file itself (feed it to
@@ -23,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import uvloop  # noqa: E402
 
 import lib  # noqa: E402
-from runner import AuthServer, closed_loop, paced  # noqa: E402
+from runner import B1H_VARIANTS, AuthServer, closed_loop, paced  # noqa: E402
 
 PYSPY = str(lib.ROOT / ".venv" / "bin" / "py-spy")
 
@@ -51,7 +54,8 @@ def summarize(collapsed: Path, top: int = 40) -> str:
 
 async def main(a: argparse.Namespace) -> None:
     auth = AuthServer(5.0)
-    t = lib.BrokerTarget("prof", auth.url, server=a.server)
+    t = lib.BrokerTarget("prof", auth.url, server=a.server,
+                         **B1H_VARIANTS["history" if a.history else "plain"])
     t.start()
     try:
         subs = {"fanout": "same", "targeted": "own", "storm": "none"}[a.scenario]
@@ -59,7 +63,8 @@ async def main(a: argparse.Namespace) -> None:
                               wait_go=a.scenario == "storm")
         await clients.start()
         pid = t.procs[0].pid
-        out = lib.BENCH / "results" / f"profile-{a.scenario}-{a.server}.collapsed"
+        tag = a.tag if a.tag is not None else ("-history" if a.history else "")
+        out = lib.BENCH / "results" / f"profile-{a.scenario}-{a.server}{tag}.collapsed"
         spy = subprocess.Popen([PYSPY, "record", "--pid", str(pid), "--duration",
                                 str(a.seconds), "--rate", "200", "--format", "raw",
                                 "--output", str(out), "--nonblocking"],
@@ -96,4 +101,6 @@ if __name__ == "__main__":
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--server", default="daphne")
     ap.add_argument("--scenario", default="fanout")
+    ap.add_argument("--history", action="store_true")
+    ap.add_argument("--tag", help="suffix of the output names (default: -history or none)")
     uvloop.run(main(ap.parse_args()))

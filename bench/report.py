@@ -89,6 +89,17 @@ def table(res: dict) -> str:
         errs = {t: _g(b1, t, n, "error") for t in b1 if _g(b1, t, n, "error")}
         for t, e in errs.items():
             rows.append([f"B1 {n} subs", f"{t}: error", e[:60], *[""] * 7])
+    b1h = res.get("B1h") or {}
+    for n in sorted(b1h, key=int):
+        h = b1h[n]
+        for metric, key in (("delivered msgs/s", "saturation_msgs_s"),
+                            ("p50 ms @ half sat", "p50_ms"), ("p99 ms @ half sat", "p99_ms")):
+            rows.append([f"B1h {n} subs", f"{metric} plain / history ({h.get('server', prod)})",
+                         f"{_f(_g(h, 'plain', key))} / {_f(_g(h, 'history', key))}",
+                         "", "", "", "", "", "", f"hist/plain {_x(h.get(key + '_ratio'))}"])
+        for v in ("plain", "history"):
+            if _g(h, v, "error"):
+                rows.append([f"B1h {n} subs", f"{v}: error", h[v]["error"][:60], *[""] * 7])
     b2 = res.get("B2") or {}
     for n in sorted({k for t in b2.values() if isinstance(t, dict) for k in t}, key=int):
         for metric, key in (("triggers/s", "triggers_s"), ("p50 ms @ half", "p50_ms"),
@@ -118,6 +129,7 @@ def table(res: dict) -> str:
     row("B7 ingestion", "publish_sync() calls/s", "",
         {t: _g(b7, t, "publish_sync_calls_s") for t in b7})
 
+    rows = [r + [""] * (len(rows[0]) - len(r)) for r in rows]  # short rows (B6, B1h, errors)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(r, widths))) for r in rows]

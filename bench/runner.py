@@ -9,11 +9,14 @@ Targets (all measured in the same run, through the same load generator):
   ht       High-templar 3.1.0 from PyPI (bench/.venv-ht) under hypercorn, local RabbitMQ
   raw      a minimal websockets broadcast server (bench/raw_server.py): the physical limit
 Scenarios: B1 broadcast fan-out, B2 targeted triggers, B3 connect storm, B4 idle memory,
-B5 TCP gate fan-out (STOMP), B6 scale-out (2 broker processes), B7 trigger ingestion.
+B5 TCP gate fan-out (STOMP), B6 scale-out (2 broker processes), B7 trigger ingestion,
+B1h what room history costs: B1 on the production server twice, plain triggers then
+BROKER_HISTORY on the B1 room with every trigger posted "history": true (issue 8).
 
     bench/run --quick          # ~5 minutes, reduced sizes
     bench/run                  # full sizes, medians over 3 runs (~20 minutes)
     bench/run --only B1,B3 --targets uvicorn,ht
+    bench/run --quick --only B1h                       # what history costs in B1
     bench/run --smoke --only B1,B2 --targets uvicorn   # seconds: tests/integration
 """
 
@@ -46,6 +49,13 @@ from lib import (  # noqa: E402
 )
 
 B1_ROOM = '[{"bench":"b1"}]'
+# B1h: the B1 room keeps history (broker/history.py); every trigger asks to be recorded.
+B1H_VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "history": {"env": {"BROKER_HISTORY": json.dumps(
+                    [{"room": json.loads(B1_ROOM)[0], "size": 1000, "ttl": 600}])},
+                "trigger_fields": {"history": True}},
+}
 # The recommended production ASGI server (docs/performance.md): goals and ratios use it.
 PRODUCTION_SERVER = "uvicorn"
 
@@ -275,11 +285,36 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
         result["p99_ms"] = med([r["p99_ms"] for r in result["runs"]])
         final = await m.sync()
         result["closed_early"] = final["closed_early"]
-        result["delivered_all"] = not result.get("losses") and final["recv"] == sent_total * n
+        result["trigger_errors"] = trig.errors
+        result["delivered_all"] = (not result.get("losses") and final["recv"] == sent_total * n
+                                   and not trig.errors)
     finally:
         await trig.close()
         await clients.close()
     return result
+
+
+def history_stored(target: BrokerTarget) -> dict:
+    """What the target's Redis holds as room history (broker/store.py: streams P:h:<room>):
+    proof that B1h's history variant records its triggers."""
+    import redis
+
+    r = redis.Redis.from_url(target.redis.url)
+    try:
+        streams = [k for k in r.scan_iter(match="*:h:*") if r.type(k) == b"stream"]
+        # Redis-side time of the scripts (the history append is one EVALSHA per trigger)
+        ev = r.info("commandstats").get("cmdstat_evalsha") or {}
+        return {"streams": len(streams), "entries": sum(r.xlen(k) for k in streams),
+                "evalsha_calls": ev.get("calls", 0), "evalsha_usec_per_call":
+                ev.get("usec_per_call")}
+    finally:
+        r.close()
+
+
+async def fanout_b1h(target: BrokerTarget, n: int, cfg: argparse.Namespace) -> dict:
+    res = await fanout(target, n, cfg)
+    res["history_stored"] = history_stored(target)
+    return res
 
 
 def clients_ready(clients: Clients) -> dict:
@@ -531,6 +566,22 @@ async def main(cfg: argparse.Namespace) -> dict:
                         continue
                     res["B1"].setdefault(t.name, {})[str(n)] = await with_target(
                         t, lambda t, n=n: fanout(t, n, cfg))
+        if want("B1h"):
+            # plain and history back to back for each size, on the production server
+            res["B1h"] = {}
+            for n in cfg.b1h_sizes:
+                row: dict[str, Any] = {"server": cfg.prod}
+                for variant, kw in B1H_VARIANTS.items():
+                    row[variant] = await with_target(
+                        BrokerTarget(f"{cfg.prod}-{variant}", auth.url, src=snap,
+                                     server=cfg.prod, **kw),
+                        lambda t, n=n: fanout_b1h(t, n, cfg))
+                for key in ("saturation_msgs_s", "p50_ms", "p99_ms"):
+                    a, b = row["history"].get(key), row["plain"].get(key)
+                    row[f"{key}_ratio"] = round(a / b, 3) if a and b else None
+                log(f"  B1h n={n}: history/plain delivered msgs/s "
+                    f"{row['saturation_msgs_s_ratio']}")
+                res["B1h"][str(n)] = row
         if want("B2"):
             res["B2"] = {}
             for name in brokers(("daphne", "uvicorn", "classic")):
@@ -596,7 +647,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="reduced sizes, one run (< 5 min)")
-    ap.add_argument("--only", default="B1,B2,B3,B4,B5,B6,B7")
+    ap.add_argument("--only", default="B1,B1h,B2,B3,B4,B5,B6,B7")
     ap.add_argument("--targets", default="daphne,uvicorn,prev,ht,raw",
                     help="daphne/uvicorn: this tree under that server; prev: HEAD~1 under --prod")
     ap.add_argument("--prod", default=PRODUCTION_SERVER,
@@ -634,6 +685,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         cfg.b1_sizes = [s]
         cfg.b2_sizes = [s]
         cfg.b3_clients = cfg.b4_conns = cfg.b5_size = cfg.b6_size = s
+    cfg.b1h_sizes = cfg.b1_sizes
     return cfg
 
 

@@ -364,6 +364,7 @@ class Connection:
 
         def flush_seam() -> None:
             key = sub.room.key
+            sub.replayed = max([held, *(e.offset for e in replay)])
             for e in replay:
                 self.push(self.codec.publish(sub, e.data_json, key, e.id, offset=e.offset),
                           (sub, e.offset))

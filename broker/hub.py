@@ -50,6 +50,7 @@ from .session import Subscription, dump_json
 log = logging.getLogger("broker.hub")
 
 CONTROL_GROUP = "cb.ctl"
+JOIN_CONFIRM_TIMEOUT = 5.0  # seconds for a new group subscription to be confirmed (_join_group)
 _SEEN_MAX = 65_536  # trigger ids remembered for dedupe; copies arrive within milliseconds
 
 
@@ -236,10 +237,21 @@ class Hub:
                 log.warning("release %s failed: %s", name, exc)
 
     async def _join_group(self, group: str) -> None:
+        """Join ``group`` and return only once messages sent to it really reach this process.
+
+        The pub/sub layer's group_add writes SUBSCRIBE and returns before Redis has processed
+        it; a PUBLISH arriving from another connection in between is not delivered to us. A
+        subscriber told "success" (or a history replay that reads the stream) at that moment
+        would miss a trigger. So a probe is published to the group itself, again every 50 ms,
+        until one comes back: Redis then has processed the SUBSCRIBE.
+        """
         try:
             await self.layer.group_add(group, self.channel)
         except Exception as exc:  # noqa: BLE001 - the layer's errors are not a documented type
             raise BrokerUnavailable(f"channel layer: {type(exc).__name__}: {exc}") from None
+        if not await self._probe(group=group, timeout=JOIN_CONFIRM_TIMEOUT, resend=0.05):
+            raise BrokerUnavailable(f"joining {group} was not confirmed within "
+                                    f"{JOIN_CONFIRM_TIMEOUT} s")
 
     def _room_resources(self, room: Room) -> list[tuple[str, Callable[[], Awaitable[None]],
                                                          Callable[[], Awaitable[None]]]]:
@@ -415,6 +427,8 @@ class Hub:
                 if sub.buffer is not None:
                     sub.buffer.append((trigger_id, offset, frame))
                 elif offset is not None and room_key == sub.room.key:
+                    if sub.replayed is not None and offset <= sub.replayed:
+                        continue  # already sent by the replay (its live copy came late)
                     conn.push(frame, (sub, offset))
                 else:
                     conn.push(frame)
@@ -527,16 +541,29 @@ class Hub:
             except Exception:  # noqa: BLE001 - upkeep must outlive any single failure
                 log.exception("registry upkeep failed")
 
-    async def _probe(self, timeout: float = 2.0) -> bool:
-        """Send a message to this process's own channel through the layer; True if it comes
-        back within ``timeout``: the fan-out path works end to end."""
+    async def _probe(self, timeout: float = 2.0, group: str | None = None,
+                     resend: float | None = None) -> bool:
+        """Send a probe through the layer, to this process's own channel or to ``group``
+        (every ``resend`` seconds if given); True once one comes back within ``timeout``:
+        that path works end to end. Other processes in the group ignore the unknown token."""
         token = uuid.uuid4().hex
+        message = {"type": "cb.probe", "token": token}
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._probes[token] = future
+        deadline = time.monotonic() + timeout
         try:
-            await self.layer.send(self.channel, {"type": "cb.probe", "token": token})
-            await asyncio.wait_for(future, timeout)
-            return True
+            while True:
+                if group is None:
+                    await self.layer.send(self.channel, message)
+                else:
+                    await self.layer.group_send(group, message)
+                left = deadline - time.monotonic()
+                wait = left if resend is None else min(resend, left)
+                done, _ = await asyncio.wait([future], timeout=max(wait, 0))
+                if done:
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
         except Exception:  # noqa: BLE001 - any failure means: not yet
             return False
         finally:

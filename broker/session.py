@@ -215,6 +215,9 @@ class Subscription:
     # While a replay is being read: live deliveries wait here as (trigger id, offset, frame)
     # and are merged after the replay (broker.history.merge_seam). None = deliver at once.
     buffer: list[tuple[str, int | None, Any]] | None = None
+    # After a replay: the highest offset it covered. A live copy of a trigger that was read from
+    # the history but reaches this process only after the seam was merged is dropped by it.
+    replayed: int | None = None
 
 
 @dataclass(slots=True)

@@ -25,12 +25,12 @@ def _have(module: str) -> bool:
 
 
 @pytest.mark.timeout(180)
-def test_b1_b2_run_and_deliver_everything(tmp_path: Path) -> None:
+def test_b1_b1h_b2_run_and_deliver_everything(tmp_path: Path) -> None:
     if not (_have("uvloop") and _have("uvicorn") and _have("aiohttp")):
         pytest.skip("the [bench] extra is not installed (bench/run installs it)")
     out = tmp_path / "smoke.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "runner.py"), "--smoke", "--only", "B1,B2",
+        [sys.executable, str(ROOT / "bench" / "runner.py"), "--smoke", "--only", "B1,B1h,B2",
          "--targets", "uvicorn", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -39,6 +39,10 @@ def test_b1_b2_run_and_deliver_everything(tmp_path: Path) -> None:
     assert "error" not in b1, b1
     assert b1["delivered_all"], b1
     assert b1["saturation_msgs_s"] > 0
+    for variant in ("plain", "history"):  # B1h: B1 without, then with room history
+        b1h = res["B1h"]["20"][variant]
+        assert "error" not in b1h, b1h
+        assert b1h["delivered_all"], b1h
     for n in ("20", "40"):
         b2 = res["B2"]["uvicorn"][n]
         assert "error" not in b2, b2

@@ -42,7 +42,7 @@ class Recorder:
 async def make_connection() -> tuple[Hub, Connection, Recorder]:
     layer = InMemoryChannelLayer()
     hub = Hub(layer, MemoryCluster("p1"))
-    hub.channel = await layer.new_channel("cb.proc.")
+    await hub.start()  # the receive loop confirms group joins (Hub._join_group)
     transport = Recorder()
     conn = Connection(transport, JsonCodec(rich=True))
     conn.identity = identity_from_api({"login_id": "bob",
