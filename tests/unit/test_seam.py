@@ -7,6 +7,7 @@ bypassed by calling ``Hub.dispatch`` at the exact moments that make the seam har
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -31,8 +32,11 @@ class Recorder:
 
     def __init__(self) -> None:
         self.frames: list[str] = []
+        self.gate: asyncio.Event | None = None  # when set and cleared: writes wait (a slow socket)
 
     async def write(self, frame: str | bytes) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
         self.frames.append(frame if isinstance(frame, str) else frame.decode())
 
     async def close(self, code: int, reason: str) -> None:
@@ -106,8 +110,11 @@ async def test_positions_move_only_when_written():
     sub = conn.session.subscriptions['"s"']
     assert sub.offset == 0  # the room's top when it subscribed (nothing recorded yet)
     message = await record(hub, 1)
+    transport.gate = asyncio.Event()  # the socket takes nothing for now
     hub.dispatch(message)
+    await asyncio.sleep(0.01)
     assert sub.offset == 0  # queued, not written
+    transport.gate.set()
     await conn.flush()
     assert sub.offset == next(iter(message["offsets"].values()))
     # a trigger that does not ask for history moves nothing
