@@ -4,10 +4,10 @@
 Identity or raises ``Refused`` (the client is not allowed in) or ``AuthUnavailable`` (the API is
 down or slower than BROKER_AUTH_TIMEOUT; never an authorization).
 
-One connection pool serves the whole process (per event loop; split into a few httpx clients), and a semaphore
-bounds the auth requests in flight; time spent waiting for the semaphore counts against the
-timeout, so a connect storm beyond capacity degrades into ``auth-unavailable`` instead of an
-unbounded queue.
+One connection pool serves the whole process (per event loop; split into a few httpx clients),
+and a semaphore bounds the auth requests in flight; time spent waiting for the semaphore counts
+against the timeout, so a connect storm beyond capacity degrades into ``auth-unavailable``
+instead of an unbounded queue.
 """
 
 from __future__ import annotations
