@@ -146,7 +146,28 @@ def stomp_client(port: int, *, headers: dict[str, str], ca_certs: str | None = N
 # --------------------------------------------------------------------------- raw sockets
 
 
-class CBClient:
+class _Socket:
+    """What the blocking test clients share: their socket, and how it ends."""
+
+    sock: socket.socket
+
+    def closed(self, timeout: float = 5.0) -> bool:
+        """True when the gate closes the socket within ``timeout`` (frames are discarded)."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except TimeoutError:
+            return False
+        except OSError:
+            pass
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class CBClient(_Socket):
     """The Communication Broker framing (§4.1) on a blocking socket, written from the contract:
     flag byte (0 = little-endian), 4-byte length, frame text without NUL; answers end with NUL.
     """
@@ -187,23 +208,7 @@ class CBClient:
                               "accept-version": "1.2"})
         return self.recv()
 
-    def closed(self, timeout: float = 5.0) -> bool:
-        """True when the gate closes the socket within ``timeout`` (frames are discarded)."""
-        self.sock.settimeout(timeout)
-        try:
-            while self.sock.recv(65536):
-                pass
-        except TimeoutError:
-            return False
-        except OSError:
-            pass
-        return True
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class RawStomp:
+class RawStomp(_Socket):
     """Standard STOMP on a blocking socket, for the malformed-input and slow-reader tests."""
 
     def __init__(self, port: int, *, timeout: float = 5.0, rcvbuf: int | None = None) -> None:
@@ -229,20 +234,6 @@ class RawStomp:
     def connect(self, token: str) -> Frame:
         self.send("CONNECT", **{"accept-version": "1.2", "host": "x", "token": token})
         return self.recv()
-
-    def closed(self, timeout: float = 5.0) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            while self.sock.recv(65536):
-                pass
-        except TimeoutError:
-            return False
-        except OSError:
-            pass
-        return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class JsonLines:
