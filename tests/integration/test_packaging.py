@@ -101,8 +101,9 @@ def _readme_production() -> list[list[str]]:
     text = (ROOT / "README.md").read_text("utf-8")
     section = text.split("\n## Production\n", 1)[1].split("\n## ", 1)[0]
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
-    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines()
-            if line.strip() and not line.startswith("export ")]
+    commands = [shlex.split(line, comments=True)
+                for line in block.replace("\\\n", " ").splitlines()]
+    return [c for c in commands if c and c[0] != "export"]
 
 
 def _production_command(program: str, port: int | str) -> list[str]:
