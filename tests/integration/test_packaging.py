@@ -56,12 +56,10 @@ def _packages(wheel: zipfile.ZipFile) -> set[str]:
             if "/" in n and not n.split("/", 1)[0].endswith((".dist-info", ".data"))}
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in _LEAKY_ENV and not k.startswith("BROKER_")
-           and k != "DJANGO_SETTINGS_MODULE"}
-    env.update(extra)
-    return env
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if k not in _LEAKY_ENV and not k.startswith("BROKER_")
+            and k != "DJANGO_SETTINGS_MODULE"}
 
 
 def _run(argv: list[str | Path], cwd: Path, timeout: float = 400) -> str:
