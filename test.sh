@@ -99,7 +99,7 @@ ensure_redis_running() {
 ensure_browser() {
     # The browser tests (tests/browser) drive Debian's chromium with Python Playwright (from the
     # [test] extra; it launches /usr/bin/chromium and never downloads a browser), and run
-    # static/combroker/combroker.js under Node's test runner with the npm packages pinned in
+    # broker/static/combroker/combroker.js under Node's test runner with the npm packages pinned in
     # tests/browser/package-lock.json. COMBROKER_BROWSER_TESTS=required makes a missing piece
     # fail those tests: an install that fails here is reported, never turned into a skip.
     export COMBROKER_BROWSER_TESTS=required

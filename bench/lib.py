@@ -500,7 +500,7 @@ def ensure_node_ws(log=print) -> None:  # noqa: ANN001
                    check=True)
 
 
-SNAPSHOT_ITEMS = ("rooms", "broker", "combroker", "tcpgate", "static", "manage.py",
+SNAPSHOT_ITEMS = ("rooms", "broker", "combroker", "tcpgate", "manage.py",
                   "pyproject.toml")
 
 

@@ -12,12 +12,14 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.static import serve
 
+import broker
 from broker.conf import conf
 from broker.errors import BrokerUnavailable
 from broker.publish import parse_rooms, publish_rooms
 from rooms import InvalidRoom
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# The pages and the JS client are the broker app's static files (package data of the wheel).
+STATIC_DIR = Path(broker.__file__).resolve().parent / "static"
 
 CHAT_ANY = {"target": "chat", "customer": "*"}
 NEWS = {"target": "news"}
@@ -73,15 +75,15 @@ def demo_page(request: HttpRequest) -> HttpResponse:
 
 
 def com_broker_page(request: HttpRequest) -> HttpResponse:
-    """The Communication Broker JS API page (static/combroker/com-broker.html): its client API
-    over the ``stomp`` subprotocol with a static-key login (needs BROKER_APP_KEY)."""
+    """The Communication Broker JS API page (broker/static/combroker/com-broker.html): its
+    client API over the ``stomp`` subprotocol with a static-key login (needs BROKER_APP_KEY)."""
     _demo_only()
     return FileResponse(open(STATIC_DIR / "combroker" / "com-broker.html", "rb"),
                         content_type="text/html; charset=utf-8")
 
 
 def admin_console(request: HttpRequest) -> HttpResponse:
-    """The monitor console (static/combroker/admin.html). Not demo-only: it is a static page
+    """The monitor console (broker/static/combroker/admin.html). Not demo-only: it is a static page
     that talks to /ws/ with the admin's own token, so it needs no server-side state."""
     return FileResponse(open(STATIC_DIR / "combroker" / "admin.html", "rb"),
                         content_type="text/html; charset=utf-8")

@@ -3,11 +3,8 @@ broker.conf (see its list and defaults); this module only wires Django and Chann
 
 import os
 import secrets
-from pathlib import Path
 
 from broker.conf import channel_layers_setting
-
-BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(32)
 DEBUG = os.environ.get("DJANGO_DEBUG", "").lower() in {"1", "true", "yes"}
@@ -45,7 +42,6 @@ CHANNEL_LAYERS = channel_layers_setting()
 DATA_UPLOAD_MAX_MEMORY_SIZE = None
 
 STATIC_URL = "/static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
 
 USE_TZ = True
 TIME_ZONE = "UTC"

@@ -156,6 +156,8 @@ class StompCodec:
     def error_frame(self, message: str, detail: str | None = None,
                     receipt: str | None = None) -> str | bytes:
         headers = {"message": message, "content-type": "text/plain"}
+        if self.cb:  # the CB JS client reads only error-desc of an ERROR, as the original sets it
+            headers["error-desc"] = message
         if receipt is not None:
             headers["receipt-id"] = receipt
         return self.encode(Frame("ERROR", headers, (detail or message).encode("utf-8")))

@@ -1,10 +1,17 @@
 """The Communication Broker's JavaScript client API on combroker (PROTOCOL §4.3): the page
 /com-broker drives it over the ``stomp`` WebSocket subprotocol with a static-key login.
 
-The page runs combroker's ``com-broker-compat.js`` (same API as the original
-``com-broker-1-0.js``). Set COMBROKER_CB_JS to a copy of the original com-broker-1-0.js to run
-the same test with it, unchanged (it is not part of this repository); Playwright serves it at
-/static/combroker/vendor/com-broker-1-0.js, where the page looks for it first.
+The page runs combroker's ``com-broker-compat.js`` (the API of the current upstream
+``com-broker-1-0.js``: ``connect``, ``subscribe``, ``unsubscribe``, ``send``, and
+``onClosed(session, code, reason)``; the older spellings ``connectToServer``, ``suscribe``,
+``unsuscribe``, ``sendText`` still work). Set COMBROKER_CB_JS to a copy of the original
+com-broker-1-0.js, current or older version, to run the same test with it, unchanged (it is not
+part of this repository); Playwright serves it at /static/combroker/vendor/com-broker-1-0.js,
+where the page looks for it first. The page tells the two versions apart by their method names
+and reads the close callback's arguments accordingly.
+
+Both versions read only the ``error-desc`` header of an ERROR or ACK frame: a wrong application
+or profile key must reach ``onError`` as its text (issue 11, items 17 and 18).
 """
 
 from __future__ import annotations
@@ -65,17 +72,24 @@ def test_com_broker_js_api(impl: str, cb_page: PageFactory, artifacts_dir: Path,
         else:  # whatever lies in vendor/, this run is the compat client's
             context.route(VENDOR, lambda r: r.fulfill(status=404, body="not here"))
 
-    def page_for(login: str, profile: str, key: str | None = None) -> Any:
-        page = cb_page(f"/com-broker?app_key={APP_KEY}&login={login}"
+    def page_for(login: str, profile: str, key: str | None = None,
+                 app_key: str = APP_KEY) -> Any:
+        page = cb_page(f"/com-broker?app_key={app_key}&login={login}"
                        f"&profile_key={key or PROFILE_KEYS[profile]}", setup=route)
         expect(page.get_by_test_id("impl")).to_have_attribute("data-ready", "1")
         expect(page.get_by_test_id("impl")).to_contain_text(
             "original" if impl == "original" else "combroker")
         return page
 
+    def api_of(page: Any) -> str:
+        return page.get_by_test_id("impl").get_attribute("data-api")
+
     agent_login, super_login = f"agent-{unique}", f"super-{unique}"
     agent = page_for(agent_login, "agent")
     sup = page_for(super_login, "super_agent")
+    api = api_of(agent)
+    # combroker's client follows the current upstream version; the original may be either
+    assert api == "current" if impl == "compat" else api in ("current", "older")
     for page, login, profile in ((agent, agent_login, "agent"),
                                  (sup, super_login, "super_agent")):
         page.click("#connect")
@@ -120,14 +134,30 @@ def test_com_broker_js_api(impl: str, cb_page: PageFactory, artifacts_dir: Path,
     expect(events(sup, "message", f"direct-{unique}")).to_have_count(0)  # no longer watching
     sup.screenshot(path=str(artifacts_dir / f"com-broker-{impl}-super.png"), full_page=True)
 
-    # diconnectToServer(): RECEIPT, then the broker closes normally
+    # diconnectToServer(): RECEIPT, then the broker closes normally. The current version calls
+    # onClosed(session, code, reason), the older one onClosed(code, reason).
+    session = agent.get_by_test_id("session").text_content()
+    assert session and session != "-"
     agent.click("#disconnect")
-    expect(agent.get_by_test_id("state")).to_have_attribute("data-close-code", "1000")
+    state = agent.get_by_test_id("state")
+    expect(state).to_have_attribute("data-close-code", "1000")
+    closed = events(agent, "closed")
+    if api == "current":
+        expect(state).to_have_attribute("data-close-session", session)
+        expect(closed).to_contain_text(f"onClosed(session {session}, code 1000, ")
+    else:
+        expect(closed).to_contain_text("onClosed(code 1000, ")
 
-    # a wrong profile key is refused
-    bad = page_for(f"bad-{unique}", "agent", key="wrong")
-    bad.click("#connect")
-    expect(bad.get_by_test_id("state")).to_have_attribute("data-close-code", "4003")
-    if impl == "compat":
-        expect(events(bad, "error", "Invalid Profile/Passcode.")).to_have_count(1)
-    assert agent.errors == [] and sup.errors == [] and bad.errors == []
+    # a wrong profile key, a wrong application key: onError gets the broker's text (error-desc)
+    refused = []
+    for name, profile_key, app_key, text in (
+            ("bad-profile", "wrong", APP_KEY, "Invalid Profile/Passcode."),
+            ("bad-app", None, "not-the-app-key", "Invalid Application Secret Key.")):
+        bad = page_for(f"{name}-{unique}", "agent", key=profile_key, app_key=app_key)
+        bad.click("#connect")
+        expect(bad.get_by_test_id("state")).to_have_attribute("data-close-code", "4003")
+        expect(events(bad, "error")).to_have_count(1)
+        expect(events(bad, "error")).to_contain_text(text)
+        expect(events(bad, "closed")).to_contain_text("code 4003")
+        refused.append(bad)
+    assert agent.errors == [] and sup.errors == [] and all(p.errors == [] for p in refused)

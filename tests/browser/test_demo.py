@@ -1,4 +1,4 @@
-"""The demo page (static/combroker/demo.html) in a real chromium against ``manage.py runbroker``.
+"""The demo page (broker/static/combroker/demo.html) in a real chromium against ``manage.py runbroker``.
 
 Each user is a browser context of its own. Screenshots go to test-artifacts/<test name>/.
 Every wait is for a condition on the page (Playwright's expect), with generous timeouts.

@@ -1,4 +1,4 @@
-"""Runs the Node unit tests of static/combroker/combroker.js (tests/browser/js/*.test.mjs,
+"""Runs the Node unit tests of broker/static/combroker/combroker.js (tests/browser/js/*.test.mjs,
 ``node --test``) against a real broker (``manage.py runbroker``, demo users).
 
 They need Node 20+ and ``npm ci`` in tests/browser (the ``ws`` package); ./test.sh does both.

@@ -1,4 +1,4 @@
-// Unit tests of static/combroker/combroker.js under Node's test runner.
+// Unit tests of broker/static/combroker/combroker.js under Node's test runner.
 //
 // Run by tests/browser/test_js_client.py, which starts a real broker (`manage.py runbroker`,
 // demo users) and passes COMBROKER_WS_URL, COMBROKER_BASE_URL and COMBROKER_TRIGGER_TOKEN.
@@ -15,7 +15,7 @@ import WS from "ws";
 
 import {
   CLOSE_CODES, CombrokerClient, CombrokerError, backoffDelay, connect, websocketUrl,
-} from "../../../static/combroker/combroker.js";
+} from "../../../broker/static/combroker/combroker.js";
 
 const WS_URL = process.env.COMBROKER_WS_URL;
 const BASE_URL = process.env.COMBROKER_BASE_URL;

@@ -7,7 +7,7 @@ import { after, describe, test } from "node:test";
 
 import WS from "ws";
 
-import { connect } from "../../../static/combroker/combroker.js";
+import { connect } from "../../../broker/static/combroker/combroker.js";
 
 const WS_URL = process.env.COMBROKER_WS_URL;
 const BASE_URL = process.env.COMBROKER_BASE_URL;

@@ -1,5 +1,6 @@
 // com-broker-compat.js: the Communication Broker's JavaScript client API (the one of its
-// com-broker-1-0.js), written for combroker. A classic script, no module, no dependency.
+// com-broker-1-0.js, current upstream version), written for combroker. A classic script, no
+// module, no dependency.
 //
 // It speaks what that client speaks, so pages written for it keep working: STOMP frames over a
 // WebSocket with the `stomp` subprotocol, a static-key login (PROTOCOL §2.2: `login`, `passcode`
@@ -10,15 +11,20 @@
 //   CFG_STOMP_SECRET_KEY = "my_app_secret_key";
 //   const c = new COM_BROKER_Client("page-1", "ws://host/ws/");
 //   c.linkEvents(onOpen, onClosed, onError, onMessage, onACK);
-//   c.connectToServer("bob", "my_agent_secret_key");     // login id, profile key
-//   c.suscribe("/agent/.*", 1);                          // 1: a regular expression
-//   c.sendText("/agent/bob", "hello");
-//   c.unsuscribe();
-//   c.diconnectToServer();
+//   c.connect("bob", "my_agent_secret_key");             // login id, profile key
+//   c.subscribe("/agent/.*", 1);                         // 1: a regular expression
+//   c.send("/agent/bob", "hello");                       // content type: text/plain
+//   c.unsubscribe();
+//   c.diconnectToServer();                               // (sic, the original's name)
 //
-// The method names (suscribe, unsuscribe, diconnectToServer) are the original API's spelling.
-// Callbacks: onOpen(sessionId, destination, profile, connectionId), onClosed(code, reason),
-// onError(errorText or event), onMessage(origin, destination, contentType, body), onACK(text).
+// Callbacks: onOpen(sessionId, destination, profile, connectionId),
+// onClosed(sessionId, code, reason), onError(errorText or event),
+// onMessage(origin, destination, contentType, body), onACK(text).
+// As in the original, ERROR and ACK frames are read through their `error-desc` header only.
+//
+// The older version of com-broker-1-0.js named the methods connectToServer, suscribe,
+// unsuscribe and sendText, and called onClosed(code, reason): those names still work here (the
+// callback follows the current version).
 
 /* exported CFG_STOMP_SECRET_KEY, COM_BROKER_Client */
 /* eslint-disable no-var */
@@ -111,7 +117,7 @@ var COM_BROKER_Client = (function () {
     this.ws.send(data);
   };
 
-  Client.prototype.connectToServer = function (usr, pwd) {
+  Client.prototype.connect = function (login_id, secret_key) {
     if (this.ws) {
       console.warn("[" + this.m_id + "] This client is already connected.");
       return;
@@ -123,8 +129,8 @@ var COM_BROKER_Client = (function () {
       self.w_debug("WS open");
       ws.send(buildFrame("CONNECT", [
         "accept-version:1.2",
-        "login:" + usr,
-        "passcode:" + pwd,
+        "login:" + login_id,
+        "passcode:" + secret_key,
         "secret-key:" + CFG_STOMP_SECRET_KEY,
       ], ""));
     };
@@ -132,7 +138,8 @@ var COM_BROKER_Client = (function () {
     ws.onerror = function (e) { self.fb_onError(e); };
     ws.onclose = function (e) {
       if (self.ws === ws) self.ws = null;
-      self.fb_onClosed(e.code, e.reason || CLOSE_TEXT[e.code] || "Unknown reason");
+      self.fb_onClosed(self.cur_session, e.code,
+        e.reason || CLOSE_TEXT[e.code] || "Unknown reason");
     };
   };
 
@@ -146,7 +153,7 @@ var COM_BROKER_Client = (function () {
     } else if (msg.command === "MESSAGE") {
       this.fb_onMessage(h.origin, h.destination, h["content-type"], msg.body);
     } else if (msg.command === "ACK" || msg.command === "ERROR") {
-      var desc = h["error-desc"] !== undefined ? h["error-desc"] : (h.message || msg.body);
+      var desc = h["error-desc"];
       if (desc === "OK") this.fb_onACK(desc + "\n" + msg.body);
       else this.fb_onError(desc);
     } else if (msg.command === "RECEIPT") {
@@ -158,7 +165,7 @@ var COM_BROKER_Client = (function () {
     this._sendraw(buildFrame("DISCONNECT", ["receipt-id:" + this.NextId()], ""));
   };
 
-  Client.prototype.suscribe = function (destination, use_regex) {
+  Client.prototype.subscribe = function (destination, use_regex) {
     this._sendraw(buildFrame("SUBSCRIBE", [
       "transaction:" + this.NextId(),
       "session-id:" + this.cur_session,
@@ -167,14 +174,14 @@ var COM_BROKER_Client = (function () {
     ], ""));
   };
 
-  Client.prototype.unsuscribe = function () {
+  Client.prototype.unsubscribe = function () {
     this._sendraw(buildFrame("UNSUBSCRIBE", [
       "transaction:" + this.NextId(),
       "session-id:" + this.cur_session,
     ], ""));
   };
 
-  Client.prototype.sendText = function (destiny, body, content_type) {
+  Client.prototype.send = function (destiny, body, content_type) {
     body = String(body);
     this._sendraw(buildFrame("SEND", [
       "transaction:" + this.NextId(),
@@ -185,12 +192,11 @@ var COM_BROKER_Client = (function () {
     ], body));
   };
 
-  // The names the Communication Broker's documentation uses, beside the original file's own
-  // spellings (connectToServer, suscribe, unsuscribe, sendText), which stay as they were.
-  Client.prototype.connect = Client.prototype.connectToServer;
-  Client.prototype.subscribe = Client.prototype.suscribe;
-  Client.prototype.unsubscribe = Client.prototype.unsuscribe;
-  Client.prototype.send = Client.prototype.sendText;
+  // The older version's names, kept for pages written for it.
+  Client.prototype.connectToServer = Client.prototype.connect;
+  Client.prototype.suscribe = Client.prototype.subscribe;
+  Client.prototype.unsuscribe = Client.prototype.unsubscribe;
+  Client.prototype.sendText = Client.prototype.send;
 
   Client.parseFrame = parseFrame;
   return Client;
