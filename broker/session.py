@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rooms import InvalidRoom, Room, parse_room
 
@@ -37,6 +37,18 @@ def request_id_ok(value: object) -> bool:
     return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
+class DestinationPattern(Protocol):
+    """What the core needs of a regex watch's pattern (STOMP ``destination-type:1``): its
+    source text, and whether it fully matches a client destination (truthy) or not. The engine
+    is the codec's choice; the hub calls ``fullmatch`` on the event loop, so it must be cheap
+    whatever the pattern (broker.codecs.stomp: RE2, linear time, bounded sizes)."""
+
+    @property
+    def pattern(self) -> str: ...
+
+    def fullmatch(self, destination: str) -> object: ...
+
+
 # ---------------------------------------------------------------- requests (codec -> session)
 
 
@@ -44,9 +56,9 @@ def request_id_ok(value: object) -> bool:
 class Subscribe:
     request_id: Any
     room: Any
-    # A compiled regex limiting a client-room watch to the destinations it fully matches
+    # A pattern limiting a client-room watch to the destinations it fully matches
     # (STOMP destination-type:1); it becomes Subscription.pattern.
-    pattern: Any = None
+    pattern: DestinationPattern | None = None
     meta: Any = None  # codec state that travels to this request's reply (see Connection)
     # The last offset the client has of this (history) room: replay what came after it.
     since: Any = None
@@ -209,7 +221,7 @@ class Subscription:
     room: Room
     owner: Any = None  # the driver's connection object; set by the driver
     # Client destinations a regex watch is limited to (STOMP destination-type:1); None = all.
-    pattern: Any = None
+    pattern: DestinationPattern | None = None
     # History rooms: the last offset written to the client (what a resume replays after).
     offset: int | None = None
     # While a replay is being read: live deliveries wait here as (trigger id, offset, frame)
@@ -378,7 +390,7 @@ class Session:
             if self.subscriptions.get(sub.request_id_json) is sub:
                 del self.subscriptions[sub.request_id_json]
 
-    def _subscribe(self, req: Subscribe, pattern: Any = None) -> Step:
+    def _subscribe(self, req: Subscribe, pattern: DestinationPattern | None = None) -> Step:
         rid = req.request_id
         if rid is None:
             return Step(Error(errors.NO_REQUEST_ID))
