@@ -9,11 +9,12 @@ import pytest
 
 from broker import errors
 from broker.codecs.stomp import MAX_PATTERN, StompCodec, WatchPattern
-from broker.codecs.stompframe import CBFramer, Frame, encode_frame, parse_frame
-from broker.identity import identity_from_api, identity_from_static_keys
+from broker.codecs.jsoncodec import JsonCodec
+from broker.codecs.stompframe import CBFramer, Frame, StompParser, encode_frame, parse_frame
+from broker.identity import Identity, identity_from_api, identity_from_static_keys
 from broker.session import (
     Disconnect, Error, Invalid, JoinRoom, Ping, Pong, Publish, Send, Session, Subscribe,
-    Subscription, Success, Unsubscribe, UnsubscribeAll,
+    Subscription, Success, Unsubscribe, UnsubscribeAll, dump_json,
 )
 from rooms import parse_room
 
@@ -387,3 +388,38 @@ def test_a_regex_watch_does_not_match_a_destination_longer_than_any_clients():
     pattern = WatchPattern("/agent/.*")
     assert pattern.fullmatch("/agent/" + "a" * 256)
     assert not pattern.fullmatch("/agent/" + "a" * 600)
+
+
+# --------------------------------------------------------------------------- hostile identities
+
+HOSTILE_LOGINS = ["evil\x00ERROR", "evil\nERROR\nmessage:forged\n\nx\x00", "evil\r\n\r\nERROR",
+                  "evil:\\c\\n\\"]
+
+
+@pytest.mark.parametrize("login", HOSTILE_LOGINS)
+def test_no_encoder_lets_a_login_split_a_frame(login):
+    """A direct message from and to a login holding NUL, CR, LF, ':' or '\\' is one frame on
+    every STOMP framing, and one line in the JSON dialects (JSON escapes control characters)."""
+    sender, to = f"/agent/{login}", f"/agent/{login}2"
+    message = {"id": "m1", "room": dump_json({"client": login + "2", "profile": "agent"}),
+               "to": to, "from": sender, "data": '"hi"', "text": "hi",
+               "message": dump_json({"type": "message", "from": sender, "to": to, "data": "hi",
+                                     "id": "m1"})}
+    for codec in (StompCodec(), StompCodec(text=True)):
+        data = codec.message(message)
+        raw = data.encode() if isinstance(data, str) else data
+        frames = StompParser().feed(raw)
+        assert len(frames) == 1 and isinstance(frames[0], Frame)
+        assert frames[0].body == b"hi"
+        assert frames[0].headers["origin"] == sender.replace("\x00", "\ufffd")
+        assert frames[0].headers["destination"] == to.replace("\x00", "\ufffd")
+    framer = CBFramer()
+    data = StompCodec(cb=True, framer=framer).message(message)
+    assert isinstance(data, bytes) and b"\x00" not in data[5:-1]
+    (frame_,) = CBFramer().feed(data)
+    assert frame_.body == b"hi" and not set("".join(frame_.headers.values())) & set("\x00\r\n")
+    for json_codec in (JsonCodec(rich=True), JsonCodec(rich=False)):
+        for line in (json_codec.message(message),
+                     json_codec.welcome(Identity(login_id=login), "c1", None)):
+            assert not set(line) & set("\x00\r\n"), line
+            assert json.loads(line)
