@@ -121,7 +121,8 @@ class Router:
         return trigger_id
 
     async def direct(self, sender: str | None, destination: str, room: Room, data_json: str,
-                     text: str | None, ack: bool = False) -> str:
+                     text: str | None, ack: bool = False, content_type: str | None = None
+                     ) -> str:
         message_id = uuid.uuid4().hex
         flag = ',"ack":true' if ack else ""
         message_json = (f'{{"type":"message","from":{dump_json(sender)},'
@@ -130,6 +131,8 @@ class Router:
         message: dict[str, Any] = {
             "type": "cb.direct", "id": message_id, "room": room.key, "to": destination,
             "from": sender, "message": message_json, "data": data_json, "text": text}
+        if content_type is not None and text is not None:  # STOMP receivers see it (§4.3)
+            message["content_type"] = content_type
         if ack:
             # Stored before it is sent, so a recipient connecting meanwhile finds it (and
             # dedupes the live copy by id).

@@ -95,6 +95,7 @@ class Send:
     to: Any
     data: Any
     text: str | None = None  # the exact text a STOMP client sent, kept for STOMP receivers
+    content_type: str | None = None  # and its content-type (STOMP receivers see it)
     meta: Any = None
     ack: Any = False  # acknowledged delivery: stored until the recipient confirms
 
@@ -251,6 +252,7 @@ class SendDirect:
     data_json: str
     text: str | None
     ack: bool = False
+    content_type: str | None = None
 
 
 @dataclass(slots=True)
@@ -446,7 +448,8 @@ class Session:
             return Step(Error(errors.DESTINATION_NOT_FOUND, rid, "not a client destination"))
         if not isinstance(req.ack, bool):
             return Step(Error(errors.INVALID_MESSAGE, rid, "'ack' must be a boolean"))
-        return Step(Success(rid), SendDirect(req.to, dump_json(req.data), req.text, req.ack))
+        return Step(Success(rid), SendDirect(req.to, dump_json(req.data), req.text, req.ack,
+                                             req.content_type))
 
     def _publish(self, req: Publish) -> Step:
         rid = req.request_id

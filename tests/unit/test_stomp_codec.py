@@ -111,13 +111,12 @@ CHAT = {"target": "chat", "customer": "1"}
     (frame("SEND", "hello", destination="/agent/alice"),
      Send(None, "/agent/alice", "hello", text="hello")),
     (frame("SEND", "123", destination="/agent/alice", content_type="text/plain"),
-     Send(None, "/agent/alice", "123", text="123")),
+     Send(None, "/agent/alice", "123", text="123", content_type="text/plain")),
     (frame("SEND", '{"x":true}', destination="/room/" + json.dumps(CHAT)),
      Publish(None, [CHAT], {"x": True})),
     (frame("SEND", "1", destination="/room/[" + json.dumps(CHAT) + ', {"a":"b"}]'),
      Publish(None, [CHAT, {"a": "b"}], 1)),
     (frame("DISCONNECT"), Disconnect()),
-    (frame("ACK", id="m1"), Ping()),
     (b"\n", Ping()),
     (b"\r\n\n", Ping()),
 ])
@@ -423,3 +422,67 @@ def test_no_encoder_lets_a_login_split_a_frame(login):
                      json_codec.welcome(Identity(login_id=login), "c1", None)):
             assert not set(line) & set("\x00\r\n"), line
             assert json.loads(line)
+
+
+# --------------------------------------------------------------------------- acknowledgement
+
+
+def test_client_ack_subscriptions_get_ack_ids_and_acks_are_checked():
+    codec = connected(StompCodec())
+    room = {"x": "1"}
+    req = codec.decode(frame("SUBSCRIBE", id="c", destination="/room/" + json.dumps(room),
+                             ack="client-individual"))
+    assert isinstance(req, Subscribe)
+    codec.decode(frame("SUBSCRIBE", id="a", destination="/room/" + json.dumps(room)))
+    first = out(codec.publish(_sub("c", room), "1", "k", "t1"))
+    assert first.headers["ack"] == "1"
+    assert "ack" not in out(codec.publish(_sub("a", room), "1", "k", "t1")).headers
+    direct = out(codec.watched(_sub("c", {"client": "*", "profile": "agent"}), _direct()))
+    assert direct.headers["ack"] == "2"
+    for command in ("ACK", "NACK"):
+        assert isinstance(codec.decode(frame(command, id="1")), Ping)
+    for bad in ("3", "0", "m1", "-1", ""):
+        req = codec.decode(frame("ACK", id=bad))
+        assert isinstance(req, Invalid) and req.code == errors.INVALID_MESSAGE, bad
+    assert isinstance(codec.decode(frame("NACK")), Invalid)  # no id
+    # unsubscribed: no more ack ids for it
+    codec.decode(frame("UNSUBSCRIBE", id="c"))
+    assert "ack" not in out(codec.publish(_sub("c", room), "1", "k", "t2")).headers
+
+
+def test_ack_mode_of_a_refused_subscribe_is_forgotten():
+    codec = connected(StompCodec())
+    req = codec.decode(frame("SUBSCRIBE", id="x", destination="/room/{\"r\":\"1\"}", ack="client"))
+    codec.reply(Error(errors.ROOM_NOT_FOUND, "x"), req.meta)
+    assert "ack" not in out(codec.publish(_sub("x", {"r": "1"}), "1", "k", "t")).headers
+    req = codec.decode(frame("SUBSCRIBE", id="y", destination="/room/{}", ack="sometimes"))
+    assert isinstance(req, Invalid) and req.code == errors.INVALID_MESSAGE
+
+
+def test_inbox_subscription_with_client_ack_names_and_acks_direct_messages():
+    codec = connected(StompCodec())
+    codec.decode(frame("SUBSCRIBE", id="inbox", destination="/agent/bob",
+                       ack="client-individual"))
+    msg = out(codec.message(_direct()))
+    assert msg.headers["subscription"] == "inbox" and msg.headers["ack"] == "1"
+
+
+def test_communication_broker_dialect_has_no_ack_ids():
+    codec = connected(StompCodec(cb=True))
+    codec.decode(frame("SUBSCRIBE", id="c", destination="/room/{\"r\":\"1\"}", ack="client"))
+    assert "ack" not in out(codec.publish(_sub("c", {"r": "1"}), "1", "k", "t"), cb=True).headers
+    assert isinstance(codec.decode(frame("ACK", id="whatever")), Ping)
+
+
+def test_a_stomp_senders_content_type_reaches_stomp_receivers():
+    msg = {**_direct(text="<a/>"), "content_type": "application/xml"}
+    assert out(StompCodec().message(msg)).headers["content-type"] == "application/xml"
+    assert out(StompCodec().message(_direct(text="t"))).headers["content-type"] == "text/plain"
+
+
+def test_connected_offers_heartbeats_only_where_the_client_wants_them():
+    for asked, offered in (("0,0", "0,0"), ("1000,0", "0,5000"), ("0,1000", "5000,0")):
+        codec = StompCodec(heartbeat_ms=5000)
+        codec.credentials(frame("CONNECT", token="t", **{"heart-beat": asked}), None)
+        f = out(codec.welcome(identity_from_api({"login_id": "b"}), "c", None))
+        assert f.headers["heart-beat"] == offered, asked
