@@ -31,6 +31,10 @@ from .history import HistoryEntry, HistoryPolicy, HistoryRule, valid_offset
 from .identity import Identity, parse_destination
 
 RequestId = str | int | float
+# Regex watches (STOMP destination-type:1) one connection may hold: each may keep its engine's
+# memory (RE2: up to broker.codecs.stomp.PATTERN_MAX_MEM) and is matched against every direct
+# message to its profile.
+MAX_REGEX_WATCHES = 16
 
 
 def request_id_ok(value: object) -> bool:
@@ -418,6 +422,10 @@ class Session:
             return Step(Error(errors.ROOM_NOT_FOUND, rid))
         if len(self.subscriptions) >= self.max_subscriptions:
             return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid))
+        if pattern is not None and sum(s.pattern is not None for s in
+                                       self.subscriptions.values()) >= MAX_REGEX_WATCHES:
+            return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid,
+                              f"at most {MAX_REGEX_WATCHES} regular-expression watches"))
         sub = Subscription(rid, key, room, pattern=pattern)
         self.subscriptions[key] = sub
         rule = self.history.rule_for(room)

@@ -486,3 +486,27 @@ def test_connected_offers_heartbeats_only_where_the_client_wants_them():
         codec.credentials(frame("CONNECT", token="t", **{"heart-beat": asked}), None)
         f = out(codec.welcome(identity_from_api({"login_id": "b"}), "c", None))
         assert f.headers["heart-beat"] == offered, asked
+
+
+def test_a_connection_holds_at_most_max_regex_watches():
+    """Each regex watch may hold up to PATTERN_MAX_MEM of RE2 memory and costs matching work
+    per direct message: a connection holds at most MAX_REGEX_WATCHES of them."""
+    from broker.session import MAX_REGEX_WATCHES
+
+    ident = identity_from_api({"login_id": "sup", "profile": "super_agent"})
+    codec = connected(StompCodec(), profile="super_agent", login="sup")
+    session = Session(ident, max_subscriptions=100, public_status=False)
+    for i in range(MAX_REGEX_WATCHES):
+        step = session.handle(codec.decode(frame("SUBSCRIBE", id=f"w{i}", destination=f"/agent/{i}.*",
+                                                 **{"destination-type": "1"})))
+        assert isinstance(step.effect, JoinRoom), step
+    step = session.handle(codec.decode(frame("SUBSCRIBE", id="more", destination="/agent/x.*",
+                                             **{"destination-type": "1"})))
+    assert isinstance(step.reply, Error) and step.reply.code == errors.TOO_MANY_SUBSCRIPTIONS
+    # ordinary subscriptions are not limited by it; and a watch ended frees its place
+    step = session.handle(codec.decode(frame("SUBSCRIBE", id="all", destination="/agent/*")))
+    assert isinstance(step.effect, JoinRoom)
+    session.handle(codec.decode(frame("UNSUBSCRIBE", id="w0")))
+    step = session.handle(codec.decode(frame("SUBSCRIBE", id="more", destination="/agent/x.*",
+                                             **{"destination-type": "1"})))
+    assert isinstance(step.effect, JoinRoom)
