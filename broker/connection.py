@@ -308,7 +308,8 @@ class Connection:
                     return Error(errors.DESTINATION_NOT_FOUND, rid)
                 message_id = await hub.router.direct(
                     self.identity.destination, effect.destination, client_room(*target),
-                    effect.data_json, effect.text, ack=effect.ack)
+                    effect.data_json, effect.text, ack=effect.ack,
+                    content_type=effect.content_type)
                 return Success(rid, {"id": message_id})
             case ReadHistory():
                 page = await hub.cluster.history_read(effect.room.key, since=effect.since,

@@ -10,7 +10,9 @@ layer channel and one receive task per connection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -18,7 +20,7 @@ from channels.exceptions import StopConsumer
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import daphne_ext, errors, logctx, metrics
+from . import daphne_ext, errors, heartbeat, logctx, metrics
 from .auth import AuthUnavailable, Credentials, Refused
 from .codecs.jsoncodec import RICH_SUBPROTOCOL, JsonCodec
 from .codecs.stomp import CB_SUBPROTOCOL, STOMP_SUBPROTOCOLS, StompCodec
@@ -66,6 +68,8 @@ class BrokerConsumer(AsyncWebsocketConsumer):
     name = "websocket"
     admitted = False  # counted in limits.admission; released exactly once, when the app ends
     flow: daphne_ext.WriteFlow | None = None
+    beats: asyncio.Task[None] | None = None  # STOMP heart-beats (broker.heartbeat)
+    last_write = last_read = 0.0  # heartbeat.Link
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
@@ -99,8 +103,13 @@ class BrokerConsumer(AsyncWebsocketConsumer):
         offered = self.scope.get("subprotocols") or []
         stomp = next((p for p in STOMP_SUBPROTOCOLS if p in offered), None)
         rich = RICH_SUBPROTOCOL in offered and stomp is None
+        # Standard STOMP offers heart-beats as the TCP gate does; the Communication Broker's
+        # JS client (the ``stomp`` subprotocol) has none.
+        cb = stomp == CB_SUBPROTOCOL
         self.codec: JsonCodec | StompCodec = (
-            StompCodec(cb=stomp == CB_SUBPROTOCOL, text=True) if stomp else JsonCodec(rich=rich))
+            StompCodec(cb=cb, text=True,
+                       heartbeat_ms=0 if cb else c.BROKER_STOMP_HEARTBEAT_MS)
+            if stomp else JsonCodec(rich=rich))
         self.explicit_refusal = rich or stomp is not None  # a refusal frame, then 4003
         self.awaiting_connect = stomp is not None
         self.conn = Connection(self, self.codec)
@@ -153,10 +162,15 @@ class BrokerConsumer(AsyncWebsocketConsumer):
             await self.close(errors.CLOSE_AUTH_UNAVAILABLE, reason)
             return
         self.conn.welcome()  # the welcome, then what waited for it (broker.connection)
+        if isinstance(self.codec, StompCodec):
+            self.last_write = self.last_read = time.monotonic()
+            self.beats = asyncio.ensure_future(
+                heartbeat.keep_alive(self.conn, self.codec, self, watch_reads=True))
         if admission.shutting_down:  # authenticated while graceful_shutdown was closing
             self.conn.close_soon(errors.CLOSE_GOING_AWAY, errors.GOING_AWAY)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
+        self.last_read = time.monotonic()
         if self.conn.session is None:
             if self.awaiting_connect:
                 self.awaiting_connect = False
@@ -172,6 +186,8 @@ class BrokerConsumer(AsyncWebsocketConsumer):
         await self.conn.receive(self.codec.decode(data if stomp_bytes else text))
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        if self.beats is not None:
+            self.beats.cancel()
         conn = getattr(self, "conn", None)  # none when the handshake was refused
         if conn is not None:
             await conn.closed()
@@ -196,6 +212,7 @@ class BrokerConsumer(AsyncWebsocketConsumer):
             await self.send(bytes_data=frame)
         else:
             await self.send(text_data=frame)
+        self.last_write = time.monotonic()
         # Backpressure: uvicorn's send already waits while its buffer is full; under daphne
         # the flow says so. Either way the next frame waits in the bounded outbox.
         if self.flow is not None:

@@ -31,6 +31,11 @@ INTERNAL_ERROR = "internal-error"
 MALFORMED_FRAME = "malformed-frame"
 NOT_CONNECTED = "not-connected"
 CONNECTION_NOT_FOUND = "connection-not-found"
+# STOMP destination-type:1: a regular expression that is too long, not RE2 syntax
+# (backreferences, look-around, verbose mode), or compiles past RE2's memory budget.
+INVALID_PATTERN = "invalid-pattern"
+# STOMP: a client that promised heart-beats sent nothing for 2 periods + 1 s (closed, 1001).
+HEARTBEAT_TIMEOUT = "heart-beat-timeout"
 # Over BROKER_RATE_LIMIT: the request was not carried out (repeated, the close reason of 4029).
 RATE_LIMITED = "rate-limited"
 

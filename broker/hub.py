@@ -28,6 +28,7 @@ connections take it through ``Conn.deliver_acked``, which remembers what they ow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -36,6 +37,7 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from rooms import Room, SubscriptionIndex
@@ -52,6 +54,9 @@ log = logging.getLogger("broker.hub")
 CONTROL_GROUP = "cb.ctl"
 JOIN_CONFIRM_TIMEOUT = 5.0  # seconds for a new group subscription to be confirmed (_join_group)
 _SEEN_MAX = 65_536  # trigger ids remembered for dedupe; copies arrive within milliseconds
+# Direct messages whose regex watches wait to be matched (see Hub._match_watches); beyond it
+# the watchers' copies are dropped (counted as drops{cause="watch-backlog"}).
+MAX_WATCH_BACKLOG = 1024
 
 
 def room_group(room_key: str) -> str:
@@ -121,7 +126,8 @@ class Router:
         return trigger_id
 
     async def direct(self, sender: str | None, destination: str, room: Room, data_json: str,
-                     text: str | None, ack: bool = False) -> str:
+                     text: str | None, ack: bool = False, content_type: str | None = None
+                     ) -> str:
         message_id = uuid.uuid4().hex
         flag = ',"ack":true' if ack else ""
         message_json = (f'{{"type":"message","from":{dump_json(sender)},'
@@ -130,6 +136,8 @@ class Router:
         message: dict[str, Any] = {
             "type": "cb.direct", "id": message_id, "room": room.key, "to": destination,
             "from": sender, "message": message_json, "data": data_json, "text": text}
+        if content_type is not None and text is not None:  # STOMP receivers see it (§4.3)
+            message["content_type"] = content_type
         if ack:
             # Stored before it is sent, so a recipient connecting meanwhile finds it (and
             # dedupes the live copy by id).
@@ -175,6 +183,9 @@ class Hub:
         self._probes: dict[str, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_counts: tuple[float, int, int, int] = (time.monotonic(), 0, 0, 0)
+        # Regex watches (STOMP destination-type:1) are matched by one worker thread, in order.
+        self._matcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="combroker-watch")
+        self._watch_backlog = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -191,6 +202,7 @@ class Hub:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        self._matcher.shutdown(wait=False, cancel_futures=True)
         await self.cluster.stop()
 
     async def quiesce(self, timeout: float = 1.0) -> bool:
@@ -444,18 +456,63 @@ class Hub:
             else:
                 conn.push(conn.codec.message(message))
             n += 1
-        for sub in self.index.match(Room.from_key(message["room"])):
-            if sub.pattern is not None and not sub.pattern.fullmatch(dest):
+        room = Room.from_key(message["room"])
+        patterned: list[Subscription] = []
+        for sub in self.index.match(room):
+            if sub.pattern is not None:
+                patterned.append(sub)
                 continue
-            conn = sub.owner
-            # a watcher's copy; the codec sees the whole message (STOMP shows origin, raw text)
-            frame = conn.codec.watched(sub, message)
-            if sub.buffer is not None:
-                sub.buffer.append((message["id"], None, frame))
-            else:
-                conn.push(frame)
+            self._watched(sub, message)
             n += 1
         metrics.counters["deliveries"] += n
+        if patterned:
+            self._match_watches(room, patterned, message)
+
+    def _watched(self, sub: Subscription, message: dict[str, Any]) -> None:
+        """A watcher's copy; the codec sees the whole message (STOMP shows origin, raw text)."""
+        conn = sub.owner
+        frame = conn.codec.watched(sub, message)
+        if sub.buffer is not None:
+            sub.buffer.append((message["id"], None, frame))
+        else:
+            conn.push(frame)
+
+    def _match_watches(self, room: Room, subs: list[Subscription],
+                       message: dict[str, Any]) -> None:
+        """Match regex watches off the event loop. RE2 is linear, but a large program costs
+        milliseconds per destination, times the watches: the worker thread pays it (RE2
+        releases the GIL), so it delays only these copies (in order: one worker), never another
+        client. A watch that ended meanwhile gets nothing."""
+        if self._watch_backlog >= MAX_WATCH_BACKLOG:
+            metrics.drop("watch-backlog", len(subs))
+            log.warning("regex watches %d messages behind: %d watchers' copies dropped",
+                        self._watch_backlog, len(subs))
+            return
+        self._watch_backlog += 1
+        dest = message["to"]
+        loop = asyncio.get_running_loop()
+
+        def match() -> list[Subscription]:
+            return [s for s in subs if s.pattern is not None and s.pattern.fullmatch(dest)]
+
+        def matched(future: Future[list[Subscription]]) -> None:
+            self._watch_backlog -= 1
+            if future.cancelled():
+                return
+            if future.exception() is not None:
+                log.error("regex watches failed", exc_info=future.exception())
+                return
+            live = set(self.index.match(room))
+            hits = [s for s in future.result() if s in live]
+            for sub in hits:
+                self._watched(sub, message)
+            metrics.counters["deliveries"] += len(hits)
+
+        def done(future: Future[list[Subscription]]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed first (shutdown)
+                loop.call_soon_threadsafe(matched, future)
+
+        self._matcher.submit(match).add_done_callback(done)
 
     def _deliver_confirmed(self, message: dict[str, Any]) -> None:
         for conn in self.owners.get(message["to"], ()):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rooms import InvalidRoom, Room, parse_room
 
@@ -31,10 +31,26 @@ from .history import HistoryEntry, HistoryPolicy, HistoryRule, valid_offset
 from .identity import Identity, parse_destination
 
 RequestId = str | int | float
+# Regex watches (STOMP destination-type:1) one connection may hold: each may keep its engine's
+# memory (RE2: up to broker.codecs.stomp.PATTERN_MAX_MEM) and is matched against every direct
+# message to its profile.
+MAX_REGEX_WATCHES = 16
 
 
 def request_id_ok(value: object) -> bool:
     return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+class DestinationPattern(Protocol):
+    """What the core needs of a regex watch's pattern (STOMP ``destination-type:1``): its
+    source text, and whether it fully matches a client destination (truthy) or not. The engine
+    is the codec's choice; the hub calls ``fullmatch`` on the event loop, so it must be cheap
+    whatever the pattern (broker.codecs.stomp: RE2, linear time, bounded sizes)."""
+
+    @property
+    def pattern(self) -> str: ...
+
+    def fullmatch(self, destination: str) -> object: ...
 
 
 # ---------------------------------------------------------------- requests (codec -> session)
@@ -44,9 +60,9 @@ def request_id_ok(value: object) -> bool:
 class Subscribe:
     request_id: Any
     room: Any
-    # A compiled regex limiting a client-room watch to the destinations it fully matches
+    # A pattern limiting a client-room watch to the destinations it fully matches
     # (STOMP destination-type:1); it becomes Subscription.pattern.
-    pattern: Any = None
+    pattern: DestinationPattern | None = None
     meta: Any = None  # codec state that travels to this request's reply (see Connection)
     # The last offset the client has of this (history) room: replay what came after it.
     since: Any = None
@@ -83,6 +99,7 @@ class Send:
     to: Any
     data: Any
     text: str | None = None  # the exact text a STOMP client sent, kept for STOMP receivers
+    content_type: str | None = None  # and its content-type (STOMP receivers see it)
     meta: Any = None
     ack: Any = False  # acknowledged delivery: stored until the recipient confirms
 
@@ -209,7 +226,7 @@ class Subscription:
     room: Room
     owner: Any = None  # the driver's connection object; set by the driver
     # Client destinations a regex watch is limited to (STOMP destination-type:1); None = all.
-    pattern: Any = None
+    pattern: DestinationPattern | None = None
     # History rooms: the last offset written to the client (what a resume replays after).
     offset: int | None = None
     # While a replay is being read: live deliveries wait here as (trigger id, offset, frame)
@@ -239,6 +256,7 @@ class SendDirect:
     data_json: str
     text: str | None
     ack: bool = False
+    content_type: str | None = None
 
 
 @dataclass(slots=True)
@@ -378,7 +396,7 @@ class Session:
             if self.subscriptions.get(sub.request_id_json) is sub:
                 del self.subscriptions[sub.request_id_json]
 
-    def _subscribe(self, req: Subscribe, pattern: Any = None) -> Step:
+    def _subscribe(self, req: Subscribe, pattern: DestinationPattern | None = None) -> Step:
         rid = req.request_id
         if rid is None:
             return Step(Error(errors.NO_REQUEST_ID))
@@ -404,6 +422,10 @@ class Session:
             return Step(Error(errors.ROOM_NOT_FOUND, rid))
         if len(self.subscriptions) >= self.max_subscriptions:
             return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid))
+        if pattern is not None and sum(s.pattern is not None for s in
+                                       self.subscriptions.values()) >= MAX_REGEX_WATCHES:
+            return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid,
+                              f"at most {MAX_REGEX_WATCHES} regular-expression watches"))
         sub = Subscription(rid, key, room, pattern=pattern)
         self.subscriptions[key] = sub
         rule = self.history.rule_for(room)
@@ -434,7 +456,8 @@ class Session:
             return Step(Error(errors.DESTINATION_NOT_FOUND, rid, "not a client destination"))
         if not isinstance(req.ack, bool):
             return Step(Error(errors.INVALID_MESSAGE, rid, "'ack' must be a boolean"))
-        return Step(Success(rid), SendDirect(req.to, dump_json(req.data), req.text, req.ack))
+        return Step(Success(rid), SendDirect(req.to, dump_json(req.data), req.text, req.ack,
+                                             req.content_type))
 
     def _publish(self, req: Publish) -> Step:
         rid = req.request_id

@@ -33,7 +33,7 @@ import ssl
 import time
 from typing import Any
 
-from broker import errors, metrics
+from broker import errors, heartbeat, metrics
 from broker.auth import AuthUnavailable, Credentials, Refused
 from broker.codecs.jsoncodec import JsonCodec
 from broker.codecs.stomp import StompCodec
@@ -52,7 +52,6 @@ READ_CHUNK = 65_536
 WRITE_HIGH_WATER = 65_536  # bytes asyncio may buffer per connection before write() waits
 CONNECT_TIMEOUT = 30.0  # seconds a new connection has to send its CONNECT / connect line
 CLOSE_GRACE = 2.0  # seconds a closing connection may take to flush before it is aborted
-HEARTBEAT_TIMEOUT = "heart-beat-timeout"
 
 
 def ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
@@ -91,6 +90,7 @@ class TcpTransport:
         self.json_lines = json_lines
         self.codec: Any = None
         self.last_write = time.monotonic()
+        self.last_read = self.last_write  # heartbeat.Link; the gate watches reads itself
         self.done = asyncio.Event()  # set once the socket is closed
         self.admitted = False  # counted in limits.admission; released once, by Gate.handle
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
@@ -206,7 +206,7 @@ class Gate:
         except TimeoutError:
             if conn.session is None:
                 return b""
-            conn.close_soon(errors.CLOSE_GOING_AWAY, HEARTBEAT_TIMEOUT)
+            conn.close_soon(errors.CLOSE_GOING_AWAY, errors.HEARTBEAT_TIMEOUT)
             return b""
 
     async def _open(self, conn: Connection, transport: TcpTransport, codec: Any,
@@ -267,7 +267,8 @@ class Gate:
                         if not await self._stomp_connect(conn, transport, codec, item):
                             return conn
                         if codec.heartbeat_out:
-                            beats = asyncio.ensure_future(self._beat(conn, transport, codec))
+                            beats = asyncio.ensure_future(heartbeat.keep_alive(
+                                conn, codec, transport, watch_reads=False))
                     else:
                         await conn.receive(codec.decode(item))
                     if conn.closing:
@@ -280,7 +281,7 @@ class Gate:
                     else:
                         await conn.receive(codec.malformed(str(error)))
                     return conn
-                timeout = (codec.heartbeat_in * 2 / 1000 + 1 if codec.heartbeat_in
+                timeout = (heartbeat.silence_limit(codec.heartbeat_in) if codec.heartbeat_in
                            else None) if conn.session is not None else CONNECT_TIMEOUT
                 data = await self._read(reader, conn, timeout)
                 if not data or conn.closing:
@@ -298,15 +299,6 @@ class Gate:
             await transport.close(errors.CLOSE_NORMAL, str(exc))
             return False
         return await self._open(conn, transport, codec, creds)
-
-    async def _beat(self, conn: Connection, transport: TcpTransport, codec: StompCodec) -> None:
-        """Send a heart-beat EOL whenever nothing was written for the negotiated period."""
-        period = codec.heartbeat_out / 1000
-        while not conn.closing:
-            await asyncio.sleep(max(period - (time.monotonic() - transport.last_write), 0.01))
-            if time.monotonic() - transport.last_write >= period * 0.9:
-                conn.push(codec.heartbeat())
-                transport.last_write = time.monotonic()
 
     async def _json_lines(self, reader: asyncio.StreamReader, transport: TcpTransport,
                           first: bytes) -> Connection:

@@ -31,6 +31,8 @@ import json
 import re
 from typing import Any
 
+import re2
+
 from .. import errors
 from ..auth import Credentials
 from ..identity import Identity, Profile, parse_destination
@@ -46,15 +48,50 @@ STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "stomp")  # in order of preferen
 CB_SUBPROTOCOL = "stomp"  # the Communication Broker's JS client
 ROOM_PREFIX = "/room/"
 MAX_PATTERN = 512  # characters of a destination-type:1 regular expression
+ACK_MODES = frozenset({"auto", "client", "client-individual"})
 
 # CONNECT headers that are credentials, never forwarded to the auth API as headers.
 _SECRET_HEADERS = frozenset({"passcode", "secret-key", "login"})
 _PROFILE_PREFIX = re.compile(r"\^?/(\w+)/")
-# A group followed by a quantifier; backreferences. Both can make matching exponential.
-MAX_PATTERN_QUANTIFIERS = 2
-_NESTED_QUANTIFIER = re.compile(r"\)[*+?{]")
-_BACKREFERENCE = re.compile(r"\\[1-9]|\(\?P=")
 _PROFILES = frozenset(p.value for p in Profile)
+
+# Regex watches (destination-type:1) are matched by RE2, which never backtracks: a match costs
+# time linear in the destination, bounded by the size of the compiled program. RE2 refuses
+# what it cannot do in linear time (backreferences, look-around) and Python's verbose mode.
+# PATTERN_MAX_MEM is RE2's memory budget for one pattern (its program and its DFA cache): a
+# pattern that compiles to more is refused ("pattern too large"), and it bounds the cost of a
+# match. No client destination is longer than MAX_MATCHED (logins are at most 256 characters):
+# a longer one is never matched. docs/protocol.md §4.3 gives the measured worst case.
+PATTERN_MAX_MEM = 64 << 10
+MAX_MATCHED = 512
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is the client's error, told to it
+_RE2_OPTIONS.max_mem = PATTERN_MAX_MEM
+
+
+class PatternRefused(ValueError):
+    """A destination-type:1 pattern that is not accepted; ``str()`` says why."""
+
+
+class WatchPattern:
+    """A regex watch's pattern (session.DestinationPattern), matched by RE2 in linear time."""
+
+    __slots__ = ("_regexp", "pattern")
+
+    def __init__(self, source: str) -> None:
+        if len(source) > MAX_PATTERN:
+            raise PatternRefused(f"longer than {MAX_PATTERN} characters")
+        try:
+            self._regexp = re2.compile(source, _RE2_OPTIONS)
+        except re2.error as exc:
+            text = exc.args[0] if exc.args else "invalid"
+            if isinstance(text, bytes):
+                text = text.decode("utf-8", "replace")
+            raise PatternRefused(f"not an RE2 regular expression: {text}") from None
+        self.pattern = source
+
+    def fullmatch(self, destination: str) -> bool:
+        return len(destination) <= MAX_MATCHED and self._regexp.fullmatch(destination) is not None
 
 
 def _heartbeat_pair(value: str | None) -> tuple[int, int]:
@@ -96,6 +133,10 @@ class StompCodec:
         self.heartbeat_in = 0
         self._client_heartbeat = (0, 0)
         self._inbox: str | None = None  # id of a SUBSCRIBE to the client's own destination
+        # STOMP acknowledgement (standard dialect): the ack mode of each subscription that is
+        # not ``auto``, by id; and the last ``ack`` id handed out (ids are 1, 2, 3, ...).
+        self._ack_modes: dict[str, str] = {}
+        self._ack_issued = 0
 
     # ------------------------------------------------------------ framing
 
@@ -143,8 +184,10 @@ class StompCodec:
         offer = self.heartbeat_ms
         self.heartbeat_out = max(offer, cy) if offer and cy else 0
         self.heartbeat_in = max(offer, cx) if offer and cx else 0
+        # The offer, in each direction the client wants beats (0 where it wants none).
+        beats = f"{offer if cy else 0},{offer if cx else 0}"
         return self.encode(Frame("CONNECTED", {
-            "version": "1.2", "heart-beat": f"{offer},{offer}", "session": connection_id,
+            "version": "1.2", "heart-beat": beats, "session": connection_id,
             "server": SERVER, "session-id": connection_id, "login": identity.login_id or "",
             "connection-id": connection_id, "destination": identity.destination or "",
             "profile-code": str(identity.profile.code), "profile-desc": str(identity.profile),
@@ -198,7 +241,9 @@ class StompCodec:
         if command == "UNSUBSCRIBE":
             sid = h.get("id")
             if sid is None:
+                self._ack_modes.clear()
                 return UnsubscribeAll(meta=meta)
+            self._ack_modes.pop(sid, None)
             if sid == self._inbox:
                 self._inbox = None
                 return Ping(meta=meta)
@@ -208,7 +253,7 @@ class StompCodec:
         if command == "DISCONNECT":
             return Disconnect(meta=meta)
         if command in ("ACK", "NACK"):
-            return Ping(meta=meta)  # deliveries are ack:auto; an ACK changes nothing
+            return self._acknowledge(frame, meta)
         if command in ("CONNECT", "STOMP"):
             return Invalid(errors.MESSAGE_TYPE_NOT_ALLOWED, None, "already connected", meta)
         if command in ("BEGIN", "COMMIT", "ABORT"):
@@ -225,6 +270,15 @@ class StompCodec:
             sid = dest  # its clients name subscriptions by destination
         if dest is None:
             return Invalid(errors.INVALID_MESSAGE, sid, "SUBSCRIBE needs a destination", meta)
+        mode = h.get("ack", "auto")
+        if mode not in ACK_MODES:
+            return Invalid(errors.INVALID_MESSAGE, sid,
+                           "ack must be auto, client or client-individual", meta)
+        if mode != "auto" and not self.cb and sid is not None and sid not in self._ack_modes:
+            # From now on, so that no MESSAGE of this subscription goes out without ``ack``;
+            # forgotten again if the SUBSCRIBE is refused (see reply).
+            self._ack_modes[sid] = mode
+            meta["ack-added"] = sid
         if h.get("destination-type", "").strip() == "1":
             return self._subscribe_pattern(sid, dest, meta)
         if dest.startswith(ROOM_PREFIX):
@@ -255,20 +309,11 @@ class StompCodec:
         The profile is the regex's literal ``/<profile>/`` prefix, or the only profile this
         identity may watch.
         """
-        if len(source) > MAX_PATTERN:
-            return Invalid(errors.INVALID_MESSAGE, sid, "regular expression too long", meta)
-        if (_NESTED_QUANTIFIER.search(source) or _BACKREFERENCE.search(source)
-                or sum(source.count(q) for q in "*+{") > MAX_PATTERN_QUANTIFIERS):
-            # The hub matches patterns on the event loop: a quantified group such as (a|aa)*
-            # backtracks exponentially, and k unbounded quantifiers cost O(n^k); either would
-            # stall every client of the process.
-            return Invalid(errors.INVALID_MESSAGE, sid,
-                           "regular expression too costly: at most 2 quantifiers, no quantified "
-                           "groups, no backreferences", meta)
         try:
-            pattern = re.compile(source)
-        except re.error as exc:
-            return Invalid(errors.INVALID_MESSAGE, sid, f"bad regular expression: {exc}", meta)
+            pattern = WatchPattern(source)
+        except PatternRefused as exc:
+            return Invalid(errors.INVALID_PATTERN, sid, f"regular expression refused: {exc}",
+                           meta)
         prefix = _PROFILE_PREFIX.match(source)
         profile: str | None = None
         if prefix and prefix.group(1) in _PROFILES:
@@ -280,9 +325,31 @@ class StompCodec:
             elif not watches:
                 profile = str(Profile.AGENT)  # refused by the session: room-not-found
         if profile is None:
-            return Invalid(errors.INVALID_MESSAGE, sid,
+            return Invalid(errors.INVALID_PATTERN, sid,
                            "start the regular expression with /<profile>/", meta)
         return Subscribe(sid, {"client": "*", "profile": profile}, pattern=pattern, meta=meta)
+
+    def _acknowledge(self, frame: Frame, meta: dict[str, Any]) -> Request:
+        """ACK/NACK (STOMP 1.2: ``id`` is a MESSAGE's ``ack`` header). Deliveries are
+        at-most-once fan-out: an ACK confirms nothing further and a NACK drops the message
+        (docs/protocol.md §4). An id this connection never handed out is an error, as the spec
+        asks; one acknowledged before is accepted again."""
+        if self.cb:
+            return Ping(meta=meta)  # its clients' ACK frames carry no meaning for the broker
+        ack_id = frame.headers.get("id")
+        if ack_id is None:
+            return Invalid(errors.INVALID_MESSAGE, None, f"{frame.command} needs an id", meta)
+        if not (ack_id.isascii() and ack_id.isdigit() and 0 < int(ack_id) <= self._ack_issued):
+            return Invalid(errors.INVALID_MESSAGE, None,
+                           f"{frame.command} id {ack_id[:64]!r} was not given to a MESSAGE on "
+                           "this connection", meta)
+        return Ping(meta=meta)
+
+    def _ack_header(self, headers: dict[str, str], subscription: str | None) -> None:
+        """A MESSAGE of a client or client-individual subscription carries ``ack``."""
+        if subscription is not None and subscription in self._ack_modes:
+            self._ack_issued += 1
+            headers["ack"] = str(self._ack_issued)
 
     def _send(self, frame: Frame, meta: dict[str, Any]) -> Request:
         dest = frame.headers.get("destination")
@@ -292,7 +359,8 @@ class StompCodec:
             text = frame.body.decode("utf-8")
         except UnicodeDecodeError:
             return Invalid(errors.INVALID_MESSAGE, None, "the body must be UTF-8 text", meta)
-        data = _data_of(text, frame.headers.get("content-type"))
+        content_type = frame.headers.get("content-type")
+        data = _data_of(text, content_type)
         if dest.startswith(ROOM_PREFIX):
             try:
                 rooms = _rooms_of(dest)
@@ -300,7 +368,7 @@ class StompCodec:
                 return Invalid(errors.INVALID_ROOM, None, "/room/ must be followed by a JSON room",
                                meta)
             return Publish(None, rooms if isinstance(rooms, list) else [rooms], data, meta=meta)
-        return Send(None, dest, data, text=text, meta=meta)
+        return Send(None, dest, data, text=text, content_type=content_type, meta=meta)
 
     # ------------------------------------------------------------ replies
 
@@ -308,6 +376,9 @@ class StompCodec:
         meta = meta or {}
         receipt, transaction = meta.get("receipt"), meta.get("transaction")
         if isinstance(reply, Error):
+            added = meta.get("ack-added")
+            if added is not None:
+                self._ack_modes.pop(added, None)
             fatal = bool(meta.get("fatal"))
             if self.cb and transaction is not None and not fatal:
                 return self._ack(transaction, reply.code, receipt)
@@ -344,10 +415,11 @@ class StompCodec:
     def publish(self, sub: Subscription, data_json: str, room_key: str, trigger_id: str,
                 offset: int | None = None) -> str | bytes:
         # ``offset`` (a recorded trigger's, issue 8) is not shown: STOMP frames stay as they are.
-        return self.encode(Frame("MESSAGE", {
-            "subscription": str(sub.request_id), "message-id": trigger_id,
-            "destination": self._destination_of(sub), "content-type": "application/json",
-        }, data_json.encode("utf-8")))
+        subscription = str(sub.request_id)
+        headers = {"subscription": subscription, "message-id": trigger_id,
+                   "destination": self._destination_of(sub), "content-type": "application/json"}
+        self._ack_header(headers, subscription)
+        return self.encode(Frame("MESSAGE", headers, data_json.encode("utf-8")))
 
     def watched(self, sub: Subscription, message: dict[str, Any]) -> str | bytes:
         """A watcher's copy of a direct message: shown as the message itself (§4.3)."""
@@ -359,8 +431,8 @@ class StompCodec:
 
     def _message(self, message: dict[str, Any], subscription: str | None) -> str | bytes:
         text = message.get("text")
-        if text is not None:
-            body, content_type = text, "text/plain"
+        if text is not None:  # a STOMP sender's body, with its content-type
+            body, content_type = text, str(message.get("content_type") or "text/plain")
         else:
             data_json = str(message["data"])
             if data_json.startswith('"'):
@@ -378,6 +450,7 @@ class StompCodec:
             target = parse_destination(sender) if self.cb else None
             headers["origin"] = target[1] if target else sender
         headers["content-type"] = content_type
+        self._ack_header(headers, subscription)
         if self.cb:
             headers["transaction"] = str(message["id"])
         # "replace": a JSON string may hold an unpaired surrogate, which UTF-8 cannot carry

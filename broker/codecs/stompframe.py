@@ -37,12 +37,17 @@ _COMMAND_PREFIXES = frozenset({c[:i] for c in _COMMAND_BYTES for i in range(len(
 _MAX_LINE = max(map(len, _COMMAND_PREFIXES))
 _UNESCAPED_COMMANDS = frozenset({"CONNECT", "CONNECTED"})
 
-_ESCAPE = str.maketrans({"\\": "\\\\", "\r": "\\r", "\n": "\\n", ":": "\\c"})
+# NUL ends a frame and STOMP has no escape for it: in any header it becomes U+FFFD, so no
+# header, whatever the broker was given (a login, a destination), can end or split a frame.
+_NUL = "\x00"
+NUL_REPLACEMENT = "\ufffd"
+_ESCAPE = str.maketrans({"\\": "\\\\", "\r": "\\r", "\n": "\\n", ":": "\\c",
+                         _NUL: NUL_REPLACEMENT})
 _UNESCAPE = {"r": "\r", "n": "\n", "c": ":", "\\": "\\"}
 _ESCAPE_RE = re.compile(r"\\(.?)", re.DOTALL)
 # Unescaped frames (CONNECT/CONNECTED, Communication Broker) cannot carry these: replace them.
-_SANITIZE_VALUE = str.maketrans({"\r": " ", "\n": " "})
-_SANITIZE_NAME = str.maketrans({"\r": "_", "\n": "_", ":": "_"})
+_SANITIZE_VALUE = str.maketrans({"\r": " ", "\n": " ", _NUL: NUL_REPLACEMENT})
+_SANITIZE_NAME = str.maketrans({"\r": "_", "\n": "_", ":": "_", _NUL: NUL_REPLACEMENT})
 
 
 class StompFrameError(ValueError):
@@ -87,7 +92,9 @@ def encode_frame(frame: Frame, *, escape: bool | None = None, content_length: bo
     """Serialize ``frame`` with LF EOLs and a trailing NUL.
 
     ``escape=None`` escapes headers unless the command is CONNECT or CONNECTED. Unescaped
-    headers cannot carry CR/LF (nor ':' in names); those characters are replaced. With
+    headers cannot carry CR/LF (nor ':' in names); those characters are replaced. NUL, which
+    no STOMP header can carry, becomes U+FFFD either way: no header value can end the frame
+    or start another, whatever it holds. With
     ``content_length`` a correct ``content-length`` is written (replacing a caller's value)
     whenever there is a body; without it the body must not contain NUL.
     """

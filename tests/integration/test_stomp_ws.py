@@ -6,6 +6,7 @@ WebSocket message), the way @stomp/stompjs speaks it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -141,3 +142,59 @@ async def test_communication_broker_js_subprotocol(broker_factory, auth_api, uni
     assert err.headers["message"] == "Invalid Application Secret Key."
     for ws in (a.ws, b.ws, bad.ws, bad2.ws):
         await ws.close()
+
+
+# --------------------------------------------------------------------------- issue 11, item 19
+
+
+async def test_heartbeats_requested_over_websocket_are_negotiated_and_sent(
+        broker_factory, auth_api, unique):
+    auth_api.allow(unique, {"login_id": f"h{unique}"})
+    broker = broker_factory(auth_api=auth_api, BROKER_STOMP_HEARTBEAT_MS=200)
+    client, connected = await stomp_ws(broker.ws_url, token=unique, **{"heart-beat": "200,200"})
+    assert connected.headers["heart-beat"] == "200,200"
+
+    async def beat() -> None:  # our side of the bargain
+        while True:
+            await client.ws.send("\n")
+            await asyncio.sleep(0.2)
+
+    beating = asyncio.ensure_future(beat())
+    try:
+        beats = 0
+        while beats < 3:  # the broker's EOLs, with nothing else to send
+            data = await recv_frame(client.ws, 5)
+            assert is_heartbeat(data.encode() if isinstance(data, str) else data), data
+            beats += 1
+        # and the connection, kept alive by our beats, still works
+        await client.send("DISCONNECT", receipt="bye")
+        assert (await client.recv()).headers == {"receipt-id": "bye"}
+    finally:
+        beating.cancel()
+
+
+async def test_silent_websocket_client_that_promised_heartbeats_is_dropped(
+        broker_factory, auth_api, unique):
+    auth_api.allow(unique, {"login_id": f"s{unique}"})
+    broker = broker_factory(auth_api=auth_api, BROKER_STOMP_HEARTBEAT_MS=200)
+    client, connected = await stomp_ws(broker.ws_url, token=unique, **{"heart-beat": "200,0"})
+    assert connected.headers["heart-beat"] == "0,200"
+    # we promised a beat every 200 ms and send none: dropped after 2 periods + 1 s
+    assert await close_code(client.ws, timeout=10) == (1001, "heart-beat-timeout")
+
+
+async def test_client_individual_ack_over_websocket(broker, auth_api, unique):
+    room = {"target": "wsack", "id": unique}
+    auth_api.allow(unique, {"allowed_rooms": [room], "login_id": f"k{unique}"})
+    client, _ = await stomp_ws(broker.ws_url, token=unique)
+    await client.send("SUBSCRIBE", id="s", destination="/room/" + json.dumps(room),
+                      ack="client-individual", receipt="r1")
+    assert (await client.recv()).headers == {"receipt-id": "r1"}
+    assert (await broker.atrigger([room], {"n": 1})).status_code == 202
+    msg = await client.recv()
+    assert msg.command == "MESSAGE" and msg.headers["ack"]
+    await client.send("ACK", id=msg.headers["ack"], receipt="a1")
+    assert (await client.recv()).headers == {"receipt-id": "a1"}
+    await client.send("NACK", id="999", receipt="n1")
+    err = await client.recv()
+    assert err.command == "ERROR" and err.headers["message"] == "invalid-message"

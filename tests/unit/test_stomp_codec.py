@@ -8,12 +8,13 @@ import re
 import pytest
 
 from broker import errors
-from broker.codecs.stomp import StompCodec
-from broker.codecs.stompframe import CBFramer, Frame, encode_frame, parse_frame
-from broker.identity import identity_from_api, identity_from_static_keys
+from broker.codecs.stomp import MAX_PATTERN, StompCodec, WatchPattern
+from broker.codecs.jsoncodec import JsonCodec
+from broker.codecs.stompframe import CBFramer, Frame, StompParser, encode_frame, parse_frame
+from broker.identity import Identity, identity_from_api, identity_from_static_keys
 from broker.session import (
     Disconnect, Error, Invalid, JoinRoom, Ping, Pong, Publish, Send, Session, Subscribe,
-    Subscription, Success, Unsubscribe, UnsubscribeAll,
+    Subscription, Success, Unsubscribe, UnsubscribeAll, dump_json,
 )
 from rooms import parse_room
 
@@ -110,13 +111,12 @@ CHAT = {"target": "chat", "customer": "1"}
     (frame("SEND", "hello", destination="/agent/alice"),
      Send(None, "/agent/alice", "hello", text="hello")),
     (frame("SEND", "123", destination="/agent/alice", content_type="text/plain"),
-     Send(None, "/agent/alice", "123", text="123")),
+     Send(None, "/agent/alice", "123", text="123", content_type="text/plain")),
     (frame("SEND", '{"x":true}', destination="/room/" + json.dumps(CHAT)),
      Publish(None, [CHAT], {"x": True})),
     (frame("SEND", "1", destination="/room/[" + json.dumps(CHAT) + ', {"a":"b"}]'),
      Publish(None, [CHAT, {"a": "b"}], 1)),
     (frame("DISCONNECT"), Disconnect()),
-    (frame("ACK", id="m1"), Ping()),
     (b"\n", Ping()),
     (b"\r\n\n", Ping()),
 ])
@@ -133,7 +133,7 @@ def test_decode(data, expected):
     (frame("SUBSCRIBE", id="s", destination="/topic/x"), errors.INVALID_ROOM),
     (frame("SUBSCRIBE", id="s"), errors.INVALID_MESSAGE),
     (frame("SUBSCRIBE", id="s", destination="(", **{"destination-type": "1"}),
-     errors.INVALID_MESSAGE),
+     errors.INVALID_PATTERN),
     (frame("SEND", "x"), errors.INVALID_MESSAGE),
     (frame("SEND", "x", destination="/room/]"), errors.INVALID_ROOM),
     (frame("BEGIN", transaction="t"), errors.MESSAGE_TYPE_NOT_ALLOWED),
@@ -270,7 +270,7 @@ def test_disconnect_without_receipt_closes_silently():
 
 def _sub(rid: str, room: dict, pattern: str | None = None) -> Subscription:
     return Subscription(rid, json.dumps(rid), parse_room(room),
-                        pattern=re.compile(pattern) if pattern else None)
+                        pattern=WatchPattern(pattern) if pattern else None)
 
 
 def _direct(text: str | None = None, data_json: str = '{"n":1}') -> dict:
@@ -341,22 +341,172 @@ def test_cb_framer_answers_in_the_clients_byte_order():
 
 
 
-@pytest.mark.parametrize("pattern, allowed", [
-    ("/agent/.*", True),
-    ("/agent/bob.*", True),
-    ("/agent/[a-z]+_.*", True),
-    ("/agent/(bob|ann)", True),
-    ("/agent/(a|aa)*b", False),   # exponential backtracking
-    ("/agent/(ab)+", False),
-    (r"/agent/(a)\1", False),    # backreference
-    ("/agent/.*.*.*x", False),    # O(n^3) and worse
-])
-def test_regex_watch_rejects_costly_patterns(pattern, allowed):
-    codec = connected(StompCodec(cb=True), profile="super_agent", login="sue")
+def _watch(pattern: str) -> Subscribe | Invalid:
+    codec = connected(StompCodec(), profile="super_agent", login="sue")
     req = codec.decode(frame("SUBSCRIBE", id="w", destination=pattern,
                              **{"destination-type": "1"}))
-    if allowed:
-        assert isinstance(req, Subscribe) and req.pattern.pattern == pattern
-    else:
-        assert isinstance(req, Invalid) and req.code == errors.INVALID_MESSAGE
-        assert "too costly" in req.detail
+    assert isinstance(req, (Subscribe, Invalid))
+    return req
+
+
+@pytest.mark.parametrize("pattern, matching, other", [
+    ("/agent/.*", "/agent/" + "a" * 90 + "c", "/agents/a"),
+    ("/agent/(bob|ann)", "/agent/ann", "/agent/" + "bob" * 30),
+    ("/agent/(a|aa)*b", "/agent/aaab", "/agent/" + "a" * 90 + "c"),  # exponential in re
+    ("/agent/(ab)+", "/agent/abab", "/agent/" + "ab" * 90 + "a"),
+    ("/agent/.*.*.*x", "/agent/axbx", "/agent/" + "a" * 200),  # O(n^3) in re
+    ("/agent/" + ".?" * 100 + "!", "/agent/x!", "/agent/" + "x" * 40),  # "?" was not counted
+])
+def test_regex_watch_matches_without_backtracking(pattern, matching, other):
+    """The patterns once refused as "too costly" (or let through by mistake) are matched by
+    RE2. On the exponential ones, Python's re would take years for the non-matching
+    destination (the test would time out)."""
+    req = _watch(pattern)
+    assert isinstance(req, Subscribe) and req.pattern is not None
+    assert req.pattern.pattern == pattern
+    assert req.pattern.fullmatch(matching)
+    assert not req.pattern.fullmatch(other)
+
+
+@pytest.mark.parametrize("pattern, why", [
+    (r"/agent/(a)\1", "invalid escape"),                  # backreference
+    (r"(?x) /agent/ ( a | aa ) * b", "invalid perl operator"),  # verbose mode
+    (r"/agent/(?=a).*", "invalid perl operator"),          # look-ahead
+    (r"/agent/(.{0,50}){20}", "pattern too large"),        # past PATTERN_MAX_MEM
+    ("/agent/" + "a" * MAX_PATTERN, "longer than"),
+    (r"/agent/\Z", "invalid escape"),                      # Python's \Z is RE2's \z
+])
+def test_regex_watch_refuses_what_re2_cannot_compile(pattern, why):
+    re.compile(pattern)  # Python's re takes each of them
+    req = _watch(pattern)
+    assert isinstance(req, Invalid) and req.code == errors.INVALID_PATTERN
+    assert why in (req.detail or ""), req.detail
+
+
+def test_a_regex_watch_does_not_match_a_destination_longer_than_any_clients():
+    pattern = WatchPattern("/agent/.*")
+    assert pattern.fullmatch("/agent/" + "a" * 256)
+    assert not pattern.fullmatch("/agent/" + "a" * 600)
+
+
+# --------------------------------------------------------------------------- hostile identities
+
+HOSTILE_LOGINS = ["evil\x00ERROR", "evil\nERROR\nmessage:forged\n\nx\x00", "evil\r\n\r\nERROR",
+                  "evil:\\c\\n\\"]
+
+
+@pytest.mark.parametrize("login", HOSTILE_LOGINS)
+def test_no_encoder_lets_a_login_split_a_frame(login):
+    """A direct message from and to a login holding NUL, CR, LF, ':' or '\\' is one frame on
+    every STOMP framing, and one line in the JSON dialects (JSON escapes control characters)."""
+    sender, to = f"/agent/{login}", f"/agent/{login}2"
+    message = {"id": "m1", "room": dump_json({"client": login + "2", "profile": "agent"}),
+               "to": to, "from": sender, "data": '"hi"', "text": "hi",
+               "message": dump_json({"type": "message", "from": sender, "to": to, "data": "hi",
+                                     "id": "m1"})}
+    for codec in (StompCodec(), StompCodec(text=True)):
+        data = codec.message(message)
+        raw = data.encode() if isinstance(data, str) else data
+        frames = StompParser().feed(raw)
+        assert len(frames) == 1 and isinstance(frames[0], Frame)
+        assert frames[0].body == b"hi"
+        assert frames[0].headers["origin"] == sender.replace("\x00", "\ufffd")
+        assert frames[0].headers["destination"] == to.replace("\x00", "\ufffd")
+    framer = CBFramer()
+    data = StompCodec(cb=True, framer=framer).message(message)
+    assert isinstance(data, bytes) and b"\x00" not in data[5:-1]
+    (frame_,) = CBFramer().feed(data)
+    assert frame_.body == b"hi" and not set("".join(frame_.headers.values())) & set("\x00\r\n")
+    for json_codec in (JsonCodec(rich=True), JsonCodec(rich=False)):
+        for line in (json_codec.message(message),
+                     json_codec.welcome(Identity(login_id=login), "c1", None)):
+            assert not set(line) & set("\x00\r\n"), line
+            assert json.loads(line)
+
+
+# --------------------------------------------------------------------------- acknowledgement
+
+
+def test_client_ack_subscriptions_get_ack_ids_and_acks_are_checked():
+    codec = connected(StompCodec())
+    room = {"x": "1"}
+    req = codec.decode(frame("SUBSCRIBE", id="c", destination="/room/" + json.dumps(room),
+                             ack="client-individual"))
+    assert isinstance(req, Subscribe)
+    codec.decode(frame("SUBSCRIBE", id="a", destination="/room/" + json.dumps(room)))
+    first = out(codec.publish(_sub("c", room), "1", "k", "t1"))
+    assert first.headers["ack"] == "1"
+    assert "ack" not in out(codec.publish(_sub("a", room), "1", "k", "t1")).headers
+    direct = out(codec.watched(_sub("c", {"client": "*", "profile": "agent"}), _direct()))
+    assert direct.headers["ack"] == "2"
+    for command in ("ACK", "NACK"):
+        assert isinstance(codec.decode(frame(command, id="1")), Ping)
+    for bad in ("3", "0", "m1", "-1", ""):
+        req = codec.decode(frame("ACK", id=bad))
+        assert isinstance(req, Invalid) and req.code == errors.INVALID_MESSAGE, bad
+    assert isinstance(codec.decode(frame("NACK")), Invalid)  # no id
+    # unsubscribed: no more ack ids for it
+    codec.decode(frame("UNSUBSCRIBE", id="c"))
+    assert "ack" not in out(codec.publish(_sub("c", room), "1", "k", "t2")).headers
+
+
+def test_ack_mode_of_a_refused_subscribe_is_forgotten():
+    codec = connected(StompCodec())
+    req = codec.decode(frame("SUBSCRIBE", id="x", destination="/room/{\"r\":\"1\"}", ack="client"))
+    codec.reply(Error(errors.ROOM_NOT_FOUND, "x"), req.meta)
+    assert "ack" not in out(codec.publish(_sub("x", {"r": "1"}), "1", "k", "t")).headers
+    req = codec.decode(frame("SUBSCRIBE", id="y", destination="/room/{}", ack="sometimes"))
+    assert isinstance(req, Invalid) and req.code == errors.INVALID_MESSAGE
+
+
+def test_inbox_subscription_with_client_ack_names_and_acks_direct_messages():
+    codec = connected(StompCodec())
+    codec.decode(frame("SUBSCRIBE", id="inbox", destination="/agent/bob",
+                       ack="client-individual"))
+    msg = out(codec.message(_direct()))
+    assert msg.headers["subscription"] == "inbox" and msg.headers["ack"] == "1"
+
+
+def test_communication_broker_dialect_has_no_ack_ids():
+    codec = connected(StompCodec(cb=True))
+    codec.decode(frame("SUBSCRIBE", id="c", destination="/room/{\"r\":\"1\"}", ack="client"))
+    assert "ack" not in out(codec.publish(_sub("c", {"r": "1"}), "1", "k", "t"), cb=True).headers
+    assert isinstance(codec.decode(frame("ACK", id="whatever")), Ping)
+
+
+def test_a_stomp_senders_content_type_reaches_stomp_receivers():
+    msg = {**_direct(text="<a/>"), "content_type": "application/xml"}
+    assert out(StompCodec().message(msg)).headers["content-type"] == "application/xml"
+    assert out(StompCodec().message(_direct(text="t"))).headers["content-type"] == "text/plain"
+
+
+def test_connected_offers_heartbeats_only_where_the_client_wants_them():
+    for asked, offered in (("0,0", "0,0"), ("1000,0", "0,5000"), ("0,1000", "5000,0")):
+        codec = StompCodec(heartbeat_ms=5000)
+        codec.credentials(frame("CONNECT", token="t", **{"heart-beat": asked}), None)
+        f = out(codec.welcome(identity_from_api({"login_id": "b"}), "c", None))
+        assert f.headers["heart-beat"] == offered, asked
+
+
+def test_a_connection_holds_at_most_max_regex_watches():
+    """Each regex watch may hold up to PATTERN_MAX_MEM of RE2 memory and costs matching work
+    per direct message: a connection holds at most MAX_REGEX_WATCHES of them."""
+    from broker.session import MAX_REGEX_WATCHES
+
+    ident = identity_from_api({"login_id": "sup", "profile": "super_agent"})
+    codec = connected(StompCodec(), profile="super_agent", login="sup")
+    session = Session(ident, max_subscriptions=100, public_status=False)
+    for i in range(MAX_REGEX_WATCHES):
+        step = session.handle(codec.decode(frame("SUBSCRIBE", id=f"w{i}", destination=f"/agent/{i}.*",
+                                                 **{"destination-type": "1"})))
+        assert isinstance(step.effect, JoinRoom), step
+    step = session.handle(codec.decode(frame("SUBSCRIBE", id="more", destination="/agent/x.*",
+                                             **{"destination-type": "1"})))
+    assert isinstance(step.reply, Error) and step.reply.code == errors.TOO_MANY_SUBSCRIPTIONS
+    # ordinary subscriptions are not limited by it; and a watch ended frees its place
+    step = session.handle(codec.decode(frame("SUBSCRIBE", id="all", destination="/agent/*")))
+    assert isinstance(step.effect, JoinRoom)
+    session.handle(codec.decode(frame("UNSUBSCRIBE", id="w0")))
+    step = session.handle(codec.decode(frame("SUBSCRIBE", id="more", destination="/agent/x.*",
+                                             **{"destination-type": "1"})))
+    assert isinstance(step.effect, JoinRoom)

@@ -372,7 +372,10 @@ def test_cb_framer_keepalive_and_errors() -> None:
 
 # --------------------------------------------------------------------------- round trips
 
-SAFE_TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=20)
+# What round-trips exactly: no STOMP header carries NUL (the encoder writes U+FFFD instead,
+# see the hostile-header tests below).
+SAFE_TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
+                    max_size=20)
 UNESCAPED_NAME = SAFE_TEXT.filter(lambda s: not set(s) & set(":\r\n"))
 UNESCAPED_VALUE = SAFE_TEXT.filter(lambda s: not set(s) & set("\r\n"))
 CB_NAME = UNESCAPED_NAME.filter(lambda s: s == s.strip())
@@ -391,8 +394,9 @@ def frames(draw: st.DrawFn, *, cb: bool = False, nul_body: bool = True) -> Frame
     elif command in ("CONNECT", "CONNECTED"):
         names, values = UNESCAPED_NAME, UNESCAPED_VALUE
     else:
-        names = values = st.text(st.characters(blacklist_categories=["Cs"]) | st.sampled_from(
-            ":\n\r\\"), max_size=20)
+        names = values = st.text(st.characters(blacklist_categories=["Cs"],
+                                               blacklist_characters="\x00")
+                                 | st.sampled_from(":\n\r\\"), max_size=20)
     headers = no_content_length(draw(st.dictionaries(names, values, max_size=6)))
     body = draw(st.binary(max_size=300) if nul_body else
                 st.binary(max_size=300).map(lambda b: b.replace(b"\x00", b"")))
@@ -455,3 +459,71 @@ def test_roundtrip_cb_framer(batch: list[Frame], cuts: list[int], big: bool, nul
         assert int.from_bytes(reply[1:5], "big" if big else "little") == len(reply) - 5
         assert reply.endswith(b"\x00")
         assert CBFramer().feed(reply) == [with_length(frame)]
+
+
+# --------------------------------------------------------------------------- hostile headers
+
+HOSTILE = ["evil\x00ERROR", "a\rb", "a\nb", "a:b", "a\\b", "\x00ERROR\n\nforged\x00",
+           "x\r\n\r\nERROR\r\nmessage:y\r\n\r\nz\x00", "\\c\\n\\\\", ":", "\n", "\x00"]
+
+
+def _no_raw_controls(frame: Frame) -> None:
+    for name, value in frame.headers.items():
+        assert not set(name + value) & {"\x00", "\r", "\n"}, (name, value)
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize("command", ["MESSAGE", "ERROR", "RECEIPT", "CONNECTED"])
+def test_hostile_header_values_cannot_split_a_frame(command: str, value: str) -> None:
+    """Whatever a header holds, the encoder writes one frame: the real parser reads back
+    exactly one, with the body intact, and no raw NUL, CR or LF in any header."""
+    headers = {"origin": value, value + "name": "v", "destination": "/agent/" + value}
+    data = encode_frame(Frame(command, headers, b"body \x00 with NUL"))
+    head = data[: data.index(b"\n\n")]
+    assert b"\x00" not in head and b"\r" not in head
+    frames = StompParser().feed(data)
+    assert len(frames) == 1, frames
+    frame = frames[0]
+    assert isinstance(frame, Frame) and frame.command == command
+    assert frame.body == b"body \x00 with NUL"
+    assert set(frame.headers) - {"content-length"} == {  # nothing injected, nothing lost
+        k.replace("\x00", "\ufffd").replace("\r", "_").replace("\n", "_").replace(":", "_")
+        if command == "CONNECTED" else k.replace("\x00", "\ufffd") for k in headers}
+    if command == "CONNECTED":  # unescaped: what it cannot carry was replaced
+        _no_raw_controls(frame)
+    else:
+        # escaped frames carry CR, LF, ':' and '\' exactly; NUL, which STOMP cannot escape,
+        # becomes U+FFFD
+        expected = {k.replace("\x00", "\ufffd"): v.replace("\x00", "\ufffd")
+                    for k, v in headers.items()}
+        assert {k: v for k, v in frame.headers.items() if k != "content-length"} == expected
+    # the same frame as one WebSocket message
+    assert parse_frame(data).command == command
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_header_values_in_communication_broker_framing(value: str) -> None:
+    """The length prefix bounds the frame; inside it, unescaped headers cannot carry NUL, CR
+    or LF either (its clients split headers on LF and may end the text at the first NUL)."""
+    framer = CBFramer()
+    data = framer.encode(Frame("MESSAGE", {"origin": value, value + "n": "v"}, b"text"))
+    text = data[5:]
+    assert text.endswith(b"\x00") and b"\x00" not in text[:-1]
+    frames = CBFramer().feed(data)
+    assert len(frames) == 1 and frames[0].command == "MESSAGE" and frames[0].body == b"text"
+    _no_raw_controls(frames[0])
+    assert len(frames[0].headers) == 3  # origin, the odd name, content-length: nothing injected
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=12), max_size=4),
+       st.sampled_from(["MESSAGE", "CONNECTED", "ERROR"]), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_any_headers_encode_to_exactly_one_frame(headers: dict[str, str], command: str,
+                                                  escape: bool) -> None:
+    data = encode_frame(Frame(command, headers, b"x"), escape=escape)
+    head = data[: data.index(b"\n\n")]
+    assert b"\x00" not in head and b"\r" not in head
+    assert head.count(b"\n") == len(headers) + 1  # one line per header, content-length
+    frame = parse_frame(data, cb_compat=not escape)  # unescaped frames: the CB reading
+    assert frame.command == command and frame.body == b"x"
+    assert len(frame.headers) <= len(headers) + 1
