@@ -24,7 +24,9 @@ import httpx
 
 from . import errors, metrics
 from .conf import conf
-from .identity import Identity, InvalidIdentity, identity_from_api, identity_from_static_keys
+from .identity import (
+    Identity, InvalidIdentity, InvalidLogin, identity_from_api, identity_from_static_keys,
+)
 
 log = logging.getLogger("broker.auth")
 
@@ -127,7 +129,8 @@ class ApiProxy:
         except (ValueError, InvalidIdentity) as exc:
             metrics.auth_outcome("malformed", elapsed)
             log.warning("auth API answered a malformed body: %s", exc)
-            raise Refused() from None
+            raise Refused(errors.INVALID_LOGIN if isinstance(exc, InvalidLogin)
+                          else errors.REFUSED) from None
         metrics.auth_outcome("authorized", elapsed)
         return identity
 

@@ -7,11 +7,12 @@ no other module branches on a profile's name.
 from __future__ import annotations
 
 import hmac
+import unicodedata
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from rooms import InvalidRoom, Room, parse_room, permitted
+from rooms import WILDCARD, InvalidRoom, Room, parse_room, permitted
 
 from . import errors
 
@@ -58,19 +59,57 @@ def destination_of(profile: Profile | str, login_id: str) -> str:
     return f"/{profile}/{login_id}"
 
 
-def parse_destination(dest: str) -> tuple[Profile, str] | None:
-    """``/agent/bob`` -> (AGENT, "bob"); None when it is not a client destination."""
+def parse_destination(dest: str, *, wildcard: bool = False) -> tuple[Profile, str] | None:
+    """``/agent/bob`` -> (AGENT, "bob"); None when it is not a client destination.
+
+    The login must be one ``validate_login`` accepts; ``wildcard``: ``/agent/*`` (a watch of
+    every agent, for subscriptions) is accepted too. A send names one client: never ``*``.
+    """
     parts = dest.split("/", 2)
-    if len(parts) != 3 or parts[0] != "" or not parts[2]:
+    if len(parts) != 3 or parts[0] != "":
         return None
     try:
-        return Profile(parts[1]), parts[2]
+        profile = Profile(parts[1])
     except ValueError:
+        return None
+    if wildcard and parts[2] == WILDCARD:
+        return profile, WILDCARD
+    try:
+        return profile, validate_login(parts[2])
+    except InvalidIdentity:
         return None
 
 
 class InvalidIdentity(ValueError):
     """The auth API's answer, or a static-key login, does not describe a valid identity."""
+
+
+class InvalidLogin(InvalidIdentity):
+    """The login is not one ``validate_login`` accepts; the refusal is ``invalid-login``."""
+
+
+MAX_LOGIN_CHARS = 256
+# Characters no login may hold (PROTOCOL "login_id", docs/protocol.md): control characters
+# (C0, DEL, C1) split STOMP headers and log lines; the Unicode line and paragraph separators
+# break lines too; a lone surrogate is not encodable as UTF-8.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def validate_login(value: object) -> str:
+    """The one check of every login, wherever it comes from (static keys, the auth API's
+    answer, a destination a client names). Raises InvalidLogin (``invalid-login``).
+
+    A login is a concrete, printable name: a non-empty string of at most MAX_LOGIN_CHARS that
+    is not only spaces, without ``/`` (it becomes ``/<profile>/<login>``), without the wildcard
+    ``*`` (its client room would be a wildcard room), and without control characters, line or
+    paragraph separators or lone surrogates (they could split a frame's header).
+    """
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_LOGIN_CHARS:
+        raise InvalidLogin(errors.INVALID_LOGIN)
+    if "/" in value or WILDCARD in value or any(
+            unicodedata.category(ch) in _REFUSED_CATEGORIES for ch in value):
+        raise InvalidLogin(errors.INVALID_LOGIN)
+    return str.__str__(value)
 
 
 @dataclass(frozen=True)
@@ -123,11 +162,7 @@ def _rooms(value: Any, name: str) -> tuple[Room, ...]:
 
 
 def _login(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or "/" in value or len(value) > 256:
-        raise InvalidIdentity("login_id must be a non-empty string without '/'")
-    return value
+    return None if value is None else validate_login(value)
 
 
 def identity_from_api(body: Any) -> Identity:
@@ -169,10 +204,4 @@ def identity_from_static_keys(
                 continue
     if found is None:
         raise InvalidIdentity(errors.INVALID_PROFILE_KEY)
-    try:
-        login = _login(login_id)
-    except InvalidIdentity:
-        raise InvalidIdentity(errors.INVALID_PROFILE_KEY) from None
-    if login is None:
-        raise InvalidIdentity(errors.INVALID_PROFILE_KEY)
-    return Identity(login_id=login, profile=found)
+    return Identity(login_id=validate_login(login_id), profile=found)

@@ -232,7 +232,7 @@ class StompCodec:
                 return Invalid(errors.INVALID_ROOM, sid, "/room/ must be followed by a JSON room",
                                meta)
             return Subscribe(sid, room, meta=meta)
-        target = parse_destination(dest)
+        target = parse_destination(dest, wildcard=True)
         if target is None:
             return Invalid(errors.INVALID_ROOM, sid,
                            "destination must be /room/<json>, /<profile>/<login> or /<profile>/*",

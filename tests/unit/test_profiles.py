@@ -169,7 +169,10 @@ def test_rules_table_is_complete_and_destinations_round_trip():
         assert dest == f"/{p.value}/bob"
         assert parse_destination(dest) == (p, "bob")
         assert client_room(p, "bob") == parse_room({"client": "bob", "profile": p.value})
-    assert parse_destination("/agent/a/b") == (Profile.AGENT, "a/b")
+    # a login never holds '/', '*' or a control character: no such destination (issue 11)
+    for bad in ("/agent/a/b", "/agent/*", "/agent/a*", "/agent/a\x00b", "/agent/"):
+        assert parse_destination(bad) is None
+    assert parse_destination("/agent/*", wildcard=True) == (Profile.AGENT, "*")
     assert parse_destination("agent/bob") is None
     assert parse_destination("/agent") is None
 
@@ -186,6 +189,10 @@ def test_identity_without_login_has_no_destination():
     {"login_id": ""},
     {"login_id": "a/b"},
     {"login_id": 7},
+    {"login_id": "a\x00b"},
+    {"login_id": "a\u2028b"},
+    {"login_id": "*"},
+    {"login_id": "x" * 257},
     {"publish_rooms": [{"a": None}]},
     {"publish_rooms": {"a": 1}},
 ])
@@ -221,8 +228,13 @@ def test_static_keys_choose_the_profile(profile):
     ({"app_key": "wrong", "profile_key": "wrong"}, errors.INVALID_APP_KEY),
     ({"profile_key": "wrong"}, errors.INVALID_PROFILE_KEY),
     ({"profile_key": ""}, errors.INVALID_PROFILE_KEY),
-    ({"login": ""}, errors.INVALID_PROFILE_KEY),
-    ({"login": "a/b"}, errors.INVALID_PROFILE_KEY),
+    # keys right, login wrong: the login is named (issue 11), not the keys
+    ({"login": ""}, errors.INVALID_LOGIN),
+    ({"login": "a/b"}, errors.INVALID_LOGIN),
+    ({"login": "evil\x00ERROR"}, errors.INVALID_LOGIN),
+    ({"login": "*"}, errors.INVALID_LOGIN),
+    # keys wrong: the keys are named whatever the login
+    ({"login": "*", "profile_key": "wrong"}, errors.INVALID_PROFILE_KEY),
 ])
 def test_static_keys_refusals_have_the_contract_texts(kwargs, reason):
     with pytest.raises(InvalidIdentity) as info:
