@@ -51,6 +51,10 @@ SHUTTING_DOWN = "shutting-down"  # the process got SIGTERM
 # A login (static keys, or the auth API's answer) that is not a concrete printable name:
 # control characters, line separators, '*', '/', empty, too long (broker.identity).
 INVALID_LOGIN = "invalid-login"
+# A credential (cookie, token, authorization, a forwarded header) that cannot be an HTTP header
+# value: CR, LF, NUL or another control character (broker.auth.wire_value). The client's fault:
+# 4003, the auth API is not asked, and it is not counted as an auth API failure.
+INVALID_CREDENTIALS = "invalid-credentials"
 
 # WebSocket close codes (PROTOCOL §3 "Close codes").
 CLOSE_NORMAL = 1000

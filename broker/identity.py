@@ -191,13 +191,14 @@ def identity_from_static_keys(
     Raises InvalidIdentity with the contract's exact texts.
     """
     if not expected_app_key or not hmac.compare_digest(
-        app_key.encode(), expected_app_key.encode()
+        app_key.encode("utf-8", "surrogatepass"), expected_app_key.encode()
     ):
         raise InvalidIdentity(errors.INVALID_APP_KEY)
     found: Profile | None = None
     # Compare against every key so timing does not reveal which profile matched.
     for name, key in profile_keys.items():
-        if hmac.compare_digest(profile_key.encode(), str(key).encode()) and found is None:
+        if hmac.compare_digest(profile_key.encode("utf-8", "surrogatepass"),
+                               str(key).encode()) and found is None:
             try:
                 found = Profile(name)
             except ValueError:
