@@ -49,7 +49,7 @@ from .conf import conf
 from .errors import BrokerUnavailable
 from .history import merge_seam, recovered
 from .hub import Hub, get_hub
-from .identity import Identity, client_room, parse_destination
+from .identity import Identity, client_room, parse_address
 from .limits import Verdict, make_bucket
 from .session import (
     AdminAction,
@@ -300,7 +300,7 @@ class Connection:
                                                       history=effect.history)
                 return Success(rid, {"id": trigger_id})
             case SendDirect():
-                target = parse_destination(effect.destination)
+                target = parse_address(effect.destination)
                 assert target is not None
                 # An acknowledged message waits for a recipient that is not connected yet.
                 if not effect.ack and not await hub.cluster.destination_exists(

@@ -2,6 +2,16 @@
 
 Everything a profile may do beyond its API rooms is in PROFILE_RULES, one row per profile;
 no other module branches on a profile's name.
+
+Realms (issue 11): a login comes from the auth API or from static keys, and the two are two
+namespaces. A client is (realm, profile, login); ``client_room`` and ``address_of`` are the one
+place that turns it into the room its direct messages are routed through and the address the
+registry, the duplicate-login policy, acknowledged messages and resume state are keyed by.
+The auth API's realm keeps the contract's forms exactly (room ``{"client","profile"}``, address
+``/agent/bob``); the static-key realm's room has a third key ``"realm": "static"`` and its
+address is ``static:/agent/bob``. Clients never see either form of the static realm: they name
+and are shown ``/agent/bob`` and ``{"client": .., "profile": ..}``, read in their own realm
+(``Identity.local_room``, ``resolve_destination``; ``public_room``, ``public_destination``).
 """
 
 from __future__ import annotations
@@ -10,7 +20,7 @@ import hmac
 import unicodedata
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 from rooms import WILDCARD, InvalidRoom, Room, parse_room, permitted
 
@@ -50,13 +60,81 @@ PROFILE_RULES: dict[Profile, ProfileRule] = {
 }
 
 
-def client_room(profile: Profile | str, login_id: str) -> Room:
-    """The room a logged-in client owns; direct messages to it are routed through it."""
-    return parse_room({"client": login_id, "profile": str(profile)})
+class Realm(StrEnum):
+    """Where a login comes from; logins of two realms never name the same client."""
+
+    API = "api"
+    STATIC = "static"
+
+
+REALM_KEY = "realm"
+_CLIENT_KEYS = frozenset({"client", "profile"})
+
+
+def client_room(realm: Realm | str, profile: Profile | str, login_id: str) -> Room:
+    """The room a client owns (``login_id`` ``*``: every client of that profile and realm);
+    direct messages to it are routed through it, and watching it watches the client."""
+    room: dict[str, str] = {"client": login_id, "profile": str(profile)}
+    if realm != Realm.API:
+        room[REALM_KEY] = str(realm)
+    return parse_room(room)
 
 
 def destination_of(profile: Profile | str, login_id: str) -> str:
+    """The destination clients name and are shown: ``/agent/bob``, whatever the realm."""
     return f"/{profile}/{login_id}"
+
+
+def address_of(realm: Realm | str, profile: Profile | str, login_id: str) -> str:
+    """The realm-qualified destination everything inside the broker is keyed by."""
+    dest = destination_of(profile, login_id)
+    return dest if realm == Realm.API else f"{realm}:{dest}"
+
+
+def parse_address(address: str) -> tuple[Realm, Profile, str] | None:
+    """``address_of``'s inverse: (realm, profile, login), or None."""
+    realm, dest = Realm.API, address
+    if not address.startswith("/"):
+        prefix, _, dest = address.partition(":")
+        try:
+            realm = Realm(prefix)
+        except ValueError:
+            return None
+        if realm == Realm.API:
+            return None
+    target = parse_destination(dest)
+    return None if target is None else (realm, *target)
+
+
+@overload
+def public_destination(address: str) -> str: ...
+@overload
+def public_destination(address: None) -> None: ...
+def public_destination(address: str | None) -> str | None:
+    """What a client is shown of an address: ``static:/agent/bob`` -> ``/agent/bob``."""
+    if address is None or address.startswith("/"):
+        return address
+    return address.partition(":")[2]
+
+
+def resolve_destination(realm: Realm, dest: str) -> str | None:
+    """The address of the client a destination names, read in the sender's realm (a client
+    cannot name another realm's clients). None when it names no single client."""
+    target = parse_destination(dest)
+    return None if target is None else address_of(realm, *target)
+
+
+def public_room(room: Room) -> Room:
+    """What a client is shown of a room: a static-realm client room without its realm key."""
+    original = room.original
+    if set(original) == _CLIENT_KEYS | {REALM_KEY} and original[REALM_KEY] != Realm.API:
+        return parse_room({k: v for k, v in original.items() if k != REALM_KEY})
+    return room
+
+
+def public_room_key(key: str) -> str:
+    """``public_room`` of a canonical room key (cheap for every room but a static client's)."""
+    return public_room(Room.from_key(key)).key if f'"{REALM_KEY}":' in key else key
 
 
 def parse_destination(dest: str, *, wildcard: bool = False) -> tuple[Profile, str] | None:
@@ -118,6 +196,7 @@ class Identity:
     login_id: str | None = None
     profile: Profile = Profile.AGENT
     publish_rooms: tuple[Room, ...] = ()
+    realm: Realm = Realm.API
     # Derived: API rooms plus the profile's watch rooms, de-duplicated, API order first.
     allowed_rooms: tuple[Room, ...] = field(init=False)
 
@@ -125,7 +204,7 @@ class Identity:
         rule = PROFILE_RULES[self.profile]
         rooms: list[Room] = []
         if rule.can_subscribe:
-            extra = [parse_room({"client": "*", "profile": str(p)}) for p in rule.watches]
+            extra = [client_room(self.realm, p, WILDCARD) for p in rule.watches]
             for room in (*self.api_rooms, *extra):
                 if room not in rooms:
                     rooms.append(room)
@@ -137,11 +216,29 @@ class Identity:
 
     @property
     def destination(self) -> str | None:
+        """This client's address (``address_of``): the key of everything addressed to it."""
+        return address_of(self.realm, self.profile, self.login_id) if self.login_id else None
+
+    @property
+    def public_destination(self) -> str | None:
+        """The destination this client is shown and others name it by: ``/agent/bob``."""
         return destination_of(self.profile, self.login_id) if self.login_id else None
 
     @property
     def client_room(self) -> Room | None:
-        return client_room(self.profile, self.login_id) if self.login_id else None
+        return client_room(self.realm, self.profile, self.login_id) if self.login_id else None
+
+    @property
+    def shown_rooms(self) -> list[dict[str, Any]]:
+        """The allowed rooms as this client is shown them (``public_room``)."""
+        return [public_room(r).original for r in self.allowed_rooms]
+
+    def local_room(self, room: Room) -> Room:
+        """A room this client names, read in its realm: a static-key client's
+        ``{"client": .., "profile": ..}`` is a client of the static realm."""
+        if self.realm != Realm.API and set(room.original) == _CLIENT_KEYS:
+            return parse_room({**room.original, REALM_KEY: str(self.realm)})
+        return room
 
     def may_subscribe(self, room: Room) -> bool:
         return permitted(self.allowed_rooms, room)
@@ -205,4 +302,4 @@ def identity_from_static_keys(
                 continue
     if found is None:
         raise InvalidIdentity(errors.INVALID_PROFILE_KEY)
-    return Identity(login_id=validate_login(login_id), profile=found)
+    return Identity(login_id=validate_login(login_id), profile=found, realm=Realm.STATIC)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import urllib.parse
 from typing import Any
@@ -96,4 +97,115 @@ async def test_a_send_to_a_wildcard_destination_is_refused(broker_factory, auth_
         assert (await recv_json(carol))["data"]["data"] == "y"
     finally:
         for ws in (carol, alice, bob):
+            await ws.close()
+
+
+# ---------------------------------------------------------------- two realms (item 4)
+
+
+async def open_rich(url: str, **kw: Any) -> tuple[Any, dict[str, Any]]:
+    ws, welcome = await ws_open(url, subprotocols=RICH, **kw)
+    assert welcome["type"] == "welcome", welcome
+    return ws, welcome
+
+
+async def open_when_released(url: str, **kw: Any) -> tuple[Any, dict[str, Any]]:
+    """Open once the broker has let go of the login's closed connection (under "reject", a
+    login is refused while the broker still holds its previous connection)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while True:
+        ws, first = await ws_open(url, subprotocols=RICH, **kw)
+        if first.get("reason") != "duplicate-login" or loop.time() > deadline:
+            assert first["type"] == "welcome", first
+            return ws, first
+        await close_code(ws)
+
+
+async def reply_to(ws: Any, request: dict[str, Any]) -> dict[str, Any]:
+    await send_json(ws, {**request, "requestId": "r"})
+    return await recv_json(ws)
+
+
+@pytest.mark.parametrize("layer", ["memory", "redis"])
+async def test_static_key_and_api_logins_never_share_a_client(broker_factory, auth_api,
+                                                             redis_server, unique, layer):
+    """With both enabled (as README's com-broker run does), a static-key client calling itself
+    bob is not the API's bob: no shared direct messages, watches, acknowledged messages,
+    duplicate-login policy or resume state. A destination resolves in the sender's realm."""
+    env: dict[str, Any] = dict(STATIC_KEYS, BROKER_DUPLICATE_LOGIN="reject")
+    if layer == "redis":
+        env.update(redis=redis_server, BROKER_KEY_PREFIX=f"t-{unique}")
+    broker = broker_factory(auth_api=auth_api, **env)
+    for login, profile in (("bob", "agent"), ("alice", "agent"), ("carol", "super_agent")):
+        auth_api.allow(token=login, body={"login_id": login, "profile": profile})
+    api_bob, api_welcome = await open_rich(broker.ws_url, token="bob")
+    # reject: the same login in the other realm is another client, not a duplicate
+    key_bob, key_welcome = await open_rich(static_url(broker, "bob"))
+    api_alice, _ = await open_rich(broker.ws_url, token="alice")
+    key_sue, _ = await open_rich(static_url(broker, "sue"))
+    api_carol, carol_welcome = await open_rich(broker.ws_url, token="carol")
+    key_carol, key_carol_welcome = await open_rich(static_url(broker, "carol", "sk"))
+    everyone = [api_bob, key_bob, api_alice, key_sue, api_carol, key_carol]
+    try:
+        # both are shown as the contract says: /agent/bob, watching {"client":"*",...}
+        assert api_welcome["destination"] == key_welcome["destination"] == "/agent/bob"
+        watch = {"client": "*", "profile": "agent"}
+        assert carol_welcome["allowed_rooms"] == key_carol_welcome["allowed_rooms"] == [watch]
+        for ws in (api_carol, key_carol):
+            assert (await reply_to(ws, {"type": "subscribe", "room": watch}))["code"] == "success"
+
+        # API alice -> /agent/bob: the API's bob, watched by the API's super agent only
+        reply = await reply_to(api_alice, {"type": "send", "to": "/agent/bob", "data": "api"})
+        assert reply["code"] == "success"
+        got = await recv_json(api_bob)
+        assert (got["from"], got["to"], got["data"]) == ("/agent/alice", "/agent/bob", "api")
+        watched = await recv_json(api_carol)
+        assert watched["data"]["data"] == "api"
+        assert watched["room"] == {"client": "bob", "profile": "agent"}
+        # static sue -> /agent/bob: the static bob, watched by the static super agent only
+        reply = await reply_to(key_sue, {"type": "send", "to": "/agent/bob", "data": "key"})
+        assert reply["code"] == "success"
+        got = await recv_json(key_bob)
+        assert (got["from"], got["to"], got["data"]) == ("/agent/sue", "/agent/bob", "key")
+        watched = await recv_json(key_carol)
+        assert watched["data"]["data"] == "key"
+        assert watched["room"] == {"client": "bob", "profile": "agent"}
+        # a login of one realm is not a destination in the other
+        reply = await reply_to(key_sue, {"type": "send", "to": "/agent/alice", "data": "x"})
+        assert reply["message"] == "destination-not-found"
+        reply = await reply_to(api_alice, {"type": "send", "to": "/agent/sue", "data": "x"})
+        assert reply["message"] == "destination-not-found"
+        for ws in everyone:
+            await expect_nothing(ws, 0.2)
+
+        # acknowledged: to the API's bob; the static bob neither gets nor confirms it
+        await api_bob.close()
+        reply = await reply_to(api_alice, {"type": "send", "to": "/agent/bob", "data": "ack",
+                                           "ack": True})
+        mid = reply["id"]
+        await expect_nothing(key_bob, 0.3)
+        assert (await reply_to(key_bob, {"type": "confirm", "id": mid}))["code"] == "success"
+        await expect_nothing(api_alice, 0.3)  # no "confirmed": it was not static bob's
+        api_bob, _ = await open_rich(broker.ws_url, token="bob")
+        got = await recv_json(api_bob)
+        assert (got["id"], got["data"], got["ack"]) == (mid, "ack", True)
+
+        # resume state: a static carol's token is worthless to the API's carol, and vice
+        # versa; each realm's carol takes her own back (her watch)
+        await api_carol.close()
+        await key_carol.close()
+        for url, kw, token, resumed in (
+                (broker.ws_url, {"token": "carol"}, key_carol_welcome, False),
+                (static_url(broker, "carol", "sk"), {}, carol_welcome, False),
+                (static_url(broker, "carol", "sk"), {}, key_carol_welcome, True),
+                (broker.ws_url, {"token": "carol"}, carol_welcome, True)):
+            sep = "&" if "?" in url else "?"
+            ws, welcome = await open_when_released(f"{url}{sep}resume={token['resume_token']}",
+                                                   **kw)
+            everyone.append(ws)
+            assert welcome["resumed"] is resumed, (url, welcome)
+            await ws.close()
+    finally:
+        for ws in everyone:
             await ws.close()
