@@ -36,9 +36,17 @@ AUTH_POOL_SHARDS = 8
 
 
 class Refused(Exception):
+    # Refusals counted under their own name (combroker_connections_refused_by_cause_total);
+    # every other reason (the static keys' texts) is counted as "refused".
+    NAMED = frozenset({errors.DUPLICATE_LOGIN, errors.INVALID_LOGIN, errors.INVALID_CREDENTIALS})
+
     def __init__(self, reason: str = errors.REFUSED) -> None:
         super().__init__(reason)
         self.reason = reason
+
+    @property
+    def cause(self) -> str:
+        return self.reason if self.reason in self.NAMED else errors.REFUSED
 
 
 class AuthUnavailable(Exception):

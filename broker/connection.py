@@ -224,7 +224,8 @@ class Connection:
 
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "login_id": self.identity.login_id,
-                "profile": str(self.identity.profile), "transport": self.transport.name,
+                "profile": str(self.identity.profile), "realm": str(self.identity.realm),
+                "transport": self.transport.name,
                 "remote_addr": self.transport.remote_addr,
                 "connected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                               time.gmtime(self.connected_at)),

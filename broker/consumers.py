@@ -141,8 +141,7 @@ class BrokerConsumer(AsyncWebsocketConsumer):
         try:
             await self.conn.open(creds, resume_token_from_scope(self.scope))
         except Refused as exc:
-            metrics.refused(errors.DUPLICATE_LOGIN if exc.reason == errors.DUPLICATE_LOGIN
-                            else errors.REFUSED)
+            metrics.refused(exc.cause)
             await self.send(text_data=self.codec.refused(exc.reason))
             await self.close(errors.CLOSE_REFUSED if rich else errors.CLOSE_NORMAL)
             return

@@ -268,6 +268,8 @@ async def test_credentials_that_cannot_be_header_values_are_refused(broker_facto
     assert auth_api.count == 0
     assert metric(broker, "combroker_auth_total", '{outcome="unavailable"}') == 0
     assert metric(broker, "combroker_auth_total", '{outcome="invalid-credentials"}') == 5
+    assert metric(broker, "combroker_connections_refused_by_cause_total",
+                  '{cause="invalid-credentials"}') == 5
     for b in (broker, gate):
         assert "Traceback" not in b.log()
 

@@ -53,6 +53,8 @@ async def test_static_key_logins_with_control_characters_or_wildcards_are_refuse
     for login in BAD_LOGINS:
         if login != "a\ud800b":  # a URL carries UTF-8: no lone surrogate
             await expect_invalid_login(static_url(broker, login))
+    assert metric(broker, "combroker_connections_refused_by_cause_total",
+                  '{cause="invalid-login"}') == len(BAD_LOGINS) - 1
     # a login that is fine is still fine: printable Unicode, spaces inside, colons
     ws, first = await ws_open(static_url(broker, "José: the ☃"), subprotocols=RICH)
     assert first["is_authorized"] is True and first["destination"] == "/agent/José: the ☃"
