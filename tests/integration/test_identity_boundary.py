@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.harness import close_code, expect_nothing, recv_json, send_json, ws_open
-from tests.integration.gatehelpers import STATIC_KEYS
+from tests.integration.gatehelpers import STATIC_KEYS, CBClient, JsonLines, start_gate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,6 +55,22 @@ async def test_static_key_logins_with_control_characters_or_wildcards_are_refuse
             await expect_invalid_login(static_url(broker, login))
     assert metric(broker, "combroker_connections_refused_by_cause_total",
                   '{cause="invalid-login"}') == len(BAD_LOGINS) - 1
+    # the TCP gate: a JSON-lines connect line (any character JSON can carry), and the
+    # Communication Broker framing (its headers are not escaped: anything but NUL)
+    gate = start_gate(broker_factory, auth_api=auth_api, **STATIC_KEYS)
+    for login in BAD_LOGINS:
+        j = JsonLines(gate.port)
+        try:
+            j.send({"type": "connect", "app_key": "app-secret", "login_id": login,
+                    "profile_key": "ak"})
+            assert await asyncio.to_thread(j.recv) == INVALID_LOGIN, login
+        finally:
+            j.close()
+    for login in ("a\x1bb", "a\x7fb", "a\u2028b", "*"):
+        cb = CBClient(gate.port)
+        frame = await asyncio.to_thread(cb.connect, login, "ak")
+        assert (frame.command, frame.headers["message"]) == ("ERROR", "invalid-login"), login
+        assert await asyncio.to_thread(cb.closed)
     # a login that is fine is still fine: printable Unicode, spaces inside, colons
     ws, first = await ws_open(static_url(broker, "José: the ☃"), subprotocols=RICH)
     assert first["is_authorized"] is True and first["destination"] == "/agent/José: the ☃"
