@@ -264,6 +264,9 @@ def test_addresses_and_realms_round_trip():
     ({"login": "*"}, errors.INVALID_LOGIN),
     # keys wrong: the keys are named whatever the login
     ({"login": "*", "profile_key": "wrong"}, errors.INVALID_PROFILE_KEY),
+    # a lone surrogate (JSON text can carry one) is a wrong key, not a crash
+    ({"app_key": "\ud800"}, errors.INVALID_APP_KEY),
+    ({"profile_key": "\ud800"}, errors.INVALID_PROFILE_KEY),
 ])
 def test_static_keys_refusals_have_the_contract_texts(kwargs, reason):
     with pytest.raises(InvalidIdentity) as info:
