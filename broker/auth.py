@@ -16,15 +16,18 @@ import asyncio
 import itertools
 import json
 import logging
+import re
 import time
+import zlib
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
-
 import httpx
+from django.http.cookie import parse_cookie
 
 from . import errors, metrics
 from .conf import conf
-from .identity import Identity, InvalidIdentity, identity_from_api, identity_from_static_keys
+from .identity import (
+    Identity, InvalidIdentity, InvalidLogin, identity_from_api, identity_from_static_keys,
+)
 
 log = logging.getLogger("broker.auth")
 
@@ -33,9 +36,17 @@ AUTH_POOL_SHARDS = 8
 
 
 class Refused(Exception):
+    # Refusals counted under their own name (combroker_connections_refused_by_cause_total);
+    # every other reason (the static keys' texts) is counted as "refused".
+    NAMED = frozenset({errors.DUPLICATE_LOGIN, errors.INVALID_LOGIN, errors.INVALID_CREDENTIALS})
+
     def __init__(self, reason: str = errors.REFUSED) -> None:
         super().__init__(reason)
         self.reason = reason
+
+    @property
+    def cause(self) -> str:
+        return self.reason if self.reason in self.NAMED else errors.REFUSED
 
 
 class AuthUnavailable(Exception):
@@ -59,8 +70,31 @@ class Credentials:
         return self.app_key is not None or self.profile_key is not None
 
 
-def forwarded_headers(creds: Credentials, forward: tuple[str, ...]) -> dict[str, str]:
-    """The headers the auth API receives: only ones the client sent, or derived from them."""
+class InvalidHeaderValue(ValueError):
+    """A credential the client sent cannot be an HTTP header value (the client's fault)."""
+
+
+# Control characters (HTAB aside) are not allowed in a header value (RFC 9110 §5.5).
+_NOT_IN_A_HEADER = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def wire_value(value: str) -> bytes:
+    """A credential as header bytes: the bytes the client sent. Header values read from a
+    WebSocket handshake are decoded as UTF-8 with ``surrogateescape`` (so any byte comes back
+    as it was); values from a STOMP frame or a JSON line are text, sent as UTF-8. Raises
+    InvalidHeaderValue for what cannot be a header value (CR, LF, NUL, other controls)."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape").strip(b" \t")
+    except UnicodeEncodeError:  # a lone surrogate from JSON text: not a byte anyone sent
+        raise InvalidHeaderValue("not encodable") from None
+    if _NOT_IN_A_HEADER.search(raw):
+        raise InvalidHeaderValue("control character")
+    return raw
+
+
+def forwarded_headers(creds: Credentials, forward: tuple[str, ...]) -> dict[str, bytes]:
+    """The headers the auth API receives: only ones the client sent, or derived from them,
+    each as the bytes the client sent (``wire_value``; it raises InvalidHeaderValue)."""
     out: dict[str, str] = {}
     for name, wire in (("cookie", "Cookie"), ("user-agent", "User-Agent"),
                        ("authorization", "Authorization")):
@@ -72,26 +106,60 @@ def forwarded_headers(creds: Credentials, forward: tuple[str, ...]) -> dict[str,
             out[name] = value
     cookie = creds.headers.get("cookie")
     if cookie:
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(cookie)
-        except CookieError:
-            pass
-        if "csrftoken" in jar:
-            out["X-CSRFToken"] = jar["csrftoken"].value
+        # Django's own lenient parser (the backend reads the cookie the same way): one cookie
+        # the strict SimpleCookie rejects (another app's "pref=café") hides no other.
+        csrf = parse_cookie(cookie).get("csrftoken")
+        if csrf:
+            out["X-CSRFToken"] = csrf
     if creds.remote_addr:
         out["X-Real-IP"] = creds.remote_addr
     if creds.token and "Authorization" not in out:
         out["Authorization"] = f"Token {creds.token}"
-    return out
+    return {name: wire_value(value) for name, value in out.items()}
+
+
+class UnreadableAnswer(Exception):
+    """The auth API's answer is larger than BROKER_AUTH_MAX_RESPONSE_BYTES once decompressed,
+    or in an encoding the broker does not decode: the backend's fault (auth-unavailable)."""
+
+
+# What the broker asks for, and decodes itself (``read_bounded``).
+ACCEPT_ENCODING = "gzip, deflate"
+
+
+async def read_bounded(response: httpx.Response, limit: int) -> bytes:
+    """The body, decompressed, and never more than ``limit`` bytes of it: the compressed bytes
+    are inflated here a bounded step at a time (httpx would inflate a whole network chunk, and
+    a few KB of gzip can be hundreds of MB). Raises UnreadableAnswer beyond ``limit``."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        inflate = None
+    elif encoding in ("gzip", "x-gzip", "deflate"):
+        inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or a zlib header
+    else:
+        raise UnreadableAnswer(f"Content-Encoding {encoding[:40]!r} was not asked for")
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        if inflate is not None:
+            chunk = inflate.decompress(chunk, limit + 1 - len(body))
+        body += chunk
+        if len(body) > limit:
+            raise UnreadableAnswer(f"answer larger than BROKER_AUTH_MAX_RESPONSE_BYTES ({limit})")
+    if inflate is not None:
+        body += inflate.flush(limit + 1 - len(body))
+        if len(body) > limit or inflate.unconsumed_tail:
+            raise UnreadableAnswer(f"answer larger than BROKER_AUTH_MAX_RESPONSE_BYTES ({limit})")
+    return bytes(body)
 
 
 class ApiProxy:
     """Asks the backend's HTTP API who a client is. One instance per event loop."""
 
-    def __init__(self, url: str, timeout: float, max_in_flight: int) -> None:
+    def __init__(self, url: str, timeout: float, max_in_flight: int,
+                 max_answer_bytes: int) -> None:
         self.url = url
         self.timeout = timeout
+        self.max_answer_bytes = max_answer_bytes
         self._limit = asyncio.Semaphore(max_in_flight)
         self.in_flight = 0
         # One pool per process, split into a few small httpx clients used in turn: httpcore
@@ -108,37 +176,50 @@ class ApiProxy:
         for client in self._clients:
             # Only the client's User-Agent is forwarded, never httpx's own (PROTOCOL §2.1).
             del client.headers["User-Agent"]
+            client.headers["Accept-Encoding"] = ACCEPT_ENCODING
         self._turn = itertools.cycle(self._clients)
 
     async def authenticate(self, creds: Credentials) -> Identity:
+        try:
+            headers = forwarded_headers(creds, conf().BROKER_AUTH_FORWARD_HEADERS)
+        except InvalidHeaderValue as exc:
+            # The client's input, not the API's state: refused by name, the API not asked.
+            metrics.auth_outcome("invalid-credentials", 0.0)
+            log.warning("credentials refused: %s in a header value", exc)
+            raise Refused(errors.INVALID_CREDENTIALS) from None
         started = time.monotonic()
         try:
-            response = await asyncio.wait_for(self._ask(creds), self.timeout)
-        except (TimeoutError, httpx.HTTPError, OSError) as exc:
+            status, body = await asyncio.wait_for(self._ask(headers), self.timeout)
+        except (TimeoutError, httpx.HTTPError, OSError, zlib.error, UnreadableAnswer) as exc:
             metrics.auth_outcome("unavailable", time.monotonic() - started)
-            log.warning("auth API unavailable: %s", type(exc).__name__)
+            detail = f": {exc}" if isinstance(exc, UnreadableAnswer) else ""
+            log.warning("auth API unavailable: %s%s", type(exc).__name__, detail)
             raise AuthUnavailable(errors.AUTH_UNAVAILABLE) from None
         elapsed = time.monotonic() - started
-        if response.status_code != 200:
+        if status != 200:
             metrics.auth_outcome("refused", elapsed)
             raise Refused()
         try:
-            identity = identity_from_api(json.loads(response.content))
+            identity = identity_from_api(json.loads(body))
         except (ValueError, InvalidIdentity) as exc:
             metrics.auth_outcome("malformed", elapsed)
             log.warning("auth API answered a malformed body: %s", exc)
-            raise Refused() from None
+            raise Refused(errors.INVALID_LOGIN if isinstance(exc, InvalidLogin)
+                          else errors.REFUSED) from None
         metrics.auth_outcome("authorized", elapsed)
         return identity
 
-    async def _ask(self, creds: Credentials) -> httpx.Response:
+    async def _ask(self, headers: dict[str, bytes]) -> tuple[int, bytes]:
+        """The API's status and, for a 200, its body (bounded: ``read_bounded``)."""
         async with self._limit:
             self.in_flight += 1
             metrics.auth_in_flight(self.in_flight)
             try:
-                return await next(self._turn).get(
-                    self.url, headers=forwarded_headers(creds, conf().BROKER_AUTH_FORWARD_HEADERS)
-                )
+                async with next(self._turn).stream("GET", self.url,
+                                                   headers=headers) as response:
+                    if response.status_code != 200:
+                        return response.status_code, b""
+                    return 200, await read_bounded(response, self.max_answer_bytes)
             finally:
                 self.in_flight -= 1
                 metrics.auth_in_flight(self.in_flight)
@@ -153,8 +234,8 @@ def api_proxy() -> ApiProxy:
     if proxy is None:
         c = conf()
         proxy = _proxies[loop] = ApiProxy(
-            c.BROKER_AUTH_URL, c.BROKER_AUTH_TIMEOUT, c.BROKER_AUTH_MAX_IN_FLIGHT
-        )
+            c.BROKER_AUTH_URL, c.BROKER_AUTH_TIMEOUT, c.BROKER_AUTH_MAX_IN_FLIGHT,
+            c.BROKER_AUTH_MAX_RESPONSE_BYTES)
     return proxy
 
 

@@ -31,6 +31,9 @@ class Settings:
     BROKER_AUTH_TIMEOUT: float = 5.0
     BROKER_AUTH_MAX_IN_FLIGHT: int = 64
     BROKER_AUTH_FORWARD_HEADERS: tuple[str, ...] = ()
+    # Bytes of the auth API's 200 answer the broker reads, counted after decompression; a
+    # larger answer is the backend's fault: auth-unavailable (docs/operations.md "Security").
+    BROKER_AUTH_MAX_RESPONSE_BYTES: int = 1_048_576
     # Static-key login (PROTOCOL §2.2).
     BROKER_APP_KEY: str = ""
     BROKER_PROFILE_KEYS: dict[str, str] | None = None

@@ -49,7 +49,7 @@ from .conf import conf
 from .errors import BrokerUnavailable
 from .history import merge_seam, recovered
 from .hub import Hub, get_hub
-from .identity import Identity, client_room, parse_destination
+from .identity import Identity, client_room, parse_address
 from .limits import Verdict, make_bucket
 from .session import (
     AdminAction,
@@ -224,7 +224,8 @@ class Connection:
 
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "login_id": self.identity.login_id,
-                "profile": str(self.identity.profile), "transport": self.transport.name,
+                "profile": str(self.identity.profile), "realm": str(self.identity.realm),
+                "transport": self.transport.name,
                 "remote_addr": self.transport.remote_addr,
                 "connected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                               time.gmtime(self.connected_at)),
@@ -300,7 +301,7 @@ class Connection:
                                                       history=effect.history)
                 return Success(rid, {"id": trigger_id})
             case SendDirect():
-                target = parse_destination(effect.destination)
+                target = parse_address(effect.destination)
                 assert target is not None
                 # An acknowledged message waits for a recipient that is not connected yet.
                 if not effect.ack and not await hub.cluster.destination_exists(

@@ -39,7 +39,9 @@ def credentials_from_scope(scope: dict[str, Any]) -> Credentials:
     headers: dict[str, str] = {}
     for raw_name, raw_value in scope.get("headers", []):
         name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
+        # UTF-8 text (a cookie set by another app may be "café"); any other byte survives as
+        # an escape, so broker.auth.wire_value forwards exactly the bytes the client sent.
+        value = raw_value.decode("utf-8", "surrogateescape")
         if name == "cookie" and name in headers:  # HTTP/2 may split cookies into several
             value = f"{headers[name]}; {value}"
         headers[name] = value
@@ -148,8 +150,7 @@ class BrokerConsumer(AsyncWebsocketConsumer):
         try:
             await self.conn.open(creds, resume_token_from_scope(self.scope))
         except Refused as exc:
-            metrics.refused(errors.DUPLICATE_LOGIN if exc.reason == errors.DUPLICATE_LOGIN
-                            else errors.REFUSED)
+            metrics.refused(exc.cause)
             await self.send(text_data=self.codec.refused(exc.reason))
             await self.close(errors.CLOSE_REFUSED if rich else errors.CLOSE_NORMAL)
             return

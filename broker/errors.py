@@ -53,6 +53,13 @@ ORIGIN_NOT_ALLOWED = "origin-not-allowed"  # 1008: Origin not in BROKER_ALLOWED_
 # Handshakes refused with HTTP 503 before the WebSocket opens.
 OVER_CAPACITY = "over-capacity"  # BROKER_MAX_CONNECTIONS reached in this process
 SHUTTING_DOWN = "shutting-down"  # the process got SIGTERM
+# A login (static keys, or the auth API's answer) that is not a concrete printable name:
+# control characters, line separators, '*', '/', empty, too long (broker.identity).
+INVALID_LOGIN = "invalid-login"
+# A credential (cookie, token, authorization, a forwarded header) that cannot be an HTTP header
+# value: CR, LF, NUL or another control character (broker.auth.wire_value). The client's fault:
+# 4003, the auth API is not asked, and it is not counted as an auth API failure.
+INVALID_CREDENTIALS = "invalid-credentials"
 
 # WebSocket close codes (PROTOCOL §3 "Close codes").
 CLOSE_NORMAL = 1000

@@ -46,7 +46,7 @@ from . import metrics
 from .cluster import Cluster, MemoryCluster, RedisCluster, now_iso
 from .conf import conf, redis_urls
 from .errors import BrokerUnavailable
-from .identity import client_room, parse_destination
+from .identity import client_room, parse_address, public_destination
 from .session import Subscription, dump_json
 
 log = logging.getLogger("broker.hub")
@@ -130,9 +130,10 @@ class Router:
                      ) -> str:
         message_id = uuid.uuid4().hex
         flag = ',"ack":true' if ack else ""
-        message_json = (f'{{"type":"message","from":{dump_json(sender)},'
-                        f'"to":{dump_json(destination)},"data":{data_json},"id":"{message_id}"'
-                        f'{flag}}}')
+        # shown as clients name them (``/agent/bob``); the addresses route (broker.identity)
+        message_json = (f'{{"type":"message","from":{dump_json(public_destination(sender))},'
+                        f'"to":{dump_json(public_destination(destination))},"data":{data_json},'
+                        f'"id":"{message_id}"{flag}}}')
         message: dict[str, Any] = {
             "type": "cb.direct", "id": message_id, "room": room.key, "to": destination,
             "from": sender, "message": message_json, "data": data_json, "text": text}
@@ -149,7 +150,7 @@ class Router:
 
     async def confirmed(self, sender: str, message_id: str, recipient: str) -> None:
         """Tell the sender's connections, wherever they are, that a message is confirmed."""
-        target = parse_destination(sender)
+        target = parse_address(sender)
         if target is None:
             return
         room = client_room(*target)
@@ -489,7 +490,7 @@ class Hub:
                         self._watch_backlog, len(subs))
             return
         self._watch_backlog += 1
-        dest = message["to"]
+        dest = public_destination(message["to"])  # what a destination-type:1 pattern is matched to
         loop = asyncio.get_running_loop()
 
         def match() -> list[Subscription]:

@@ -11,7 +11,8 @@ identity's fingerprint equals the stored one. A wrong identity leaves the state 
 stolen token is useless without the owner's credentials, and cannot be used to destroy it).
 
 - Tokens are ``secrets.token_urlsafe(24)`` (192 random bits); only their SHA-256 is stored.
-- The fingerprint is the login and profile; without a login, the allowed rooms.
+- The fingerprint is the client room (realm, profile and login: a static-key bob and the auth
+  API's bob are two clients); without a login, the allowed rooms.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def plausible(token: object) -> bool:
 
 
 def fingerprint(identity: Identity) -> str:
-    if identity.login_id is not None:
-        who: Any = ["login", identity.login_id, str(identity.profile)]
+    if identity.client_room is not None:
+        who: Any = ["client", identity.client_room.key]
     else:
         who = ["rooms", str(identity.profile), sorted(r.key for r in identity.allowed_rooms)]
     return hashlib.sha256(json.dumps(who, separators=(",", ":")).encode()).hexdigest()

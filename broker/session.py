@@ -28,7 +28,7 @@ from rooms import InvalidRoom, Room, parse_room
 
 from . import errors
 from .history import HistoryEntry, HistoryPolicy, HistoryRule, valid_offset
-from .identity import Identity, parse_destination
+from .identity import Identity, resolve_destination
 
 RequestId = str | int | float
 # Regex watches (STOMP destination-type:1) one connection may hold: each may keep its engine's
@@ -405,7 +405,7 @@ class Session:
         if not self.identity.rule.can_subscribe:
             return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
         try:
-            room = parse_room(req.room)
+            room = self.identity.local_room(parse_room(req.room))
         except InvalidRoom as exc:
             return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
         since = req.since
@@ -452,11 +452,13 @@ class Session:
         rid = req.request_id
         if not isinstance(req.to, str):
             return Step(Error(errors.INVALID_MESSAGE, rid, "'to' must be a destination string"))
-        if parse_destination(req.to) is None:
+        # the address of the one client it names, in the sender's realm (broker.identity)
+        to = resolve_destination(self.identity.realm, req.to)
+        if to is None:
             return Step(Error(errors.DESTINATION_NOT_FOUND, rid, "not a client destination"))
         if not isinstance(req.ack, bool):
             return Step(Error(errors.INVALID_MESSAGE, rid, "'ack' must be a boolean"))
-        return Step(Success(rid), SendDirect(req.to, dump_json(req.data), req.text, req.ack,
+        return Step(Success(rid), SendDirect(to, dump_json(req.data), req.text, req.ack,
                                              req.content_type))
 
     def _publish(self, req: Publish) -> Step:
@@ -464,7 +466,7 @@ class Session:
         if not isinstance(req.rooms, list) or not req.rooms:
             return Step(Error(errors.INVALID_MESSAGE, rid, "'rooms' must be a non-empty list"))
         try:
-            rooms = [parse_room(r) for r in req.rooms]
+            rooms = [self.identity.local_room(parse_room(r)) for r in req.rooms]
         except InvalidRoom as exc:
             return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
         if not all(self.identity.may_publish(r) for r in rooms):
@@ -481,7 +483,7 @@ class Session:
         if not self.identity.rule.can_subscribe:
             return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
         try:
-            room = parse_room(req.room)
+            room = self.identity.local_room(parse_room(req.room))
         except InvalidRoom as exc:
             return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
         if not self.identity.may_subscribe(room):

@@ -223,8 +223,7 @@ class Gate:
                 await conn.open(creds, resume_token)
             except Refused as exc:
                 reason = exc.reason
-                metrics.refused(errors.DUPLICATE_LOGIN if reason == errors.DUPLICATE_LOGIN
-                                else errors.REFUSED)
+                metrics.refused(exc.cause)
             except (AuthUnavailable, BrokerUnavailable) as exc:
                 reason = errors.AUTH_UNAVAILABLE if isinstance(exc, AuthUnavailable) else \
                     errors.SERVICE_UNAVAILABLE

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import errors
-from ..identity import Identity
+from ..identity import Identity, public_destination, public_room_key
 from ..session import (
     Admin,
     AdminResult,
@@ -99,14 +99,14 @@ class JsonCodec:
     def welcome(self, identity: Identity, connection_id: str, resume_token: str | None,
                 resumed: bool | None = None, restored: list[dict[str, Any]] | None = None
                 ) -> str:
-        rooms = [r.original for r in identity.allowed_rooms]
+        rooms = identity.shown_rooms
         if not self.rich:
             return dump_json({"is_authorized": True, "allowed_rooms": rooms})
         frame = {
             "type": "welcome", "is_authorized": True, "is_authenticated": True,
             "allowed_rooms": rooms, "connection_id": connection_id,
             "login_id": identity.login_id, "profile": str(identity.profile),
-            "destination": identity.destination, "resume_token": resume_token,
+            "destination": identity.public_destination, "resume_token": resume_token,
         }
         if resumed is not None:  # only when the client presented a resume token
             frame["resumed"] = resumed
@@ -164,6 +164,7 @@ class JsonCodec:
                 offset: int | None = None) -> str:
         if not self.rich:
             return f'{{"type":"publish","requestId":{sub.request_id_json},"data":{data_json}}}'
+        room_key = public_room_key(room_key)  # a static-key client's room, as it names it
         if offset is not None:  # a recorded trigger: its offset in ``room``'s history
             return (f'{{"type":"publish","requestId":{sub.request_id_json},"data":{data_json},'
                     f'"room":{room_key},"id":"{trigger_id}","offset":{offset}}}')
@@ -172,7 +173,8 @@ class JsonCodec:
 
     def confirmed(self, message_id: str, recipient: str | None) -> str:
         """To the sender of an acknowledged message: every connection that got it confirmed."""
-        return dump_json({"type": "confirmed", "id": message_id, "to": recipient})
+        return dump_json({"type": "confirmed", "id": message_id,
+                          "to": public_destination(recipient)})
 
     def watched(self, sub: Subscription, message: dict[str, Any]) -> str:
         """A watcher's copy of a direct message: a publish frame whose data is that message."""

@@ -35,7 +35,9 @@ import re2
 
 from .. import errors
 from ..auth import Credentials
-from ..identity import Identity, Profile, parse_destination
+from ..identity import (
+    Identity, Profile, parse_address, parse_destination, public_destination, public_room,
+)
 from ..session import (
     AdminResult, Disconnect, Error, Invalid, Ping, Pong, Publish, Reply, Request, Send,
     StatusInfo, Subscribe, Subscription, Success, Unsubscribe, UnsubscribeAll, dump_json,
@@ -189,7 +191,7 @@ class StompCodec:
         return self.encode(Frame("CONNECTED", {
             "version": "1.2", "heart-beat": beats, "session": connection_id,
             "server": SERVER, "session-id": connection_id, "login": identity.login_id or "",
-            "connection-id": connection_id, "destination": identity.destination or "",
+            "connection-id": connection_id, "destination": identity.public_destination or "",
             "profile-code": str(identity.profile.code), "profile-desc": str(identity.profile),
         }))
 
@@ -288,12 +290,12 @@ class StompCodec:
                 return Invalid(errors.INVALID_ROOM, sid, "/room/ must be followed by a JSON room",
                                meta)
             return Subscribe(sid, room, meta=meta)
-        target = parse_destination(dest)
+        target = parse_destination(dest, wildcard=True)
         if target is None:
             return Invalid(errors.INVALID_ROOM, sid,
                            "destination must be /room/<json>, /<profile>/<login> or /<profile>/*",
                            meta)
-        if self.identity is not None and dest == self.identity.destination:
+        if self.identity is not None and dest == self.identity.public_destination:
             # Its own destination: direct messages arrive anyway; name them by this id.
             if sid is None:
                 return Invalid(errors.NO_REQUEST_ID, None, None, meta)
@@ -443,12 +445,12 @@ class StompCodec:
         if subscription is not None:
             headers["subscription"] = subscription
         headers["message-id"] = str(message["id"])
-        headers["destination"] = str(message["to"])
+        headers["destination"] = public_destination(str(message["to"]))
         sender = message.get("from")
         if sender:
             # Communication Broker clients know senders by login; STOMP ones by destination.
-            target = parse_destination(sender) if self.cb else None
-            headers["origin"] = target[1] if target else sender
+            target = parse_address(sender) if self.cb else None
+            headers["origin"] = target[2] if target else public_destination(sender)
         headers["content-type"] = content_type
         self._ack_header(headers, subscription)
         if self.cb:
@@ -459,7 +461,7 @@ class StompCodec:
     def _destination_of(self, sub: Subscription) -> str:
         if sub.pattern is not None:
             return str(sub.pattern.pattern)
-        room = sub.room.original
+        room = public_room(sub.room).original  # a static-key client's, as it names it
         if set(room) == {"client", "profile"} and isinstance(room["client"], str):
             return f"/{room['profile']}/{room['client']}"
         return ROOM_PREFIX + dump_json(room)

@@ -7,6 +7,9 @@ and the bound on auth requests in flight.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
+import re
 import time
 
 import pytest
@@ -15,6 +18,7 @@ from websockets.exceptions import InvalidStatus
 from tests.harness import (
     close_code, expect_nothing, free_port, recv_json, ws_connect, ws_open,
 )
+from tests.integration.gatehelpers import STATIC_KEYS, JsonLines, rss_kib, start_gate
 
 NEWS = {"target": "news"}
 OK_BODY = {"login_id": "u1", "allowed_rooms": [NEWS]}
@@ -198,3 +202,101 @@ async def test_auth_requests_in_flight_are_bounded(broker_factory, auth_api):
     # one pooled client: the 10 requests went over at most 3 kept-alive TCP connections
     assert auth_api.connections_opened <= 3
     await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+# ---------------------------------------------------------------- credentials as header values
+# (issue 11, item 7)
+
+RICH = ["combroker.v1"]
+INVALID_CREDENTIALS = {"type": "refused", "is_authorized": False, "reason": "invalid-credentials"}
+
+
+def metric(broker, name: str, labels: str = "") -> int:
+    m = re.search(rf"^{re.escape(name + labels)} (\d+)", broker.get("/metrics").text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+async def test_a_utf8_cookie_of_another_app_is_forwarded_as_sent(broker_factory, auth_api):
+    """A browser sends every cookie of the domain; one set by another app in UTF-8 must not
+    lock its user out. The API receives the bytes the client sent."""
+    auth_api.allow_cookie("s1", body=OK_BODY)
+    broker = broker_factory(auth_api=auth_api, **STATIC_KEYS)
+    cookie = "pref=café; sessionid=s1; csrftoken=tök"
+    # UTF-8 on the wire (the websockets client writes header text as latin-1), then bytes
+    # that are not UTF-8 at all (latin-1 "é"): both reach the API exactly as sent
+    for wire in (cookie.encode().decode("latin-1"), cookie):
+        auth_api.clear()
+        ws, welcome = await ws_open(broker.ws_url, subprotocols=RICH, cookie=wire)
+        assert welcome["is_authorized"] is True, welcome
+        await ws.close()
+        rec = auth_api.last  # http.server reads header bytes as latin-1
+        assert rec.headers["cookie"] == wire
+        assert rec.headers["x-csrftoken"] == wire.rsplit("=", 1)[1]
+
+    # the same over the TCP gate's JSON lines: the connect line's text, as UTF-8
+    gate = start_gate(broker_factory, auth_api=auth_api)
+    auth_api.clear()
+    j = JsonLines(gate.port)
+    try:
+        j.send({"type": "connect", "cookie": cookie})
+        assert (await asyncio.to_thread(j.recv))["type"] == "welcome"
+    finally:
+        j.close()
+    assert auth_api.last.headers["cookie"].encode("latin-1") == cookie.encode("utf-8")
+
+
+async def test_credentials_that_cannot_be_header_values_are_refused(broker_factory, auth_api):
+    """CR, LF, NUL (and other control characters) cannot be in a header: a named refusal,
+    the API is not asked, and nothing is counted against the API."""
+    auth_api.default = (200, OK_BODY)
+    broker = broker_factory(auth_api=auth_api)
+    for token in ("a%0Db", "a%0Ab", "a%00b", "a%01b", "a%7Fb"):
+        ws, first = await ws_open(f"{broker.ws_url}?token={token}", subprotocols=RICH)
+        assert first == INVALID_CREDENTIALS, token
+        assert (await close_code(ws))[0] == 4003
+    # (STOMP cannot carry them: CONNECT headers are not escaped, and NUL ends the frame)
+    # the TCP gate's JSON lines, any credential field
+    gate = start_gate(broker_factory, auth_api=auth_api)
+    for field in ({"token": "a\nb"}, {"cookie": "s=1\r\nX-Evil: 1"}, {"authorization": "T \x00"},
+                  {"user-agent": "ua\x0b"}):
+        j = JsonLines(gate.port)
+        try:
+            j.send({"type": "connect", **field})
+            assert await asyncio.to_thread(j.recv) == INVALID_CREDENTIALS, field
+        finally:
+            j.close()
+    assert auth_api.count == 0
+    assert metric(broker, "combroker_auth_total", '{outcome="unavailable"}') == 0
+    assert metric(broker, "combroker_auth_total", '{outcome="invalid-credentials"}') == 5
+    assert metric(broker, "combroker_connections_refused_by_cause_total",
+                  '{cause="invalid-credentials"}') == 5
+    for b in (broker, gate):
+        assert "Traceback" not in b.log()
+
+
+async def test_the_auth_answer_is_bounded_after_decompression(broker_factory, auth_api):
+    """A gzip answer of a few KB that inflates past BROKER_AUTH_MAX_RESPONSE_BYTES is not
+    inflated: auth-unavailable (the backend's fault), counted as such."""
+    # valid JSON once inflated: 64 MB of spaces, then the object
+    bomb = gzip.compress(b" " * (64 << 20) + json.dumps(OK_BODY).encode(), 9)
+    assert len(bomb) < 100_000
+    auth_api.allow(token="bomb", body=bomb, headers={"Content-Encoding": "gzip",
+                                                      "Content-Type": "application/json"})
+    auth_api.allow(token="big", body=b" " * (2 << 20) + json.dumps(OK_BODY).encode())
+    small = gzip.compress(json.dumps(OK_BODY).encode())
+    auth_api.allow(token="small", body=small, headers={"Content-Encoding": "gzip",
+                                                        "Content-Type": "application/json"})
+    broker = broker_factory(auth_api=auth_api, BROKER_AUTH_MAX_RESPONSE_BYTES=1 << 20)
+    rss_before = rss_kib(broker.pid)
+    for token in ("bomb", "big"):
+        ws, first = await ws_open(broker.ws_url, token=token, subprotocols=RICH)
+        assert first == {"type": "refused", "is_authorized": False,
+                         "reason": "auth-unavailable"}, token
+        assert await close_code(ws) == (1011, "auth-unavailable")
+    assert rss_kib(broker.pid) - rss_before < 32 * 1024  # never held the 64 MB
+    assert metric(broker, "combroker_auth_total", '{outcome="unavailable"}') == 2
+    broker.wait_for_log("BROKER_AUTH_MAX_RESPONSE_BYTES")
+    # a compressed answer within the bound is read as always
+    ws, first = await ws_open(broker.ws_url, token="small", subprotocols=RICH)
+    assert first["is_authorized"] is True
+    await ws.close()

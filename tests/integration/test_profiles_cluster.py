@@ -29,7 +29,7 @@ CHAT1 = {"target": "chat", "customer": "1"}
 NEWS = {"target": "news"}
 WATCH_AGENTS = {"client": "*", "profile": "agent"}
 WATCH_SUPERS = {"client": "*", "profile": "super_agent"}
-INFO_KEYS = {"id", "login_id", "profile", "transport", "remote_addr", "connected_at",
+INFO_KEYS = {"id", "login_id", "profile", "realm", "transport", "remote_addr", "connected_at",
              "subscriptions"}
 TTL = 2.0  # BROKER_REGISTRY_TTL for the crash test
 QUIET = 0.3  # how long "gets nothing" listens

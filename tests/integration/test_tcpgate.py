@@ -239,11 +239,20 @@ def test_json_lines_session(pair, auth_api, unique):
     assert web.trigger([room], [1, "two"]).status_code == 202
     frame = j.recv()
     assert frame["type"] == "publish" and frame["requestId"] == 1 and frame["data"] == [1, "two"]
-    # a CB agent on the same gate receives what the JSON client sends
+    # a CB agent on the same gate receives what a JSON client of its realm (static keys)
+    # sends; the auth API's clients are another realm, where no such agent exists (issue 11)
     agent = CBClient(gate.port)
     assert agent.connect(f"ag{unique}", "ak").command == "CONNECTED"
     j.send({"type": "send", "to": f"/agent/ag{unique}", "data": "plain text", "requestId": 2})
-    assert j.recv()["code"] == "success"
+    reply = j.recv()
+    assert (reply["code"], reply["message"]) == ("error", "destination-not-found"), reply
+    k = JsonLines(gate.port)
+    k.send({"type": "connect", "app_key": "app-secret", "login_id": f"jk{unique}",
+            "profile_key": "vk"})
+    assert k.recv()["type"] == "welcome"
+    k.send({"type": "send", "to": f"/agent/ag{unique}", "data": "plain text", "requestId": 2})
+    assert k.recv()["code"] == "success"
+    k.close()
     assert agent.recv().body == b"plain text"
     j.sock.sendall(b"not json\n")
     assert j.recv() == {"code": "error", "message": "non-json-message", "type": "error"}

@@ -16,7 +16,8 @@ import pytest
 from broker import errors
 from broker.codecs.jsoncodec import JsonCodec
 from broker.identity import (
-    PROFILE_RULES, Identity, InvalidIdentity, Profile, client_room, destination_of,
+    PROFILE_RULES, Identity, InvalidIdentity, Profile, Realm, address_of, client_room,
+    destination_of, parse_address, public_destination, public_room, resolve_destination,
     identity_from_api, identity_from_static_keys, parse_destination,
 )
 from broker.session import (
@@ -168,8 +169,12 @@ def test_rules_table_is_complete_and_destinations_round_trip():
         dest = destination_of(p, "bob")
         assert dest == f"/{p.value}/bob"
         assert parse_destination(dest) == (p, "bob")
-        assert client_room(p, "bob") == parse_room({"client": "bob", "profile": p.value})
-    assert parse_destination("/agent/a/b") == (Profile.AGENT, "a/b")
+        assert client_room(Realm.API, p, "bob") == parse_room({"client": "bob",
+                                                               "profile": p.value})
+    # a login never holds '/', '*' or a control character: no such destination (issue 11)
+    for bad in ("/agent/a/b", "/agent/*", "/agent/a*", "/agent/a\x00b", "/agent/"):
+        assert parse_destination(bad) is None
+    assert parse_destination("/agent/*", wildcard=True) == (Profile.AGENT, "*")
     assert parse_destination("agent/bob") is None
     assert parse_destination("/agent") is None
 
@@ -186,6 +191,10 @@ def test_identity_without_login_has_no_destination():
     {"login_id": ""},
     {"login_id": "a/b"},
     {"login_id": 7},
+    {"login_id": "a\x00b"},
+    {"login_id": "a\u2028b"},
+    {"login_id": "*"},
+    {"login_id": "x" * 257},
     {"publish_rooms": [{"a": None}]},
     {"publish_rooms": {"a": 1}},
 ])
@@ -208,11 +217,38 @@ def static(app_key="app-secret", login="bob", profile_key="k-agent") -> Identity
 def test_static_keys_choose_the_profile(profile):
     ident = static(profile_key=KEYS[profile])
     assert ident.profile == Profile(profile)
-    assert ident.login_id == "bob" and ident.destination == f"/{profile}/bob"
+    assert ident.login_id == "bob" and ident.public_destination == f"/{profile}/bob"
+    # the static-key realm (issue 11): its own address and rooms, shown as the contract's
+    assert ident.realm is Realm.STATIC and ident.destination == f"static:/{profile}/bob"
+    assert ident.client_room.original == {"client": "bob", "profile": profile,
+                                          "realm": "static"}
     assert ident.api_rooms == () and ident.publish_rooms == ()
     expected = {"agent": [], "super_agent": [WATCH_AGENTS], "admin": [],
                 "service": [WATCH_AGENTS, WATCH_SUPERS]}[profile]
-    assert [r.original for r in ident.allowed_rooms] == expected
+    assert ident.shown_rooms == expected
+    assert [r.original for r in ident.allowed_rooms] == [
+        {**room, "realm": "static"} for room in expected]
+    assert [ident.local_room(parse_room(r)) for r in expected] == list(ident.allowed_rooms)
+
+
+def test_addresses_and_realms_round_trip():
+    for realm in Realm:
+        for p in Profile:
+            address = address_of(realm, p, "bob")
+            assert parse_address(address) == (realm, p, "bob")
+            assert public_destination(address) == f"/{p.value}/bob"
+            assert resolve_destination(realm, f"/{p.value}/bob") == address
+            assert public_room(client_room(realm, p, "bob")) == client_room(Realm.API, p, "bob")
+    assert address_of(Realm.API, Profile.AGENT, "bob") == "/agent/bob"  # the contract's form
+    for bad in ("api:/agent/bob", "other:/agent/bob", "static:agent/bob", "static:/agent/*",
+                "static:/agent/a/b", "agent/bob"):
+        assert parse_address(bad) is None, bad
+    # a client names a destination of its own realm only, and one client only
+    assert resolve_destination(Realm.API, "static:/agent/bob") is None
+    assert resolve_destination(Realm.STATIC, "/agent/*") is None
+    # only a static client room loses its realm key when shown
+    odd = parse_room({"realm": "static", "x": 1})
+    assert public_room(odd) is odd
 
 
 @pytest.mark.parametrize("kwargs, reason", [
@@ -221,8 +257,16 @@ def test_static_keys_choose_the_profile(profile):
     ({"app_key": "wrong", "profile_key": "wrong"}, errors.INVALID_APP_KEY),
     ({"profile_key": "wrong"}, errors.INVALID_PROFILE_KEY),
     ({"profile_key": ""}, errors.INVALID_PROFILE_KEY),
-    ({"login": ""}, errors.INVALID_PROFILE_KEY),
-    ({"login": "a/b"}, errors.INVALID_PROFILE_KEY),
+    # keys right, login wrong: the login is named (issue 11), not the keys
+    ({"login": ""}, errors.INVALID_LOGIN),
+    ({"login": "a/b"}, errors.INVALID_LOGIN),
+    ({"login": "evil\x00ERROR"}, errors.INVALID_LOGIN),
+    ({"login": "*"}, errors.INVALID_LOGIN),
+    # keys wrong: the keys are named whatever the login
+    ({"login": "*", "profile_key": "wrong"}, errors.INVALID_PROFILE_KEY),
+    # a lone surrogate (JSON text can carry one) is a wrong key, not a crash
+    ({"app_key": "\ud800"}, errors.INVALID_APP_KEY),
+    ({"profile_key": "\ud800"}, errors.INVALID_PROFILE_KEY),
 ])
 def test_static_keys_refusals_have_the_contract_texts(kwargs, reason):
     with pytest.raises(InvalidIdentity) as info:
