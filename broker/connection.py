@@ -46,7 +46,7 @@ from typing import Any, Protocol
 from . import errors, logctx, metrics, resume
 from .auth import Credentials, Refused, authenticate
 from .conf import conf
-from .errors import BrokerUnavailable
+from .errors import AckRefused, BrokerUnavailable
 from .history import merge_seam, recovered
 from .hub import Hub, get_hub
 from .identity import Identity, client_room, parse_destination
@@ -306,9 +306,15 @@ class Connection:
                 if not effect.ack and not await hub.cluster.destination_exists(
                         effect.destination):
                     return Error(errors.DESTINATION_NOT_FOUND, rid)
-                message_id = await hub.router.direct(
-                    self.identity.destination, effect.destination, client_room(*target),
-                    effect.data_json, effect.text, ack=effect.ack)
+                try:
+                    message_id = await hub.router.direct(
+                        self.identity.destination, effect.destination, client_room(*target),
+                        effect.data_json, effect.text, ack=effect.ack)
+                except AckRefused as exc:
+                    metrics.drop(exc.code)
+                    log.info("conn %s: acknowledged message to %s refused: %s", self.id,
+                             effect.destination, exc.detail)
+                    return Error(exc.code, rid, exc.detail)
                 return Success(rid, {"id": message_id})
             case ReadHistory():
                 page = await hub.cluster.history_read(effect.room.key, since=effect.since,

@@ -31,6 +31,12 @@ INTERNAL_ERROR = "internal-error"
 MALFORMED_FRAME = "malformed-frame"
 NOT_CONNECTED = "not-connected"
 CONNECTION_NOT_FOUND = "connection-not-found"
+# Acknowledged messages ("ack": true) not stored, so not sent: the recipient's pending
+# messages (BROKER_ACK_MAX_PENDING_PER_RECIPIENT / _BYTES_PER_RECIPIENT), the sender's
+# unconfirmed ones (..._PER_SENDER), or all of them (BROKER_ACK_MAX_TOTAL_BYTES) are at the limit.
+ACK_RECIPIENT_QUOTA = "ack-recipient-quota"
+ACK_SENDER_QUOTA = "ack-sender-quota"
+ACK_STORE_FULL = "ack-store-full"
 # Over BROKER_RATE_LIMIT: the request was not carried out (repeated, the close reason of 4029).
 RATE_LIMITED = "rate-limited"
 
@@ -64,3 +70,13 @@ CLOSE_RATE_LIMITED = 4029
 
 class BrokerUnavailable(Exception):
     """The channel layer or the cluster registry (Redis) could not be reached."""
+
+
+class AckRefused(Exception):
+    """An acknowledged message was not stored (so not sent): ``code`` is one of the ACK_* names
+    above, ``detail`` says which bound."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail

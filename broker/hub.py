@@ -46,6 +46,7 @@ from .conf import conf, redis_urls
 from .errors import BrokerUnavailable
 from .identity import client_room, parse_destination
 from .session import Subscription, dump_json
+from .store import AckQuota
 
 log = logging.getLogger("broker.hub")
 
@@ -134,7 +135,11 @@ class Router:
             # Stored before it is sent, so a recipient connecting meanwhile finds it (and
             # dedupes the live copy by id).
             message["ack"] = True
-            await self.cluster.ack_store(message, conf().BROKER_ACK_TTL)
+            c = conf()
+            await self.cluster.ack_store(message, c.BROKER_ACK_TTL, AckQuota(
+                c.BROKER_ACK_MAX_PENDING_PER_RECIPIENT, c.BROKER_ACK_MAX_BYTES_PER_RECIPIENT,
+                c.BROKER_ACK_MAX_PENDING_PER_SENDER, c.BROKER_ACK_MAX_BYTES_PER_SENDER,
+                c.BROKER_ACK_MAX_TOTAL_BYTES))
         await self.send(await self.groups_for([room]), message)
         metrics.counters["direct_messages"] += 1
         return message_id
@@ -517,6 +522,7 @@ class Hub:
                 if self.degraded or time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + interval
                     known = await self._heartbeat()
+                    await self._sweep_acks()
                     if self.degraded or not known:
                         # Redis failed us, or lost this process's entries (a restart): messages
                         # published meanwhile may never have reached this process. Tell clients
@@ -540,6 +546,15 @@ class Hub:
                 self.degraded = True
             except Exception:  # noqa: BLE001 - upkeep must outlive any single failure
                 log.exception("registry upkeep failed")
+
+    async def _sweep_acks(self) -> None:
+        """Release acknowledged messages held by connections of dead processes (SIGKILL: they
+        could not release them on close); tell the senders of the ones this completed."""
+        for message_id, sender, recipient in await self.cluster.ack_sweep():
+            log.info("acknowledged message %s completed: its other holders' process is gone",
+                     message_id)
+            if sender:
+                await self.router.confirmed(sender, message_id, recipient)
 
     async def _probe(self, timeout: float = 2.0, group: str | None = None,
                      resend: float | None = None) -> bool:
