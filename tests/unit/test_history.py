@@ -21,7 +21,7 @@ from broker.session import (
     Confirm, ConfirmMessage, Error, History, HistoryResult, JoinRoom, Publish, PublishRooms,
     ReadHistory, Send, SendDirect, Session, Subscribe, Subscription, Success,
 )
-from broker.store import MemoryStore
+from broker.store import AckQuota, MemoryStore
 from rooms import parse_room
 
 CHAT1 = {"target": "chat", "customer": "1"}
@@ -281,7 +281,7 @@ async def test_memory_store_resume_and_acks(monkeypatch):
     assert await store.resume_take("k", "fp") == "s"
     assert await store.resume_take("k", "fp") is None
     message = {"id": "m", "to": "/agent/bob", "from": "/service/s"}
-    await store.ack_store(message, 10)
+    await store.ack_store(message, 10, AckQuota())
     assert await store.ack_pending("/agent/bob") == [message]
     assert await store.ack_pending("/agent/eve") == []
     await store.ack_hold("m", "c1")
@@ -290,7 +290,7 @@ async def test_memory_store_resume_and_acks(monkeypatch):
     assert await store.ack_confirm("m", "/agent/eve", "c2") == (False, None)
     assert await store.ack_confirm("m", "/agent/bob", "c2") == (True, "/service/s")
     assert await store.ack_pending("/agent/bob") == []
-    await store.ack_store({**message, "id": "n"}, 10)
+    await store.ack_store({**message, "id": "n"}, 10, AckQuota())
     await store.ack_hold("n", "c1")
     assert await store.ack_release("c1", "/agent/bob", ["n"]) == []
     assert [m["id"] for m in await store.ack_pending("/agent/bob")] == ["n"]
