@@ -77,6 +77,9 @@ class Settings:
     # Seconds a room's offset sequence outlives its last trigger (at least the room's ttl).
     # Within it, "recovered" is exact; after it the sequence restarts above the old offsets.
     BROKER_HISTORY_META_TTL: float = 86_400.0
+    # Seconds a client-supplied trigger id ("id" in /trigger, publish(trigger_id=...)) keeps a
+    # retry from being recorded in history again (docs/guarantees.md "Retrying a trigger").
+    BROKER_TRIGGER_ID_TTL: float = 3600.0
     # Seconds a closed connection's resume token keeps its subscriptions and positions.
     BROKER_RESUME_TTL: float = 300.0
     # Seconds an acknowledged direct message ("ack": true) waits for its confirmations.

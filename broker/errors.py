@@ -31,6 +31,9 @@ INTERNAL_ERROR = "internal-error"
 MALFORMED_FRAME = "malformed-frame"
 NOT_CONNECTED = "not-connected"
 CONNECTION_NOT_FOUND = "connection-not-found"
+# A client-supplied trigger id (/trigger "id", publish(trigger_id=...)) that is not 1 to 64
+# characters of A-Z a-z 0-9 . _ : - (HTTP 400 on /trigger, InvalidTriggerId from publish()).
+INVALID_TRIGGER_ID = "invalid-trigger-id"
 # Acknowledged messages ("ack": true) not stored, so not sent: the recipient's pending
 # messages (BROKER_ACK_MAX_PENDING_PER_RECIPIENT / _BYTES_PER_RECIPIENT), the sender's
 # unconfirmed ones (..._PER_SENDER), or all of them (BROKER_ACK_MAX_TOTAL_BYTES) are at the limit.
@@ -70,6 +73,10 @@ CLOSE_RATE_LIMITED = 4029
 
 class BrokerUnavailable(Exception):
     """The channel layer or the cluster registry (Redis) could not be reached."""
+
+
+class InvalidTriggerId(ValueError):
+    """A client-supplied trigger id is not acceptable (INVALID_TRIGGER_ID)."""
 
 
 class AckRefused(Exception):

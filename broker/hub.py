@@ -104,8 +104,13 @@ class Router:
                 self.on_failure()
             raise BrokerUnavailable(f"channel layer: {type(exc).__name__}: {exc}") from None
 
-    async def publish(self, rooms: list[Room], data_json: str, history: bool = False) -> str:
-        trigger_id = uuid.uuid4().hex
+    async def publish(self, rooms: list[Room], data_json: str, history: bool = False,
+                      trigger_id: str | None = None) -> str:
+        """``trigger_id``: the client's own (checked by ``broker.publish``), which makes a
+        retry idempotent: recorded once (within BROKER_TRIGGER_ID_TTL) and, through the
+        receivers' dedupe by id, delivered once to a subscription that had it already."""
+        once_ttl = conf().BROKER_TRIGGER_ID_TTL if trigger_id is not None else 0
+        trigger_id = trigger_id or uuid.uuid4().hex
         message: dict[str, Any] = {"type": "cb.trigger", "id": trigger_id,
                                    "rooms": [r.key for r in rooms], "data": data_json}
         if history:
@@ -116,7 +121,7 @@ class Router:
             if recorded:
                 message["offsets"] = await self.cluster.history_append(
                     [(r.key, rule) for r, rule in recorded], trigger_id, data_json,
-                    c.BROKER_HISTORY_META_TTL)
+                    c.BROKER_HISTORY_META_TTL, once_ttl)
         await self.send(await self.groups_for(rooms), message)
         metrics.counters["triggers"] += 1
         return trigger_id

@@ -10,6 +10,9 @@ acknowledged direct messages. Mixed into ``broker.cluster``'s two implementation
     P:hm:<h(room)>   hash    that room's sequence: ``base`` (where it started), ``top`` (its
                              last offset); expires BROKER_HISTORY_META_TTL (>= ttl) after the
                              last trigger, so "recovered" stays exact after the stream expired
+    P:hid:<h(id)>    hash    a client-supplied trigger id's record: stream key -> the offset
+                             it got there (BROKER_TRIGGER_ID_TTL), so a retry is not recorded
+                             again
     P:resume:<sha>   hash    ``fp`` (identity fingerprint), ``state`` (saved subscriptions)
     P:ack:m:<id>     hash    an acknowledged message: ``m`` (the routed message as JSON),
                              ``to``, ``from``, ``c`` ("1" once some connection confirmed)
@@ -77,21 +80,35 @@ def _ack_refused(which: str, quota: AckQuota) -> AckRefused:
 def _over(count: int, size: int, max_count: int, max_bytes: int, new: int) -> bool:
     return (max_count > 0 and count >= max_count) or (max_bytes > 0 and size + new > max_bytes)
 
+# KEYS: (stream, sequence) per room, then optionally the trigger id's record (``once``): a
+# hash stream -> offset of the rooms that id was recorded in; a room found there is not
+# appended again and its offset is returned as it was. ARGV: id, data, then (size, ttl ms,
+# meta ttl ms) per room, then the record's ttl ms when there is one.
 _HISTORY_APPEND = """
 local t = redis.call('TIME')
 local seed = t[1] .. string.format('%06d', tonumber(t[2]))
+local n = math.floor(#KEYS / 2)
+local once = nil
+if #KEYS % 2 == 1 then once = KEYS[#KEYS] end
 local out = {}
-for i = 1, #KEYS / 2 do
+for i = 1, n do
   local s, m = KEYS[2 * i - 1], KEYS[2 * i]
   local j = 3 * (i - 1) + 3
-  if redis.call('HSETNX', m, 'base', seed) == 1 then redis.call('HSET', m, 'top', seed) end
-  local top = redis.call('HINCRBY', m, 'top', 1)
-  redis.call('XADD', s, 'MAXLEN', '~', ARGV[j], string.format('%.0f', top) .. '-0',
-             'i', ARGV[1], 'd', ARGV[2])
-  redis.call('PEXPIRE', s, ARGV[j + 1])
-  redis.call('PEXPIRE', m, ARGV[j + 2])
-  out[i] = top
+  local done = once and redis.call('HGET', once, s)
+  if done then
+    out[i] = tonumber(done)
+  else
+    if redis.call('HSETNX', m, 'base', seed) == 1 then redis.call('HSET', m, 'top', seed) end
+    local top = redis.call('HINCRBY', m, 'top', 1)
+    redis.call('XADD', s, 'MAXLEN', '~', ARGV[j], string.format('%.0f', top) .. '-0',
+               'i', ARGV[1], 'd', ARGV[2])
+    redis.call('PEXPIRE', s, ARGV[j + 1])
+    redis.call('PEXPIRE', m, ARGV[j + 2])
+    if once then redis.call('HSET', once, s, top) end
+    out[i] = top
+  end
 end
+if once then redis.call('PEXPIRE', once, ARGV[#ARGV]) end
 return out
 """
 
@@ -262,8 +279,13 @@ class Store:
     """The interface (``MemoryStore`` is the reference implementation)."""
 
     async def history_append(self, rooms: list[tuple[str, HistoryRule]], trigger_id: str,
-                             data_json: str, meta_ttl: float) -> dict[str, int]:
-        """Record one trigger in each room; returns each room key's new offset."""
+                             data_json: str, meta_ttl: float, once_ttl: float = 0
+                             ) -> dict[str, int]:
+        """Record one trigger in each room; returns each room key's new offset.
+
+        ``once_ttl`` > 0 (a client-supplied trigger id): for that many seconds, a room this
+        trigger id was already recorded in is not recorded again; its first offset is
+        returned (a retry after a failed send)."""
         raise NotImplementedError
 
     async def history_read(self, room_key: str, *, since: int | None, limit: int | None
@@ -334,14 +356,26 @@ class MemoryStore(Store):
     def _store(self) -> dict[str, Any]:
         store = self.__dict__.get("_mem_store")
         if store is None:
-            store = self.__dict__["_mem_store"] = {"rooms": {}, "resume": {}, "acks": {}}
+            store = self.__dict__["_mem_store"] = {"rooms": {}, "resume": {}, "acks": {},
+                                                   "once": {}}
         return store
 
     async def history_append(self, rooms: list[tuple[str, HistoryRule]], trigger_id: str,
-                             data_json: str, meta_ttl: float) -> dict[str, int]:
+                             data_json: str, meta_ttl: float, once_ttl: float = 0
+                             ) -> dict[str, int]:
         now, table = time.monotonic(), self._store()["rooms"]
         out: dict[str, int] = {}
+        once_table: dict[str, tuple[dict[str, int], float]] = self._store()["once"]
+        for k in [k for k, v in once_table.items() if v[1] <= now]:
+            del once_table[k]
+        done: dict[str, int] = {}
+        if once_ttl > 0:
+            done = once_table.setdefault(trigger_id, ({}, 0.0))[0]
+            once_table[trigger_id] = (done, now + once_ttl)
         for key, rule in rooms:
+            if key in done:
+                out[key] = done[key]
+                continue
             room = table.get(key)
             if room is not None and room.meta_expires <= now:
                 room = None
@@ -357,6 +391,8 @@ class MemoryStore(Store):
             room.expires = now + rule.ttl
             room.meta_expires = now + max(meta_ttl, rule.ttl)
             out[key] = room.top
+            if once_ttl > 0:
+                done[key] = room.top
         return out
 
     async def history_read(self, room_key: str, *, since: int | None, limit: int | None
@@ -476,12 +512,16 @@ class RedisStore(Store):
         return f"{self.prefix}:ack:in:{destination}"
 
     async def history_append(self, rooms: list[tuple[str, HistoryRule]], trigger_id: str,
-                             data_json: str, meta_ttl: float) -> dict[str, int]:
+                             data_json: str, meta_ttl: float, once_ttl: float = 0
+                             ) -> dict[str, int]:
         keys: list[str] = []
         args: list[Any] = [trigger_id, data_json]
         for key, rule in rooms:
             keys.extend(self._hist_keys(key))
             args.extend([rule.size, int(rule.ttl * 1000), int(max(meta_ttl, rule.ttl) * 1000)])
+        if once_ttl > 0:
+            keys.append(f"{self.prefix}:hid:{_h(trigger_id)}")
+            args.append(max(int(once_ttl * 1000), 1))
         offsets = await self._call(self._script("append", _HISTORY_APPEND)(keys=keys, args=args))
         return {key: int(o) for (key, _rule), o in zip(rooms, offsets)}
 

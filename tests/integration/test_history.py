@@ -325,6 +325,12 @@ async def test_redis_store_scripts(redis_server):
     recent = await store.history_read("k1", since=first + 245, limit=None)
     assert recovered(first + 245, recent) and len(recent.entries) == 4
     assert (await store.history_read("k1", since=first + 249, limit=0)).entries == ()
+    # a client-supplied trigger id is recorded once per room (once_ttl)
+    one = await store.history_append([("k1", rule)], "order-1", "1", 3600, once_ttl=60)
+    two = await store.history_append([("k1", rule), ("k3", rule)], "order-1", "1", 3600,
+                                     once_ttl=60)
+    assert two["k1"] == one["k1"] == first + 250 and two["k3"] > 0
+    assert (await store.history_read("k1", since=first + 249, limit=None)).top == first + 250
     # resume: once, for the same fingerprint only
     await store.resume_save("tok", "fp", "state", 60)
     assert await store.resume_take("tok", "other") is None

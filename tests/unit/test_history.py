@@ -274,6 +274,23 @@ async def test_memory_store_history(monkeypatch):
     assert restarted > offsets[-1]  # a new sequence starts above the old one
 
 
+async def test_memory_store_trigger_id_records_once(monkeypatch):
+    """A client-supplied trigger id (once_ttl): a retry reuses the offsets it got; a room it
+    was not recorded in yet is recorded; after once_ttl it is recorded again."""
+    store = MemoryStore()
+    rule = HistoryPolicy.from_setting(SETTING[:1]).rules[0]
+    first = await store.history_append([("a", rule)], "order-1", "1", 3600, once_ttl=10)
+    again = await store.history_append([("a", rule), ("b", rule)], "order-1", "1", 3600,
+                                       once_ttl=10)
+    assert again["a"] == first["a"] and again["b"] > 0
+    assert [e.id for e in (await store.history_read("a", since=None, limit=None)).entries] == [
+        "order-1"]
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 11)
+    later = await store.history_append([("a", rule)], "order-1", "1", 3600, once_ttl=10)
+    assert later["a"] == first["a"] + 1
+
+
 async def test_memory_store_resume_and_acks(monkeypatch):
     store = MemoryStore()
     await store.resume_save("k", "fp", "s", 10)
