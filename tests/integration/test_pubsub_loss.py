@@ -1,0 +1,116 @@
+"""Triggers lost on a process's pub/sub connection (issue 11 #10).
+
+Redis drops a subscriber connection that falls behind (``client-output-buffer-limit pubsub``)
+and redis-py reconnects and re-subscribes silently: whatever was published in between never
+reaches that process. ``CLIENT KILL TYPE pubsub`` does the same to every process at once.
+
+Two real broker processes on a private Redis; on each, one rich client subscribed to a room
+with history and one to a room without. 300 triggers (both rooms, ``"history": true``) are
+posted to both processes while the pub/sub connections are killed. Exact accounting: every
+client is told ``resync``; the history subscription ends with every trigger exactly once
+(live or replayed, ``recovered: true``); the live-only one has no duplicate and nothing that
+was not posted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from tests.harness import recv_json, send_json, ws_open
+
+RICH = ["combroker.v1"]
+HROOM = {"target": "feed", "kind": "kept"}
+LROOM = {"target": "feed", "kind": "live"}
+HISTORY = [{"room": HROOM, "size": 1000, "ttl": 120}]
+N = 300
+
+
+class Client:
+    def __init__(self, ws, rid: str) -> None:
+        self.ws, self.rid = ws, rid
+        self.data: list[int] = []  # the n of each delivery, in arrival order
+        self.resyncs: list[dict] = []
+
+    async def read_until_marker(self, marker: int, timeout: float = 30) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await recv_json(self.ws, timeout=max(deadline - loop.time(), 0.01))
+            if frame.get("type") == "resync":
+                self.resyncs.append(frame)
+            elif frame.get("type") == "publish" and "code" not in frame:
+                assert frame["requestId"] == self.rid, frame
+                if frame["data"]["n"] == marker:
+                    return
+                self.data.append(frame["data"]["n"])
+            else:
+                raise AssertionError(f"unexpected frame {frame}")
+
+
+async def test_pubsub_connection_killed_mid_flood(broker_factory, auth_api, fresh_redis):
+    auth_api.allow("t", body={"login_id": "watcher", "allowed_rooms": [HROOM, LROOM]})
+    brokers = [broker_factory(auth_api=auth_api, redis=fresh_redis, BROKER_HISTORY=HISTORY)
+               for _ in range(2)]
+    clients: list[Client] = []
+    for broker in brokers:
+        for rid, room in (("h", HROOM), ("l", LROOM)):
+            ws, _ = await ws_open(broker.ws_url, token="t", subprotocols=RICH)
+            await send_json(ws, {"type": "subscribe", "room": room, "requestId": rid})
+            assert (await recv_json(ws))["code"] == "success"
+            clients.append(Client(ws, rid))
+    readers = [asyncio.ensure_future(c.read_until_marker(N)) for c in clients]
+    redis = fresh_redis.client()
+    assert len(redis.client_list(_type="pubsub")) == 2  # one subscriber connection a process
+
+    answered = 0
+    killed = asyncio.Event()
+
+    async def post(http: httpx.AsyncClient, n: int) -> int:
+        nonlocal answered
+        broker = brokers[n % 2]
+        r = await http.post(f"{broker.base_url}/trigger",
+                            headers={"Authorization": "Bearer test-token"},
+                            json={"rooms": [HROOM, LROOM], "data": {"n": n}, "history": True})
+        answered += 1
+        if answered == N // 3 and not killed.is_set():
+            killed.set()
+            assert await asyncio.to_thread(redis.client_kill_filter, _type="pubsub") == 2
+        return r.status_code
+
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+        statuses: list[int] = []
+        for start in range(0, N, 30):
+            statuses += await asyncio.gather(*(post(http, n) for n in range(start, start + 30)))
+        assert statuses == [202] * N
+        assert killed.is_set()
+        # every process is told its subscription connection was lost, and tells its clients
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while not all(c.resyncs for c in clients):
+            assert loop.time() < deadline, [(c.rid, len(c.data), c.resyncs) for c in clients]
+            assert not any(r.done() for r in readers), "a reader stopped early"
+            await asyncio.sleep(0.05)
+        # then a marker, published after all of them, closes each client's account
+        r = await http.post(f"{brokers[0].base_url}/trigger",
+                            headers={"Authorization": "Bearer test-token"},
+                            json={"rooms": [HROOM, LROOM], "data": {"n": N}})
+        assert r.status_code == 202
+    await asyncio.gather(*readers)
+
+    report = []
+    for i, c in enumerate(clients):
+        report.append((i, c.rid, len(c.data), len(set(c.data)), json.dumps(c.resyncs)))
+        assert len(c.data) == len(set(c.data)), f"duplicates: {report[-1]}"
+        assert set(c.data) <= set(range(N))
+        assert c.resyncs, f"client {i} ({c.rid}) was not told: {report[-1]}"
+        if c.rid == "h":
+            assert sorted(c.data) == list(range(N)), f"history subscription: {report[-1]}"
+            listed = [s for f in c.resyncs for s in f.get("subscriptions", [])]
+            assert listed and all(s["requestId"] == "h" and s["recovered"] is True
+                                  for s in listed), report[-1]
+    for c in clients:
+        await c.ws.close()
+    print(report)
