@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 
 import httpx
 
@@ -24,6 +26,7 @@ from tests.harness import recv_json, send_json, ws_open
 RICH = ["combroker.v1"]
 HROOM = {"target": "feed", "kind": "kept"}
 LROOM = {"target": "feed", "kind": "live"}
+BALLAST = {"target": "ballast"}
 HISTORY = [{"room": HROOM, "size": 1000, "ttl": 120}]
 N = 300
 
@@ -50,10 +53,9 @@ class Client:
                 raise AssertionError(f"unexpected frame {frame}")
 
 
-async def test_pubsub_connection_killed_mid_flood(broker_factory, auth_api, fresh_redis):
+async def open_clients(brokers, auth_api) -> list[Client]:
+    """On each broker, one rich client subscribed to the history room, one to the live one."""
     auth_api.allow("t", body={"login_id": "watcher", "allowed_rooms": [HROOM, LROOM]})
-    brokers = [broker_factory(auth_api=auth_api, redis=fresh_redis, BROKER_HISTORY=HISTORY)
-               for _ in range(2)]
     clients: list[Client] = []
     for broker in brokers:
         for rid, room in (("h", HROOM), ("l", LROOM)):
@@ -61,6 +63,48 @@ async def test_pubsub_connection_killed_mid_flood(broker_factory, auth_api, fres
             await send_json(ws, {"type": "subscribe", "room": room, "requestId": rid})
             assert (await recv_json(ws))["code"] == "success"
             clients.append(Client(ws, rid))
+    return clients
+
+
+async def post(http: httpx.AsyncClient, broker, n: int, data: str = "") -> int:
+    r = await http.post(f"{broker.base_url}/trigger",
+                        headers={"Authorization": "Bearer test-token"},
+                        json={"rooms": [HROOM, LROOM], "data": {"n": n, "pad": data},
+                              "history": True})
+    return r.status_code
+
+
+async def settle_accounts(http, broker, clients: list[Client], readers, n: int) -> None:
+    """Wait until every client was told ``resync``, then post a marker (published after every
+    trigger, so it arrives after them) and read each client up to it; check the accounting."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while not all(c.resyncs for c in clients):
+        assert loop.time() < deadline, [(c.rid, len(c.data), c.resyncs) for c in clients]
+        assert not any(r.done() for r in readers), "a reader stopped early"
+        await asyncio.sleep(0.05)
+    assert await post(http, broker, n) == 202
+    await asyncio.gather(*readers)
+    report = []
+    for i, c in enumerate(clients):
+        report.append((i, c.rid, len(c.data), len(set(c.data)), json.dumps(c.resyncs)))
+        assert len(c.data) == len(set(c.data)), f"duplicates: {report[-1]}"
+        assert set(c.data) <= set(range(n))
+        assert c.resyncs, f"client {i} ({c.rid}) was not told: {report[-1]}"
+        if c.rid == "h":
+            assert sorted(c.data) == list(range(n)), f"history subscription: {report[-1]}"
+            listed = [s for f in c.resyncs for s in f.get("subscriptions", [])]
+            assert listed and all(s["requestId"] == "h" and s["recovered"] is True
+                                  for s in listed), report[-1]
+    for c in clients:
+        await c.ws.close()
+    print(report)
+
+
+async def test_pubsub_connection_killed_mid_flood(broker_factory, auth_api, fresh_redis):
+    brokers = [broker_factory(auth_api=auth_api, redis=fresh_redis, BROKER_HISTORY=HISTORY)
+               for _ in range(2)]
+    clients = await open_clients(brokers, auth_api)
     readers = [asyncio.ensure_future(c.read_until_marker(N)) for c in clients]
     redis = fresh_redis.client()
     assert len(redis.client_list(_type="pubsub")) == 2  # one subscriber connection a process
@@ -68,49 +112,57 @@ async def test_pubsub_connection_killed_mid_flood(broker_factory, auth_api, fres
     answered = 0
     killed = asyncio.Event()
 
-    async def post(http: httpx.AsyncClient, n: int) -> int:
+    async def one(http: httpx.AsyncClient, n: int) -> int:
         nonlocal answered
-        broker = brokers[n % 2]
-        r = await http.post(f"{broker.base_url}/trigger",
-                            headers={"Authorization": "Bearer test-token"},
-                            json={"rooms": [HROOM, LROOM], "data": {"n": n}, "history": True})
+        status = await post(http, brokers[n % 2], n)
         answered += 1
         if answered == N // 3 and not killed.is_set():
             killed.set()
             assert await asyncio.to_thread(redis.client_kill_filter, _type="pubsub") == 2
-        return r.status_code
+        return status
 
     async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
         statuses: list[int] = []
         for start in range(0, N, 30):
-            statuses += await asyncio.gather(*(post(http, n) for n in range(start, start + 30)))
+            statuses += await asyncio.gather(*(one(http, n) for n in range(start, start + 30)))
         assert statuses == [202] * N
         assert killed.is_set()
-        # every process is told its subscription connection was lost, and tells its clients
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
-        while not all(c.resyncs for c in clients):
-            assert loop.time() < deadline, [(c.rid, len(c.data), c.resyncs) for c in clients]
-            assert not any(r.done() for r in readers), "a reader stopped early"
-            await asyncio.sleep(0.05)
-        # then a marker, published after all of them, closes each client's account
-        r = await http.post(f"{brokers[0].base_url}/trigger",
-                            headers={"Authorization": "Bearer test-token"},
-                            json={"rooms": [HROOM, LROOM], "data": {"n": N}})
-        assert r.status_code == 202
-    await asyncio.gather(*readers)
+        await settle_accounts(http, brokers[0], clients, readers, N)
 
-    report = []
-    for i, c in enumerate(clients):
-        report.append((i, c.rid, len(c.data), len(set(c.data)), json.dumps(c.resyncs)))
-        assert len(c.data) == len(set(c.data)), f"duplicates: {report[-1]}"
-        assert set(c.data) <= set(range(N))
-        assert c.resyncs, f"client {i} ({c.rid}) was not told: {report[-1]}"
-        if c.rid == "h":
-            assert sorted(c.data) == list(range(N)), f"history subscription: {report[-1]}"
-            listed = [s for f in c.resyncs for s in f.get("subscriptions", [])]
-            assert listed and all(s["requestId"] == "h" and s["recovered"] is True
-                                  for s in listed), report[-1]
-    for c in clients:
-        await c.ws.close()
-    print(report)
+
+async def test_subscriber_over_its_output_buffer_limit(broker_factory, auth_api, fresh_redis):
+    """What Redis does to a subscriber that falls behind: the process stops reading (SIGSTOP),
+    Redis closes its pub/sub connection at ``client-output-buffer-limit pubsub``; when the
+    process runs again it reconnects, and must tell its clients. Large triggers to a third
+    room (whose own subscriber is then closed as slow) fill the socket buffers in between."""
+    redis = fresh_redis.client()
+    redis.config_set("client-output-buffer-limit", "pubsub 32kb 0 0")
+    publisher, stalled = (broker_factory(auth_api=auth_api, redis=fresh_redis,
+                                         BROKER_HISTORY=HISTORY) for _ in range(2))
+    clients = await open_clients([stalled], auth_api)
+    auth_api.allow("b", body={"login_id": "ballast", "allowed_rooms": [BALLAST]})
+    ballast, _ = await ws_open(stalled.ws_url, token="b", subprotocols=RICH)
+    await send_json(ballast, {"type": "subscribe", "room": BALLAST, "requestId": 1})
+    assert (await recv_json(ballast))["code"] == "success"
+    readers = [asyncio.ensure_future(c.read_until_marker(100)) for c in clients]
+    before = {c["id"] for c in redis.client_list(_type="pubsub")}
+    assert len(before) == 2
+    os.kill(stalled.pid, signal.SIGSTOP)
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+            for n in range(100):
+                assert await post(http, publisher, n) == 202
+                if n % 10 == 0:
+                    for _ in range(3):
+                        r = await http.post(f"{publisher.base_url}/trigger",
+                                            headers={"Authorization": "Bearer test-token"},
+                                            json={"rooms": [BALLAST], "data": "x" * 500_000})
+                        assert r.status_code == 202
+            # Redis has dropped the stalled process's subscriber connection
+            left = {c["id"] for c in redis.client_list(_type="pubsub")}
+            assert len(left) == 1 and left < before, (before, left)
+            os.kill(stalled.pid, signal.SIGCONT)
+            await settle_accounts(http, publisher, clients, readers, 100)
+    finally:
+        os.kill(stalled.pid, signal.SIGCONT)
+        await ballast.close()
