@@ -17,7 +17,7 @@ acknowledged direct messages. Mixed into ``broker.cluster``'s two implementation
     P:ack:m:<id>     hash    an acknowledged message: ``m`` (the routed message as JSON),
                              ``to``, ``from``, ``c`` ("1" once some connection confirmed)
     P:ack:h:<id>     set     connection ids that received it and have not confirmed
-    P:ack:in:<dest>  zset    pending message ids of a destination, scored by expiry (ms);
+    P:ack:in:<dest>  zset    pending message ids of a destination, scored by expiry (s);
     P:ack:inb:<dest> hash    with the bytes each counts and their sum ("_"): the recipient's
                              ledger (quota). Likewise P:ack:out[b]:<sender> (the sender's,
                              "" for senders without a login) and P:ack:all[b]: (the store's)
@@ -121,16 +121,17 @@ return state
 
 # Acknowledged messages. Each stored message is counted in three ledgers: its recipient's
 # (``in``: the inbox), its sender's (``out``) and the store's (``all``). A ledger is a zset
-# (message id -> expiry, ms) and a hash (message id -> counted bytes, "_" -> their sum);
-# expired entries are dropped from both whenever the ledger is read, so the sums stay exact.
+# (message id -> expiry in seconds, as the inbox always was) and a hash (message id ->
+# counted bytes, "_" -> their sum); expired entries are dropped from both whenever the
+# ledger is read, so the sums stay exact.
 # A hold is also recorded per process (``hp``), so that the holds of a process that stopped
 # heartbeating can be released by the live ones (``_ACK_SWEEP``). Keys are built from the
 # prefix (ARGV[1]): these scripts run on the registry's single Redis.
 _ACK_LIB = """
 local P = ARGV[1]
-local function now_ms()
+local function now_s()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local function lz(kind, who) return P .. ':ack:' .. kind .. ':' .. who end
 local function lb(kind, who) return P .. ':ack:' .. kind .. 'b:' .. who end
@@ -174,7 +175,7 @@ local mid, to, from = ARGV[2], ARGV[4], ARGV[5]
 local ttl, size = tonumber(ARGV[6]), tonumber(ARGV[7])
 local rn, rb, sn, sb, tb = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]),
                            tonumber(ARGV[11]), tonumber(ARGV[12])
-local now = now_ms()
+local now = now_s()
 local n, b = ledger_usage('in', to, now)
 if (rn > 0 and n >= rn) or (rb > 0 and b + size > rb) then return 'recipient' end
 n, b = ledger_usage('out', from, now)
@@ -185,7 +186,7 @@ local m = P .. ':ack:m:' .. mid
 redis.call('HSET', m, 'm', ARGV[3], 'to', to, 'from', from, 'c', '0')
 redis.call('PEXPIRE', m, ttl)
 for _, l in ipairs({{'in', to}, {'out', from}, {'all', ''}}) do
-  ledger_add(l[1], l[2], mid, now + ttl, size, ttl)
+  ledger_add(l[1], l[2], mid, now + ttl / 1000, size, ttl)
 end
 return 'ok'
 """
@@ -198,9 +199,9 @@ if ttl <= 0 then return 0 end
 local h, hp = P .. ':ack:h:' .. mid, P .. ':ack:hp:' .. ARGV[4]
 redis.call('SADD', h, conn)
 redis.call('PEXPIRE', h, ttl)
-local now = now_ms()
+local now = now_s()
 redis.call('ZREMRANGEBYSCORE', hp, '-inf', now)
-redis.call('ZADD', hp, now + ttl, mid .. ' ' .. conn)
+redis.call('ZADD', hp, now + ttl / 1000, mid .. ' ' .. conn)
 if redis.call('PTTL', hp) < ttl then redis.call('PEXPIRE', hp, ttl) end
 redis.call('SADD', P .. ':ack:hprocs', ARGV[4])
 return 1
@@ -574,7 +575,7 @@ class RedisStore(Store):
 
     async def ack_pending(self, destination: str) -> list[dict[str, Any]]:
         ids = await self._call(self.redis.zrangebyscore(
-            self._inbox(destination), int(time.time() * 1000), "+inf", 0, PENDING_MAX))
+            self._inbox(destination), time.time(), "+inf", 0, PENDING_MAX))
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
