@@ -21,7 +21,7 @@ import signal
 
 import httpx
 
-from tests.harness import recv_json, send_json, ws_open
+from tests.harness import RedisServer, recv_json, send_json, ws_open
 
 RICH = ["combroker.v1"]
 HROOM = {"target": "feed", "kind": "kept"}
@@ -166,3 +166,41 @@ async def test_subscriber_over_its_output_buffer_limit(broker_factory, auth_api,
     finally:
         os.kill(stalled.pid, signal.SIGCONT)
         await ballast.close()
+
+
+async def test_one_shard_of_a_sharded_layer_drops_its_subscribers(broker_factory, auth_api,
+                                                                  fresh_redis):
+    """With the layer sharded over two Redis servers, only the second one drops its pub/sub
+    clients: each process must notice the loss on that connection alone, and must not tell
+    its clients before a probe came back through that shard."""
+    from channels_redis.utils import _consistent_hash
+
+    from broker.hub import room_group
+    from rooms import parse_room
+
+    def shard(prefix: str, room: dict) -> int:
+        name = f"{prefix}__group__{room_group(parse_room(room).key)}"
+        return _consistent_hash(name, 2)
+
+    # a key prefix that puts both rooms' groups on the second server
+    prefix = next(p for p in (f"sh{i}" for i in range(1000))
+                  if shard(p, HROOM) == shard(p, LROOM) == 1)
+    with RedisServer() as second:
+        brokers = [broker_factory(auth_api=auth_api, redis=[fresh_redis, second],
+                                  BROKER_KEY_PREFIX=prefix, BROKER_HISTORY=HISTORY)
+                   for _ in range(2)]
+        clients = await open_clients(brokers, auth_api)
+        readers = [asyncio.ensure_future(c.read_until_marker(N)) for c in clients]
+        redis = second.client()
+        assert len(redis.client_list(_type="pubsub")) == 2
+
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+            statuses: list[int] = []
+            for start in range(0, N, 30):
+                statuses += await asyncio.gather(*(post(http, brokers[n % 2], n)
+                                                   for n in range(start, start + 30)))
+                if start == 90:
+                    assert await asyncio.to_thread(redis.client_kill_filter,
+                                                   _type="pubsub") == 2
+            assert statuses == [202] * N
+            await settle_accounts(http, brokers[0], clients, readers, N)
