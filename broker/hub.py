@@ -671,7 +671,8 @@ class Hub:
 
     def _on_redis_failure(self) -> None:
         self.degraded = True
-        self._lose()
+        if not self._lost:  # the registry loop holds newer subscriptions on its next tick
+            self._lose()
 
     def _resync(self) -> None:
         for conn in list(self.conns.values()):
