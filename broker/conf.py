@@ -80,10 +80,22 @@ class Settings:
     # Seconds a room's offset sequence outlives its last trigger (at least the room's ttl).
     # Within it, "recovered" is exact; after it the sequence restarts above the old offsets.
     BROKER_HISTORY_META_TTL: float = 86_400.0
+    # Seconds a client-supplied trigger id ("id" in /trigger, publish(trigger_id=...)) keeps a
+    # retry from being recorded in history again (docs/guarantees.md "Retrying a trigger").
+    BROKER_TRIGGER_ID_TTL: float = 3600.0
     # Seconds a closed connection's resume token keeps its subscriptions and positions.
     BROKER_RESUME_TTL: float = 300.0
     # Seconds an acknowledged direct message ("ack": true) waits for its confirmations.
     BROKER_ACK_TTL: float = 86_400.0
+    # Bounds on stored acknowledged messages (0 = no limit). Each message counts its stored
+    # JSON plus 256 bytes. Pending for one recipient destination; unconfirmed from one sender
+    # login (senders without a login share one quota); and all of them together. Over a bound
+    # the send is refused (ack-recipient-quota, ack-sender-quota, ack-store-full).
+    BROKER_ACK_MAX_PENDING_PER_RECIPIENT: int = 1000
+    BROKER_ACK_MAX_BYTES_PER_RECIPIENT: int = 8_388_608
+    BROKER_ACK_MAX_PENDING_PER_SENDER: int = 1000
+    BROKER_ACK_MAX_BYTES_PER_SENDER: int = 8_388_608
+    BROKER_ACK_MAX_TOTAL_BYTES: int = 268_435_456
 
     @cached_property
     def history_policy(self) -> HistoryPolicy:

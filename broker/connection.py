@@ -46,8 +46,8 @@ from typing import Any, Protocol
 from . import errors, logctx, metrics, resume
 from .auth import Credentials, Refused, authenticate
 from .conf import conf
-from .errors import BrokerUnavailable
-from .history import merge_seam, recovered
+from .errors import AckRefused, BrokerUnavailable
+from .history import HistoryEntry, merge_seam, recovered
 from .hub import Hub, get_hub
 from .identity import Identity, client_room, parse_address
 from .limits import Verdict, make_bucket
@@ -79,6 +79,8 @@ log = logging.getLogger("broker.connection")
 # is given up (its transport may still hold what it buffered): a client that stopped reading
 # must not keep a kick, a replace or a shutdown waiting.
 CLOSE_TIMEOUT = 5.0
+# Offsets of one history subscription queued past a gap that are remembered (_count_queued).
+_AHEAD_MAX = 256
 _STEPPING: Any = object()  # Connection._writer while a drain runs inside push()
 
 
@@ -124,6 +126,13 @@ class Connection:
         self._acked_ids: OrderedDict[str, None] = OrderedDict()
         self._owed: set[str] = set()
         self._ack_io: asyncio.Future[None] | None = None
+        # History subscriptions holding live frames until the hub has rejoined (hold_live),
+        # with the last offset queued to the client before.
+        self._recovering: dict[Subscription, int] = {}
+        # History subscriptions: the highest offset queued with every offset before it, and
+        # the offsets queued past a gap (``_count_queued``).
+        self._queued: dict[Subscription, int] = {}
+        self._ahead: dict[Subscription, set[int]] = {}
 
     # ------------------------------------------------------------ opening
 
@@ -295,6 +304,8 @@ class Connection:
             case JoinRoom():
                 return await self._join(effect, rid)
             case LeaveRooms():
+                for sub in effect.subscriptions:
+                    self._forget_position(sub)
                 await hub.unsubscribe(effect.subscriptions)
             case PublishRooms():
                 trigger_id = await hub.router.publish(effect.rooms, effect.data_json,
@@ -307,10 +318,16 @@ class Connection:
                 if not effect.ack and not await hub.cluster.destination_exists(
                         effect.destination):
                     return Error(errors.DESTINATION_NOT_FOUND, rid)
-                message_id = await hub.router.direct(
-                    self.identity.destination, effect.destination, client_room(*target),
-                    effect.data_json, effect.text, ack=effect.ack,
-                    content_type=effect.content_type)
+                try:
+                    message_id = await hub.router.direct(
+                        self.identity.destination, effect.destination, client_room(*target),
+                        effect.data_json, effect.text, ack=effect.ack,
+                        content_type=effect.content_type)
+                except AckRefused as exc:
+                    metrics.drop(exc.code)
+                    log.info("conn %s: acknowledged message to %s refused: %s", self.id,
+                             effect.destination, exc.detail)
+                    return Error(exc.code, rid, exc.detail)
                 return Success(rid, {"id": message_id})
             case ReadHistory():
                 page = await hub.cluster.history_read(effect.room.key, since=effect.since,
@@ -365,19 +382,103 @@ class Connection:
             sub.offset = since if ok else 0
             held = since if ok else -1
 
-        def flush_seam() -> None:
-            key = sub.room.key
-            sub.replayed = max([held, *(e.offset for e in replay)])
-            for e in replay:
-                self.push(self.codec.publish(sub, e.data_json, key, e.id, offset=e.offset),
-                          (sub, e.offset))
-            live = merge_seam(replay, sub.buffer or [], held)
-            sub.buffer = None
-            for _trigger_id, offset, frame in live:
-                self.push(frame, (sub, offset) if offset is not None else None)
-
-        self._follow_ups.append(flush_seam)
+        self._follow_ups.append(lambda: self._flush_seam(sub, replay, held, page.top))
         return Success(rid, extra)
+
+    def _flush_seam(self, sub: Subscription, replay: list[HistoryEntry], held: int,
+                    top: int) -> None:
+        """Queue ``replay``, then the live frames held in ``sub.buffer`` meanwhile minus the
+        replayed ones and those at or below ``held`` (the client has them); then go live.
+        Every offset up to ``top`` (the room's when the replay was read) is then queued."""
+        key = sub.room.key
+        self._queued[sub] = top
+        self._ahead.pop(sub, None)
+        sub.replayed = max([held, *(e.offset for e in replay)])
+        for e in replay:
+            self.push(self.codec.publish(sub, e.data_json, key, e.id, offset=e.offset),
+                      (sub, e.offset))
+        live = merge_seam(replay, sub.buffer or [], held)
+        sub.buffer = None
+        for _trigger_id, offset, frame in live:
+            self.push(frame, (sub, offset) if offset is not None else None)
+
+    # ------------------------------------------------------------ lost live frames
+
+    def _forget_position(self, sub: Subscription) -> None:
+        self._queued.pop(sub, None)
+        self._ahead.pop(sub, None)
+        self._recovering.pop(sub, None)
+
+    def _count_queued(self, sub: Subscription, offset: int) -> None:
+        """Move the subscription's queued position: the highest offset that was queued with
+        every offset before it. Live frames of one room may come out of offset order (two
+        processes publishing at once); those past a gap wait in ``_ahead`` until it fills."""
+        done = self._queued.get(sub)
+        if done is None or offset <= done:
+            return
+        ahead = self._ahead.get(sub)
+        if offset > done + 1:
+            if ahead is None:
+                ahead = self._ahead[sub] = set()
+            ahead.add(offset)
+            if len(ahead) <= _AHEAD_MAX:
+                return
+            # A gap that does not fill: a trigger recorded but never sent (a failed send), or
+            # the room's sequence restarted.
+            offset = min(ahead)
+        if ahead:
+            while offset + 1 in ahead:
+                offset += 1
+            rest = {o for o in ahead if o > offset}
+            if rest:
+                self._ahead[sub] = rest
+            else:
+                del self._ahead[sub]
+        self._queued[sub] = offset
+
+    def hold_live(self) -> None:
+        """The hub's subscription to Redis broke: triggers published from now until it has
+        rejoined may never arrive. Each history subscription notes the last offset queued to
+        the client and holds its live frames until ``resync`` has read what it missed."""
+        if self.session is None or self._closing:
+            return
+        for sub in self.session.subscriptions.values():
+            if (sub.pattern is None and sub.buffer is None and sub not in self._recovering
+                    and sub in self._queued):
+                self._recovering[sub] = self._queued[sub]
+                sub.buffer = []
+
+    async def resync(self) -> None:
+        """The hub has rejoined: replay each held history subscription's gap from the history
+        (through the seam), and tell the client, listing those with ``recovered``."""
+        hub, recovering, self._recovering = self.hub, self._recovering, {}
+        if hub is None or self._closing:
+            return
+        subs = list(recovering)
+        pages = await asyncio.gather(*(hub.cluster.history_read(
+            s.room.key, since=recovering[s], limit=None) for s in subs), return_exceptions=True)
+        listed: list[dict[str, Any]] = []
+        seams: list[tuple[Subscription, list[HistoryEntry], int, int]] = []
+        for sub, page in zip(subs, pages):
+            since = recovering[sub]
+            if isinstance(page, BaseException):
+                log.warning("conn %s: history not read after a lost subscription: %s",
+                            self.id, page)
+                listed.append({"requestId": sub.request_id, "recovered": False})
+                seams.append((sub, [], since, since))
+                continue
+            listed.append({"requestId": sub.request_id, "offset": page.top,
+                           "recovered": recovered(since, page)})
+            ahead = self._ahead.get(sub, set())  # queued already, past a gap
+            seams.append((sub, [e for e in page.entries if e.offset not in ahead], since,
+                          page.top))
+        frame = self.codec.resync(listed)
+        if frame is not None:
+            self.push(frame)
+        for sub, replay, since, top in seams:
+            if (self.session is not None and sub.buffer is not None
+                    and self.session.subscriptions.get(sub.request_id_json) is sub):
+                self._flush_seam(sub, replay, since, top)
 
     async def _admin(self, effect: AdminAction, rid: Any) -> Reply:
         hub = self.hub
@@ -429,6 +530,7 @@ class Connection:
         self._pushed += 1
         if mark is not None:
             self._marks.append((self._pushed, mark[0], mark[1]))
+            self._count_queued(mark[0], mark[1])
         if self._outbox_bytes > self._max_outbox:
             metrics.drop("slow", len(self._outbox))
             log.warning("conn %s: outbox over %d bytes, closing as slow", self.id,

@@ -36,6 +36,15 @@ CONNECTION_NOT_FOUND = "connection-not-found"
 INVALID_PATTERN = "invalid-pattern"
 # STOMP: a client that promised heart-beats sent nothing for 2 periods + 1 s (closed, 1001).
 HEARTBEAT_TIMEOUT = "heart-beat-timeout"
+# A client-supplied trigger id (/trigger "id", publish(trigger_id=...)) that is not 1 to 64
+# characters of A-Z a-z 0-9 . _ : - (HTTP 400 on /trigger, InvalidTriggerId from publish()).
+INVALID_TRIGGER_ID = "invalid-trigger-id"
+# Acknowledged messages ("ack": true) not stored, so not sent: the recipient's pending
+# messages (BROKER_ACK_MAX_PENDING_PER_RECIPIENT / _BYTES_PER_RECIPIENT), the sender's
+# unconfirmed ones (..._PER_SENDER), or all of them (BROKER_ACK_MAX_TOTAL_BYTES) are at the limit.
+ACK_RECIPIENT_QUOTA = "ack-recipient-quota"
+ACK_SENDER_QUOTA = "ack-sender-quota"
+ACK_STORE_FULL = "ack-store-full"
 # Over BROKER_RATE_LIMIT: the request was not carried out (repeated, the close reason of 4029).
 RATE_LIMITED = "rate-limited"
 
@@ -76,3 +85,17 @@ CLOSE_RATE_LIMITED = 4029
 
 class BrokerUnavailable(Exception):
     """The channel layer or the cluster registry (Redis) could not be reached."""
+
+
+class InvalidTriggerId(ValueError):
+    """A client-supplied trigger id is not acceptable (INVALID_TRIGGER_ID)."""
+
+
+class AckRefused(Exception):
+    """An acknowledged message was not stored (so not sent): ``code`` is one of the ACK_* names
+    above, ``detail`` says which bound."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail

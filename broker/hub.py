@@ -48,6 +48,7 @@ from .conf import conf, redis_urls
 from .errors import BrokerUnavailable
 from .identity import client_room, parse_address, public_destination
 from .session import Subscription, dump_json
+from .store import AckQuota
 
 log = logging.getLogger("broker.hub")
 
@@ -76,6 +77,8 @@ class Conn(Protocol):
 
     def push(self, frame: str | bytes, mark: tuple[Subscription, int] | None = None) -> None: ...
     def deliver_acked(self, message: dict[str, Any]) -> None: ...
+    def hold_live(self) -> None: ...
+    async def resync(self) -> None: ...
     def close_soon(self, code: int, reason: str) -> None: ...
     def info(self) -> dict[str, Any]: ...
 
@@ -108,8 +111,13 @@ class Router:
                 self.on_failure()
             raise BrokerUnavailable(f"channel layer: {type(exc).__name__}: {exc}") from None
 
-    async def publish(self, rooms: list[Room], data_json: str, history: bool = False) -> str:
-        trigger_id = uuid.uuid4().hex
+    async def publish(self, rooms: list[Room], data_json: str, history: bool = False,
+                      trigger_id: str | None = None) -> str:
+        """``trigger_id``: the client's own (checked by ``broker.publish``), which makes a
+        retry idempotent: recorded once (within BROKER_TRIGGER_ID_TTL) and, through the
+        receivers' dedupe by id, delivered once to a subscription that had it already."""
+        once_ttl = conf().BROKER_TRIGGER_ID_TTL if trigger_id is not None else 0
+        trigger_id = trigger_id or uuid.uuid4().hex
         message: dict[str, Any] = {"type": "cb.trigger", "id": trigger_id,
                                    "rooms": [r.key for r in rooms], "data": data_json}
         if history:
@@ -120,7 +128,7 @@ class Router:
             if recorded:
                 message["offsets"] = await self.cluster.history_append(
                     [(r.key, rule) for r, rule in recorded], trigger_id, data_json,
-                    c.BROKER_HISTORY_META_TTL)
+                    c.BROKER_HISTORY_META_TTL, once_ttl)
         await self.send(await self.groups_for(rooms), message)
         metrics.counters["triggers"] += 1
         return trigger_id
@@ -143,7 +151,11 @@ class Router:
             # Stored before it is sent, so a recipient connecting meanwhile finds it (and
             # dedupes the live copy by id).
             message["ack"] = True
-            await self.cluster.ack_store(message, conf().BROKER_ACK_TTL)
+            c = conf()
+            await self.cluster.ack_store(message, c.BROKER_ACK_TTL, AckQuota(
+                c.BROKER_ACK_MAX_PENDING_PER_RECIPIENT, c.BROKER_ACK_MAX_BYTES_PER_RECIPIENT,
+                c.BROKER_ACK_MAX_PENDING_PER_SENDER, c.BROKER_ACK_MAX_BYTES_PER_SENDER,
+                c.BROKER_ACK_MAX_TOTAL_BYTES))
         await self.send(await self.groups_for([room]), message)
         metrics.counters["direct_messages"] += 1
         return message_id
@@ -160,6 +172,29 @@ class Router:
 
     async def control(self, **message: Any) -> None:
         await self.send({CONTROL_GROUP}, {"type": "cb.control", **message})
+
+
+class _SubscriptionWatch:
+    """Watches one pub/sub connection of the channel layer (channels_redis's pub/sub layer
+    keeps one per Redis shard). Redis drops a subscriber that falls behind
+    (``client-output-buffer-limit pubsub``), a restart or ``CLIENT KILL`` drops them all, and
+    redis-py then reconnects and re-subscribes without a word: whatever was published in
+    between is lost to this process. A connection reconnects only after such a loss, so every
+    connect after the first is reported (redis-py runs its connect callbacks right after it
+    has re-sent SUBSCRIBE, before any message of the new connection is read)."""
+
+    def __init__(self, hub: Hub, pubsub: Any) -> None:
+        self.hub = hub
+        self.pubsub = pubsub
+
+    def on_connect(self, connection: Any) -> None:
+        self.hub._subscription_lost()
+
+    def probe_channel(self) -> str | None:
+        """A channel this connection is subscribed to, to probe it end to end."""
+        for name in self.pubsub.channels:
+            return name.decode() if isinstance(name, bytes) else str(name)
+        return None
 
 
 class Hub:
@@ -182,6 +217,11 @@ class Hub:
         # Redis failed a request of this process since the last successful heartbeat.
         self.degraded = False
         self._probes: dict[str, asyncio.Future[None]] = {}
+        # Pub/sub connections watched for reconnects (by id), and whether one lost messages
+        # that the clients have not been told about yet.
+        self._watches: dict[int, _SubscriptionWatch] = {}
+        self._lost = False
+        self._resyncs: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_counts: tuple[float, int, int, int] = (time.monotonic(), 0, 0, 0)
         # Regex watches (STOMP destination-type:1) are matched by one worker thread, in order.
@@ -193,6 +233,7 @@ class Hub:
     async def start(self) -> None:
         self.channel = await self.layer.new_channel("cb.proc.")
         await self.layer.group_add(CONTROL_GROUP, self.channel)
+        self._watch_layer()
         await self._heartbeat()
         self._tasks = [asyncio.ensure_future(self._receive_loop()),
                        asyncio.ensure_future(self._registry_loop())]
@@ -262,6 +303,7 @@ class Hub:
             await self.layer.group_add(group, self.channel)
         except Exception as exc:  # noqa: BLE001 - the layer's errors are not a documented type
             raise BrokerUnavailable(f"channel layer: {type(exc).__name__}: {exc}") from None
+        self._watch_layer()  # the first group on a shard opens its connection
         if not await self._probe(group=group, timeout=JOIN_CONFIRM_TIMEOUT, resend=0.05):
             raise BrokerUnavailable(f"joining {group} was not confirmed within "
                                     f"{JOIN_CONFIRM_TIMEOUT} s")
@@ -564,27 +606,31 @@ class Hub:
         and this process's stats (the monitor console's per-second rates).
 
         While Redis is unreachable the heartbeat is retried on every tick. When it succeeds
-        again, messages published during the outage are lost to this process's clients, so
-        each connection is told (rich dialect: ``{"type":"resync"}``) and may re-fetch state.
+        again, messages published during the outage are lost to this process's clients; the
+        same holds after a pub/sub connection of the layer reconnected (``_SubscriptionWatch``).
+        Each connection is then told (rich dialect: ``{"type":"resync"}``), and its history
+        subscriptions get what they missed replayed (``Connection.resync``).
         """
         interval = max(conf().BROKER_REGISTRY_TTL / 3, 0.2)
         next_beat = time.monotonic() + interval
         while True:
             await asyncio.sleep(min(0.5, interval))
             try:
-                if self.degraded or time.monotonic() >= next_beat:
+                if self.degraded or self._lost or time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + interval
                     known = await self._heartbeat()
-                    if self.degraded or not known:
-                        # Redis failed us, or lost this process's entries (a restart): messages
-                        # published meanwhile may never have reached this process. Tell clients
-                        # only once a message really comes back through the layer, i.e. once
-                        # the layer has re-subscribed every group.
-                        self.degraded = True
-                        if not await self._probe():
+                    await self._sweep_acks()
+                    if self.degraded or self._lost or not known:
+                        # Redis failed us, lost this process's entries (a restart), or dropped
+                        # a subscription connection: messages published meanwhile may never
+                        # have reached this process. Tell clients only once a message really
+                        # comes back through every subscription connection, i.e. once the
+                        # layer has re-subscribed every group.
+                        self._lose()
+                        if not await self._probe_subscriptions():
                             continue
-                        self.degraded = False
-                        log.warning("redis is back: telling %d connections to resync",
+                        self.degraded = self._lost = False
+                        log.warning("fan-out is whole again: telling %d connections to resync",
                                     len(self.conns))
                         self._resync()
                 else:
@@ -596,14 +642,68 @@ class Hub:
                 if not self.degraded:
                     log.error("redis unreachable, fan-out interrupted: %s", exc)
                 self.degraded = True
+                self._lose()
             except Exception:  # noqa: BLE001 - upkeep must outlive any single failure
                 log.exception("registry upkeep failed")
 
+    async def _sweep_acks(self) -> None:
+        """Release acknowledged messages held by connections of dead processes (SIGKILL: they
+        could not release them on close); tell the senders of the ones this completed."""
+        for message_id, sender, recipient in await self.cluster.ack_sweep():
+            log.info("acknowledged message %s completed: its other holders' process is gone",
+                     message_id)
+            if sender:
+                await self.router.confirmed(sender, message_id, recipient)
+
+    def _watch_layer(self) -> None:
+        """Watch every pub/sub connection the layer has opened so far (channels_redis's
+        RedisPubSubChannelLayer: one per shard, opened by the first subscription to it)."""
+        get_layer = getattr(self.layer, "_get_layer", None)
+        if get_layer is None:
+            return  # the in-memory layer: nothing is lost in between
+        shards = getattr(get_layer(), "_shards", None)
+        if shards is None:
+            log.warning("channel layer internals changed: lost pub/sub messages go unnoticed")
+            return
+        for shard in shards:
+            pubsub = getattr(shard, "_pubsub", None)
+            connection = getattr(pubsub, "connection", None)
+            if connection is None or id(connection) in self._watches:
+                continue
+            watch = _SubscriptionWatch(self, pubsub)
+            connection.register_connect_callback(watch.on_connect)
+            self._watches[id(connection)] = watch
+
+    def _subscription_lost(self) -> None:
+        log.error("a pub/sub connection to redis was lost and re-established: triggers "
+                  "published in between never reached this process")
+        metrics.counters["subscription_losses"] += 1
+        self._lose()
+
+    def _lose(self) -> None:
+        """Messages may be lost from now until the layer is whole again: the history
+        subscriptions of every connection hold their live frames from here (the seam)."""
+        self._lost = True
+        for conn in list(self.conns.values()):
+            conn.hold_live()
+
+    async def _probe_subscriptions(self) -> bool:
+        """A probe through this process's channel and through each watched pub/sub connection
+        (on a channel it is subscribed to, so through its shard); True once all came back."""
+        channels = {self.channel}
+        for watch in self._watches.values():
+            name = watch.probe_channel()
+            if name is not None:
+                channels.add(name)
+        results = await asyncio.gather(*(self._probe(channel=c) for c in channels))
+        return all(results)
+
     async def _probe(self, timeout: float = 2.0, group: str | None = None,
-                     resend: float | None = None) -> bool:
-        """Send a probe through the layer, to this process's own channel or to ``group``
-        (every ``resend`` seconds if given); True once one comes back within ``timeout``:
-        that path works end to end. Other processes in the group ignore the unknown token."""
+                     resend: float | None = None, channel: str | None = None) -> bool:
+        """Send a probe through the layer, to ``channel`` (default: this process's own) or to
+        ``group`` (every ``resend`` seconds if given); True once one comes back within
+        ``timeout``: that path works end to end. Other processes in the group (or subscribed to
+        that channel's group) ignore the unknown token."""
         token = uuid.uuid4().hex
         message = {"type": "cb.probe", "token": token}
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -612,7 +712,7 @@ class Hub:
         try:
             while True:
                 if group is None:
-                    await self.layer.send(self.channel, message)
+                    await self.layer.send(channel or self.channel, message)
                 else:
                     await self.layer.group_send(group, message)
                 left = deadline - time.monotonic()
@@ -629,12 +729,14 @@ class Hub:
 
     def _on_redis_failure(self) -> None:
         self.degraded = True
+        if not self._lost:  # the registry loop holds newer subscriptions on its next tick
+            self._lose()
 
     def _resync(self) -> None:
         for conn in list(self.conns.values()):
-            frame = conn.codec.resync()
-            if frame is not None:
-                conn.push(frame)
+            task = asyncio.ensure_future(conn.resync())
+            self._resyncs.add(task)
+            task.add_done_callback(self._resyncs.discard)
 
 
 # ---------------------------------------------------------------- one hub per event loop

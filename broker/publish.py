@@ -8,6 +8,7 @@ which case the trigger was not delivered.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -16,6 +17,7 @@ from channels.layers import get_channel_layer
 
 from rooms import InvalidRoom, Room, parse_room
 
+from .errors import INVALID_TRIGGER_ID, InvalidTriggerId
 from .hub import Router, _hubs, make_cluster, running_hub
 from .session import dump_json
 
@@ -39,17 +41,37 @@ def _router() -> Router:
     return router
 
 
-async def publish_rooms(rooms: list[Room], data: Any, history: bool = False) -> str:
-    return await _router().publish(rooms, dump_json(data), history=history)
+_TRIGGER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-async def publish(rooms: list[Any], data: Any, *, history: bool = False) -> str:
+def check_trigger_id(value: Any) -> str | None:
+    """None, or a client-supplied trigger id: 1 to 64 characters of A-Z a-z 0-9 . _ : -"""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _TRIGGER_ID.fullmatch(value):
+        raise InvalidTriggerId(f"{INVALID_TRIGGER_ID}: a trigger id is 1 to 64 characters "
+                               "of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+async def publish_rooms(rooms: list[Room], data: Any, history: bool = False,
+                        trigger_id: str | None = None) -> str:
+    return await _router().publish(rooms, dump_json(data), history=history,
+                                   trigger_id=trigger_id)
+
+
+async def publish(rooms: list[Any], data: Any, *, history: bool = False,
+                  trigger_id: str | None = None) -> str:
     """Deliver ``data`` to every subscription matching any of ``rooms``; returns the trigger id.
 
     ``history``: also record it in the history of its rooms that BROKER_HISTORY covers, so
     subscribers can recover it (``since``, resume tokens; docs/guarantees.md).
+    ``trigger_id``: your own id for it (``InvalidTriggerId`` unless 1 to 64 characters of
+    A-Z a-z 0-9 . _ : -). After ``BrokerUnavailable``, retry with the same id: it is recorded
+    once and delivered once per subscription (docs/guarantees.md "Retrying a trigger").
     """
-    return await publish_rooms(parse_rooms(rooms), data, history)
+    return await publish_rooms(parse_rooms(rooms), data, history,
+                               check_trigger_id(trigger_id))
 
 
 _loop: asyncio.AbstractEventLoop | None = None
@@ -67,12 +89,13 @@ def _background_loop() -> asyncio.AbstractEventLoop:
 
 
 def publish_sync(rooms: list[Any], data: Any, timeout: float = 10.0, *,
-                 history: bool = False) -> str:
+                 history: bool = False, trigger_id: str | None = None) -> str:
     """Blocking ``publish()`` for sync code (views, signals, management commands)."""
     parsed = parse_rooms(rooms)  # raise InvalidRoom in the caller's thread
+    trigger_id = check_trigger_id(trigger_id)
     # In a process that runs a hub (runbroker, in-memory layer), publish on the hub's loop:
     # the in-memory layer's queues belong to that loop.
     loop = next(iter(_hubs), None) or _background_loop()
     future: Future[str] = asyncio.run_coroutine_threadsafe(
-        publish_rooms(parsed, data, history), loop)
+        publish_rooms(parsed, data, history, trigger_id), loop)
     return future.result(timeout)

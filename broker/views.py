@@ -12,9 +12,9 @@ from rooms import InvalidRoom
 
 from . import metrics
 from .conf import conf
-from .errors import BrokerUnavailable
+from .errors import INVALID_TRIGGER_ID, BrokerUnavailable, InvalidTriggerId
 from .hub import get_hub
-from .publish import parse_rooms, publish_rooms
+from .publish import check_trigger_id, parse_rooms, publish_rooms
 from .session import load_json
 
 log = logging.getLogger("broker.trigger")
@@ -67,7 +67,14 @@ async def trigger(request: HttpRequest) -> HttpResponse:
     if not isinstance(history, bool):
         return _error(400, "history must be a boolean")
     try:
-        trigger_id = await publish_rooms(rooms, body["data"], history=history)
+        own_id = check_trigger_id(body.get("id"))  # a retry with it is idempotent
+    except InvalidTriggerId as exc:
+        return _error(400, str(exc))
+    if "id" in body and own_id is None:
+        return _error(400, f"{INVALID_TRIGGER_ID}: id must be a string")
+    try:
+        trigger_id = await publish_rooms(rooms, body["data"], history=history,
+                                         trigger_id=own_id)
     except BrokerUnavailable as exc:
         log.error("trigger not delivered: %s", exc)
         return _error(503, "channel layer unavailable: the trigger was not delivered")

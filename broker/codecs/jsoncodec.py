@@ -184,5 +184,11 @@ class JsonCodec:
         """A direct message to its recipient: the message frame is the same in both dialects."""
         return str(message["message"])
 
-    def resync(self) -> str | None:
-        return '{"type":"resync"}' if self.rich else None
+    def resync(self, recovered: list[dict[str, Any]] | None = None) -> str | None:
+        """Live frames may have been missed. ``recovered``: the history subscriptions whose
+        gap is replayed next (requestId, offset, recovered), as in a resumed welcome."""
+        if not self.rich:
+            return None
+        if not recovered:
+            return '{"type":"resync"}'
+        return dump_json({"type": "resync", "subscriptions": recovered})

@@ -466,5 +466,5 @@ class StompCodec:
             return f"/{room['profile']}/{room['client']}"
         return ROOM_PREFIX + dump_json(room)
 
-    def resync(self) -> None:
+    def resync(self, recovered: list[dict[str, Any]] | None = None) -> None:
         return None

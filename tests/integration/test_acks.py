@@ -9,6 +9,7 @@ The sender and the recipient are on two processes sharing one Redis.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import pytest
 
@@ -154,3 +155,128 @@ async def test_python_client_acknowledged_messages(broker_factory, auth_api, red
             await bob.confirm(m.id)
         done = await sender.receive(5)
         assert (done.kind, done.id, done.to) == ("confirmed", message_id, f"/agent/bob-{unique}")
+
+
+async def _wait_for(predicate, timeout: float = 5.0, what: str = "condition"):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await asyncio.to_thread(predicate)
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_holder_of_a_killed_process_is_released(pair, redis_server, unique):
+    """Issue 11 item 11: a connection that holds an acknowledged message (received it, owes a
+    confirmation) dies with its process (SIGKILL): it can never release its hold. The losing
+    interleaving is forced: the process is killed only once its hold is visible in Redis.
+    The message is redelivered, confirmed, and must then complete: the sender hears
+    ``confirmed`` and it is not delivered again."""
+    a, b = pair(BROKER_REGISTRY_TTL=1.5)
+    bob = f"/agent/bob-{unique}"
+    r = redis_server.client()
+    sender, _ = await ws_open(a.ws_url, token="billing", subprotocols=RICH)
+    doomed, _ = await ws_open(b.ws_url, token="bob", subprotocols=RICH)
+    message_id = (await ask(sender, {"type": "send", "to": bob, "data": "x", "ack": True,
+                                     "requestId": 1}))["id"]
+    assert (await recv_json(doomed))["id"] == message_id
+    holders = f"acks-{unique}:ack:h:{message_id}"
+    await _wait_for(lambda: r.scard(holders) == 1, what="the hold recorded in Redis")
+    b.kill()  # SIGKILL while holding: no release can run
+
+    ws, _ = await ws_open(a.ws_url, token="bob", subprotocols=RICH)
+    got = await recv_json(ws)
+    assert (got["id"], got["ack"]) == (message_id, True)
+    assert (await ask(ws, {"type": "confirm", "id": message_id, "requestId": "c"}))[
+        "code"] == "success"
+    # completes once the dead process's registry entry is gone (BROKER_REGISTRY_TTL)
+    assert await recv_json(sender, timeout=10) == {"type": "confirmed", "id": message_id,
+                                                   "to": bob}
+    await ws.close()
+    await _wait_for(lambda: not r.exists(holders), what="the holders set removed")
+    ws, _ = await ws_open(a.ws_url, token="bob", subprotocols=RICH)
+    await expect_nothing(ws, 0.5)
+    await ws.close()
+    await sender.close()
+
+
+async def test_acknowledged_messages_to_made_up_destinations_are_bounded(pair, redis_server,
+                                                                         unique):
+    """Issue 11 item 8, as reported: one agent sends 300 acknowledged messages of 60 KB to
+    made-up destinations. With the default bounds the store stops growing at the sender's
+    quota (8 MiB), the rest is refused by name, and others can still send."""
+    a, _b = pair()
+    r = redis_server.client()
+    sender, _ = await ws_open(a.ws_url, token="billing", subprotocols=RICH)
+    before = r.info("memory")["used_memory"]
+    big = "x" * 60_000
+    outcomes: Counter[str] = Counter()
+    for i in range(300):
+        reply = await ask(sender, {"type": "send", "to": f"/agent/ghost-{unique}-{i}",
+                                   "data": big, "ack": True, "requestId": i})
+        outcomes[reply.get("message", reply["code"])] += 1
+    grown = r.info("memory")["used_memory"] - before
+    assert outcomes["ack-sender-quota"] > 200 and outcomes["success"] > 0, outcomes
+    assert set(outcomes) == {"success", "ack-sender-quota"}, outcomes
+    assert grown < 12 * 2**20, f"Redis grew by {grown} bytes"
+    # another sender is not held up by that one
+    bob, _ = await ws_open(a.ws_url, token="bob", subprotocols=RICH)
+    reply = await ask(bob, {"type": "send", "to": f"/agent/ghost-{unique}-0", "data": 1,
+                            "ack": True, "requestId": "b"})
+    assert reply["code"] == "success", reply
+    metrics = (await asyncio.to_thread(a.get, "/metrics")).text
+    assert f'combroker_drops_total{{cause="ack-sender-quota"}} {outcomes["ack-sender-quota"]}' \
+        in metrics
+    await bob.close()
+    await sender.close()
+
+
+@pytest.mark.parametrize("store", ["redis", "memory"])
+async def test_acknowledged_message_quotas(broker_factory, auth_api, redis_server, unique,
+                                           store):
+    """Per-recipient and per-sender counts and bytes, and the store's total bytes, checked on
+    the Redis store (Lua) and the in-memory one alike; completing a message frees its share."""
+    for name in ("s1", "s2"):
+        auth_api.allow(token=name, body={"login_id": f"{name}-{unique}", "profile": "service"})
+    auth_api.allow(token="bob", body={"login_id": f"bob-{unique}"})
+    env = {"BROKER_ACK_MAX_PENDING_PER_RECIPIENT": 3, "BROKER_ACK_MAX_PENDING_PER_SENDER": 5,
+           "BROKER_ACK_MAX_BYTES_PER_RECIPIENT": 20_000, "BROKER_ACK_MAX_BYTES_PER_SENDER": 0,
+           "BROKER_ACK_MAX_TOTAL_BYTES": 50_000, "BROKER_KEY_PREFIX": f"quota-{unique}"}
+    broker = broker_factory(auth_api=auth_api, redis=redis_server if store == "redis" else None,
+                            **env)
+    s1, _ = await ws_open(broker.ws_url, token="s1", subprotocols=RICH)
+    s2, _ = await ws_open(broker.ws_url, token="s2", subprotocols=RICH)
+    bob = f"/agent/bob-{unique}"
+
+    async def send(ws, to, data="x"):
+        reply = await ask(ws, {"type": "send", "to": to, "data": data, "ack": True,
+                               "requestId": 1})
+        return reply.get("message", reply["code"])
+
+    # the recipient's count: 3
+    assert [await send(s1, bob) for _ in range(4)] == ["success"] * 3 + ["ack-recipient-quota"]
+    assert await send(s2, bob) == "ack-recipient-quota"  # whoever sends
+    # the sender's count: 5 (3 to bob already)
+    assert [await send(s1, f"/agent/g{i}-{unique}") for i in range(3)] == [
+        "success", "success", "ack-sender-quota"]
+    assert await send(s2, f"/agent/g9-{unique}") == "success"  # another sender's own quota
+    # the recipient's bytes: 20 000 (each message counts twice its data, plus overhead)
+    assert await send(s2, f"/agent/big-{unique}", "y" * 12_000) == "ack-recipient-quota"
+    assert await send(s2, f"/agent/big-{unique}", "y" * 9_000) == "success"
+    # the store's bytes: 50 000 in all (about 22 000 stored so far, 18 600 a message)
+    outcomes = [await send(s2, f"/agent/big{i}-{unique}", "y" * 9_000) for i in range(2)]
+    assert outcomes == ["success", "ack-store-full"], outcomes
+
+    # bob confirms: his share and s1's are freed
+    ws, _ = await ws_open(broker.ws_url, token="bob", subprotocols=RICH)
+    pending = [await recv_json(ws) for _ in range(3)]
+    for got in pending:
+        assert (await ask(ws, {"type": "confirm", "id": got["id"]}))["code"] == "success"
+    for _ in range(3):
+        assert (await recv_json(s1))["type"] == "confirmed"
+    assert [await send(s1, bob) for _ in range(3)] == ["success"] * 3
+    assert await send(s1, bob) == "ack-recipient-quota"
+    for ws_ in (ws, s1, s2):
+        await ws_.close()

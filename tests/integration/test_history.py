@@ -294,13 +294,14 @@ async def test_seam_no_gap_no_duplicate_across_processes(broker_factory, auth_ap
 
 async def test_redis_store_scripts(redis_server):
     from broker.history import HistoryPolicy, recovered
-    from broker.store import RedisStore
+    from broker.store import AckQuota, RedisStore
     from redis import asyncio as aioredis
 
     class Store(RedisStore):
         def __init__(self) -> None:
             self.redis = aioredis.Redis.from_url(redis_server.url)
             self.prefix = f"store-{uuid.uuid4().hex[:8]}"
+            self.proc_id, self.ttl = "p1", 15.0
 
         async def _call(self, coro):
             return await coro
@@ -324,6 +325,12 @@ async def test_redis_store_scripts(redis_server):
     recent = await store.history_read("k1", since=first + 245, limit=None)
     assert recovered(first + 245, recent) and len(recent.entries) == 4
     assert (await store.history_read("k1", since=first + 249, limit=0)).entries == ()
+    # a client-supplied trigger id is recorded once per room (once_ttl)
+    one = await store.history_append([("k1", rule)], "order-1", "1", 3600, once_ttl=60)
+    two = await store.history_append([("k1", rule), ("k3", rule)], "order-1", "1", 3600,
+                                     once_ttl=60)
+    assert two["k1"] == one["k1"] == first + 250 and two["k3"] > 0
+    assert (await store.history_read("k1", since=first + 249, limit=None)).top == first + 250
     # resume: once, for the same fingerprint only
     await store.resume_save("tok", "fp", "state", 60)
     assert await store.resume_take("tok", "other") is None
@@ -331,7 +338,7 @@ async def test_redis_store_scripts(redis_server):
     assert await store.resume_take("tok", "fp") is None
     # acknowledged messages
     message = {"id": "m1", "to": "/agent/bob", "from": "/service/s", "message": "{}"}
-    await store.ack_store(message, 60)
+    await store.ack_store(message, 60, AckQuota())
     assert await store.ack_pending("/agent/bob") == [message]
     await store.ack_hold("m1", "c1")
     await store.ack_hold("m1", "c2")
@@ -339,9 +346,16 @@ async def test_redis_store_scripts(redis_server):
     assert await store.ack_confirm("m1", "/agent/bob", "c1") == (False, None)  # c2 owes it
     assert await store.ack_release("c2", "/agent/bob", ["m1"]) == [("m1", "/service/s")]
     assert await store.ack_pending("/agent/bob") == []
-    await store.ack_store({**message, "id": "m2"}, 60)
+    await store.ack_store({**message, "id": "m2"}, 60, AckQuota())
     await store.ack_hold("m2", "c1")
     assert await store.ack_release("c1", "/agent/bob", ["m2"]) == []  # not confirmed: pending
     assert [m["id"] for m in await store.ack_pending("/agent/bob")] == ["m2"]
     assert await store.ack_confirm("m2", "/agent/bob", "c3") == (True, "/service/s")
+    # every ledger is back to nothing (quotas are freed by completion)
+    p = store.prefix
+    assert await store.redis.hget(f"{p}:ack:allb:", "_") == b"0"
+    assert await store.redis.hget(f"{p}:ack:inb:/agent/bob", "_") == b"0"
+    assert await store.redis.hget(f"{p}:ack:outb:/service/s", "_") == b"0"
+    assert not await store.redis.exists(f"{p}:ack:all:", f"{p}:ack:in:/agent/bob",
+                                        f"{p}:ack:out:/service/s")
     await store.redis.aclose()

@@ -21,7 +21,7 @@ from broker.session import (
     Confirm, ConfirmMessage, Error, History, HistoryResult, JoinRoom, Publish, PublishRooms,
     ReadHistory, Send, SendDirect, Session, Subscribe, Subscription, Success,
 )
-from broker.store import MemoryStore
+from broker.store import AckQuota, MemoryStore
 from rooms import parse_room
 
 CHAT1 = {"target": "chat", "customer": "1"}
@@ -274,6 +274,23 @@ async def test_memory_store_history(monkeypatch):
     assert restarted > offsets[-1]  # a new sequence starts above the old one
 
 
+async def test_memory_store_trigger_id_records_once(monkeypatch):
+    """A client-supplied trigger id (once_ttl): a retry reuses the offsets it got; a room it
+    was not recorded in yet is recorded; after once_ttl it is recorded again."""
+    store = MemoryStore()
+    rule = HistoryPolicy.from_setting(SETTING[:1]).rules[0]
+    first = await store.history_append([("a", rule)], "order-1", "1", 3600, once_ttl=10)
+    again = await store.history_append([("a", rule), ("b", rule)], "order-1", "1", 3600,
+                                       once_ttl=10)
+    assert again["a"] == first["a"] and again["b"] > 0
+    assert [e.id for e in (await store.history_read("a", since=None, limit=None)).entries] == [
+        "order-1"]
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 11)
+    later = await store.history_append([("a", rule)], "order-1", "1", 3600, once_ttl=10)
+    assert later["a"] == first["a"] + 1
+
+
 async def test_memory_store_resume_and_acks(monkeypatch):
     store = MemoryStore()
     await store.resume_save("k", "fp", "s", 10)
@@ -281,7 +298,7 @@ async def test_memory_store_resume_and_acks(monkeypatch):
     assert await store.resume_take("k", "fp") == "s"
     assert await store.resume_take("k", "fp") is None
     message = {"id": "m", "to": "/agent/bob", "from": "/service/s"}
-    await store.ack_store(message, 10)
+    await store.ack_store(message, 10, AckQuota())
     assert await store.ack_pending("/agent/bob") == [message]
     assert await store.ack_pending("/agent/eve") == []
     await store.ack_hold("m", "c1")
@@ -290,7 +307,7 @@ async def test_memory_store_resume_and_acks(monkeypatch):
     assert await store.ack_confirm("m", "/agent/eve", "c2") == (False, None)
     assert await store.ack_confirm("m", "/agent/bob", "c2") == (True, "/service/s")
     assert await store.ack_pending("/agent/bob") == []
-    await store.ack_store({**message, "id": "n"}, 10)
+    await store.ack_store({**message, "id": "n"}, 10, AckQuota())
     await store.ack_hold("n", "c1")
     assert await store.ack_release("c1", "/agent/bob", ["n"]) == []
     assert [m["id"] for m in await store.ack_pending("/agent/bob")] == ["n"]
