@@ -15,7 +15,7 @@ from .conf import conf
 from .errors import BrokerUnavailable
 from .hub import get_hub
 from .publish import parse_rooms, publish_rooms
-from .session import load_json
+from .session import JsonTooDeep, load_json
 
 log = logging.getLogger("broker.trigger")
 
@@ -49,8 +49,17 @@ async def trigger(request: HttpRequest) -> HttpResponse:
         declared = 0
     if declared > limit or len(request.body) > limit:
         return _error(413, f"body over BROKER_MAX_TRIGGER_BYTES ({limit} bytes)")
+    raw = request.body
     try:
-        body = load_json(request.body)  # RFC 8259 only: no NaN, no RecursionError
+        # RFC 8259 only: UTF-8, no NaN, nesting within MAX_JSON_DEPTH. A NUL byte is in no
+        # JSON text: it is the mark of UTF-16 or UTF-32, which json.loads would read.
+        if b"\x00" in raw:
+            raise UnicodeError
+        body = load_json(raw)
+    except UnicodeError:
+        return _error(400, "body is not UTF-8: JSON between systems is UTF-8 (RFC 8259)")
+    except JsonTooDeep as exc:
+        return _error(400, f"body is not JSON the broker reads: {exc}")
     except ValueError:
         return _error(400, "body is not JSON")
     if not isinstance(body, dict):
