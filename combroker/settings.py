@@ -5,7 +5,7 @@ import os
 import secrets
 from pathlib import Path
 
-from broker.conf import channel_layers_setting
+from broker.conf import channel_layers_setting, log_level
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,7 @@ LOGGING = {
     "filters": {"conn": {"()": "broker.logctx.ConnFilter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
                              "filters": ["conn"]}},
-    "root": {"handlers": ["console"], "level": os.environ.get("BROKER_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": log_level()},
     "loggers": {"daphne": {"level": "WARNING"}, "httpx": {"level": "WARNING"},
                 "httpcore": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
 }
