@@ -233,7 +233,15 @@ class Connection:
     # ------------------------------------------------------------ inbound
 
     async def receive(self, request: Request) -> None:
-        """Handle one decoded request. Requests of one connection run one at a time."""
+        """Handle one decoded request. Requests of one connection run one at a time.
+
+        A closing connection reads nothing more: its transport may still hand in what the
+        client sent while a kick, a replace or a slow close flushed the outbox, and ``closed()``
+        may already have let go of the hub (issue 11, item 14: each such frame was an
+        AssertionError traceback).
+        """
+        if self._closing:
+            return
         assert self.session is not None and self.hub is not None
         if self._bucket is not None:
             verdict = self._bucket.take()
@@ -241,6 +249,8 @@ class Connection:
                 self._rate_limited(request, verdict)
                 return
         async with self._lock:
+            if self._closing:  # closed while this request waited for the one before it
+                return
             step = self.session.handle(request)
             reply = step.reply
             rid = request.request_id
