@@ -30,6 +30,10 @@ class Settings:
     BROKER_AUTH_URL: str = ""
     BROKER_AUTH_TIMEOUT: float = 5.0
     BROKER_AUTH_MAX_IN_FLIGHT: int = 64
+    # Seconds from accept to authenticated, on every transport (the wait for credentials, a
+    # STOMP CONNECT or a JSON-lines connect line, and the auth API's answer together): a
+    # connection not authenticated by then is closed with 4408 "auth-timeout". 0 = none.
+    BROKER_AUTH_DEADLINE: float = 10.0
     BROKER_AUTH_FORWARD_HEADERS: tuple[str, ...] = ()
     # Static-key login (PROTOCOL §2.2).
     BROKER_APP_KEY: str = ""

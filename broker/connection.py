@@ -91,7 +91,11 @@ class Transport(Protocol):
 
 
 class Connection:
-    def __init__(self, transport: Transport, codec: Any) -> None:
+    def __init__(self, transport: Transport, codec: Any, *,
+                 auth_deadline: float | None = None) -> None:
+        """``auth_deadline``: seconds from now (the accept) to authenticated, by default
+        BROKER_AUTH_DEADLINE (0 = none). A connection not authenticated by then is closed
+        with 4408 ``auth-timeout`` (``_auth_expired``), whatever its transport."""
         self.transport = transport
         self.codec = codec
         self.id = secrets.token_hex(8)
@@ -124,6 +128,13 @@ class Connection:
         self._acked_ids: OrderedDict[str, None] = OrderedDict()
         self._owed: set[str] = set()
         self._ack_io: asyncio.Future[None] | None = None
+        # Issue 11, item 5: one total deadline from accept to authenticated.
+        limit = conf().BROKER_AUTH_DEADLINE if auth_deadline is None else auth_deadline
+        self._auth_by = time.monotonic() + limit if limit > 0 else None
+        self._auth_timer: asyncio.TimerHandle | None = (
+            asyncio.get_running_loop().call_later(limit, self._auth_expired) if limit > 0
+            else None)
+        self._opening = False
 
     # ------------------------------------------------------------ opening
 
@@ -135,7 +146,7 @@ class Connection:
         """
         logctx.conn_id.set(self.id)  # the transport's task logs as this connection from now on
         c = conf()
-        identity = await authenticate(creds)
+        identity = await self._authenticate(creds)
         hub = await get_hub()
         dest = identity.destination
         if (dest and c.BROKER_DUPLICATE_LOGIN == "reject"
@@ -162,6 +173,36 @@ class Connection:
                 self.deliver_acked(message)
         return identity
 
+    async def _authenticate(self, creds: Credentials) -> Identity:
+        """The auth API's answer within what is left of the deadline (else ``Refused`` with
+        ``auth-timeout``); the deadline's timer leaves a connection being checked to this."""
+        if self._closing:
+            raise Refused(errors.AUTH_TIMEOUT)
+        left = None if self._auth_by is None else self._auth_by - time.monotonic()
+        self._opening = True
+        try:
+            if left is None:
+                return await authenticate(creds)
+            return await asyncio.wait_for(authenticate(creds), max(left, 0.0))
+        except TimeoutError:
+            raise Refused(errors.AUTH_TIMEOUT) from None
+        finally:
+            self._opening = False
+
+    def _auth_expired(self) -> None:
+        """BROKER_AUTH_DEADLINE passed: close a connection that has not authenticated."""
+        self._auth_timer = None
+        if self.session is not None or self._opening or self._closing:
+            return
+        metrics.refused(errors.AUTH_TIMEOUT)
+        log.info("conn %s: not authenticated within BROKER_AUTH_DEADLINE, closing", self.id)
+        self.close_soon(errors.CLOSE_AUTH_TIMEOUT, errors.AUTH_TIMEOUT)
+
+    def _stop_auth_timer(self) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+
     @property
     def _resumable(self) -> bool:
         """Only the rich JSON dialect carries resume tokens."""
@@ -169,6 +210,7 @@ class Connection:
 
     def welcome(self) -> None:
         """Queue the welcome, then every frame that waited for it, then the replays."""
+        self._stop_auth_timer()
         if self._resumable:
             self.resume_token = resume.new_token()
         if self.resumed is None:
@@ -537,6 +579,7 @@ class Connection:
     async def closed(self) -> None:
         """The transport is gone: leave the hub and forget every subscription."""
         self._closing = True
+        self._stop_auth_timer()
         hub, self.hub = self.hub, None
         if hub is not None and self.session is not None:
             subs = list(self.session.subscriptions.values())

@@ -47,6 +47,9 @@ INVALID_APP_KEY = "Invalid Application Secret Key."
 INVALID_PROFILE_KEY = "Invalid Profile/Passcode."
 GOING_AWAY = "going-away"  # 1001: the process is shutting down
 ORIGIN_NOT_ALLOWED = "origin-not-allowed"  # 1008: Origin not in BROKER_ALLOWED_ORIGINS
+# 4408: not authenticated within BROKER_AUTH_DEADLINE of the accept (credentials never came,
+# came too slowly, or the auth API did not answer in what was left of it).
+AUTH_TIMEOUT = "auth-timeout"
 # Handshakes refused with HTTP 503 before the WebSocket opens.
 OVER_CAPACITY = "over-capacity"  # BROKER_MAX_CONNECTIONS reached in this process
 SHUTTING_DOWN = "shutting-down"  # the process got SIGTERM
@@ -62,6 +65,7 @@ CLOSE_SLOW = 4008
 CLOSE_REPLACED = 4009
 CLOSE_KICKED = 4010
 CLOSE_RATE_LIMITED = 4029
+CLOSE_AUTH_TIMEOUT = 4408
 
 
 class BrokerUnavailable(Exception):
