@@ -41,8 +41,9 @@ DATABASES: dict = {}
 
 CHANNEL_LAYERS = channel_layers_setting()
 
-# /trigger enforces BROKER_MAX_TRIGGER_BYTES itself (413), so Django's own cap must not fire first.
-DATA_UPLOAD_MAX_MEMORY_SIZE = None
+# The body of every route but /trigger (which takes up to BROKER_MAX_TRIGGER_BYTES): none of
+# them takes one. broker.httpguard answers 413 past it before reading on (issue 11, item 6).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 65_536
 
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
