@@ -145,6 +145,16 @@ class Connection:
         to take back. The transport then calls ``welcome()``.
         """
         logctx.conn_id.set(self.id)  # the transport's task logs as this connection from now on
+        self._opening = True  # the deadline's timer leaves an opening connection to this
+        try:
+            return await self._open(creds, resume_token)
+        except BaseException:
+            self._stop_auth_timer()  # refused: the transport closes it
+            raise
+        finally:
+            self._opening = False
+
+    async def _open(self, creds: Credentials, resume_token: str | None) -> Identity:
         c = conf()
         identity = await self._authenticate(creds)
         hub = await get_hub()
@@ -174,20 +184,17 @@ class Connection:
         return identity
 
     async def _authenticate(self, creds: Credentials) -> Identity:
-        """The auth API's answer within what is left of the deadline (else ``Refused`` with
-        ``auth-timeout``); the deadline's timer leaves a connection being checked to this."""
+        """The auth API's answer within what is left of the deadline, else ``Refused`` with
+        ``auth-timeout``."""
         if self._closing:
             raise Refused(errors.AUTH_TIMEOUT)
-        left = None if self._auth_by is None else self._auth_by - time.monotonic()
-        self._opening = True
+        if self._auth_by is None:
+            return await authenticate(creds)
         try:
-            if left is None:
-                return await authenticate(creds)
-            return await asyncio.wait_for(authenticate(creds), max(left, 0.0))
+            return await asyncio.wait_for(authenticate(creds),
+                                          max(self._auth_by - time.monotonic(), 0.0))
         except TimeoutError:
             raise Refused(errors.AUTH_TIMEOUT) from None
-        finally:
-            self._opening = False
 
     def _auth_expired(self) -> None:
         """BROKER_AUTH_DEADLINE passed: close a connection that has not authenticated."""
