@@ -12,12 +12,13 @@ class BrokerConfig(AppConfig):
 
         logctx.install()
         daphne_ext.patch()
-        # A malformed BROKER_HISTORY stops the process at start, not at the first trigger.
+        # A malformed setting stops the process at start, not at the first use; the error
+        # names the setting and the formats it accepts (broker.conf.SettingError).
         from django.core.exceptions import ImproperlyConfigured
 
-        from .conf import conf
+        from .conf import SettingError, conf
 
         try:
-            _ = conf().history_policy
-        except (ValueError, TypeError) as exc:
-            raise ImproperlyConfigured(f"BROKER_HISTORY: {exc}") from None
+            conf()
+        except SettingError as exc:
+            raise ImproperlyConfigured(str(exc)) from None

@@ -30,6 +30,10 @@ class Settings:
     BROKER_AUTH_URL: str = ""
     BROKER_AUTH_TIMEOUT: float = 5.0
     BROKER_AUTH_MAX_IN_FLIGHT: int = 64
+    # Seconds from accept to authenticated, on every transport (the wait for credentials, a
+    # STOMP CONNECT or a JSON-lines connect line, and the auth API's answer together): a
+    # connection not authenticated by then is closed with 4408 "auth-timeout". 0 = none.
+    BROKER_AUTH_DEADLINE: float = 10.0
     BROKER_AUTH_FORWARD_HEADERS: tuple[str, ...] = ()
     # Bytes of the auth API's 200 answer the broker reads, counted after decompression; a
     # larger answer is the backend's fault: auth-unavailable (docs/operations.md "Security").
@@ -104,41 +108,143 @@ class Settings:
         return HistoryPolicy.from_setting(self.BROKER_HISTORY)
 
 
-def _parse(raw: str, default: Any, name: str) -> Any:
-    if isinstance(default, bool):
-        return raw.strip().lower() in {"1", "true", "yes", "on"}
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    if isinstance(default, tuple):
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if name == "BROKER_PROFILE_KEYS":
-        raw = raw.strip()
-        if raw.startswith("{"):
-            return dict(json.loads(raw))
-        # "agent:k1,super_agent:k2"
-        return dict(part.strip().split(":", 1) for part in raw.split(",") if part.strip())
-    if name == "BROKER_HISTORY":
-        return json.loads(raw) if raw.strip() else None
+class SettingError(ValueError):
+    """A malformed setting. The message names the setting and the formats it accepts."""
+
+    def __init__(self, name: str, problem: str, accepted: str) -> None:
+        super().__init__(f"{name}: {problem}; accepted: {accepted}")
+        self.setting = name
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Settings whose value is one of a few words (checked, with the words in the error).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "BROKER_DUPLICATE_LOGIN": ("allow", "reject", "replace"),
+    "BROKER_LOG_LEVEL": _LOG_LEVELS,
+}
+_PROFILE_KEYS_FORMATS = ('a JSON object {"agent": "KEY", ...} or agent:KEY,super_agent:KEY '
+                         "(profiles: agent, super_agent, service, admin)")
+_HISTORY_FORMATS = 'a JSON list of {"room": <pattern>, "size": <int>, "ttl": <seconds>}'
+
+
+def _profile_keys(name: str, raw: Any) -> dict[str, str] | None:
+    from .identity import Profile
+
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        text = raw.strip()
+        if not text:
+            return None
+        if text.startswith("{"):
+            try:
+                raw = json.loads(text)
+            except ValueError as exc:
+                raise SettingError(name, f"not JSON ({exc})", _PROFILE_KEYS_FORMATS) from None
+        else:
+            pairs = {}
+            for part in (p.strip() for p in text.split(",")):
+                profile, sep, key = part.partition(":")
+                if not sep or not profile.strip() or not key:
+                    raise SettingError(name, f"{part[:40]!r} is not profile:key",
+                                       _PROFILE_KEYS_FORMATS)
+                pairs[profile.strip()] = key
+            raw = pairs
+    if not isinstance(raw, dict):
+        raise SettingError(name, f"a {type(raw).__name__}", _PROFILE_KEYS_FORMATS)
+    for profile, key in raw.items():
+        if profile not in set(Profile):
+            raise SettingError(name, f"unknown profile {str(profile)[:40]!r}",
+                               _PROFILE_KEYS_FORMATS)
+        if not isinstance(key, str) or not key:
+            raise SettingError(name, f"the key of {profile} is not a non-empty string",
+                               _PROFILE_KEYS_FORMATS)
+    return dict(raw)
+
+
+def _history(name: str, raw: Any) -> Any:
+    if isinstance(raw, str):
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise SettingError(name, f"not JSON ({exc})", _HISTORY_FORMATS) from None
     return raw
+
+
+def _parse(name: str, raw: Any, default: Any) -> Any:
+    """One setting's value (from the environment: a string) in the type of its default.
+    Raises SettingError naming the setting and what it accepts."""
+    if name == "BROKER_PROFILE_KEYS":
+        return _profile_keys(name, raw)
+    if name == "BROKER_HISTORY":
+        return _history(name, raw)
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        word = str(raw).strip().lower()
+        if word not in _TRUE | _FALSE:
+            raise SettingError(name, f"{str(raw)[:40]!r} is not a boolean",
+                               "true/false, 1/0, yes/no, on/off")
+        return word in _TRUE
+    if isinstance(default, (int, float)):
+        kind = "integer" if isinstance(default, int) else "number"
+        accepted = f"a non-negative {kind}" + ("" if kind == "integer" else " (e.g. 2.5)")
+        try:
+            value = int(raw) if kind == "integer" else float(raw)
+        except (TypeError, ValueError):
+            raise SettingError(name, f"{str(raw)[:40]!r} is not a {kind}", accepted) from None
+        if not (0 <= value < float("inf")):  # NaN fails too
+            raise SettingError(name, f"{value} is out of range", accepted)
+        return value
+    if isinstance(default, tuple):
+        if isinstance(raw, str):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if isinstance(raw, (list, tuple)) and all(isinstance(v, str) for v in raw):
+            return tuple(raw)
+        raise SettingError(name, f"a {type(raw).__name__}",
+                           "comma-separated text, or a list of strings")
+    if not isinstance(raw, str):
+        raise SettingError(name, f"a {type(raw).__name__}", "text")
+    choices = _CHOICES.get(name)
+    if choices is not None:
+        value = raw.strip()
+        value = value.upper() if choices is _LOG_LEVELS else value.lower()
+        if value not in choices:
+            raise SettingError(name, f"{raw[:40]!r} is not one of them", ", ".join(choices))
+        return value
+    return raw
+
+
+def log_level(environ: dict[str, str] | None = None) -> str:
+    """BROKER_LOG_LEVEL, checked, for LOGGING (read before Django is set up)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("BROKER_LOG_LEVEL")
+    return "INFO" if raw is None else str(_parse("BROKER_LOG_LEVEL", raw, "INFO"))
 
 
 @cache
 def conf() -> Settings:
+    """The settings of this process. Raises SettingError for a malformed one; a malformed
+    BROKER_HISTORY is reported here too (its rules are checked), not at the first trigger."""
     from django.conf import settings as django_settings
 
     values: dict[str, Any] = {}
     for f in fields(Settings):
-        default = f.default
         if f.name in os.environ:
-            values[f.name] = _parse(os.environ[f.name], default, f.name)
+            values[f.name] = _parse(f.name, os.environ[f.name], f.default)
         elif hasattr(django_settings, f.name):
-            value = getattr(django_settings, f.name)
-            if isinstance(default, tuple) and isinstance(value, (list, str)):
-                value = _parse(value, default, f.name) if isinstance(value, str) else tuple(value)
-            values[f.name] = value
-    return Settings(**values)
+            values[f.name] = _parse(f.name, getattr(django_settings, f.name), f.default)
+    settings = Settings(**values)
+    try:
+        _ = settings.history_policy
+    except (ValueError, TypeError) as exc:
+        problem = str(exc).removeprefix("BROKER_HISTORY")
+        raise SettingError("BROKER_HISTORY", problem.lstrip(": ") or "malformed",
+                           _HISTORY_FORMATS) from None
+    return settings
 
 
 def redis_urls() -> list[str]:

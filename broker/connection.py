@@ -93,7 +93,11 @@ class Transport(Protocol):
 
 
 class Connection:
-    def __init__(self, transport: Transport, codec: Any) -> None:
+    def __init__(self, transport: Transport, codec: Any, *,
+                 auth_deadline: float | None = None) -> None:
+        """``auth_deadline``: seconds from now (the accept) to authenticated, by default
+        BROKER_AUTH_DEADLINE (0 = none). A connection not authenticated by then is closed
+        with 4408 ``auth-timeout`` (``_auth_expired``), whatever its transport."""
         self.transport = transport
         self.codec = codec
         self.id = secrets.token_hex(8)
@@ -133,6 +137,13 @@ class Connection:
         # the offsets queued past a gap (``_count_queued``).
         self._queued: dict[Subscription, int] = {}
         self._ahead: dict[Subscription, set[int]] = {}
+        # Issue 11, item 5: one total deadline from accept to authenticated.
+        limit = conf().BROKER_AUTH_DEADLINE if auth_deadline is None else auth_deadline
+        self._auth_by = time.monotonic() + limit if limit > 0 else None
+        self._auth_timer: asyncio.TimerHandle | None = (
+            asyncio.get_running_loop().call_later(limit, self._auth_expired) if limit > 0
+            else None)
+        self._opening = False
 
     # ------------------------------------------------------------ opening
 
@@ -143,8 +154,18 @@ class Connection:
         to take back. The transport then calls ``welcome()``.
         """
         logctx.conn_id.set(self.id)  # the transport's task logs as this connection from now on
+        self._opening = True  # the deadline's timer leaves an opening connection to this
+        try:
+            return await self._open(creds, resume_token)
+        except BaseException:
+            self._stop_auth_timer()  # refused: the transport closes it
+            raise
+        finally:
+            self._opening = False
+
+    async def _open(self, creds: Credentials, resume_token: str | None) -> Identity:
         c = conf()
-        identity = await authenticate(creds)
+        identity = await self._authenticate(creds)
         hub = await get_hub()
         dest = identity.destination
         if (dest and c.BROKER_DUPLICATE_LOGIN == "reject"
@@ -171,6 +192,33 @@ class Connection:
                 self.deliver_acked(message)
         return identity
 
+    async def _authenticate(self, creds: Credentials) -> Identity:
+        """The auth API's answer within what is left of the deadline, else ``Refused`` with
+        ``auth-timeout``."""
+        if self._closing:
+            raise Refused(errors.AUTH_TIMEOUT)
+        if self._auth_by is None:
+            return await authenticate(creds)
+        try:
+            return await asyncio.wait_for(authenticate(creds),
+                                          max(self._auth_by - time.monotonic(), 0.0))
+        except TimeoutError:
+            raise Refused(errors.AUTH_TIMEOUT) from None
+
+    def _auth_expired(self) -> None:
+        """BROKER_AUTH_DEADLINE passed: close a connection that has not authenticated."""
+        self._auth_timer = None
+        if self.session is not None or self._opening or self._closing:
+            return
+        metrics.refused(errors.AUTH_TIMEOUT)
+        log.info("conn %s: not authenticated within BROKER_AUTH_DEADLINE, closing", self.id)
+        self.close_soon(errors.CLOSE_AUTH_TIMEOUT, errors.AUTH_TIMEOUT)
+
+    def _stop_auth_timer(self) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+
     @property
     def _resumable(self) -> bool:
         """Only the rich JSON dialect carries resume tokens."""
@@ -178,6 +226,7 @@ class Connection:
 
     def welcome(self) -> None:
         """Queue the welcome, then every frame that waited for it, then the replays."""
+        self._stop_auth_timer()
         if self._resumable:
             self.resume_token = resume.new_token()
         if self.resumed is None:
@@ -243,7 +292,15 @@ class Connection:
     # ------------------------------------------------------------ inbound
 
     async def receive(self, request: Request) -> None:
-        """Handle one decoded request. Requests of one connection run one at a time."""
+        """Handle one decoded request. Requests of one connection run one at a time.
+
+        A closing connection reads nothing more: its transport may still hand in what the
+        client sent while a kick, a replace or a slow close flushed the outbox, and ``closed()``
+        may already have let go of the hub (issue 11, item 14: each such frame was an
+        AssertionError traceback).
+        """
+        if self._closing:
+            return
         assert self.session is not None and self.hub is not None
         if self._bucket is not None:
             verdict = self._bucket.take()
@@ -251,6 +308,8 @@ class Connection:
                 self._rate_limited(request, verdict)
                 return
         async with self._lock:
+            if self._closing:  # closed while this request waited for the one before it
+                return
             step = self.session.handle(request)
             reply = step.reply
             rid = request.request_id
@@ -631,6 +690,7 @@ class Connection:
     async def closed(self) -> None:
         """The transport is gone: leave the hub and forget every subscription."""
         self._closing = True
+        self._stop_auth_timer()
         hub, self.hub = self.hub, None
         if hub is not None and self.session is not None:
             subs = list(self.session.subscriptions.values())

@@ -173,7 +173,7 @@ class BrokerConsumer(AsyncWebsocketConsumer):
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         self.last_read = time.monotonic()
         if self.conn.session is None:
-            if self.awaiting_connect:
+            if self.awaiting_connect and not self.conn.closing:  # closing: the deadline passed
                 self.awaiting_connect = False
                 await self._stomp_connect(message.get("text") or message.get("bytes") or b"")
             return  # refused or closing: nothing may be asked any more

@@ -23,6 +23,10 @@ when daphne serves the application (its modules are loaded before the applicatio
   too big) and 1011 (``auth-unavailable``) raised inside daphne and left the socket open, and
   every reason (``replaced``, ``kicked``, ``slow``) was lost. The close frame is now sent with
   the code and reason the application asked for (uvicorn already does this).
+- **Bodies judged before they are read.** Twisted reads a request's whole body before daphne
+  calls the application, so ``broker.httpguard.BodyGuard`` alone would come too late: the head
+  is judged (``httpguard.check_head``) once it is in, and the body counted as it arrives; a
+  refusal (401, 413) is written at once and the connection closed, the rest never stored.
 - **No credentials in the access log.** daphne writes it itself (not through logging), with
   the query string of HTTP requests; ``broker.logctx.redact`` now runs over each line.
 """
@@ -95,6 +99,9 @@ def patch() -> None:
     if ws_module is not None:
         _patch_protocol(ws_module.WebSocketProtocol)
         _patch_close(ws_module.WebSocketProtocol)
+    http_module = sys.modules.get("daphne.http_protocol")
+    if http_module is not None:
+        _patch_request(http_module.WebRequest)
     access = sys.modules.get("daphne.access")
     if access is not None:
         _patch_access_log(access.AccessLogGenerator)
@@ -214,6 +221,69 @@ def _patch_close(cls: Any) -> None:
 
     cls.handle_reply = handle_reply_with_close_code
     cls._combroker_close_patched = True
+
+
+def _patch_request(cls: Any) -> None:
+    """daphne's ``WebRequest`` (a Twisted ``Request``): ``gotLength`` runs once the head is
+    in, ``handleContentChunk`` for each piece of the body, ``process`` once it is all in."""
+    if getattr(cls, "_combroker_patched", False):
+        return
+    from urllib.parse import unquote
+
+    from .httpguard import check_head, error_body
+
+    got_length = cls.gotLength
+    handle_chunk = cls.handleContentChunk
+    process = cls.process
+
+    def refuse(self: Any, status: int, error: str) -> None:
+        self._combroker_refused = True
+        self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the answer
+        body = error_body(error)
+        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+                "Content-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        self.channel.transport.write(head.encode() + body)
+        self.channel.transport.loseConnection()
+
+    def judged_got_length(self: Any, length: Any) -> Any:
+        self._combroker_refused = False
+        self._combroker_taken = 0
+        self._combroker_limit = None
+        try:
+            method = self.channel._command.decode("latin-1")
+            path = unquote(self.channel._path.decode("latin-1").split("?", 1)[0])
+            headers = {name.decode("latin-1").lower(): values[-1].decode("latin-1")
+                       for name, values in self.requestHeaders.getAllRawHeaders()}
+            verdict = check_head(method, path, headers)
+        except Exception:  # noqa: BLE001 - daphne's own checks then apply
+            log.exception("request head not judged")
+            verdict = None
+        if isinstance(verdict, tuple):
+            refuse(self, *verdict)
+        else:
+            self._combroker_limit = verdict
+        return got_length(self, length)
+
+    def counted_chunk(self: Any, data: bytes) -> Any:
+        if getattr(self, "_combroker_refused", False):
+            return None  # answered already: the rest is dropped, never stored
+        self._combroker_taken += len(data)
+        limit = self._combroker_limit
+        if limit is not None and self._combroker_taken > limit.size:
+            refuse(self, 413, limit.refusal())
+            return None
+        return handle_chunk(self, data)
+
+    def guarded_process(self: Any) -> Any:
+        if getattr(self, "_combroker_refused", False):
+            return None
+        return process(self)
+
+    cls.gotLength = judged_got_length
+    cls.handleContentChunk = counted_chunk
+    cls.process = guarded_process
+    cls._combroker_patched = True
 
 
 def _patch_access_log(cls: Any) -> None:

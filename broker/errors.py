@@ -24,6 +24,8 @@ HISTORY_NOT_ENABLED = "history-not-enabled"
 # not be carried out. Sent for subscribe/send/publish during an outage (documented).
 SERVICE_UNAVAILABLE = "service-unavailable"
 UNKNOWN_ACTION = "unknown-action"
+# A request id longer than broker.session.MAX_REQUEST_ID_CHARS (not echoed in the reply).
+REQUEST_ID_TOO_LONG = "request-id-too-long"
 # A bug in the broker while carrying out a request; logged with its traceback.
 INTERNAL_ERROR = "internal-error"
 # STOMP (PROTOCOL §4): a frame the STOMP syntax rejects (the detail says why), and a frame
@@ -59,6 +61,9 @@ INVALID_APP_KEY = "Invalid Application Secret Key."
 INVALID_PROFILE_KEY = "Invalid Profile/Passcode."
 GOING_AWAY = "going-away"  # 1001: the process is shutting down
 ORIGIN_NOT_ALLOWED = "origin-not-allowed"  # 1008: Origin not in BROKER_ALLOWED_ORIGINS
+# 4408: not authenticated within BROKER_AUTH_DEADLINE of the accept (credentials never came,
+# came too slowly, or the auth API did not answer in what was left of it).
+AUTH_TIMEOUT = "auth-timeout"
 # Handshakes refused with HTTP 503 before the WebSocket opens.
 OVER_CAPACITY = "over-capacity"  # BROKER_MAX_CONNECTIONS reached in this process
 SHUTTING_DOWN = "shutting-down"  # the process got SIGTERM
@@ -81,6 +86,7 @@ CLOSE_SLOW = 4008
 CLOSE_REPLACED = 4009
 CLOSE_KICKED = 4010
 CLOSE_RATE_LIMITED = 4029
+CLOSE_AUTH_TIMEOUT = 4408
 
 
 class BrokerUnavailable(Exception):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +36,14 @@ RequestId = str | int | float
 # memory (RE2: up to broker.codecs.stomp.PATTERN_MAX_MEM) and is matched against every direct
 # message to its profile.
 MAX_REGEX_WATCHES = 16
+
+# Bounds on client JSON (docs/protocol.md "Bounds"). Data nested deeper than MAX_JSON_DEPTH
+# (arrays and objects, the frame itself counted) is refused by ``load_json`` and never produced
+# by ``dump_json``, so whatever the decoder lets in the encoder can write, on any stack.
+MAX_JSON_DEPTH = 128
+# A request id is a string of at most this many characters, or a number written in at most
+# this many: the session keeps it per subscription, and resume state saves it again.
+MAX_REQUEST_ID_CHARS = 128
 
 
 def request_id_ok(value: object) -> bool:
@@ -51,6 +60,20 @@ class DestinationPattern(Protocol):
     def pattern(self) -> str: ...
 
     def fullmatch(self, destination: str) -> object: ...
+
+
+def request_id_short(value: object) -> bool:
+    """A request id within MAX_REQUEST_ID_CHARS (a string's characters, else its JSON text)."""
+    if isinstance(value, str):
+        return len(value) <= MAX_REQUEST_ID_CHARS
+    if isinstance(value, int) and not isinstance(value, bool):
+        # bit_length first: writing a 4,000-digit int out only to measure it costs
+        return value.bit_length() <= 4 * MAX_REQUEST_ID_CHARS and \
+            len(str(value)) <= MAX_REQUEST_ID_CHARS
+    try:
+        return len(dump_json(value)) <= MAX_REQUEST_ID_CHARS
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------- requests (codec -> session)
@@ -301,21 +324,55 @@ class Step:
     effect: Effect | None = None
 
 
+class JsonTooDeep(ValueError):
+    """JSON nested deeper than MAX_JSON_DEPTH: refused with ``invalid-message`` (or 400)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\[\]|\{\}")
+
+
+def _check_depth(text: str) -> None:
+    """Raise JsonTooDeep when the valid JSON ``text`` nests deeper than MAX_JSON_DEPTH.
+
+    Text with at most MAX_JSON_DEPTH brackets cannot: two C-speed counts decide most frames.
+    Otherwise strings are cut out, the brackets kept, and the innermost pairs removed one
+    level per round: nesting of depth d is gone after d rounds.
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
+    for _ in range(MAX_JSON_DEPTH):
+        brackets = _INNERMOST.sub("", brackets)
+        if not brackets:
+            return
+    raise JsonTooDeep()
+
+
 def dump_json(value: Any) -> str:
     """The one JSON encoder for data crossing the broker (compact, UTF-8 kept).
 
     A string holding an unpaired surrogate (what the JSON escape ``"\\ud800"`` decodes to)
     cannot be sent as UTF-8: such a value is written with ``\\u`` escapes instead, as the
     client sent it, so every frame carrying it can still be written to every transport.
-    NaN and infinities are not JSON: they raise ValueError (only ``publish()`` callers can
-    pass them; the codecs never decode them).
+    NaN and infinities are not JSON, and nesting deeper than MAX_JSON_DEPTH is not what the
+    broker reads: they raise ValueError (``JsonTooDeep``; only ``publish()`` callers can pass
+    them, the codecs never decode them).
     """
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise JsonTooDeep() from None
+    _check_depth(text)
     return text
 
 
@@ -338,14 +395,24 @@ def load_json(text: str | bytes) -> Any:
 
     Python's json accepts NaN and Infinity, and turns 1e999 into inf: no client could read
     them back once forwarded (dump_json would write ``Infinity``). It also raises
-    RecursionError on deep nesting. All of these are ValueError here.
+    RecursionError on deep nesting, and reads bytes in UTF-16 and UTF-32 too. Here all of
+    these are ValueError: bytes must be UTF-8 (``UnicodeDecodeError``), and nesting deeper
+    than MAX_JSON_DEPTH is ``JsonTooDeep``.
     """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
     try:
-        if isinstance(text, str):
-            return _decoder.decode(text)
-        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+        value = _decoder.decode(text)
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+        # Too deep for the parser: JSON nested too deeply if its brackets close, else not
+        # JSON at all (an unclosed run of ``[``).
+        brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
+        opened = brackets.count("[") + brackets.count("{")
+        if opened * 2 != len(brackets):
+            raise ValueError("not JSON: unbalanced brackets") from None
+        raise JsonTooDeep() from None
+    _check_depth(text)
+    return value
 
 
 class Session:
@@ -358,6 +425,11 @@ class Session:
         self.subscriptions: dict[str, Subscription] = {}
 
     def handle(self, req: Request) -> Step:
+        rid = req.request_id
+        if rid is not None and not request_id_short(rid):
+            # Not echoed: the bound is what keeps ids out of memory (and out of replies).
+            return Step(Error(errors.REQUEST_ID_TOO_LONG, None,
+                              f"requestId: at most {MAX_REQUEST_ID_CHARS} characters"))
         match req:
             case Subscribe():
                 return self._subscribe(req, req.pattern)

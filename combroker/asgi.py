@@ -10,9 +10,11 @@ django_application = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter
 
+from broker.httpguard import BodyGuard
 from broker.routing import websocket_urlpatterns
 
 application = ProtocolTypeRouter({
-    "http": django_application,
+    # A request body is judged by its head before it is read (broker.httpguard).
+    "http": BodyGuard(django_application),
     "websocket": URLRouter(websocket_urlpatterns),
 })

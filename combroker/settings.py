@@ -4,7 +4,7 @@ broker.conf (see its list and defaults); this module only wires Django and Chann
 import os
 import secrets
 
-from broker.conf import channel_layers_setting
+from broker.conf import channel_layers_setting, log_level
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(32)
 DEBUG = os.environ.get("DJANGO_DEBUG", "").lower() in {"1", "true", "yes"}
@@ -38,8 +38,9 @@ DATABASES: dict = {}
 
 CHANNEL_LAYERS = channel_layers_setting()
 
-# /trigger enforces BROKER_MAX_TRIGGER_BYTES itself (413), so Django's own cap must not fire first.
-DATA_UPLOAD_MAX_MEMORY_SIZE = None
+# The body of every route but /trigger (which takes up to BROKER_MAX_TRIGGER_BYTES): none of
+# them takes one. broker.httpguard answers 413 past it before reading on (issue 11, item 6).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 65_536
 
 STATIC_URL = "/static/"
 
@@ -56,7 +57,7 @@ LOGGING = {
     "filters": {"conn": {"()": "broker.logctx.ConnFilter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
                              "filters": ["conn"]}},
-    "root": {"handlers": ["console"], "level": os.environ.get("BROKER_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": log_level()},
     "loggers": {"daphne": {"level": "WARNING"}, "httpx": {"level": "WARNING"},
                 "httpcore": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
 }

@@ -50,7 +50,6 @@ log = logging.getLogger("tcpgate")
 
 READ_CHUNK = 65_536
 WRITE_HIGH_WATER = 65_536  # bytes asyncio may buffer per connection before write() waits
-CONNECT_TIMEOUT = 30.0  # seconds a new connection has to send its CONNECT / connect line
 CLOSE_GRACE = 2.0  # seconds a closing connection may take to flush before it is aborted
 
 
@@ -93,6 +92,7 @@ class TcpTransport:
         self.last_read = self.last_write  # heartbeat.Link; the gate watches reads itself
         self.done = asyncio.Event()  # set once the socket is closed
         self.admitted = False  # counted in limits.admission; released once, by Gate.handle
+        self.refusal: str | None = None  # not admitted at accept: refused at its CONNECT
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     async def write(self, frame: str | bytes) -> None:
@@ -144,8 +144,12 @@ class Gate:
     async def start(self, host: str, port: int, *, ssl: ssl.SSLContext | None = None
                     ) -> asyncio.Server:
         # ``limit`` bounds one JSON line; STOMP reads are chunked and bounded by their parsers.
-        self.server = await asyncio.start_server(self.handle, host, port, ssl=ssl,
-                                                 limit=self.max_frame + 2)
+        # A TLS handshake comes before the accept is handed to ``handle``: it gets the auth
+        # deadline of its own (asyncio's default is 60 s).
+        deadline = conf().BROKER_AUTH_DEADLINE
+        self.server = await asyncio.start_server(
+            self.handle, host, port, ssl=ssl, limit=self.max_frame + 2,
+            ssl_handshake_timeout=deadline if ssl is not None and deadline > 0 else None)
         return self.server
 
     async def shutdown(self, grace: float | None = None) -> None:
@@ -160,22 +164,31 @@ class Gate:
     # ------------------------------------------------------------ one connection
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Admit at accept (an unauthenticated socket holds a place of BROKER_MAX_CONNECTIONS),
+        then serve. The connection's auth deadline runs from here: reads before the login have
+        no timeout of their own, the deadline closes the socket (``Connection._auth_expired``).
+        A connection over capacity at accept gets only CLOSE_GRACE to send its CONNECT; it is
+        then admitted if a place was freed meanwhile (a port probe's, say), else refused in
+        its framing."""
         transport = TcpTransport(writer)
-        conn: Connection | None = None
+        transport.refusal = admission.admit(conf().BROKER_MAX_CONNECTIONS)
+        transport.admitted = transport.refusal is None
+        conn = Connection(transport, None,
+                          auth_deadline=None if transport.admitted else CLOSE_GRACE)
         try:
             try:
-                first = await asyncio.wait_for(reader.read(1), CONNECT_TIMEOUT)
-            except (TimeoutError, OSError, ssl.SSLError):
+                first = await reader.read(1)
+            except (OSError, ssl.SSLError):
                 first = b""
             if not first:
                 return
             if first in b"CS\r\n":
-                conn = await self._stomp(reader, transport, first, cb=False)
+                await self._stomp(reader, conn, first, cb=False)
             elif first in (b"\x00", b"\x01"):
-                conn = await self._stomp(reader, transport, first, cb=True)
+                await self._stomp(reader, conn, first, cb=True)
             elif first == b"{":
                 transport.json_lines = True
-                conn = await self._json_lines(reader, transport, first)
+                await self._json_lines(reader, conn, first)
             else:
                 writer.write(encode_frame(Frame("ERROR", {"message": errors.MALFORMED_FRAME},
                                                 b"unknown framing")))
@@ -185,16 +198,15 @@ class Gate:
             if transport.admitted:
                 transport.admitted = False
                 admission.release()
-            if conn is not None:
-                self.connections.discard(conn)
-                if not conn.closing:
-                    conn.close_soon(errors.CLOSE_NORMAL, "eof")
-                # the close flushes what is queued; a peer that does not read is cut off
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(transport.done.wait(), CLOSE_GRACE * 3)
-                if not transport.done.is_set():
-                    writer.transport.abort()
-                await conn.closed()
+            self.connections.discard(conn)
+            if not conn.closing:
+                conn.close_soon(errors.CLOSE_NORMAL, "eof")
+            # the close flushes what is queued; a peer that does not read is cut off
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(transport.done.wait(), CLOSE_GRACE * 3)
+            if not transport.done.is_set():
+                writer.transport.abort()
+            await conn.closed()
             await transport.close(errors.CLOSE_NORMAL, "")
 
     async def _read(self, reader: asyncio.StreamReader, conn: Connection,
@@ -211,14 +223,16 @@ class Gate:
 
     async def _open(self, conn: Connection, transport: TcpTransport, codec: Any,
                     creds: Credentials, resume_token: str | None = None) -> bool:
-        """Admit and authenticate; welcome, or refuse and close. The outcomes (and metrics)
-        are the WebSocket consumer's; admission comes first, so a refusal costs no auth
+        """Authenticate; welcome, or refuse and close. The outcomes (and metrics) are the
+        WebSocket consumer's; a connection not admitted at accept is refused without an auth
         request."""
-        reason = admission.admit(conf().BROKER_MAX_CONNECTIONS)
+        reason = transport.refusal
+        if reason is not None:  # a place may have been freed since the accept
+            reason = transport.refusal = admission.admit(conf().BROKER_MAX_CONNECTIONS)
+            transport.admitted = reason is None
         if reason is not None:
             metrics.refused(reason)
         else:
-            transport.admitted = True
             try:
                 await conn.open(creds, resume_token)
             except Refused as exc:
@@ -239,8 +253,10 @@ class Gate:
             conn.close_soon(errors.CLOSE_GOING_AWAY, errors.GOING_AWAY)
         return True
 
-    async def _stomp(self, reader: asyncio.StreamReader, transport: TcpTransport, first: bytes,
-                     *, cb: bool) -> Connection:
+    async def _stomp(self, reader: asyncio.StreamReader, conn: Connection, first: bytes,
+                     *, cb: bool) -> None:
+        transport = conn.transport
+        assert isinstance(transport, TcpTransport)
         framer: CBFramer | StompParser
         if cb:
             framer = CBFramer(max_frame_bytes=self.max_frame, max_header_bytes=self.max_header)
@@ -248,8 +264,7 @@ class Gate:
         else:
             framer = StompParser(max_frame_bytes=self.max_frame, max_header_bytes=self.max_header)
             codec = StompCodec(heartbeat_ms=self.heartbeat_ms, max_header_bytes=self.max_header)
-        transport.codec = codec
-        conn = Connection(transport, codec)
+        transport.codec = conn.codec = codec
         beats: asyncio.Task[None] | None = None
         data = first
         try:
@@ -264,14 +279,14 @@ class Gate:
                         continue
                     if conn.session is None:
                         if not await self._stomp_connect(conn, transport, codec, item):
-                            return conn
+                            return
                         if codec.heartbeat_out:
                             beats = asyncio.ensure_future(heartbeat.keep_alive(
                                 conn, codec, transport, watch_reads=False))
                     else:
                         await conn.receive(codec.decode(item))
                     if conn.closing:
-                        return conn
+                        return
                 if error is not None:
                     if conn.session is None:
                         await transport.write(codec.error_frame(errors.MALFORMED_FRAME,
@@ -279,12 +294,12 @@ class Gate:
                         await transport.close(errors.CLOSE_NORMAL, errors.MALFORMED_FRAME)
                     else:
                         await conn.receive(codec.malformed(str(error)))
-                    return conn
+                    return
                 timeout = (heartbeat.silence_limit(codec.heartbeat_in) if codec.heartbeat_in
-                           else None) if conn.session is not None else CONNECT_TIMEOUT
+                           else None) if conn.session is not None else None
                 data = await self._read(reader, conn, timeout)
                 if not data or conn.closing:
-                    return conn
+                    return
         finally:
             if beats is not None:
                 beats.cancel()
@@ -299,27 +314,25 @@ class Gate:
             return False
         return await self._open(conn, transport, codec, creds)
 
-    async def _json_lines(self, reader: asyncio.StreamReader, transport: TcpTransport,
-                          first: bytes) -> Connection:
+    async def _json_lines(self, reader: asyncio.StreamReader, conn: Connection,
+                          first: bytes) -> None:
+        transport = conn.transport
+        assert isinstance(transport, TcpTransport)
         codec = JsonCodec(rich=True)
-        transport.codec = codec
-        conn = Connection(transport, codec)
+        transport.codec = conn.codec = codec
         line: bytes | None = first
         while True:
             try:
-                rest = await asyncio.wait_for(reader.readline(), None if conn.session
-                                              else CONNECT_TIMEOUT)
+                rest = await reader.readline()  # before the login, the auth deadline bounds it
             except ValueError:  # a line over the limit
                 if conn.session is None:
                     await transport.close(errors.CLOSE_TOO_BIG, "message too big")
                 else:
                     conn.close_soon(errors.CLOSE_TOO_BIG, "message too big")
-                return conn
-            except TimeoutError:
-                return conn
+                return
             line = (line or b"") + rest
             if not rest.endswith(b"\n"):
-                return conn  # EOF (a last line without its newline is dropped)
+                return  # EOF (a last line without its newline is dropped)
             text = line.rstrip(b"\r\n")
             line = None
             if not text.strip():
@@ -336,16 +349,16 @@ class Gate:
                 if not isinstance(msg, dict) or msg.get("type") != "connect":
                     await transport.write(codec.refused(errors.NOT_CONNECTED))
                     await transport.close(errors.CLOSE_NORMAL, errors.NOT_CONNECTED)
-                    return conn
+                    return
                 creds = credentials_from_connect(msg, transport.remote_addr)
                 resume = msg.get("resume")  # an earlier connection's resume_token
                 if not await self._open(conn, transport, codec, creds,
                                         resume if isinstance(resume, str) else None):
-                    return conn
+                    return
                 continue
             await conn.receive(codec.decode(decoded))
             if conn.closing:
-                return conn
+                return
 
 
 async def start_server(host: str, port: int, *, certfile: str | None = None,

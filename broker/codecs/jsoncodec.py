@@ -27,6 +27,7 @@ from ..session import (
     History,
     HistoryResult,
     Invalid,
+    JsonTooDeep,
     Ping,
     Pong,
     Publish,
@@ -88,6 +89,8 @@ class JsonCodec:
             return Ping(text=True)
         try:
             msg = load_json(text)  # RFC 8259 only: no NaN, no RecursionError
+        except JsonTooDeep as exc:  # JSON, but more than the broker reads or writes
+            return Invalid(errors.INVALID_MESSAGE, detail=str(exc))
         except ValueError:
             return Invalid(errors.NON_JSON_MESSAGE)
         if not isinstance(msg, dict):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from dataclasses import fields
 
+import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
@@ -173,3 +175,109 @@ async def test_max_connections_refuses_the_handshake_with_503(broker_factory, au
     assert metric(broker, "combroker_connections_refused_by_cause_total",
                   '{cause="refused"}') == 4
     await asyncio.gather(*(ws.close() for ws in held))
+
+
+# ---------------------------------------------------------------- HTTP bodies (issue 11, item 6)
+
+HUGE = 200_000_000  # a declared body of 200 MB
+TRIGGER_LIMIT = 100_000
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _request(port: int, path: str, headers: dict[str, str], body_parts) -> tuple[bytes, int]:
+    """Send the head, then body parts until the server answers or closes; return (the
+    response, body bytes sent). A server that waits for the whole body answers nothing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    sock.sendall(head.encode())
+    sent = 0
+    sock.setblocking(False)
+    response = b""
+    try:
+        for part in body_parts:
+            try:
+                response += sock.recv(65536)
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            if response:
+                break
+            try:
+                sock.settimeout(2)
+                sock.sendall(part)
+                sock.setblocking(False)
+            except OSError:
+                break
+            sent += len(part)
+        sock.settimeout(5)
+        while True:  # the answer says "Connection: close": read it all
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+    except (TimeoutError, OSError):
+        pass
+    finally:
+        sock.close()
+    return response, sent
+
+
+def _status(response: bytes) -> int | None:
+    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", response)
+    return int(m.group(1)) if m else None
+
+
+def _declared(total: int, part: int = 65_536):
+    """Parts of a body sent with Content-Length ``total``."""
+    for _ in range(total // part):
+        yield b"x" * part
+
+
+def _chunked(total: int, part: int = 16_384):
+    """Chunked transfer coding, never finished: the terminating chunk is not sent."""
+    for _ in range(total // part):
+        yield f"{part:x}\r\n".encode() + b"x" * part + b"\r\n"
+
+
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+def test_bodies_are_refused_before_they_are_read(broker_factory, server):
+    broker = broker_factory(BROKER_MAX_TRIGGER_BYTES=TRIGGER_LIMIT,
+                            argv=UVICORN if server == "uvicorn" else None)
+    token = {"Authorization": f"Bearer {broker_factory.trigger_token}"}
+    json_type = {"Content-Type": "application/json"}
+    rss_before = _rss_kib(broker.pid)
+    cases = [
+        # no token: 401 from the head alone, whatever the body
+        ("/trigger", {**json_type, "Content-Length": str(HUGE)}, _declared(HUGE), 401),
+        ("/trigger", {**json_type, "Transfer-Encoding": "chunked"}, _chunked(HUGE), 401),
+        # the right token, a declared length over BROKER_MAX_TRIGGER_BYTES: 413 from the head
+        ("/trigger", {**token, **json_type, "Content-Length": str(HUGE)}, _declared(HUGE), 413),
+        # chunked: 413 as soon as it passes the limit, long before it ends
+        ("/trigger", {**token, **json_type, "Transfer-Encoding": "chunked"},
+         _chunked(HUGE), 413),
+        # every other route is capped (DATA_UPLOAD_MAX_MEMORY_SIZE, 64 KiB)
+        ("/healthz", {"Content-Length": str(HUGE)}, _declared(HUGE), 413),
+        ("/nowhere", {"Transfer-Encoding": "chunked"}, _chunked(HUGE), 413),
+        ("/metrics", {"Content-Length": "70000"}, _declared(70_000, 10_000), 413),
+    ]
+    for path, headers, parts, expected in cases:
+        response, sent = _request(broker.port, path, headers, parts)
+        assert _status(response) == expected, (path, headers, sent, response[:300])
+        assert sent < 20_000_000, (path, sent)  # the server stopped taking it early
+        assert b'"error"' in response or expected == 413, response
+    growth = (_rss_kib(broker.pid) - rss_before) / 1024
+    assert growth < 15, f"RSS grew by {growth:.1f} MB"
+    # what is within the limits is served as before
+    ok = httpx.post(broker.base_url + "/trigger", headers=token, trust_env=False,
+                    json={"rooms": [NEWS], "data": "x" * (TRIGGER_LIMIT - 100)})
+    assert ok.status_code == 202, ok.text
+    assert broker.get("/healthz").status_code == 200

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.harness import recv_json, send_json, ws_open
+from tests.harness import close_code, recv_json, send_json, ws_open
 
 NEWS = {"target": "news"}
 OTHER = {"target": "other"}
@@ -126,3 +126,57 @@ async def test_slow_client_is_closed_and_memory_stays_bounded(broker_factory, au
           f"while {TRIGGERS * SIZE // 1_000_000} MB went to a slow client; it got {frames} frames")
     assert growth < RSS_BOUND_MB, f"RSS grew by {growth:.1f} MB"
     await asyncio.gather(fast.close(), other.close())
+
+
+async def _keep_pinging(ws) -> None:
+    """Send pings until the connection is gone, as a client that does not know it is closed."""
+    try:
+        while True:
+            await ws.send("ping")
+            await asyncio.sleep(0.005)
+    except ConnectionClosed:
+        return
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_server_side_close_with_queued_frames_logs_no_traceback(broker_factory, auth_api,
+                                                                      server):
+    """A kick, a replace or a slow close while frames wait in the outbox, and the client still
+    sends: each logged an AssertionError traceback (issue 11, item 14): the client's frames
+    reached ``Connection.receive`` after the close had let go of the hub."""
+    auth_api.allow(token="t", body={"login_id": "bob", "profile": "agent",
+                                    "allowed_rooms": [NEWS]})
+    auth_api.allow(token="root", body={"login_id": "root", "profile": "admin"})
+    broker = broker_factory(auth_api=auth_api, argv=SERVERS[server],
+                            BROKER_DUPLICATE_LOGIN="replace", BROKER_RATE_LIMIT=0)
+    root, _ = await ws_open(broker.ws_url, token="root", subprotocols=["combroker.v1"])
+    payload = secrets.token_urlsafe(200_000)
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+        for cause, expected in (("kick", (4010, "kicked")), ("replace", (4009, "replaced")),
+                                ("slow", (4008, "slow"))):
+            ws = await subscriber(broker, NEWS, max_queue=1)
+            pinging = asyncio.ensure_future(_keep_pinging(ws))
+            for i in range(40 if cause == "slow" else 4):  # 8 MB: over outbox and buffers
+                r = await http.post(broker.base_url + "/trigger",
+                                    json={"rooms": [NEWS], "data": {"i": i, "p": payload}},
+                                    headers={"Authorization": f"Bearer {TOKEN}"})
+                assert r.status_code == 202
+            newer = None
+            if cause == "kick":
+                await send_json(root, {"type": "admin", "action": "kick", "login_id": "bob",
+                                       "requestId": 1})
+                assert (await recv_json(root, timeout=10))["code"] == "success"
+            elif cause == "replace":
+                newer, _ = await ws_open(broker.ws_url, token="t")
+            frames: list = []
+            code = await close_code(ws, timeout=30, frames=frames)
+            assert code == expected, (cause, code, len(frames))
+            await asyncio.wait_for(pinging, 10)
+            if newer is not None:
+                await newer.close()
+    await send_json(root, {"type": "ping", "requestId": 2})
+    assert await recv_json(root) == {"type": "pong", "requestId": 2}
+    await root.close()
+    log = broker.log()
+    assert "Traceback" not in log and "AssertionError" not in log, log[-4000:]
+

@@ -277,3 +277,35 @@ async def test_data_with_an_unpaired_surrogate_is_delivered(broker):
     assert r.status_code == 202, r.text
     assert await recv_json(ws) == publish(1, {"s": "a\ud800b", "t": "\u00e9"})
     await ws.close()
+
+
+async def test_400_for_a_body_that_is_not_utf8(broker):
+    """RFC 8259: JSON exchanged between systems is UTF-8. Python's json also reads UTF-16 and
+    UTF-32 bytes; a body in them was accepted (issue 11, item 15). Refused with 400, saying so."""
+    ws = await subscriber(broker)
+    body = json.dumps({"rooms": [NEWS], "data": "é"}, ensure_ascii=False)
+    for raw in (body.encode("utf-16"), body.encode("utf-16-le"), body.encode("utf-16-be"),
+                body.encode("utf-32"), body.encode("latin-1")):
+        r = post(broker, raw)
+        assert r.status_code == 400, (raw[:20], r.status_code, r.text)
+        assert "UTF-8" in error_of(r), error_of(r)
+    await expect_nothing(ws)
+    assert post(broker, body.encode("utf-8")).status_code == 202
+    assert await recv_json(ws) == publish(1, "é")
+    await ws.close()
+
+
+async def test_400_for_data_nested_deeper_than_the_broker_reads(broker):
+    """Nesting past the codec's depth (128 levels, the body counted: docs/protocol.md) is refused
+    as it is on every transport (issue 11, item 13), never a 500."""
+    ws = await subscriber(broker)
+    prefix = '{"rooms":[{"target":"news"}],"data":'
+    for depth, status in ((127, 202), (128, 400)):
+        r = post(broker, prefix + "[" * depth + "]" * depth + "}")
+        assert r.status_code == status, (depth, r.status_code, r.text)
+        if status == 400:
+            assert "nested deeper than 128" in error_of(r), error_of(r)
+        else:
+            assert (await recv_json(ws))["data"] == json.loads("[" * depth + "]" * depth)
+    await expect_nothing(ws)
+    await ws.close()

@@ -165,3 +165,49 @@ def test_dump_json_refuses_values_that_are_not_json(value):
 
     with pytest.raises(ValueError):
         dump_json(value)
+
+
+# ---------------------------------------------------------------- bounds (issue 11, items 9, 13)
+
+
+def test_decoder_and_encoder_agree_on_depth():
+    """What load_json lets in, dump_json writes; past MAX_JSON_DEPTH neither does (publish()
+    callers get the same ValueError). Before, ~970 levels parsed and failed to encode."""
+    from broker.session import MAX_JSON_DEPTH, JsonTooDeep, dump_json, load_json
+
+    at_limit = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    assert dump_json(load_json(at_limit)) == at_limit
+    over = "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)
+    for text in (over, "[" * 970 + "]" * 970, '{"a":' * 970 + "1" + "}" * 970):
+        with pytest.raises(JsonTooDeep):
+            load_json(text)
+    value: object = []
+    for _ in range(MAX_JSON_DEPTH):
+        value = [value]
+    with pytest.raises(JsonTooDeep):
+        dump_json(value)
+    for _ in range(2000):
+        value = [value]
+    with pytest.raises(JsonTooDeep):  # not RecursionError
+        dump_json(value)
+    # brackets inside strings are not nesting; many siblings are not depth
+    assert load_json(json.dumps(["[" * 500, [{}] * 500]))[0] == "[" * 500
+    with pytest.raises(UnicodeDecodeError):  # bytes are UTF-8 (RFC 8259), never UTF-16
+        load_json('{"a":1}'.encode("utf-16"))
+
+
+def test_request_ids_are_bounded():
+    from broker.session import MAX_REQUEST_ID_CHARS
+
+    s = make(max_subs=10)
+    longest = "r" * MAX_REQUEST_ID_CHARS
+    assert codes(s.handle(Subscribe(longest, CHAT1))) == "success"
+    for rid in ("r" * (MAX_REQUEST_ID_CHARS + 1), 10 ** MAX_REQUEST_ID_CHARS, 2 ** 5000,
+                ["x" * 200]):
+        for request in (Subscribe(rid, CHAT1), Unsubscribe(rid), Ping(rid),
+                        Send(rid, "/agent/x", 1), Publish(rid, [CHAT1], 1), Invalid("x", rid)):
+            step = s.handle(request)
+            assert isinstance(step.reply, Error) and step.effect is None
+            assert step.reply.code == errors.REQUEST_ID_TOO_LONG
+            assert step.reply.request_id is None  # not echoed
+    assert list(s.subscriptions) == [json.dumps(longest)]

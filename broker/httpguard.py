@@ -1,0 +1,161 @@
+"""HTTP bodies are judged before they are read (issue 11, item 6).
+
+Django's ASGI handler reads a request's whole body (spooled to disk past 2.5 MB) before any view
+runs, and daphne's Twisted reads it whole before the application is called. A 200 MB POST to
+``/trigger`` without a token was read whole, then refused. Here the head decides first:
+
+- a ``/trigger`` route (whatever URL a project mounts ``broker.views.trigger`` at): a POST
+  without the right token is answered 401, and a declared ``Content-Length`` over
+  BROKER_MAX_TRIGGER_BYTES 413, before one byte of the body is read;
+- every other route: a body over Django's DATA_UPLOAD_MAX_MEMORY_SIZE (the sidecar sets 64 KiB:
+  none of its other routes takes a body; None = no cap) is 413; ``multipart/form-data`` is left
+  to Django's own upload limits, so a project that mounts the broker keeps its uploads;
+- a body without a declared length (chunked) is counted as it arrives: 413 as soon as it
+  passes the limit.
+
+``check_head`` is the one judgement; ``BodyGuard`` applies it in front of the Django ASGI app
+(``combroker.asgi``; uvicorn reads a body only as fast as the application asks for it), and
+``broker.daphne_ext`` applies it inside daphne's request parsing, where the body is read.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .conf import conf
+
+UNAUTHORIZED = "missing or wrong trigger token"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def trigger_token_ok(header: str) -> bool:
+    token = conf().BROKER_TRIGGER_TOKEN
+    if not token:
+        return False
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() not in ("bearer", "token"):
+        return False
+    return hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def too_big(limit: int, setting: str) -> str:
+    return f"body over {setting} ({limit} bytes)"
+
+
+def _is_trigger(path: str) -> bool:
+    from django.urls import Resolver404, resolve
+
+    from . import views
+
+    try:
+        return resolve(path).func is views.trigger
+    except Resolver404:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """The most body bytes a request may send, and the setting that says so."""
+
+    size: int
+    setting: str
+
+    def refusal(self) -> str:
+        return too_big(self.size, self.setting)
+
+
+def check_head(method: str, path: str, headers: dict[str, str]) -> tuple[int, str] | Limit | None:
+    """Judge a request by its head (``headers``: lower-case names). Returns the answer to give
+    at once, ``(status, error)``; else the body's limit (None: no cap)."""
+    from django.conf import settings
+
+    if _is_trigger(path):
+        if method == "POST" and not trigger_token_ok(headers.get("authorization", "")):
+            return 401, UNAUTHORIZED
+        limit: int | None = conf().BROKER_MAX_TRIGGER_BYTES
+        setting = "BROKER_MAX_TRIGGER_BYTES"
+    elif headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        return None
+    else:
+        limit, setting = settings.DATA_UPLOAD_MAX_MEMORY_SIZE, "DATA_UPLOAD_MAX_MEMORY_SIZE"
+    declared = headers.get("content-length")
+    if limit is not None and declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            return 400, "Content-Length is not a number"
+        if length > limit:
+            return 413, too_big(limit, setting)
+    return None if limit is None else Limit(limit, setting)
+
+
+def error_body(error: str) -> bytes:
+    return json.dumps({"error": error}).encode()
+
+
+async def respond(send: Send, status: int, error: str) -> None:
+    body = error_body(error)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyGuard:
+    """ASGI middleware in front of Django's HTTP application: ``check_head`` before the body,
+    and the body's bytes counted as Django reads them. Over the limit, Django is told the
+    client went away (it then stops reading and answers nothing) and the guard answers 413."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        root = scope.get("root_path") or ""
+        if root and path.startswith(root):
+            path = path[len(root):]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        verdict = check_head(scope["method"], path, headers)
+        if isinstance(verdict, tuple):
+            await respond(send, *verdict)
+            return
+        if verdict is None:
+            await self.app(scope, receive, send)
+            return
+        limit = verdict.size
+        received = 0
+        over = False
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, counted, sending)
+        if over and not started:
+            await respond(send, 413, verdict.refusal())
