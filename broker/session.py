@@ -23,6 +23,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Protocol
 
 from rooms import InvalidRoom, Room, parse_room
@@ -331,26 +332,36 @@ class JsonTooDeep(ValueError):
         super().__init__(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
 
 
-_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+# Escapes first, then strings: with no backslash left, ``"[^"]*"`` pairs quotes left to right,
+# so even an unclosed string costs one pass (a string pattern that handles escapes itself is
+# quadratic on an unclosed string full of ``\"``, retried from every quote).
+_ESCAPES = re.compile(r"\\.", re.DOTALL)
+_STRINGS = re.compile(r'"[^"]*"')
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
-_INNERMOST = re.compile(r"\[\]|\{\}")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _nesting(text: str) -> tuple[int, bool]:
+    """The deepest nesting of ``text``'s brackets outside strings, and whether they balance.
+
+    Linear in the text whatever it holds: C-speed regex passes, then one running sum over the
+    brackets left.
+    """
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", _ESCAPES.sub("", text)))
+    depths = list(accumulate(map(_STEP.__getitem__, brackets)))
+    balanced = not depths or (depths[-1] == 0 and min(depths) >= 0)
+    return max(depths, default=0), balanced
 
 
 def _check_depth(text: str) -> None:
     """Raise JsonTooDeep when the valid JSON ``text`` nests deeper than MAX_JSON_DEPTH.
 
     Text with at most MAX_JSON_DEPTH brackets cannot: two C-speed counts decide most frames.
-    Otherwise strings are cut out, the brackets kept, and the innermost pairs removed one
-    level per round: nesting of depth d is gone after d rounds.
     """
     if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
         return
-    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
-    for _ in range(MAX_JSON_DEPTH):
-        brackets = _INNERMOST.sub("", brackets)
-        if not brackets:
-            return
-    raise JsonTooDeep()
+    if _nesting(text)[0] > MAX_JSON_DEPTH:
+        raise JsonTooDeep()
 
 
 def dump_json(value: Any) -> str:
@@ -406,9 +417,7 @@ def load_json(text: str | bytes) -> Any:
     except RecursionError:
         # Too deep for the parser: JSON nested too deeply if its brackets close, else not
         # JSON at all (an unclosed run of ``[``).
-        brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
-        opened = brackets.count("[") + brackets.count("{")
-        if opened * 2 != len(brackets):
+        if not _nesting(text)[1]:
             raise ValueError("not JSON: unbalanced brackets") from None
         raise JsonTooDeep() from None
     _check_depth(text)

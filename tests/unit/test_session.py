@@ -196,6 +196,21 @@ def test_decoder_and_encoder_agree_on_depth():
         load_json('{"a":1}'.encode("utf-16"))
 
 
+@pytest.mark.timeout(60)
+def test_depth_check_is_linear_on_hostile_text():
+    """Found in review of the depth limit: cutting strings out with a pattern that handles
+    escapes itself is quadratic on an unclosed string full of ``\\"`` (retried from every
+    quote); 1,100 ``[`` and 65 KB of them froze the event loop for 15 s, before any login on
+    the TCP gate. At this size the quadratic scan runs for hours; the linear one, milliseconds."""
+    from broker.session import JsonTooDeep, load_json
+
+    with pytest.raises(ValueError, match="unbalanced"):
+        load_json("[" * 1100 + '"' + '\\"' * 500_000)
+    closed = "[" * 1100 + '"' + '\\"' * 500_000 + '"' + "]" * 1100
+    with pytest.raises(JsonTooDeep):
+        load_json(closed)
+
+
 def test_request_ids_are_bounded():
     from broker.session import MAX_REQUEST_ID_CHARS
 
