@@ -341,7 +341,9 @@ class StompCodec:
         ack_id = frame.headers.get("id")
         if ack_id is None:
             return Invalid(errors.INVALID_MESSAGE, None, f"{frame.command} needs an id", meta)
-        if not (ack_id.isascii() and ack_id.isdigit() and 0 < int(ack_id) <= self._ack_issued):
+        # the length first: int() of a digit string past 4,300 characters raises ValueError
+        if not (len(ack_id) <= len(str(self._ack_issued)) and ack_id.isascii()
+                and ack_id.isdigit() and 0 < int(ack_id) <= self._ack_issued):
             return Invalid(errors.INVALID_MESSAGE, None,
                            f"{frame.command} id {ack_id[:64]!r} was not given to a MESSAGE on "
                            "this connection", meta)

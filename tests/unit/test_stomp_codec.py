@@ -441,7 +441,8 @@ def test_client_ack_subscriptions_get_ack_ids_and_acks_are_checked():
     assert direct.headers["ack"] == "2"
     for command in ("ACK", "NACK"):
         assert isinstance(codec.decode(frame(command, id="1")), Ping)
-    for bad in ("3", "0", "m1", "-1", ""):
+    # "9" * 5000: int() of it raised ValueError out of decode (found in review)
+    for bad in ("3", "0", "m1", "-1", "", "9" * 5000, "0" * 5000 + "1"):
         req = codec.decode(frame("ACK", id=bad))
         assert isinstance(req, Invalid) and req.code == errors.INVALID_MESSAGE, bad
     assert isinstance(codec.decode(frame("NACK")), Invalid)  # no id
