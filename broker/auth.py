@@ -38,7 +38,8 @@ AUTH_POOL_SHARDS = 8
 class Refused(Exception):
     # Refusals counted under their own name (combroker_connections_refused_by_cause_total);
     # every other reason (the static keys' texts) is counted as "refused".
-    NAMED = frozenset({errors.DUPLICATE_LOGIN, errors.INVALID_LOGIN, errors.INVALID_CREDENTIALS})
+    NAMED = frozenset({errors.DUPLICATE_LOGIN, errors.INVALID_LOGIN, errors.INVALID_CREDENTIALS,
+                       errors.AUTH_TIMEOUT})
 
     def __init__(self, reason: str = errors.REFUSED) -> None:
         super().__init__(reason)
@@ -47,6 +48,14 @@ class Refused(Exception):
     @property
     def cause(self) -> str:
         return self.reason if self.reason in self.NAMED else errors.REFUSED
+
+    def close_code(self, rich: bool) -> int:
+        """The WebSocket close code: 4408 for the auth deadline in every dialect, as when it
+        passes before any credentials (``Connection._auth_expired``); otherwise 4003 after a
+        refusal frame, 1000 in the High-templar dialect (PROTOCOL §3)."""
+        if self.reason == errors.AUTH_TIMEOUT:
+            return errors.CLOSE_AUTH_TIMEOUT
+        return errors.CLOSE_REFUSED if rich else errors.CLOSE_NORMAL
 
 
 class AuthUnavailable(Exception):
@@ -179,7 +188,10 @@ class ApiProxy:
             client.headers["Accept-Encoding"] = ACCEPT_ENCODING
         self._turn = itertools.cycle(self._clients)
 
-    async def authenticate(self, creds: Credentials) -> Identity:
+    async def authenticate(self, creds: Credentials, budget: float | None = None) -> Identity:
+        """The API's answer as an identity. ``budget``: what is left of the connection's
+        BROKER_AUTH_DEADLINE; an answer later than that is ``Refused(auth-timeout)``, counted
+        as the outcome ``timeout`` (the API was slow for this client), not ``unavailable``."""
         try:
             headers = forwarded_headers(creds, conf().BROKER_AUTH_FORWARD_HEADERS)
         except InvalidHeaderValue as exc:
@@ -188,9 +200,16 @@ class ApiProxy:
             log.warning("credentials refused: %s in a header value", exc)
             raise Refused(errors.INVALID_CREDENTIALS) from None
         started = time.monotonic()
+        by_deadline = budget is not None and budget < self.timeout
         try:
-            status, body = await asyncio.wait_for(self._ask(headers), self.timeout)
+            status, body = await asyncio.wait_for(
+                self._ask(headers), budget if by_deadline else self.timeout)
         except (TimeoutError, httpx.HTTPError, OSError, zlib.error, UnreadableAnswer) as exc:
+            if by_deadline and isinstance(exc, TimeoutError):
+                metrics.auth_outcome("timeout", time.monotonic() - started)
+                log.warning("auth API did not answer within the connection's "
+                            "BROKER_AUTH_DEADLINE")
+                raise Refused(errors.AUTH_TIMEOUT) from None
             metrics.auth_outcome("unavailable", time.monotonic() - started)
             detail = f": {exc}" if isinstance(exc, UnreadableAnswer) else ""
             log.warning("auth API unavailable: %s%s", type(exc).__name__, detail)
@@ -239,7 +258,9 @@ def api_proxy() -> ApiProxy:
     return proxy
 
 
-async def authenticate(creds: Credentials) -> Identity:
+async def authenticate(creds: Credentials, budget: float | None = None) -> Identity:
+    """Who ``creds`` are: static keys checked here, anything else asked of the auth API within
+    ``budget`` seconds (what is left of the connection's auth deadline) if given."""
     c = conf()
     if creds.is_static:
         if not c.BROKER_APP_KEY:
@@ -255,4 +276,4 @@ async def authenticate(creds: Credentials) -> Identity:
     if not c.BROKER_AUTH_URL:
         log.error("BROKER_AUTH_URL is not set; refusing connection")
         raise AuthUnavailable(errors.AUTH_UNAVAILABLE)
-    return await api_proxy().authenticate(creds)
+    return await api_proxy().authenticate(creds, budget)

@@ -199,11 +199,7 @@ class Connection:
             raise Refused(errors.AUTH_TIMEOUT)
         if self._auth_by is None:
             return await authenticate(creds)
-        try:
-            return await asyncio.wait_for(authenticate(creds),
-                                          max(self._auth_by - time.monotonic(), 0.0))
-        except TimeoutError:
-            raise Refused(errors.AUTH_TIMEOUT) from None
+        return await authenticate(creds, max(self._auth_by - time.monotonic(), 0.0))
 
     def _auth_expired(self) -> None:
         """BROKER_AUTH_DEADLINE passed: close a connection that has not authenticated."""

@@ -152,7 +152,9 @@ class BrokerConsumer(AsyncWebsocketConsumer):
         except Refused as exc:
             metrics.refused(exc.cause)
             await self.send(text_data=self.codec.refused(exc.reason))
-            await self.close(errors.CLOSE_REFUSED if rich else errors.CLOSE_NORMAL)
+            code = exc.close_code(rich)
+            # a reason with the codes that have their own (4408), none with 4003/1000 (§3)
+            await self.close(code, exc.reason if code == errors.CLOSE_AUTH_TIMEOUT else None)
             return
         except (AuthUnavailable, BrokerUnavailable) as exc:
             reason = errors.AUTH_UNAVAILABLE if isinstance(exc, AuthUnavailable) else \

@@ -152,3 +152,21 @@ def test_gate_admission_counts_unauthenticated_sockets(broker_factory, api):
     third.send({"type": "connect", "token": "alice"})
     assert third.recv()["type"] == "welcome"
     third.close()
+
+
+async def test_an_auth_api_slower_than_the_deadline_is_an_auth_timeout(broker_factory, auth_api):
+    """The deadline also bounds the wait for the auth API's answer (found in review): the client
+    is closed with 4408 ``auth-timeout`` as when it sends nothing (before: 4003), and the
+    process counts it as the refusal cause ``auth-timeout`` and the auth outcome ``timeout``
+    (before: the cause ``refused`` and no outcome at all), never as an outage."""
+    auth_api.allow(token="slow", body={"login_id": "slow", "allowed_rooms": []}, delay=3.0)
+    broker = broker_factory(auth_api=auth_api, BROKER_AUTH_DEADLINE=DEADLINE,
+                            BROKER_AUTH_TIMEOUT=10)
+    ws = await ws_connect(broker.ws_url, token="slow", subprotocols=["combroker.v1"])
+    assert json.loads(await recv_text(ws, timeout=DEADLINE + 5)) == {
+        "type": "refused", "is_authorized": False, "reason": "auth-timeout"}
+    assert await close_code(ws, timeout=5) == (4408, "auth-timeout")
+    metrics = (await asyncio.to_thread(broker.get, "/metrics")).text
+    assert 'combroker_auth_total{outcome="timeout"} 1' in metrics, metrics
+    assert 'combroker_auth_total{outcome="unavailable"}' not in metrics, metrics
+    assert 'cause="auth-timeout"} 1' in metrics, metrics
