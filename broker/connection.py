@@ -133,6 +133,10 @@ class Connection:
         # History subscriptions holding live frames until the hub has rejoined (hold_live),
         # with the last offset queued to the client before.
         self._recovering: dict[Subscription, int] = {}
+        # Subscriptions holding live frames in ``sub.buffer`` (a seam, or hold_live), and the
+        # bytes they hold: owed to the client, so bounded with the outbox (``hold``).
+        self._holding: set[Subscription] = set()
+        self._holding_bytes = 0
         # History subscriptions: the highest offset queued with every offset before it, and
         # the offsets queued past a gap (``_count_queued``).
         self._queued: dict[Subscription, int] = {}
@@ -416,6 +420,7 @@ class Connection:
             await hub.subscribe(sub)
         except BaseException:
             sub.buffer = None
+            self._recount_held()
             raise
         try:
             # The whole replay: the stream is bounded by its size (MAXLEN ~, so a little more).
@@ -423,6 +428,7 @@ class Connection:
                                                   limit=0 if since is None else None)
         except BaseException:
             sub.buffer = None
+            self._recount_held()
             await hub.unsubscribe([sub])
             raise
         extra: dict[str, Any] = {"offset": page.top}
@@ -454,6 +460,7 @@ class Connection:
                       (sub, e.offset))
         live = merge_seam(replay, sub.buffer or [], held)
         sub.buffer = None
+        self._recount_held()
         for _trigger_id, offset, frame in live:
             self.push(frame, (sub, offset) if offset is not None else None)
 
@@ -490,6 +497,45 @@ class Connection:
             else:
                 del self._ahead[sub]
         self._queued[sub] = offset
+
+    def hold(self, sub: Subscription, entry: tuple[str, int | None, Any]) -> None:
+        """Keep a live frame of ``sub`` while its replay is read (``sub.buffer``). Held frames
+        are owed to the client, so they count against BROKER_MAX_OUTBOX_BYTES with the outbox.
+        Past it, the frames held since a lost Redis subscription (``hold_live``) go first,
+        counted as ``held-overflow``: the replay at ``resync`` reads the recorded ones back
+        from history, and the client is told by the ``resync`` itself. Frames held across a
+        seam cannot go (nothing would bring them back): then the connection is slow."""
+        assert sub.buffer is not None
+        sub.buffer.append(entry)
+        self._holding.add(sub)
+        self._holding_bytes += len(entry[2])
+        if self._holding_bytes + self._outbox_bytes <= self._max_outbox:
+            return
+        dropped = 0
+        for lost in self._recovering:
+            if lost.buffer:
+                dropped += len(lost.buffer)
+                lost.buffer.clear()
+        if dropped:
+            metrics.drop("held-overflow", dropped)
+            log.warning("conn %s: %d live frames held since the lost Redis subscription "
+                        "dropped (over BROKER_MAX_OUTBOX_BYTES); the resync replays the "
+                        "recorded ones", self.id, dropped)
+            self._recount_held()
+        if self._holding_bytes + self._outbox_bytes > self._max_outbox:
+            metrics.drop("slow", sum(len(s.buffer or ()) for s in self._holding))
+            log.warning("conn %s: over %d bytes owed while a replay is read, closing as slow",
+                        self.id, self._max_outbox)
+            for held in self._holding:
+                if held.buffer:
+                    held.buffer.clear()
+            self._recount_held()
+            self.close_soon(errors.CLOSE_SLOW, errors.SLOW)
+
+    def _recount_held(self) -> None:
+        """Forget subscriptions that hold nothing any more, and sum what the others hold."""
+        self._holding = {s for s in self._holding if s.buffer}
+        self._holding_bytes = sum(len(e[2]) for s in self._holding for e in s.buffer or ())
 
     def hold_live(self) -> None:
         """The hub's subscription to Redis broke: triggers published from now until it has

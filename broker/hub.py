@@ -77,6 +77,7 @@ class Conn(Protocol):
 
     def push(self, frame: str | bytes, mark: tuple[Subscription, int] | None = None) -> None: ...
     def deliver_acked(self, message: dict[str, Any]) -> None: ...
+    def hold(self, sub: Subscription, entry: tuple[str, int | None, Any]) -> None: ...
     def hold_live(self) -> None: ...
     async def resync(self) -> None: ...
     def close_soon(self, code: int, reason: str) -> None: ...
@@ -480,7 +481,7 @@ class Hub:
                     frame = conn.codec.publish(sub, data_json, room_key, trigger_id,
                                                offset=offset)
                 if sub.buffer is not None:
-                    sub.buffer.append((trigger_id, offset, frame))
+                    conn.hold(sub, (trigger_id, offset, frame))
                 elif offset is not None and room_key == sub.room.key:
                     if sub.replayed is not None and offset <= sub.replayed:
                         continue  # already sent by the replay (its live copy came late)
@@ -516,7 +517,7 @@ class Hub:
         conn = sub.owner
         frame = conn.codec.watched(sub, message)
         if sub.buffer is not None:
-            sub.buffer.append((message["id"], None, frame))
+            conn.hold(sub, (message["id"], None, frame))
         else:
             conn.push(frame)
 

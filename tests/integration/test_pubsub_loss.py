@@ -204,3 +204,77 @@ async def test_one_shard_of_a_sharded_layer_drops_its_subscribers(broker_factory
                                                    _type="pubsub") == 2
             assert statuses == [202] * N
             await settle_accounts(http, brokers[0], clients, readers, N)
+
+
+
+async def test_frames_held_through_a_long_loss_are_bounded(broker_factory, auth_api, fresh_redis):
+    """Found in review: from a loss until a probe comes back through every shard, history
+    subscriptions hold their live frames, and nothing bounded them: with one shard down, the
+    triggers of the healthy shard piled up in memory for the whole outage. Held frames now count
+    against BROKER_MAX_OUTBOX_BYTES; past it those held since the loss are dropped (counted as
+    ``held-overflow``): the recorded ones come back in the replay at ``resync``, the others
+    (triggers sent without ``history``, at most once) are gone, and ``resync`` says so. The
+    connection stays open."""
+    from channels_redis.utils import _consistent_hash
+
+    from broker.hub import room_group
+    from rooms import parse_room
+
+    def shard(prefix: str, room: dict) -> int:
+        return _consistent_hash(f"{prefix}__group__{room_group(parse_room(room).key)}", 2)
+
+    # the history room's group on the first server, which stays up; the second one goes down
+    prefix = next(p for p in (f"sh{i}" for i in range(1000)) if shard(p, HROOM) == 0)
+    down = next(r for r in ({"target": f"down{i}"} for i in range(1000)) if shard(prefix, r) == 1)
+    recorded, unrecorded = range(40), range(1000, 1060)  # 60 x 2 KiB held: twice the bound
+    with RedisServer() as second:
+        broker = broker_factory(auth_api=auth_api, redis=[fresh_redis, second],
+                                BROKER_KEY_PREFIX=prefix, BROKER_HISTORY=HISTORY,
+                                BROKER_MAX_OUTBOX_BYTES=64 * 1024)
+        auth_api.allow("t", body={"login_id": "w", "allowed_rooms": [HROOM, down]})
+        ws, _ = await ws_open(broker.ws_url, token="t", subprotocols=RICH)
+        # a subscription on the second shard: the process listens there, so the layer is whole
+        # again only once a probe comes back through it
+        for rid, room in (("h", HROOM), ("d", down)):
+            await send_json(ws, {"type": "subscribe", "room": room, "requestId": rid})
+            assert (await recv_json(ws))["code"] == "success"
+        client = Client(ws, "h")
+        reader = asyncio.ensure_future(client.read_until_marker(len(recorded)))
+        await asyncio.to_thread(second.stop)
+
+        async def post_one(http: httpx.AsyncClient, n: int, room: dict, history: bool) -> int:
+            r = await http.post(f"{broker.base_url}/trigger",
+                                headers={"Authorization": "Bearer test-token"},
+                                json={"rooms": [room], "data": {"n": n, "pad": "x" * 2048 *
+                                                                (not history)},
+                                      "history": history})
+            return r.status_code
+
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+            # a trigger for the down shard fails (503): the hub holds the history
+            # subscription's live frames from then until a probe comes back through that shard
+            assert await post_one(http, -1, down, False) == 503
+            for n in range(60):
+                if n < len(recorded):
+                    assert await post_one(http, recorded[n], HROOM, True) == 202
+                assert await post_one(http, unrecorded[n], HROOM, False) == 202
+            metrics = (await http.get(f"{broker.base_url}/metrics")).text
+            assert 'combroker_drops_total{cause="held-overflow"}' in metrics, metrics
+            assert not client.resyncs and not client.data  # held: the shard is still down
+            await asyncio.to_thread(second.start)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 15
+            while not client.resyncs:
+                assert loop.time() < deadline and not reader.done(), "never told resync"
+                await asyncio.sleep(0.05)
+            assert await post_one(http, len(recorded), HROOM, True) == 202  # the marker
+            await reader
+            metrics = (await http.get(f"{broker.base_url}/metrics")).text
+    assert 'cause="slow"' not in metrics, metrics
+    got = client.data
+    assert len(got) == len(set(got)), got
+    assert sorted(n for n in got if n in recorded) == list(recorded), got
+    assert set(got) - set(recorded) < set(unrecorded), got  # some dropped, none invented
+    listed = [s for f in client.resyncs for s in f.get("subscriptions", [])]
+    assert listed and all(s["requestId"] == "h" and s["recovered"] is True for s in listed)
+    await ws.close()
