@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from rooms import Room, SubscriptionIndex
 
-from . import metrics
+from . import errors, metrics
 from .cluster import Cluster, MemoryCluster, RedisCluster, now_iso
 from .conf import conf, redis_urls
 from .errors import BrokerUnavailable
@@ -528,9 +528,13 @@ class Hub:
         releases the GIL), so it delays only these copies (in order: one worker), never another
         client. A watch that ended meanwhile gets nothing."""
         if self._watch_backlog >= MAX_WATCH_BACKLOG:
+            # The watchers cannot be served in time: like any consumer that falls that far
+            # behind, each is told by its close (4008 ``slow``; STOMP: ERROR, then the close).
             metrics.drop("watch-backlog", len(subs))
-            log.warning("regex watches %d messages behind: %d watchers' copies dropped",
-                        self._watch_backlog, len(subs))
+            log.warning("regex watches %d messages behind: %d watchers' copies dropped, "
+                        "their connections closed as slow", self._watch_backlog, len(subs))
+            for sub in subs:
+                sub.owner.close_soon(errors.CLOSE_SLOW, errors.SLOW)
             return
         self._watch_backlog += 1
         dest = public_destination(message["to"])  # what a destination-type:1 pattern is matched to
