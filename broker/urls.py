@@ -5,7 +5,7 @@ from django.urls import path
 from . import views
 
 urlpatterns = [
-    path("trigger", views.trigger),
+    path("trigger", views.trigger, name="broker-trigger"),
     path("trigger/", views.trigger, name="broker-trigger"),
     path("healthz", views.healthz, name="broker-healthz"),
     path("metrics", views.metrics_view, name="broker-metrics"),
