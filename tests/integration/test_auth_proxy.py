@@ -155,13 +155,15 @@ async def test_auth_unavailable_when_nothing_listens(broker_factory):
 
 
 async def test_auth_unavailable_when_slower_than_the_timeout(broker_factory, auth_api):
-    auth_api.allow(token="slow", body=OK_BODY, delay=2.0)
+    # The answer would come after 30 s; the close comes within close_code's 5 s: the broker
+    # gave up, it did not wait for the answer. (An upper bound of 1.8 s on a 2 s answer, timed
+    # from the handshake, failed under load at 1.81 s.)
+    auth_api.allow(token="slow", body=OK_BODY, delay=30.0)
     auth_api.allow(token="quick", body=OK_BODY, delay=0.1)
     broker = broker_factory(auth_api=auth_api, BROKER_AUTH_TIMEOUT=0.5)
     t0 = time.monotonic()
     await expect_unavailable(broker.ws_url, token="slow")
-    elapsed = time.monotonic() - t0
-    assert 0.4 < elapsed < 1.8, elapsed  # the broker gave up; it did not wait for the answer
+    assert time.monotonic() - t0 > 0.4  # not before the timeout
     # within the timeout all is well
     ws, welcome = await ws_open(broker.ws_url, token="quick")
     assert welcome == {"is_authorized": True, "allowed_rooms": [NEWS]}
