@@ -31,6 +31,17 @@ HISTORY = [{"room": HROOM, "size": 1000, "ttl": 120}]
 N = 300
 
 
+def shard(prefix: str, room: dict) -> int:
+    """Which of two Redis servers holds the room's channel-layer group (channels_redis's
+    consistent hash of the group's channel name)."""
+    from channels_redis.utils import _consistent_hash
+
+    from broker.hub import room_group
+    from rooms import parse_room
+
+    return _consistent_hash(f"{prefix}__group__{room_group(parse_room(room).key)}", 2)
+
+
 class Client:
     def __init__(self, ws, rid: str) -> None:
         self.ws, self.rid = ws, rid
@@ -173,15 +184,6 @@ async def test_one_shard_of_a_sharded_layer_drops_its_subscribers(broker_factory
     """With the layer sharded over two Redis servers, only the second one drops its pub/sub
     clients: each process must notice the loss on that connection alone, and must not tell
     its clients before a probe came back through that shard."""
-    from channels_redis.utils import _consistent_hash
-
-    from broker.hub import room_group
-    from rooms import parse_room
-
-    def shard(prefix: str, room: dict) -> int:
-        name = f"{prefix}__group__{room_group(parse_room(room).key)}"
-        return _consistent_hash(name, 2)
-
     # a key prefix that puts both rooms' groups on the second server
     prefix = next(p for p in (f"sh{i}" for i in range(1000))
                   if shard(p, HROOM) == shard(p, LROOM) == 1)
@@ -215,14 +217,6 @@ async def test_frames_held_through_a_long_loss_are_bounded(broker_factory, auth_
     ``held-overflow``): the recorded ones come back in the replay at ``resync``, the others
     (triggers sent without ``history``, at most once) are gone, and ``resync`` says so. The
     connection stays open."""
-    from channels_redis.utils import _consistent_hash
-
-    from broker.hub import room_group
-    from rooms import parse_room
-
-    def shard(prefix: str, room: dict) -> int:
-        return _consistent_hash(f"{prefix}__group__{room_group(parse_room(room).key)}", 2)
-
     # the history room's group on the first server, which stays up; the second one goes down
     prefix = next(p for p in (f"sh{i}" for i in range(1000)) if shard(p, HROOM) == 0)
     down = next(r for r in ({"target": f"down{i}"} for i in range(1000)) if shard(prefix, r) == 1)
