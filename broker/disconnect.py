@@ -1,0 +1,30 @@
+"""Why the broker closes a connection: one ``Disconnect`` value per reason.
+
+A ``Disconnect`` pairs a close code (WebSocket's; PROTOCOL §3 "Close codes") with its reason,
+so no call site pairs them by hand. Transports without close codes (the TCP gate) say the
+reason in their own framing before closing (a STOMP ERROR, a JSON ``close`` line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import errors
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    code: int
+    reason: str
+
+
+NORMAL = Disconnect(errors.CLOSE_NORMAL, "")
+SLOW = Disconnect(errors.CLOSE_SLOW, errors.SLOW)
+REPLACED = Disconnect(errors.CLOSE_REPLACED, errors.REPLACED)
+KICKED = Disconnect(errors.CLOSE_KICKED, errors.KICKED)
+GOING_AWAY = Disconnect(errors.CLOSE_GOING_AWAY, errors.GOING_AWAY)
+HEARTBEAT_TIMEOUT = Disconnect(errors.CLOSE_GOING_AWAY, errors.HEARTBEAT_TIMEOUT)
+RATE_LIMITED = Disconnect(errors.CLOSE_RATE_LIMITED, errors.RATE_LIMITED)
+AUTH_TIMEOUT = Disconnect(errors.CLOSE_AUTH_TIMEOUT, errors.AUTH_TIMEOUT)
+TOO_BIG = Disconnect(errors.CLOSE_TOO_BIG, "message too big")
+ORIGIN_NOT_ALLOWED = Disconnect(errors.CLOSE_ORIGIN, errors.ORIGIN_NOT_ALLOWED)

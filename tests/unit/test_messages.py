@@ -1,0 +1,47 @@
+"""broker.messages: every message between processes survives its wire form, and an unknown
+one is recognised as such (a newer process during a rolling upgrade)."""
+
+import pytest
+
+from broker import disconnect
+from broker.messages import Close, Confirmed, DirectMessage, Probe, Trigger, from_wire
+
+MESSAGES = [
+    Trigger("t1", ['{"a":"1"}'], '{"x":1}'),
+    Trigger("t2", ['{"a":"1"}', '{"b":"*"}'], "null", {'{"a":"1"}': 7}),
+    DirectMessage("m1", '{"client":"bob","profile":"agent"}', "agent/bob", None,
+                  '{"type":"message"}', '"hi"'),
+    DirectMessage("m2", '{"client":"bob","profile":"agent"}', "agent/bob", "agent/amy",
+                  '{"type":"message"}', '"hi"', "hi", "text/plain", ack=True),
+    Confirmed("m2", "agent/amy", "agent/bob"),
+    Close(disconnect.KICKED, conn_id="c1"),
+    Close(disconnect.REPLACED, destination="agent/bob", except_id="c2"),
+    Probe("tok"),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: object) -> None:
+    assert from_wire(message.to_wire()) == message  # type: ignore[attr-defined]
+
+
+def test_wire_form_is_what_earlier_versions_send() -> None:
+    assert Trigger("t", ["r"], "1").to_wire() == {"type": "cb.trigger", "id": "t",
+                                                  "rooms": ["r"], "data": "1"}
+    assert Close(disconnect.KICKED, login_id="bob").to_wire() == {
+        "type": "cb.control", "action": "close", "code": 4010, "reason": "kicked",
+        "login_id": "bob"}
+    assert Confirmed("m", "a", "b").to_wire()["id"] == "confirmed.m"
+
+
+def test_unknown_messages_are_none() -> None:
+    assert from_wire({"type": "cb.future"}) is None
+    assert from_wire({"type": "cb.control", "action": "reboot"}) is None
+
+
+def test_close_matches() -> None:
+    close = Close(disconnect.REPLACED, destination="agent/bob", except_id="new")
+    assert close.matches("old", "bob", "agent/bob")
+    assert not close.matches("new", "bob", "agent/bob")
+    assert not close.matches("other", "amy", "agent/amy")
+    assert Close(disconnect.KICKED, login_id="bob").matches("x", "bob", None)
