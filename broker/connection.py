@@ -43,9 +43,10 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from . import errors, logctx, metrics, resume
+from . import disconnect, errors, logctx, metrics, resume
 from .auth import Credentials, Refused, authenticate
 from .conf import conf
+from .disconnect import Disconnect
 from .errors import AckRefused, BrokerUnavailable
 from .history import HistoryEntry, merge_seam, recovered
 from .hub import Hub, get_hub
@@ -212,7 +213,7 @@ class Connection:
             return
         metrics.refused(errors.AUTH_TIMEOUT)
         log.info("conn %s: not authenticated within BROKER_AUTH_DEADLINE, closing", self.id)
-        self.close_soon(errors.CLOSE_AUTH_TIMEOUT, errors.AUTH_TIMEOUT)
+        self.close_soon(disconnect.AUTH_TIMEOUT)
 
     def _stop_auth_timer(self) -> None:
         if self._auth_timer is not None:
@@ -337,7 +338,7 @@ class Connection:
             # ERROR on standard framing) says so through its codec's ``ending``.
             ending = getattr(self.codec, "ending", None)
             if ending is not None:
-                self.close_soon(*ending)
+                self.close_soon(Disconnect(*ending))
 
     def _rate_limited(self, request: Request, verdict: Verdict) -> None:
         """Over BROKER_RATE_LIMIT: answer ``rate-limited`` without carrying the request out;
@@ -346,7 +347,7 @@ class Connection:
         metrics.counters["rate_limited"] += 1
         if verdict is Verdict.EXCEEDED:
             log.warning("conn %s: over BROKER_RATE_LIMIT, closing", self.id)
-            self.close_soon(errors.CLOSE_RATE_LIMITED, errors.RATE_LIMITED)
+            self.close_soon(disconnect.RATE_LIMITED)
             return
         reply = Error(errors.RATE_LIMITED, request.request_id)
         meta = request.meta
@@ -354,7 +355,7 @@ class Connection:
         if frame is not None:
             self.push(frame)
         if getattr(self.codec, "ending", None) is not None:
-            self.close_soon(errors.CLOSE_RATE_LIMITED, errors.RATE_LIMITED)
+            self.close_soon(disconnect.RATE_LIMITED)
 
     async def _carry_out(self, effect: Effect, rid: Any) -> Reply | None:
         hub = self.hub
@@ -530,7 +531,7 @@ class Connection:
                 if held.buffer:
                     held.buffer.clear()
             self._recount_held()
-            self.close_soon(errors.CLOSE_SLOW, errors.SLOW)
+            self.close_soon(disconnect.SLOW)
 
     def _recount_held(self) -> None:
         """Forget subscriptions that hold nothing any more, and sum what the others hold."""
@@ -624,7 +625,7 @@ class Connection:
             if self._held_bytes > self._max_outbox:
                 metrics.drop("slow", len(self._held))
                 self._held, self._held_bytes = [], 0
-                self.close_soon(errors.CLOSE_SLOW, errors.SLOW)
+                self.close_soon(disconnect.SLOW)
             return
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
@@ -638,7 +639,7 @@ class Connection:
                         self._max_outbox)
             self._outbox.clear()
             self._outbox_bytes = 0
-            self.close_soon(errors.CLOSE_SLOW, errors.SLOW)
+            self.close_soon(disconnect.SLOW)
             return
         if self._writer is None:
             self._writer = _STEPPING  # no second drain may start while this one is stepped
@@ -702,11 +703,11 @@ class Connection:
         """True once the connection is being closed: nothing more is read or queued."""
         return self._closing
 
-    def close_soon(self, code: int, reason: str) -> None:
+    def close_soon(self, why: Disconnect) -> None:
         if self._closing:
             return
         self._closing = True
-        asyncio.ensure_future(self._close(code, reason))
+        asyncio.ensure_future(self._close(why.code, why.reason))
 
     async def _close(self, code: int, reason: str) -> None:
         logctx.conn_id.set(self.id)

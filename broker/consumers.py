@@ -20,7 +20,7 @@ from channels.exceptions import StopConsumer
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import daphne_ext, errors, heartbeat, logctx, metrics
+from . import daphne_ext, disconnect, errors, heartbeat, logctx, metrics
 from .auth import AuthUnavailable, Credentials, Refused
 from .codecs.jsoncodec import RICH_SUBPROTOCOL, JsonCodec
 from .codecs.stomp import CB_SUBPROTOCOL, STOMP_SUBPROTOCOLS, StompCodec
@@ -170,7 +170,7 @@ class BrokerConsumer(AsyncWebsocketConsumer):
             self.beats = asyncio.ensure_future(
                 heartbeat.keep_alive(self.conn, self.codec, self, watch_reads=True))
         if admission.shutting_down:  # authenticated while graceful_shutdown was closing
-            self.conn.close_soon(errors.CLOSE_GOING_AWAY, errors.GOING_AWAY)
+            self.conn.close_soon(disconnect.GOING_AWAY)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         self.last_read = time.monotonic()
@@ -182,7 +182,7 @@ class BrokerConsumer(AsyncWebsocketConsumer):
         text, data = message.get("text"), message.get("bytes")
         size = len(text.encode()) if text is not None else len(data or b"")
         if size > conf().BROKER_MAX_MESSAGE_BYTES:
-            self.conn.close_soon(errors.CLOSE_TOO_BIG, "message too big")
+            self.conn.close_soon(disconnect.TOO_BIG)
             return
         # STOMP frames may come as binary messages; to the JSON codec those are non-JSON
         stomp_bytes = text is None and isinstance(self.codec, StompCodec)

@@ -19,6 +19,7 @@ class Disconnect:
 
 
 NORMAL = Disconnect(errors.CLOSE_NORMAL, "")
+EOF = Disconnect(errors.CLOSE_NORMAL, "eof")  # the peer closed its side
 SLOW = Disconnect(errors.CLOSE_SLOW, errors.SLOW)
 REPLACED = Disconnect(errors.CLOSE_REPLACED, errors.REPLACED)
 KICKED = Disconnect(errors.CLOSE_KICKED, errors.KICKED)

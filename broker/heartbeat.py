@@ -17,7 +17,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import errors
+from . import disconnect
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -51,7 +51,7 @@ async def keep_alive(conn: Connection, codec: Any, link: Link, *, watch_reads: b
         if limit:
             silent = now - link.last_read
             if silent >= limit:
-                conn.close_soon(errors.CLOSE_GOING_AWAY, errors.HEARTBEAT_TIMEOUT)
+                conn.close_soon(disconnect.HEARTBEAT_TIMEOUT)
                 return
             waits.append(limit - silent)
         await asyncio.sleep(max(min(waits), 0.01))

@@ -42,9 +42,10 @@ from typing import Any, Protocol
 
 from rooms import Room, SubscriptionIndex
 
-from . import errors, metrics
+from . import disconnect, metrics
 from .cluster import Cluster, MemoryCluster, RedisCluster, now_iso
 from .conf import conf, redis_urls
+from .disconnect import Disconnect
 from .errors import BrokerUnavailable
 from .identity import client_room, parse_address, public_destination
 from .session import Subscription, dump_json
@@ -80,7 +81,7 @@ class Conn(Protocol):
     def hold(self, sub: Subscription, entry: tuple[str, int | None, Any]) -> None: ...
     def hold_live(self) -> None: ...
     async def resync(self) -> None: ...
-    def close_soon(self, code: int, reason: str) -> None: ...
+    def close_soon(self, why: Disconnect) -> None: ...
     def info(self) -> dict[str, Any]: ...
 
 
@@ -534,7 +535,7 @@ class Hub:
             log.warning("regex watches %d messages behind: %d watchers' copies dropped, "
                         "their connections closed as slow", self._watch_backlog, len(subs))
             for sub in subs:
-                sub.owner.close_soon(errors.CLOSE_SLOW, errors.SLOW)
+                sub.owner.close_soon(disconnect.SLOW)
             return
         self._watch_backlog += 1
         dest = public_destination(message["to"])  # what a destination-type:1 pattern is matched to
@@ -580,7 +581,7 @@ class Hub:
                         and conn.identity.login_id == message.get("login_id"))
                     or (message.get("destination") is not None
                         and conn.identity.destination == message.get("destination"))):
-                conn.close_soon(int(message["code"]), str(message["reason"]))
+                conn.close_soon(Disconnect(int(message["code"]), str(message["reason"])))
 
     # ------------------------------------------------------------ registry upkeep
 

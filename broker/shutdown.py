@@ -30,7 +30,7 @@ import signal
 from types import FrameType
 from typing import Any
 
-from . import errors
+from . import disconnect
 from .conf import conf
 from .limits import admission
 
@@ -70,7 +70,7 @@ async def _shutdown(grace: float) -> None:
         if not await hub.quiesce(max(min(1.0, deadline - loop.time()), 0.05)):
             log.warning("the channel layer did not answer: deliveries in flight may be lost")
         for conn in list(hub.conns.values()):
-            conn.close_soon(errors.CLOSE_GOING_AWAY, errors.GOING_AWAY)
+            conn.close_soon(disconnect.GOING_AWAY)
         while hub.conns and loop.time() < deadline:
             await asyncio.sleep(0.02)
         if hub.conns:

@@ -33,7 +33,7 @@ import ssl
 import time
 from typing import Any
 
-from broker import errors, heartbeat, metrics
+from broker import disconnect, errors, heartbeat, metrics
 from broker.auth import AuthUnavailable, Credentials, Refused
 from broker.codecs.jsoncodec import JsonCodec
 from broker.codecs.stomp import StompCodec
@@ -200,7 +200,7 @@ class Gate:
                 admission.release()
             self.connections.discard(conn)
             if not conn.closing:
-                conn.close_soon(errors.CLOSE_NORMAL, "eof")
+                conn.close_soon(disconnect.EOF)
             # the close flushes what is queued; a peer that does not read is cut off
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(transport.done.wait(), CLOSE_GRACE * 3)
@@ -218,7 +218,7 @@ class Gate:
         except TimeoutError:
             if conn.session is None:
                 return b""
-            conn.close_soon(errors.CLOSE_GOING_AWAY, errors.HEARTBEAT_TIMEOUT)
+            conn.close_soon(disconnect.HEARTBEAT_TIMEOUT)
             return b""
 
     async def _open(self, conn: Connection, transport: TcpTransport, codec: Any,
@@ -250,7 +250,7 @@ class Gate:
         self.connections.add(conn)
         conn.welcome()  # the welcome, then what waited for it (broker.connection)
         if admission.shutting_down:  # authenticated while graceful_shutdown was closing
-            conn.close_soon(errors.CLOSE_GOING_AWAY, errors.GOING_AWAY)
+            conn.close_soon(disconnect.GOING_AWAY)
         return True
 
     async def _stomp(self, reader: asyncio.StreamReader, conn: Connection, first: bytes,
@@ -328,7 +328,7 @@ class Gate:
                 if conn.session is None:
                     await transport.close(errors.CLOSE_TOO_BIG, "message too big")
                 else:
-                    conn.close_soon(errors.CLOSE_TOO_BIG, "message too big")
+                    conn.close_soon(disconnect.TOO_BIG)
                 return
             line = (line or b"") + rest
             if not rest.endswith(b"\n"):
