@@ -351,6 +351,11 @@ def subscribe_oracle(session: Session, model: dict[str, Room], rid: Any, room: A
     if rid is None:
         assert code == errors.NO_REQUEST_ID
         return
+    # docs/protocol.md: an id longer than 128 characters (a string's, else its JSON text's) is
+    # refused first, on any request, whatever its type
+    if len(rid if isinstance(rid, str) else dump_json(rid)) > 128:
+        assert code == errors.REQUEST_ID_TOO_LONG
+        return
     if not isinstance(rid, (str, int, float)) or isinstance(rid, bool):
         assert code == errors.INVALID_MESSAGE
         return
