@@ -518,14 +518,15 @@ def snapshot_tree() -> Path:
     return d
 
 
-def prev_tree(log=print) -> Path | None:  # noqa: ANN001
-    """The previous commit (HEAD~1) exported read-only into a temp dir (``git archive``)."""
+def prev_tree(log=print, rev: str = "HEAD~1") -> Path | None:  # noqa: ANN001
+    """A commit (the previous one by default) exported read-only into a temp dir
+    (``git archive``)."""
     d = Path(tempfile.mkdtemp(prefix="combroker-prev-"))
     try:
-        arch = subprocess.run(["git", "archive", "--format=tar", "HEAD~1"], cwd=ROOT,
+        arch = subprocess.run(["git", "archive", "--format=tar", rev], cwd=ROOT,
                               capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(d)], input=arch, check=True)
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD~1"], cwd=ROOT,
+        rev = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT,
                              capture_output=True, text=True).stdout.strip()
         (d / ".bench-rev").write_text(rev)
         return d

@@ -5,7 +5,7 @@ Targets (all measured in the same run, through the same load generator):
            private redis-server, pub/sub layer; goals and ratios use it
   daphne   this tree under daphne
   classic  this tree on channels_redis's classic layer (not in the default targets)
-  prev     the previous commit (HEAD~1), same venv, same settings: regressions
+  prev     another commit (--prev, default HEAD~1), same venv, same settings: regressions
   ht       High-templar 3.1.0 from PyPI (bench/.venv-ht) under hypercorn, local RabbitMQ
   raw      a minimal websockets broadcast server (bench/raw_server.py): the physical limit
 Scenarios: B1 broadcast fan-out, B2 targeted triggers, B3 connect storm, B4 idle memory,
@@ -520,7 +520,7 @@ async def main(cfg: argparse.Namespace) -> dict:
     lib.ensure_node_ws(log)
     if "ht" in cfg.targets:
         lib.ensure_ht_venv(log)
-    prev = lib.prev_tree(log) if "prev" in cfg.targets else None
+    prev = lib.prev_tree(log, cfg.prev) if "prev" in cfg.targets else None
     prev_rev = (prev / ".bench-rev").read_text() if prev else None
     snap = lib.snapshot_tree()
     auth = AuthServer(5.0)
@@ -649,7 +649,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="reduced sizes, one run (< 5 min)")
     ap.add_argument("--only", default="B1,B1h,B2,B3,B4,B5,B6,B7")
     ap.add_argument("--targets", default="daphne,uvicorn,prev,ht,raw",
-                    help="daphne/uvicorn: this tree under that server; prev: HEAD~1 under --prod")
+                    help="daphne/uvicorn: this tree under that server; prev: --prev under --prod")
+    ap.add_argument("--prev", default="HEAD~1",
+                    help="the commit the 'prev' target runs (default HEAD~1), e.g. the one "
+                         "before a series of commits")
     ap.add_argument("--prod", default=PRODUCTION_SERVER,
                     help="the server the goals are checked on (docs/performance.md)")
     ap.add_argument("--runs", type=int)
