@@ -49,9 +49,10 @@ from .conf import conf
 from .disconnect import Disconnect
 from .errors import AckRefused, BrokerUnavailable
 from .history import HistoryEntry, merge_seam, recovered
-from .hub import Hub, get_hub
+from .fanout.hub import Hub
 from .identity import Identity, client_room, parse_address
 from .limits import Verdict, make_bucket
+from .messages import Close, Confirmed, DirectMessage, Trigger
 from .session import (
     AdminAction,
     AdminResult,
@@ -73,6 +74,7 @@ from .session import (
     Subscription,
     Success,
 )
+from .shutdown import serving_hub
 
 log = logging.getLogger("broker.connection")
 
@@ -171,10 +173,10 @@ class Connection:
     async def _open(self, creds: Credentials, resume_token: str | None) -> Identity:
         c = conf()
         identity = await self._authenticate(creds)
-        hub = await get_hub()
+        hub = await serving_hub()
         dest = identity.destination
         if (dest and c.BROKER_DUPLICATE_LOGIN == "reject"
-                and await hub.cluster.destination_exists(dest)):
+                and await hub.stores.registry.destination_exists(dest)):
             raise Refused(errors.DUPLICATE_LOGIN)
         self.identity = identity
         self.session = Session(identity, max_subscriptions=c.BROKER_MAX_SUBSCRIPTIONS,
@@ -183,18 +185,18 @@ class Connection:
         await hub.attach(self)
         self.hub = hub
         if dest and c.BROKER_DUPLICATE_LOGIN == "replace":
-            await hub.router.control(action="close", destination=dest, code=errors.CLOSE_REPLACED,
-                                     reason=errors.REPLACED, **{"except": self.id})
+            await hub.router.close(Close(disconnect.REPLACED, destination=dest,
+                                         except_id=self.id))
         if resume_token is not None and self._resumable:
             await self._resume(resume_token)
         if dest:
             try:
-                pending = await hub.cluster.ack_pending(dest)
+                pending = await hub.stores.acks.pending(dest)
             except BrokerUnavailable as exc:
                 log.warning("conn %s: pending acknowledged messages not read: %s", self.id, exc)
                 pending = []
             for message in pending:
-                self.deliver_acked(message)
+                self.deliver_message(message)
         return identity
 
     async def _authenticate(self, creds: Credentials) -> Identity:
@@ -254,8 +256,8 @@ class Connection:
         if not resume.plausible(token):
             return
         try:
-            state = await hub.cluster.resume_take(resume.token_key(token),
-                                                  resume.fingerprint(self.identity))
+            state = await hub.stores.resume.take(resume.token_key(token),
+                                                 resume.fingerprint(self.identity))
         except BrokerUnavailable as exc:
             log.warning("conn %s: resume state not read: %s", self.id, exc)
             return
@@ -375,7 +377,7 @@ class Connection:
                 target = parse_address(effect.destination)
                 assert target is not None
                 # An acknowledged message waits for a recipient that is not connected yet.
-                if not effect.ack and not await hub.cluster.destination_exists(
+                if not effect.ack and not await hub.stores.registry.destination_exists(
                         effect.destination):
                     return Error(errors.DESTINATION_NOT_FOUND, rid)
                 try:
@@ -390,15 +392,15 @@ class Connection:
                     return Error(exc.code, rid, exc.detail)
                 return Success(rid, {"id": message_id})
             case ReadHistory():
-                page = await hub.cluster.history_read(effect.room.key, since=effect.since,
-                                                      limit=effect.limit)
+                page = await hub.stores.history.read(effect.room.key, since=effect.since,
+                                                     limit=effect.limit)
                 return HistoryResult(rid, effect.room, page.top, list(page.entries),
                                      None if effect.since is None
                                      else recovered(effect.since, page))
             case ConfirmMessage():
                 await self._confirm(effect.message_id)
             case QueryStatus():
-                conns, num_rooms = await hub.cluster.status()
+                conns, num_rooms = await hub.stores.registry.status()
                 return StatusInfo(rid, conns, num_rooms, hub.started_at)
             case AdminAction():
                 return await self._admin(effect, rid)
@@ -425,8 +427,8 @@ class Connection:
             raise
         try:
             # The whole replay: the stream is bounded by its size (MAXLEN ~, so a little more).
-            page = await hub.cluster.history_read(sub.room.key, since=since,
-                                                  limit=0 if since is None else None)
+            page = await hub.stores.history.read(sub.room.key, since=since,
+                                                 limit=0 if since is None else None)
         except BaseException:
             sub.buffer = None
             self._recount_held()
@@ -557,7 +559,7 @@ class Connection:
         if hub is None or self._closing:
             return
         subs = list(recovering)
-        pages = await asyncio.gather(*(hub.cluster.history_read(
+        pages = await asyncio.gather(*(hub.stores.history.read(
             s.room.key, since=recovering[s], limit=None) for s in subs), return_exceptions=True)
         listed: list[dict[str, Any]] = []
         seams: list[tuple[Subscription, list[HistoryEntry], int, int]] = []
@@ -587,26 +589,25 @@ class Connection:
         assert hub is not None
         if effect.action == "connections":
             return AdminResult(rid, {"action": "connections",
-                                     "connections": await hub.cluster.connections()})
+                                     "connections": await hub.stores.registry.connections()})
         if effect.action == "stats":
-            procs = await hub.cluster.stats()
+            procs = await hub.stores.registry.stats()
             totals = {k: sum(p.get(k, 0) for p in procs) for k in (
                 "connections", "triggers_per_s", "deliveries_per_s", "drops_per_s",
                 "triggers", "deliveries", "drops")}
-            conns, num_rooms = await hub.cluster.status()
+            conns, num_rooms = await hub.stores.registry.status()
             totals.update(connections=conns, rooms=num_rooms)
             return AdminResult(rid, {"action": "stats", "stats": totals, "processes": procs})
         # kick
         conn_id, login_id = effect.args.get("connection_id"), effect.args.get("login_id")
         if not isinstance(conn_id, str) and not isinstance(login_id, str):
             return Error(errors.INVALID_MESSAGE, rid, "kick needs connection_id or login_id")
-        targets = [c for c in await hub.cluster.connections()
+        targets = [c for c in await hub.stores.registry.connections()
                    if c.get("id") == conn_id or (login_id is not None
                                                  and c.get("login_id") == login_id)]
         if not targets:
             return Error(errors.CONNECTION_NOT_FOUND, rid)
-        await hub.router.control(action="close", conn_id=conn_id, login_id=login_id,
-                                 code=errors.CLOSE_KICKED, reason=errors.KICKED)
+        await hub.router.close(Close(disconnect.KICKED, conn_id=conn_id, login_id=login_id))
         return AdminResult(rid, {"action": "kick", "kicked": [c["id"] for c in targets]})
 
     # ------------------------------------------------------------ outbound
@@ -751,28 +752,70 @@ class Connection:
         state = resume.encode_state([resume.SavedSubscription(s.request_id, s.room, s.offset)
                                      for s in subs if s.pattern is None])
         try:
-            await hub.cluster.resume_save(resume.token_key(self.resume_token),
-                                          resume.fingerprint(self.identity), state,
-                                          conf().BROKER_RESUME_TTL)
+            await hub.stores.resume.save(resume.token_key(self.resume_token),
+                                         resume.fingerprint(self.identity), state,
+                                         conf().BROKER_RESUME_TTL)
         except Exception as exc:  # noqa: BLE001 - closing goes on; the client re-subscribes
             log.warning("conn %s: resume state not saved: %s", self.id, exc)
 
-    def deliver_acked(self, message: dict[str, Any]) -> None:
-        """An acknowledged message for this connection's login (live, or pending at open)."""
-        message_id = message["id"]
+    # ------------------------------------------------------------ the hub's deliveries
+    # (broker.fanout.receiver.Receiver: the hub hands typed values; encoding, holding,
+    # dropping what a replay covered and positions are decided here)
+
+    def deliver(self, sub: Subscription, trigger: Trigger, room_key: str,
+                offset: int | None) -> None:
+        """A trigger for ``sub``, shown under ``room_key``, at ``offset`` there if recorded."""
+        if offset is None:
+            frame = self.codec.publish(sub, trigger.data_json, room_key, trigger.id)
+            if sub.buffer is not None:
+                self.hold(sub, (trigger.id, None, frame))
+            else:
+                self.push(frame)
+            return
+        frame = self.codec.publish(sub, trigger.data_json, room_key, trigger.id, offset=offset)
+        if sub.buffer is not None:
+            self.hold(sub, (trigger.id, offset, frame))
+        elif room_key == sub.room.key:
+            if sub.replayed is not None and offset <= sub.replayed:
+                return  # already sent by the replay (its live copy came late)
+            self.push(frame, (sub, offset))
+        else:
+            self.push(frame)
+
+    def deliver_watched(self, sub: Subscription, message: DirectMessage) -> None:
+        """A watcher's copy; the codec sees the whole message (STOMP shows origin, raw text)."""
+        frame = self.codec.watched(sub, message.to_wire())
+        if sub.buffer is not None:
+            self.hold(sub, (message.id, None, frame))
+        else:
+            self.push(frame)
+
+    def deliver_confirmed(self, event: Confirmed) -> None:
+        encode = getattr(self.codec, "confirmed", None)
+        frame = encode(event.message_id, event.by) if encode else None
+        if frame is not None:
+            self.push(frame)
+
+    def deliver_message(self, message: DirectMessage) -> None:
+        """A direct message to this connection's login; an acknowledged one live or pending
+        at open."""
+        if not message.ack:
+            self.push(self.codec.message(message.to_wire()))
+            return
+        message_id = message.id
         if message_id in self._acked_ids or self._closing:
             return  # the live copy and the stored one of a message sent while opening
         self._acked_ids[message_id] = None
         if len(self._acked_ids) > 4096:
             self._acked_ids.popitem(last=False)
-        self.push(self.codec.message(message))
+        self.push(self.codec.message(message.to_wire()))
         hub = self.hub
-        cluster = hub.cluster if hub is not None else None
-        if cluster is None:
+        acks = hub.stores.acks if hub is not None else None
+        if acks is None:
             return
         if hasattr(self.codec, "confirmed"):
             self._owed.add(message_id)
-            self._ack_chain(lambda: cluster.ack_hold(message_id, self.id))
+            self._ack_chain(lambda: acks.hold(message_id, self.id))
         else:
             # A codec without ``confirm`` (STOMP): queued for writing counts as confirmed.
             self._ack_chain(lambda: self._complete(message_id))
@@ -802,7 +845,7 @@ class Connection:
         hub, dest = self.hub, self.identity.destination
         if hub is None or dest is None:
             return
-        done, sender = await hub.cluster.ack_confirm(message_id, dest, self.id)
+        done, sender = await hub.stores.acks.confirm(message_id, dest, self.id)
         self._owed.discard(message_id)
         if done and sender:
             await hub.router.confirmed(sender, message_id, dest)
@@ -816,7 +859,7 @@ class Connection:
             return
         owed, self._owed = list(self._owed), set()
         try:
-            for message_id, sender in await hub.cluster.ack_release(self.id, dest, owed):
+            for message_id, sender in await hub.stores.acks.release(self.id, dest, owed):
                 if sender:
                     await hub.router.confirmed(sender, message_id, dest)
         except Exception as exc:  # noqa: BLE001 - holds expire with their messages

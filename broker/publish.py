@@ -18,7 +18,8 @@ from channels.layers import get_channel_layer
 from rooms import InvalidRoom, Room, parse_room
 
 from .errors import INVALID_TRIGGER_ID, InvalidTriggerId
-from .hub import Router, _hubs, make_cluster, running_hub
+from .fanout.router import Router
+from .fanout.running import fanout_settings, hub_loop, make_stores, running_hub
 from .session import dump_json
 
 _routers: dict[asyncio.AbstractEventLoop, Router] = {}
@@ -31,13 +32,15 @@ def parse_rooms(rooms: Any) -> list[Room]:
 
 
 def _router() -> Router:
+    """The running hub's router; in a loop without a hub (a Django process that only
+    publishes), a router of its own on its own stores."""
     hub = running_hub()
     if hub is not None:
         return hub.router
     loop = asyncio.get_running_loop()
     router = _routers.get(loop)
     if router is None:
-        router = _routers[loop] = Router(get_channel_layer(), make_cluster())
+        router = _routers[loop] = Router(get_channel_layer(), make_stores(), fanout_settings())
     return router
 
 
@@ -95,7 +98,7 @@ def publish_sync(rooms: list[Any], data: Any, timeout: float = 10.0, *,
     trigger_id = check_trigger_id(trigger_id)
     # In a process that runs a hub (runbroker, in-memory layer), publish on the hub's loop:
     # the in-memory layer's queues belong to that loop.
-    loop = next(iter(_hubs), None) or _background_loop()
+    loop = hub_loop() or _background_loop()
     future: Future[str] = asyncio.run_coroutine_threadsafe(
         publish_rooms(parsed, data, history, trigger_id), loop)
     return future.result(timeout)

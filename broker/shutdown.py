@@ -16,9 +16,12 @@ Hooks, one per server:
 
 - daphne: ``broker.daphne_ext`` runs it from the reactor's "before shutdown" trigger, before
   daphne cancels the applications;
-- uvicorn: ``install_signal_hooks()`` (called when the hub starts) wraps uvicorn's SIGTERM and
-  SIGINT handlers: the first signal runs ``graceful_shutdown`` and then hands the signal to
-  uvicorn, which then finds no connection left; a second signal goes to uvicorn at once.
+- uvicorn: ``install_signal_hooks()`` wraps uvicorn's SIGTERM and SIGINT handlers: the first
+  signal runs ``graceful_shutdown`` and then hands the signal to uvicorn, which then finds no
+  connection left; a second signal goes to uvicorn at once. The server edge installs them:
+  ``serving_hub()``, the hub as whatever serves clients gets it (the connection's open, the
+  health check), installs them once per loop. The hub itself knows nothing of signals: this
+  module sits above fan-out and fan-out never imports it.
 - ``runtcpgate`` has its own (``Gate.shutdown``).
 """
 
@@ -32,11 +35,25 @@ from typing import Any
 
 from . import disconnect
 from .conf import conf
+from .fanout.hub import Hub
+from .fanout.running import get_hub, running_hub
 from .limits import admission
 
 log = logging.getLogger("broker.shutdown")
 
 _done: asyncio.Future[None] | None = None
+_hooked: set[asyncio.AbstractEventLoop] = set()  # loops whose server's signals are wrapped
+
+
+async def serving_hub() -> Hub:
+    """The running loop's hub, for serving clients: the first call on a loop also installs
+    the signal hooks (under uvicorn; nothing under another server)."""
+    hub = await get_hub()
+    loop = asyncio.get_running_loop()
+    if loop not in _hooked:
+        _hooked.add(loop)
+        install_signal_hooks()
+    return hub
 
 
 async def graceful_shutdown(grace: float | None = None) -> None:
@@ -55,8 +72,6 @@ async def graceful_shutdown(grace: float | None = None) -> None:
 
 
 async def _shutdown(grace: float) -> None:
-    from .hub import running_hub
-
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(grace, 0.0)
     admission.shutting_down = True

@@ -13,9 +13,9 @@ from . import metrics
 from .conf import conf
 from .errors import INVALID_TRIGGER_ID, BrokerUnavailable, InvalidTriggerId
 from .httpguard import UNAUTHORIZED, too_big, trigger_token_ok
-from .hub import get_hub
 from .publish import check_trigger_id, parse_rooms, publish_rooms
 from .session import JsonTooDeep, load_json
+from .shutdown import serving_hub
 
 log = logging.getLogger("broker.trigger")
 
@@ -86,8 +86,8 @@ async def trigger(request: HttpRequest) -> HttpResponse:
 
 async def healthz(request: HttpRequest) -> HttpResponse:
     try:
-        hub = await get_hub()
-        redis_ok = await hub.cluster.ping()
+        hub = await serving_hub()
+        redis_ok = await hub.stores.ping()
     except BrokerUnavailable:
         redis_ok = False
     return JsonResponse({"status": "ok" if redis_ok else "degraded", "redis": redis_ok},

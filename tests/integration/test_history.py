@@ -8,6 +8,7 @@ on one process and the recovering subscriber on another.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 
@@ -294,68 +295,64 @@ async def test_seam_no_gap_no_duplicate_across_processes(broker_factory, auth_ap
 
 async def test_redis_store_scripts(redis_server):
     from broker.history import HistoryPolicy, recovered
-    from broker.store import AckQuota, RedisStore
-    from redis import asyncio as aioredis
+    from broker.messages import DirectMessage
+    from broker.stores.acks import AckQuota, RedisAcks
+    from broker.stores.history import RedisHistory
+    from broker.stores.redis import RedisClient
+    from broker.stores.resume import RedisResume
 
-    class Store(RedisStore):
-        def __init__(self) -> None:
-            self.redis = aioredis.Redis.from_url(redis_server.url)
-            self.prefix = f"store-{uuid.uuid4().hex[:8]}"
-            self.proc_id, self.ttl = "p1", 15.0
-
-        async def _call(self, coro):
-            return await coro
-
-    store = Store()
+    client = RedisClient(redis_server.url, f"store-{uuid.uuid4().hex[:8]}")
+    store = RedisHistory(client)
+    resume, acks = RedisResume(client), RedisAcks(client, "p1", 15.0)
     rule = HistoryPolicy.from_setting([{"room": CHAT_ANY, "size": 10, "ttl": 60}]).rules[0]
     t0 = time.time_ns() // 1000
-    got = [await store.history_append([("k1", rule), ("k2", rule)], f"t{n}", f'{{"n":{n}}}',
-                                      3600) for n in range(250)]
+    got = [await store.append([("k1", rule), ("k2", rule)], f"t{n}", f'{{"n":{n}}}', 3600)
+           for n in range(250)]
     first = got[0]["k1"]
     assert first > t0 and [g["k1"] for g in got] == list(range(first, first + 250))
-    page = await store.history_read("k1", since=None, limit=3)
+    page = await store.read("k1", since=None, limit=3)
     assert page.top == first + 249 and page.base == first - 1
     assert [(e.offset, e.id, e.data_json) for e in page.entries] == [
         (first + 247, "t247", '{"n":247}'), (first + 248, "t248", '{"n":248}'),
         (first + 249, "t249", '{"n":249}')]
     # MAXLEN ~10 trimmed whole nodes: the start is gone, the end is there
-    old = await store.history_read("k1", since=first, limit=None)
+    old = await store.read("k1", since=first, limit=None)
     assert not recovered(first, old)
     assert old.entries[-1].offset == first + 249 and len(old.entries) < 249
-    recent = await store.history_read("k1", since=first + 245, limit=None)
+    recent = await store.read("k1", since=first + 245, limit=None)
     assert recovered(first + 245, recent) and len(recent.entries) == 4
-    assert (await store.history_read("k1", since=first + 249, limit=0)).entries == ()
+    assert (await store.read("k1", since=first + 249, limit=0)).entries == ()
     # a client-supplied trigger id is recorded once per room (once_ttl)
-    one = await store.history_append([("k1", rule)], "order-1", "1", 3600, once_ttl=60)
-    two = await store.history_append([("k1", rule), ("k3", rule)], "order-1", "1", 3600,
-                                     once_ttl=60)
+    one = await store.append([("k1", rule)], "order-1", "1", 3600, once_ttl=60)
+    two = await store.append([("k1", rule), ("k3", rule)], "order-1", "1", 3600,
+                             once_ttl=60)
     assert two["k1"] == one["k1"] == first + 250 and two["k3"] > 0
-    assert (await store.history_read("k1", since=first + 249, limit=None)).top == first + 250
+    assert (await store.read("k1", since=first + 249, limit=None)).top == first + 250
     # resume: once, for the same fingerprint only
-    await store.resume_save("tok", "fp", "state", 60)
-    assert await store.resume_take("tok", "other") is None
-    assert await store.resume_take("tok", "fp") == "state"
-    assert await store.resume_take("tok", "fp") is None
+    await resume.save("tok", "fp", "state", 60)
+    assert await resume.take("tok", "other") is None
+    assert await resume.take("tok", "fp") == "state"
+    assert await resume.take("tok", "fp") is None
     # acknowledged messages
-    message = {"id": "m1", "to": "/agent/bob", "from": "/service/s", "message": "{}"}
-    await store.ack_store(message, 60, AckQuota())
-    assert await store.ack_pending("/agent/bob") == [message]
-    await store.ack_hold("m1", "c1")
-    await store.ack_hold("m1", "c2")
-    assert await store.ack_confirm("m1", "/agent/eve", "c1") == (False, None)  # not hers
-    assert await store.ack_confirm("m1", "/agent/bob", "c1") == (False, None)  # c2 owes it
-    assert await store.ack_release("c2", "/agent/bob", ["m1"]) == [("m1", "/service/s")]
-    assert await store.ack_pending("/agent/bob") == []
-    await store.ack_store({**message, "id": "m2"}, 60, AckQuota())
-    await store.ack_hold("m2", "c1")
-    assert await store.ack_release("c1", "/agent/bob", ["m2"]) == []  # not confirmed: pending
-    assert [m["id"] for m in await store.ack_pending("/agent/bob")] == ["m2"]
-    assert await store.ack_confirm("m2", "/agent/bob", "c3") == (True, "/service/s")
+    message = DirectMessage("m1", "room", "/agent/bob", "/service/s", "{}", "1", ack=True)
+    await acks.put(message, 60, AckQuota())
+    assert await acks.pending("/agent/bob") == [message]
+    await acks.hold("m1", "c1")
+    await acks.hold("m1", "c2")
+    assert await acks.confirm("m1", "/agent/eve", "c1") == (False, None)  # not hers
+    assert await acks.confirm("m1", "/agent/bob", "c1") == (False, None)  # c2 owes it
+    assert await acks.release("c2", "/agent/bob", ["m1"]) == [("m1", "/service/s")]
+    assert await acks.pending("/agent/bob") == []
+    await acks.put(dataclasses.replace(message, id="m2"), 60, AckQuota())
+    await acks.hold("m2", "c1")
+    assert await acks.release("c1", "/agent/bob", ["m2"]) == []  # not confirmed: pending
+    assert [m.id for m in await acks.pending("/agent/bob")] == ["m2"]
+    assert await acks.confirm("m2", "/agent/bob", "c3") == (True, "/service/s")
     # every ledger is back to nothing (quotas are freed by completion)
-    p = store.prefix
-    assert await store.redis.hget(f"{p}:ack:allb:", "_") == b"0"
-    assert await store.redis.hget(f"{p}:ack:inb:/agent/bob", "_") == b"0"
-    assert await store.redis.hget(f"{p}:ack:outb:/service/s", "_") == b"0"
-    assert not await store.redis.exists(f"{p}:ack:all:", f"{p}:ack:in:/agent/bob",
+    p = client.prefix
+    assert await client.redis.hget(f"{p}:ack:allb:", "_") == b"0"
+    assert await client.redis.hget(f"{p}:ack:inb:/agent/bob", "_") == b"0"
+    assert await client.redis.hget(f"{p}:ack:outb:/service/s", "_") == b"0"
+    assert not await client.redis.exists(f"{p}:ack:all:", f"{p}:ack:in:/agent/bob",
                                         f"{p}:ack:out:/service/s")
-    await store.redis.aclose()
+    await client.redis.aclose()

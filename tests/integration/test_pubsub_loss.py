@@ -36,7 +36,7 @@ def shard(prefix: str, room: dict) -> int:
     consistent hash of the group's channel name)."""
     from channels_redis.utils import _consistent_hash
 
-    from broker.hub import room_group
+    from broker.fanout.router import room_group
     from rooms import parse_room
 
     return _consistent_hash(f"{prefix}__group__{room_group(parse_room(room).key)}", 2)

@@ -25,7 +25,7 @@ def room_on_shard(prefix: str, shard: int) -> dict:
     consistent hash of the group's channel name)."""
     from channels_redis.utils import _consistent_hash
 
-    from broker.hub import room_group
+    from broker.fanout.router import room_group
     from rooms import parse_room
 
     for n in range(1000):

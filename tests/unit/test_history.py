@@ -3,6 +3,7 @@ merge, resume tokens, the session's new requests and the JSON codec's new frames
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -21,7 +22,10 @@ from broker.session import (
     Confirm, ConfirmMessage, Error, History, HistoryResult, JoinRoom, Publish, PublishRooms,
     ReadHistory, Send, SendDirect, Session, Subscribe, Subscription, Success,
 )
-from broker.store import AckQuota, MemoryStore
+from broker.messages import DirectMessage
+from broker.stores.acks import AckQuota, MemoryAcks
+from broker.stores.history import MemoryHistory
+from broker.stores.resume import MemoryResume
 from rooms import parse_room
 
 CHAT1 = {"target": "chat", "customer": "1"}
@@ -244,73 +248,73 @@ def test_codec_frames():
 
 
 async def test_memory_store_history(monkeypatch):
-    store = MemoryStore()
+    store = MemoryHistory()
     rule = HistoryPolicy.from_setting(SETTING[:1]).rules[0]  # size 3, ttl 60
     t0 = time.time_ns() // 1000
-    offsets = [(await store.history_append([("k", rule)], f"t{n}", str(n), 3600))["k"]
+    offsets = [(await store.append([("k", rule)], f"t{n}", str(n), 3600))["k"]
                for n in range(5)]
     first = offsets[0]
     assert first > t0 and offsets == list(range(first, first + 5))
-    p = await store.history_read("k", since=None, limit=10)
+    p = await store.read("k", since=None, limit=10)
     assert [e.offset for e in p.entries] == offsets[2:] and p.top == offsets[-1]
     assert p.base == first - 1
-    assert [e.data_json for e in (await store.history_read("k", since=None, limit=2)).entries] \
+    assert [e.data_json for e in (await store.read("k", since=None, limit=2)).entries] \
         == ["3", "4"]
-    assert (await store.history_read("k", since=None, limit=0)).entries == ()
-    trimmed = await store.history_read("k", since=first, limit=None)
+    assert (await store.read("k", since=None, limit=0)).entries == ()
+    trimmed = await store.read("k", since=first, limit=None)
     assert not recovered(first, trimmed)  # size 3: the second one is gone
-    recent = await store.history_read("k", since=offsets[2], limit=None)
+    recent = await store.read("k", since=offsets[2], limit=None)
     assert recovered(offsets[2], recent) and [e.id for e in recent.entries] == ["t3", "t4"]
-    assert (await store.history_read("none", since=0, limit=None)) == HistoryPage(0, 0, ())
+    assert (await store.read("none", since=0, limit=None)) == HistoryPage(0, 0, ())
     # the entries expire after ttl; the sequence after the meta ttl
     now = time.monotonic()
     monkeypatch.setattr(time, "monotonic", lambda: now + 61)
-    expired = await store.history_read("k", since=offsets[-2], limit=None)
+    expired = await store.read("k", since=offsets[-2], limit=None)
     assert expired.top == offsets[-1] and expired.entries == ()
     assert not recovered(offsets[-2], expired)
     monkeypatch.setattr(time, "monotonic", lambda: now + 3601)
-    assert (await store.history_read("k", since=0, limit=None)).top == 0
-    restarted = (await store.history_append([("k", rule)], "t", "0", 3600))["k"]
+    assert (await store.read("k", since=0, limit=None)).top == 0
+    restarted = (await store.append([("k", rule)], "t", "0", 3600))["k"]
     assert restarted > offsets[-1]  # a new sequence starts above the old one
 
 
 async def test_memory_store_trigger_id_records_once(monkeypatch):
     """A client-supplied trigger id (once_ttl): a retry reuses the offsets it got; a room it
     was not recorded in yet is recorded; after once_ttl it is recorded again."""
-    store = MemoryStore()
+    store = MemoryHistory()
     rule = HistoryPolicy.from_setting(SETTING[:1]).rules[0]
-    first = await store.history_append([("a", rule)], "order-1", "1", 3600, once_ttl=10)
-    again = await store.history_append([("a", rule), ("b", rule)], "order-1", "1", 3600,
-                                       once_ttl=10)
+    first = await store.append([("a", rule)], "order-1", "1", 3600, once_ttl=10)
+    again = await store.append([("a", rule), ("b", rule)], "order-1", "1", 3600,
+                               once_ttl=10)
     assert again["a"] == first["a"] and again["b"] > 0
-    assert [e.id for e in (await store.history_read("a", since=None, limit=None)).entries] == [
+    assert [e.id for e in (await store.read("a", since=None, limit=None)).entries] == [
         "order-1"]
     now = time.monotonic()
     monkeypatch.setattr(time, "monotonic", lambda: now + 11)
-    later = await store.history_append([("a", rule)], "order-1", "1", 3600, once_ttl=10)
+    later = await store.append([("a", rule)], "order-1", "1", 3600, once_ttl=10)
     assert later["a"] == first["a"] + 1
 
 
 async def test_memory_store_resume_and_acks(monkeypatch):
-    store = MemoryStore()
-    await store.resume_save("k", "fp", "s", 10)
-    assert await store.resume_take("k", "other") is None
-    assert await store.resume_take("k", "fp") == "s"
-    assert await store.resume_take("k", "fp") is None
-    message = {"id": "m", "to": "/agent/bob", "from": "/service/s"}
-    await store.ack_store(message, 10, AckQuota())
-    assert await store.ack_pending("/agent/bob") == [message]
-    assert await store.ack_pending("/agent/eve") == []
-    await store.ack_hold("m", "c1")
-    await store.ack_hold("m", "c2")
-    assert await store.ack_confirm("m", "/agent/bob", "c1") == (False, None)
-    assert await store.ack_confirm("m", "/agent/eve", "c2") == (False, None)
-    assert await store.ack_confirm("m", "/agent/bob", "c2") == (True, "/service/s")
-    assert await store.ack_pending("/agent/bob") == []
-    await store.ack_store({**message, "id": "n"}, 10, AckQuota())
-    await store.ack_hold("n", "c1")
-    assert await store.ack_release("c1", "/agent/bob", ["n"]) == []
-    assert [m["id"] for m in await store.ack_pending("/agent/bob")] == ["n"]
+    resume, acks = MemoryResume(), MemoryAcks()
+    await resume.save("k", "fp", "s", 10)
+    assert await resume.take("k", "other") is None
+    assert await resume.take("k", "fp") == "s"
+    assert await resume.take("k", "fp") is None
+    message = DirectMessage("m", "room", "/agent/bob", "/service/s", "{}", "1", ack=True)
+    await acks.put(message, 10, AckQuota())
+    assert await acks.pending("/agent/bob") == [message]
+    assert await acks.pending("/agent/eve") == []
+    await acks.hold("m", "c1")
+    await acks.hold("m", "c2")
+    assert await acks.confirm("m", "/agent/bob", "c1") == (False, None)
+    assert await acks.confirm("m", "/agent/eve", "c2") == (False, None)
+    assert await acks.confirm("m", "/agent/bob", "c2") == (True, "/service/s")
+    assert await acks.pending("/agent/bob") == []
+    await acks.put(dataclasses.replace(message, id="n"), 10, AckQuota())
+    await acks.hold("n", "c1")
+    assert await acks.release("c1", "/agent/bob", ["n"]) == []
+    assert [m.id for m in await acks.pending("/agent/bob")] == ["n"]
     now = time.monotonic()
     monkeypatch.setattr(time, "monotonic", lambda: now + 11)
-    assert await store.ack_pending("/agent/bob") == []
+    assert await acks.pending("/agent/bob") == []

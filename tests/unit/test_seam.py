@@ -13,12 +13,13 @@ import uuid
 
 from channels.layers import InMemoryChannelLayer
 
-from broker.cluster import MemoryCluster
 from broker.codecs.jsoncodec import JsonCodec
 from broker.connection import Connection
 from broker.history import HistoryPolicy
-from broker.hub import Hub
+from broker.fanout.hub import Hub
+from broker.fanout.running import fanout_settings
 from broker.identity import identity_from_api
+from broker.stores import Stores
 from broker.session import Session, Subscribe
 
 ROOM = {"target": "chat", "customer": "1"}
@@ -45,7 +46,7 @@ class Recorder:
 
 async def make_connection() -> tuple[Hub, Connection, Recorder]:
     layer = InMemoryChannelLayer()
-    hub = Hub(layer, MemoryCluster("p1"))
+    hub = Hub(layer, Stores.memory("p1"), fanout_settings())
     await hub.start()  # the receive loop confirms group joins (Hub._join_group)
     transport = Recorder()
     conn = Connection(transport, JsonCodec(rich=True))
@@ -64,7 +65,7 @@ async def record(hub: Hub, data: int) -> dict:
 
     room = parse_room(ROOM)
     trigger_id = uuid.uuid4().hex
-    offsets = await hub.cluster.history_append([(room.key, POLICY.rules[0])], trigger_id,
+    offsets = await hub.stores.history.append([(room.key, POLICY.rules[0])], trigger_id,
                                                json.dumps(data), 3600)
     return {"type": "cb.trigger", "id": trigger_id, "rooms": [room.key],
             "data": json.dumps(data), "offsets": offsets}
@@ -74,7 +75,7 @@ async def test_replay_then_live_without_gap_or_duplicate():
     hub, conn, transport = await make_connection()
     old = [await record(hub, n) for n in range(4)]  # 0..3, before the client comes back
     since = old[0]["offsets"][next(iter(old[0]["offsets"]))]  # the client has trigger 0
-    real_read = hub.cluster.history_read
+    real_read = hub.stores.history.read
     late: list[dict] = []
 
     async def read_while_delivering(room_key, *, since, limit):
@@ -86,9 +87,9 @@ async def test_replay_then_live_without_gap_or_duplicate():
         hub.dispatch(late[0])
         return page
 
-    hub.cluster.history_read = read_while_delivering  # type: ignore[method-assign]
+    hub.stores.history.read = read_while_delivering  # type: ignore[method-assign]
     await conn.receive(Subscribe("s", ROOM, since=since))
-    hub.cluster.history_read = real_read  # type: ignore[method-assign]
+    hub.stores.history.read = real_read  # type: ignore[method-assign]
     hub.dispatch(await record(hub, 6))  # afterwards: straight through
     await conn.flush()
 

@@ -15,11 +15,12 @@ import threading
 from channels.layers import InMemoryChannelLayer
 
 from broker import errors
-from broker.cluster import MemoryCluster
 from broker.codecs.stomp import StompCodec, WatchPattern
 from broker.connection import Connection
-from broker.hub import MAX_WATCH_BACKLOG, Hub
+from broker.fanout.hub import MAX_WATCH_BACKLOG, Hub
+from broker.fanout.running import fanout_settings
 from broker.identity import client_room, identity_from_api
+from broker.stores import Stores
 from broker.session import Session, Subscription
 
 
@@ -44,7 +45,7 @@ def direct(n: int) -> dict:
 
 
 async def test_watchers_are_told_when_matching_falls_behind() -> None:
-    hub = Hub(InMemoryChannelLayer(), MemoryCluster("p1"))
+    hub = Hub(InMemoryChannelLayer(), Stores.memory("p1"), fanout_settings())
     await hub.start()
     transport = Recorder()
     conn = Connection(transport, StompCodec())

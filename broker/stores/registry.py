@@ -1,38 +1,34 @@
-"""What the cluster knows beyond fan-out: the registry of connections and rooms, wildcard masks.
+"""The cluster registry: which connections, rooms and destinations each process holds, each
+process's stats, and the wildcard masks in use (``broker.fanout.router`` routes by them).
 
-Two implementations of one interface:
+Two implementations of ``Registry``:
 
-- ``RedisCluster``: shared by every broker and TCP gate process on one Redis (the first URL of
-  BROKER_REDIS_URL). Each process writes its own keys and refreshes a heartbeat; entries of a
-  process that stops heartbeating are ignored once older than BROKER_REGISTRY_TTL and expire
-  from Redis soon after, so a crashed process leaves no ghosts.
-- ``MemoryCluster``: the same, inside one process, for the in-memory channel layer.
+- ``RedisRegistry``: shared by every broker and TCP gate process on one Redis. Each process
+  writes its own keys and refreshes a heartbeat; entries of a process that stops heartbeating
+  are ignored once older than BROKER_REGISTRY_TTL and expire from Redis soon after, so a
+  crashed process leaves no ghosts.
+- ``MemoryRegistry``: the same, inside one process, for the in-memory channel layer.
 
 Keys (``P`` = BROKER_KEY_PREFIX, ``proc`` = a process id):
   P:procs           zset  proc -> last heartbeat (Redis TIME, seconds with microseconds)
   P:conns:<proc>    hash  connection id -> JSON info (login, profile, transport, ...)
   P:rooms:<proc>    set   canonical keys of rooms with >=1 subscription in that process
   P:dest:<dest>     set   procs holding a connection that owns client destination <dest>
-  P:masks:<shape>   set   wildcard masks ever subscribed for a room shape (see hub.py)
+  P:masks:<shape>   set   wildcard masks ever subscribed for a room shape
+  P:stats           hash  proc -> JSON stats (the monitor console's)
 
 Masks are only ever added: a stale mask costs one PUBLISH nobody hears, never a lost message.
-
-Room history, resume states and acknowledged messages are stored by the same two classes; that
-part (its keys and scripts) is ``broker.store``'s, mixed in here.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 
-from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .errors import BrokerUnavailable
-from .store import MemoryStore, RedisStore, Store
+from .redis import RedisClient, text
 
 _LIVE_PROCS = """
 local t = redis.call('TIME')
@@ -75,37 +71,58 @@ return known and 1 or 0
 """
 
 
-class Cluster(Store):
-    """The interface; MemoryCluster is the reference implementation."""
+class Registry(Protocol):
+    """What the cluster knows of its processes; ``MemoryRegistry`` is the reference."""
 
     proc_id: str
 
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def masks(self, shape_keys: list[str]) -> dict[str, set[int]]: raise NotImplementedError
+    async def masks(self, shape_keys: list[str]) -> dict[str, set[int]]:
+        """The wildcard masks in use per shape, mask 0 (the room itself) always included."""
+        ...
+
     async def add_mask(self, shape_key: str, mask: int) -> None: ...
+
     async def register(self, conn_id: str, info: dict[str, Any], destination: str | None,
                        first_for_destination: bool) -> None: ...
+
     async def unregister(self, conn_id: str, destination: str | None,
                          last_for_destination: bool) -> None: ...
+
     async def update(self, infos: dict[str, dict[str, Any]], stats: dict[str, Any]) -> None:
         """Rewrite the given connections' entries and this process's stats."""
+        ...
+
     async def room_added(self, room_key: str) -> None: ...
+
     async def room_removed(self, room_key: str) -> None: ...
-    async def destination_exists(self, destination: str) -> bool: raise NotImplementedError
-    async def status(self) -> tuple[int, int]: raise NotImplementedError
-    async def connections(self) -> list[dict[str, Any]]: raise NotImplementedError
+
+    async def destination_exists(self, destination: str) -> bool:
+        """Some live process holds a connection owning ``destination``."""
+        ...
+
+    async def status(self) -> tuple[int, int]:
+        """Connections and distinct rooms of the live processes."""
+        ...
+
+    async def connections(self) -> list[dict[str, Any]]: ...
+
     async def heartbeat(self, infos: dict[str, dict[str, Any]], rooms: list[str],
                         destinations: list[str], stats: dict[str, Any],
                         masks: list[tuple[str, int]]) -> bool:
-        """Refresh this process's entries; False when Redis had lost them (restarted or
-        flushed), which means fan-out messages may have been lost too."""
-        raise NotImplementedError
-    async def stats(self) -> list[dict[str, Any]]: raise NotImplementedError
-    async def ping(self) -> bool: return True
+        """Refresh this process's entries; False when the registry had lost them (Redis
+        restarted or flushed), which means fan-out messages may have been lost too."""
+        ...
+
+    async def stats(self) -> list[dict[str, Any]]:
+        """Each live process's last stats."""
+        ...
+
+    async def leave(self) -> None:
+        """Remove this process's entries now (a stopping process), not after the TTL."""
+        ...
 
 
-class MemoryCluster(MemoryStore, Cluster):
+class MemoryRegistry:
     def __init__(self, proc_id: str) -> None:
         self.proc_id = proc_id
         self._masks: dict[str, set[int]] = {}
@@ -161,126 +178,103 @@ class MemoryCluster(MemoryStore, Cluster):
                         destinations: list[str], stats: dict[str, Any],
                         masks: list[tuple[str, int]]) -> bool:
         # The hub clears its dirty set on a heartbeat: take the fresh entries (subscription
-        # counts) here too, as the Redis cluster does.
-        for conn_id, info in infos.items():
-            if conn_id in self._conns:
-                self._conns[conn_id] = info
-        self._stats = stats
+        # counts) here too, as the Redis registry does.
+        await self.update(infos, stats)
         return True
 
     async def stats(self) -> list[dict[str, Any]]:
         return [self._stats] if self._stats else []
 
+    async def leave(self) -> None:
+        return None
 
-class RedisCluster(RedisStore, Cluster):
-    def __init__(self, proc_id: str, url: str, prefix: str, ttl: float) -> None:
+
+class RedisRegistry:
+    def __init__(self, client: RedisClient, proc_id: str, ttl: float) -> None:
+        self.client = client
         self.proc_id = proc_id
-        self.prefix = prefix
         self.ttl = ttl
-        self.redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
-        )
-        self._k_procs = f"{prefix}:procs"
-        self._k_conns = f"{prefix}:conns:{proc_id}"
-        self._k_rooms = f"{prefix}:rooms:{proc_id}"
-        self._k_stats = f"{prefix}:stats"
-        self._live = self.redis.register_script(_LIVE_PROCS)
-        self._status = self.redis.register_script(_STATUS)
-        self._dest_exists = self.redis.register_script(_DEST_EXISTS)
-        self._heartbeat = self.redis.register_script(_HEARTBEAT)
+        self._k_procs = client.key("procs")
+        self._k_conns = client.key("conns", proc_id)
+        self._k_rooms = client.key("rooms", proc_id)
+        self._k_stats = client.key("stats")
+        self._live = client.script(_LIVE_PROCS)
+        self._status = client.script(_STATUS)
+        self._dest_exists = client.script(_DEST_EXISTS)
+        self._heartbeat = client.script(_HEARTBEAT)
         self._expire = max(int(ttl * 2), 2)
 
     def _dest_key(self, destination: str) -> str:
-        return f"{self.prefix}:dest:{destination}"
+        return self.client.key("dest", destination)
 
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"redis: {type(exc).__name__}: {exc}") from None
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self.redis.ping())
-        except (RedisError, OSError):
-            return False
-
-    async def stop(self) -> None:
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zrem(self._k_procs, self.proc_id)
-            pipe.delete(self._k_conns, self._k_rooms)
-            pipe.hdel(self._k_stats, self.proc_id)
-            await pipe.execute()
-        except (RedisError, OSError):
-            pass
-        await self.redis.aclose()
+    def _masks_key(self, shape_key: str) -> str:
+        return self.client.key("masks", shape_key)
 
     async def masks(self, shape_keys: list[str]) -> dict[str, set[int]]:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
         for s in shape_keys:
-            pipe.smembers(f"{self.prefix}:masks:{s}")
-        found = await self._call(pipe.execute())
-        return {s: {int(m) for m in ms} | {0} for s, ms in zip(shape_keys, found)}
+            pipe.smembers(self._masks_key(s))
+        found = await self.client.call(pipe.execute())
+        return {s: {int(m) for m in ms} | {0} for s, ms in zip(shape_keys, found, strict=True)}
 
     async def add_mask(self, shape_key: str, mask: int) -> None:
-        await self._call(self.redis.sadd(f"{self.prefix}:masks:{shape_key}", mask))
+        await self.client.call(self.client.redis.sadd(self._masks_key(shape_key), mask))
 
     async def register(self, conn_id: str, info: dict[str, Any], destination: str | None,
                        first_for_destination: bool) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
         pipe.hset(self._k_conns, conn_id, json.dumps(info))
         pipe.expire(self._k_conns, self._expire)
         if destination and first_for_destination:
             pipe.sadd(self._dest_key(destination), self.proc_id)
             pipe.expire(self._dest_key(destination), self._expire)
-        await self._call(pipe.execute())
+        await self.client.call(pipe.execute())
 
     async def unregister(self, conn_id: str, destination: str | None,
                          last_for_destination: bool) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
         pipe.hdel(self._k_conns, conn_id)
         if destination and last_for_destination:
             pipe.srem(self._dest_key(destination), self.proc_id)
-        await self._call(pipe.execute())
+        await self.client.call(pipe.execute())
 
     async def update(self, infos: dict[str, dict[str, Any]], stats: dict[str, Any]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
         if infos:
             pipe.hset(self._k_conns, mapping={k: json.dumps(v) for k, v in infos.items()})
         pipe.hset(self._k_stats, self.proc_id, json.dumps(stats))
-        await self._call(pipe.execute())
+        await self.client.call(pipe.execute())
 
     async def room_added(self, room_key: str) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
         pipe.sadd(self._k_rooms, room_key)
         pipe.expire(self._k_rooms, self._expire)
-        await self._call(pipe.execute())
+        await self.client.call(pipe.execute())
 
     async def room_removed(self, room_key: str) -> None:
-        await self._call(self.redis.srem(self._k_rooms, room_key))
+        await self.client.call(self.client.redis.srem(self._k_rooms, room_key))
 
     async def destination_exists(self, destination: str) -> bool:
-        found = await self._call(self._dest_exists(
+        found = await self.client.call(self._dest_exists(
             keys=[self._dest_key(destination), self._k_procs], args=[self.ttl]))
         return bool(found)
 
     async def status(self) -> tuple[int, int]:
-        conns, rooms = await self._call(self._status(
-            keys=[self._k_procs], args=[self.ttl, self.prefix]))
+        conns, rooms = await self.client.call(self._status(
+            keys=[self._k_procs], args=[self.ttl, self.client.prefix]))
         return int(conns), int(rooms)
 
     async def _live_procs(self) -> list[str]:
-        procs = await self._call(self._live(keys=[self._k_procs], args=[self.ttl]))
-        return [p.decode() if isinstance(p, bytes) else p for p in procs]
+        procs = await self.client.call(self._live(keys=[self._k_procs], args=[self.ttl]))
+        return [text(p) for p in procs]
 
     async def connections(self) -> list[dict[str, Any]]:
         procs = await self._live_procs()
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
         for p in procs:
-            pipe.hvals(f"{self.prefix}:conns:{p}")
+            pipe.hvals(self.client.key("conns", p))
         out: list[dict[str, Any]] = []
-        for values in await self._call(pipe.execute()):
+        for values in await self.client.call(pipe.execute()):
             out.extend(json.loads(v) for v in values)
         return out
 
@@ -289,9 +283,9 @@ class RedisCluster(RedisStore, Cluster):
                         masks: list[tuple[str, int]]) -> bool:
         """Refresh liveness and re-assert this process's whole state, masks included: a Redis
         that restarted empty is whole again within one heartbeat."""
-        known = await self._call(
+        known = await self.client.call(
             self._heartbeat(keys=[self._k_procs], args=[self.proc_id, self.ttl]))
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=True)
         pipe.delete(self._k_conns, self._k_rooms)
         if infos:
             pipe.hset(self._k_conns, mapping={k: json.dumps(v) for k, v in infos.items()})
@@ -303,21 +297,22 @@ class RedisCluster(RedisStore, Cluster):
             pipe.sadd(self._dest_key(d), self.proc_id)
             pipe.expire(self._dest_key(d), self._expire)
         for shape_key, mask in masks:
-            pipe.sadd(f"{self.prefix}:masks:{shape_key}", mask)
+            pipe.sadd(self._masks_key(shape_key), mask)
         pipe.hset(self._k_stats, self.proc_id, json.dumps(stats))
-        await self._call(pipe.execute())
+        await self.client.call(pipe.execute())
         return bool(known)
 
     async def stats(self) -> list[dict[str, Any]]:
         procs = set(await self._live_procs())
-        raw = await self._call(self.redis.hgetall(self._k_stats))
-        out = []
-        for proc, value in raw.items():
-            proc = proc.decode() if isinstance(proc, bytes) else proc
-            if proc in procs:
-                out.append(json.loads(value))
-        return out
+        raw = await self.client.call(self.client.redis.hgetall(self._k_stats))
+        return [json.loads(value) for proc, value in raw.items() if text(proc) in procs]
 
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    async def leave(self) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(self._k_procs, self.proc_id)
+            pipe.delete(self._k_conns, self._k_rooms)
+            pipe.hdel(self._k_stats, self.proc_id)
+            await pipe.execute()
+        except (RedisError, OSError):
+            pass  # entries of a process that stopped heartbeating are ignored after the TTL

@@ -1,0 +1,58 @@
+"""What the cluster stores, one noun per module, gathered in one ``Stores`` value.
+
+- ``registry``: which process holds which connections, rooms and destinations; wildcard masks;
+  each process's stats (``broker.stores.registry``).
+- ``history``: each recorded room's triggers and offsets (``broker.stores.history``).
+- ``resume``: closed connections' subscriptions, kept for their resume tokens
+  (``broker.stores.resume``).
+- ``acks``: acknowledged direct messages until confirmed (``broker.stores.acks``).
+
+Each is a small ``Protocol`` with a memory implementation (the in-memory channel layer: one
+process) and a Redis one. The Redis ones share one ``RedisClient`` (``broker.stores.redis``:
+one connection pool, the mapping of its errors to ``BrokerUnavailable``, the Lua scripts), on
+the first URL of BROKER_REDIS_URL. Which one a process uses is decided once, where the hub is
+built from the settings (``broker.fanout.running``); nothing below reads settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .acks import AckQuota, AckStore, MemoryAcks, RedisAcks
+from .history import HistoryStore, MemoryHistory, RedisHistory
+from .redis import RedisClient
+from .registry import MemoryRegistry, RedisRegistry, Registry
+from .resume import MemoryResume, RedisResume, ResumeStore
+
+__all__ = ["AckQuota", "AckStore", "HistoryStore", "Registry", "ResumeStore", "Stores"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    registry: Registry
+    history: HistoryStore
+    resume: ResumeStore
+    acks: AckStore
+    client: RedisClient | None = None  # the Redis they share; None in memory
+
+    @classmethod
+    def memory(cls, proc_id: str) -> Stores:
+        return cls(MemoryRegistry(proc_id), MemoryHistory(), MemoryResume(), MemoryAcks())
+
+    @classmethod
+    def redis(cls, proc_id: str, url: str, prefix: str, registry_ttl: float) -> Stores:
+        """Every store on one client: ``url``'s Redis, keys under ``prefix``; ``registry_ttl``
+        (BROKER_REGISTRY_TTL): how long a silent process's entries and holds count."""
+        client = RedisClient(url, prefix)
+        return cls(RedisRegistry(client, proc_id, registry_ttl), RedisHistory(client),
+                   RedisResume(client), RedisAcks(client, proc_id, registry_ttl), client)
+
+    async def ping(self) -> bool:
+        """Redis answers (always True in memory): /healthz."""
+        return True if self.client is None else await self.client.ping()
+
+    async def close(self) -> None:
+        """Leave the registry now (not after its TTL), then close the client."""
+        await self.registry.leave()
+        if self.client is not None:
+            await self.client.close()
