@@ -15,7 +15,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "broker",
-    "combroker",
+    "tcpgate",  # runtcpgate
+    "combroker",  # runbroker: the composition root, above broker and tcpgate
 ]
 
 MIDDLEWARE = [
