@@ -35,7 +35,7 @@ TEMPLATES = [{
 }]
 
 # The broker keeps no state in a database; the sidecar has none.
-DATABASES: dict = {}
+DATABASES: dict[str, dict[str, str]] = {}
 
 CHANNEL_LAYERS = channel_layers_setting()
 

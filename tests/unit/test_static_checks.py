@@ -1,11 +1,36 @@
-"""The house rules as tests: ruff is clean on the project's code, and the pure core (rooms/ and
-broker/session.py) passes mypy --strict."""
+"""The house rules as tests: ruff is clean on the project's code, and the strict set (the pure
+core -- rooms/ and broker/session.py -- the leaf modules, the composition root and the
+commands) passes mypy --strict."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# Checked with mypy --strict --follow-imports=silent. One path per line, sorted: a module that
+# is rewritten or typed joins here.
+STRICT = [
+    "broker/apps.py",
+    "broker/auth.py",
+    "broker/conf.py",
+    "broker/daphne_ext.py",
+    "broker/errors.py",
+    "broker/history.py",
+    "broker/httpguard.py",
+    "broker/identity.py",
+    "broker/logctx.py",
+    "broker/metrics.py",
+    "broker/model_events.py",
+    "broker/resume.py",
+    "broker/routing.py",
+    "broker/session.py",
+    "broker/urls.py",
+    "combroker",
+    "rooms",
+    "tcpgate/apps.py",
+    "tcpgate/management",
+]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -19,6 +44,7 @@ def test_ruff_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_strict_on_the_pure_core() -> None:
-    result = run("mypy", "--strict", "--follow-imports=silent", "rooms", "broker/session.py")
+def test_mypy_strict_on_the_strict_set() -> None:
+    assert STRICT == sorted(STRICT)
+    result = run("mypy", "--strict", "--follow-imports=silent", *STRICT)
     assert result.returncode == 0, result.stdout + result.stderr
