@@ -488,8 +488,9 @@ async def ingestion(target: BrokerTarget, cfg: argparse.Namespace) -> dict:
 
 def gate_works(src: Path) -> bool:
     """True when ``manage.py runtcpgate`` exists and speaks STOMP (checked on a real gate)."""
-    return (src / "tcpgate" / "server.py").exists() and (
-        src / "broker" / "management" / "commands" / "runtcpgate.py").exists()
+    commands = ("broker/management/commands", "tcpgate/management/commands")  # before/after 12
+    return (src / "tcpgate" / "server.py").exists() and any(
+        (src / where / "runtcpgate.py").exists() for where in commands)
 
 
 async def with_target(target: lib.Target, fn: Any) -> Any:

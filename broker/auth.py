@@ -101,9 +101,10 @@ def wire_value(value: str) -> bytes:
     return raw
 
 
-def forwarded_headers(creds: Credentials, forward: tuple[str, ...]) -> dict[str, bytes]:
+def forwarded_headers(creds: Credentials, forward: tuple[str, ...]) -> dict[bytes, bytes]:
     """The headers the auth API receives: only ones the client sent, or derived from them,
-    each as the bytes the client sent (``wire_value``; it raises InvalidHeaderValue)."""
+    each as the bytes the client sent (``wire_value``; it raises InvalidHeaderValue). Names
+    are ASCII bytes, as httpx would encode them."""
     out: dict[str, str] = {}
     for name, wire in (("cookie", "Cookie"), ("user-agent", "User-Agent"),
                        ("authorization", "Authorization")):
@@ -124,7 +125,7 @@ def forwarded_headers(creds: Credentials, forward: tuple[str, ...]) -> dict[str,
         out["X-Real-IP"] = creds.remote_addr
     if creds.token and "Authorization" not in out:
         out["Authorization"] = f"Token {creds.token}"
-    return {name: wire_value(value) for name, value in out.items()}
+    return {name.encode("ascii"): wire_value(value) for name, value in out.items()}
 
 
 class UnreadableAnswer(Exception):
@@ -228,7 +229,7 @@ class ApiProxy:
         metrics.auth_outcome("authorized", elapsed)
         return identity
 
-    async def _ask(self, headers: dict[str, bytes]) -> tuple[int, bytes]:
+    async def _ask(self, headers: dict[bytes, bytes]) -> tuple[int, bytes]:
         """The API's status and, for a 200, its body (bounded: ``read_bounded``)."""
         async with self._limit:
             self.in_flight += 1

@@ -210,11 +210,11 @@ def _parse(name: str, raw: Any, default: Any) -> Any:
         raise SettingError(name, f"a {type(raw).__name__}", "text")
     choices = _CHOICES.get(name)
     if choices is not None:
-        value = raw.strip()
-        value = value.upper() if choices is _LOG_LEVELS else value.lower()
-        if value not in choices:
+        word = raw.strip()
+        word = word.upper() if choices is _LOG_LEVELS else word.lower()
+        if word not in choices:
             raise SettingError(name, f"{raw[:40]!r} is not one of them", ", ".join(choices))
-        return value
+        return word
     return raw
 
 

@@ -187,7 +187,9 @@ def _patch_protocol(cls: Any) -> None:
                 phrase = HTTPStatus(status).phrase
             except ValueError:
                 phrase = "Refused"
-            self.handshake_deferred.errback(ConnectionDeny(code=status, reason=body or phrase))
+            # autobahn is not annotated: its ConnectionDeny(code, reason) is an untyped call.
+            denial = ConnectionDeny(code=status, reason=body or phrase)  # type: ignore[no-untyped-call]
+            self.handshake_deferred.errback(denial)
             del self.handshake_deferred
             self.server.protocol_disconnected(self)
             self.server.log_action("websocket", "rejected", {

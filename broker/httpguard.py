@@ -23,17 +23,19 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .conf import conf
 
 UNAUTHORIZED = "missing or wrong trigger token"
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
+# ASGI's shapes as Django's handler declares them: the scope and the messages received are
+# dicts; what is sent may be any mapping.
+Scope = dict[str, Any]
+Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
 def trigger_token_ok(header: str) -> bool:
@@ -154,7 +156,7 @@ class BodyGuard:
                     return {"type": "http.disconnect"}
             return message
 
-        async def sending(message: Message) -> None:
+        async def sending(message: Mapping[str, Any]) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True

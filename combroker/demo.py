@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -25,7 +26,7 @@ CHAT_ANY = {"target": "chat", "customer": "*"}
 NEWS = {"target": "news"}
 
 # token -> what the demo auth API answers for it (PROTOCOL §2.1)
-DEMO_USERS: dict[str, dict] = {
+DEMO_USERS: dict[str, dict[str, Any]] = {
     "alice": {"login_id": "alice", "profile": "agent",
               "allowed_rooms": [{"target": "chat", "customer": "1"}, NEWS]},
     "bob": {"login_id": "bob", "profile": "agent",
@@ -68,13 +69,13 @@ async def demo_trigger(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"id": trigger_id}, status=202)
 
 
-def demo_page(request: HttpRequest) -> HttpResponse:
+def demo_page(request: HttpRequest) -> FileResponse:
     _demo_only()
     return FileResponse(open(STATIC_DIR / "combroker" / "demo.html", "rb"),
                         content_type="text/html; charset=utf-8")
 
 
-def com_broker_page(request: HttpRequest) -> HttpResponse:
+def com_broker_page(request: HttpRequest) -> FileResponse:
     """The Communication Broker JS API page (broker/static/combroker/com-broker.html): its
     client API over the ``stomp`` subprotocol with a static-key login (needs BROKER_APP_KEY)."""
     _demo_only()
@@ -82,12 +83,12 @@ def com_broker_page(request: HttpRequest) -> HttpResponse:
                         content_type="text/html; charset=utf-8")
 
 
-def admin_console(request: HttpRequest) -> HttpResponse:
+def admin_console(request: HttpRequest) -> FileResponse:
     """The monitor console (broker/static/combroker/admin.html). Not demo-only: it is a static page
     that talks to /ws/ with the admin's own token, so it needs no server-side state."""
     return FileResponse(open(STATIC_DIR / "combroker" / "admin.html", "rb"),
                         content_type="text/html; charset=utf-8")
 
 
-def static_file(request: HttpRequest, path: str) -> HttpResponse:
+def static_file(request: HttpRequest, path: str) -> FileResponse:
     return serve(request, path, document_root=str(STATIC_DIR))

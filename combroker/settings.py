@@ -15,7 +15,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "broker",
-    "combroker",
+    "tcpgate",  # runtcpgate
+    "combroker",  # runbroker: the composition root, above broker and tcpgate
 ]
 
 MIDDLEWARE = [
@@ -34,7 +35,7 @@ TEMPLATES = [{
 }]
 
 # The broker keeps no state in a database; the sidecar has none.
-DATABASES: dict = {}
+DATABASES: dict[str, dict[str, str]] = {}
 
 CHANNEL_LAYERS = channel_layers_setting()
 

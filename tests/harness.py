@@ -9,6 +9,7 @@ Contents
 - ``RedisServer``  -- a private redis-server on a free port (stop/restart/freeze for outage tests)
 - ``AuthAPI``      -- a real threaded HTTP server standing in for ``GET /api/bootstrap/``
 - ``BrokerProcess``-- the broker (``daphne combroker.asgi:application``) as a subprocess
+  (``metric`` / ``until_metric``: a series of its ``GET /metrics``, read or waited for)
 - WebSocket helpers on ``websockets.asyncio.client``: ``ws_connect``, ``ws_open``,
   ``recv_json``, ``recv_text``, ``recv_frame``, ``recv_until``, ``expect_nothing``,
   ``send_json``, ``close_code``
@@ -25,6 +26,7 @@ import http.server
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -987,6 +989,26 @@ class BrokerProcess:
     def get(self, path: str, **kw: Any) -> httpx.Response:
         kw.setdefault("timeout", 10.0)
         return httpx.get(self.base_url + path, trust_env=False, **kw)
+
+    def metric(self, name: str) -> float | None:
+        """The value of the unlabelled series ``name`` in ``GET /metrics`` (None: absent)."""
+        found = re.search(rf"^{re.escape(name)} (\S+)$", self.get("/metrics").text, re.M)
+        return None if found is None else float(found.group(1))
+
+    async def until_metric(self, name: str, value: float, timeout: float = 5.0) -> None:
+        """Wait until ``GET /metrics`` shows ``name`` at ``value``: the observable end of
+        something the process does on its own time. ``combroker_connections`` back to 0, say,
+        means every connection has finished closing (the driver saves its resume state
+        before the hub detaches it, which is what sets the gauge)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            last = await asyncio.to_thread(self.metric, name)
+            if last == value:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: {name} is {last}, not {value}, after "
+                                     f"{timeout}s")
+            await asyncio.sleep(0.02)
 
     def trigger(self, rooms: Any, data: Any = None, token: str | None = None,
                 **kw: Any) -> httpx.Response:

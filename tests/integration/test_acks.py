@@ -35,9 +35,10 @@ def pair(broker_factory, auth_api, redis_server, unique):
     return make
 
 
-async def test_offline_agent_redelivery_confirm(pair, unique):
+async def test_offline_agent_redelivery_confirm(pair, redis_server, unique):
     a, b = pair()
     bob = f"/agent/bob-{unique}"
+    r = redis_server.client()
     sender, _ = await ws_open(a.ws_url, token="billing", subprotocols=RICH)
 
     # plain send to an offline client: fire-and-forget, refused
@@ -48,6 +49,7 @@ async def test_offline_agent_redelivery_confirm(pair, unique):
                                "ack": True, "requestId": 2})
     assert reply["code"] == "success" and reply["requestId"] == 2
     message_id = reply["id"]
+    holders, stored = f"acks-{unique}:ack:h:{message_id}", f"acks-{unique}:ack:m:{message_id}"
     expected = {"type": "message", "from": "/service/billing", "to": bob,
                 "data": {"invoice": 7}, "id": message_id, "ack": True}
 
@@ -56,9 +58,10 @@ async def test_offline_agent_redelivery_confirm(pair, unique):
     assert welcome["type"] == "welcome"
     assert await recv_json(ws) == expected
     await expect_nothing(ws)
+    await _wait_for(lambda: r.scard(holders) == 1, what="the hold recorded in Redis")
     # not confirmed before a reconnect: delivered again
     await ws.close()
-    await asyncio.sleep(0.3)
+    await _wait_for(lambda: r.scard(holders) == 0, what="the closed connection's hold released")
     ws, _ = await ws_open(a.ws_url, token="bob", subprotocols=RICH)
     assert await recv_json(ws) == expected
     # confirmed: the sender hears it, wherever it is
@@ -66,7 +69,7 @@ async def test_offline_agent_redelivery_confirm(pair, unique):
         "code": "success", "requestId": "c"}
     assert await recv_json(sender) == {"type": "confirmed", "id": message_id, "to": bob}
     await ws.close()
-    await asyncio.sleep(0.3)
+    await _wait_for(lambda: not r.exists(stored, holders), what="the message removed")
     # and it stops
     ws, _ = await ws_open(b.ws_url, token="bob", subprotocols=RICH)
     await expect_nothing(ws, 0.5)
@@ -81,8 +84,9 @@ async def test_offline_agent_redelivery_confirm(pair, unique):
     await sender.close()
 
 
-async def test_every_connection_confirms_and_live_delivery(pair, unique):
+async def test_every_connection_confirms_and_live_delivery(pair, redis_server, unique):
     a, b = pair()
+    r = redis_server.client()
     bob = f"/agent/bob-{unique}"
     tab1, _ = await ws_open(a.ws_url, token="bob", subprotocols=RICH)
     tab2, _ = await ws_open(b.ws_url, token="bob")  # High-templar dialect confirms too
@@ -119,7 +123,8 @@ async def test_every_connection_confirms_and_live_delivery(pair, unique):
     assert (await recv_json(tab1))["id"] == third
     assert (await ask(tab1, {"type": "confirm", "id": third}))["code"] == "success"
     await tab1.close()
-    await asyncio.sleep(0.3)
+    await _wait_for(lambda: not r.exists(f"acks-{unique}:ack:m:{third}"),
+                    what="the third message removed")
     tab3, _ = await ws_open(a.ws_url, token="bob", subprotocols=RICH)
     await expect_nothing(tab3, 0.5)
     await tab3.close()
@@ -131,7 +136,7 @@ async def test_unconfirmed_message_expires(pair, unique):
     sender, _ = await ws_open(a.ws_url, token="billing", subprotocols=RICH)
     assert (await ask(sender, {"type": "send", "to": bob, "data": 1, "ack": True}))[
         "code"] == "success"
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.5)  # on purpose: BROKER_ACK_TTL (1 s) passes, stored since the reply
     ws, _ = await ws_open(b.ws_url, token="bob", subprotocols=RICH)
     await expect_nothing(ws, 0.5)
     await ws.close()

@@ -65,7 +65,7 @@ async def test_ten_missed_triggers_come_back_on_the_other_process(cluster, uniqu
     before = await recv_many(ws, 2)
     last = before[-1]["offset"]
     await ws.close()
-    await asyncio.sleep(0.3)  # the old process has saved the state
+    await a.until_metric("combroker_connections", 0)  # the old process has saved the state
 
     for n in range(10):
         await post(a, room, n)
@@ -103,7 +103,7 @@ async def test_resume_is_bound_to_the_identity_and_used_once(cluster, unique):
     token = welcome["resume_token"]
     await ask(ws, {"type": "subscribe", "room": room, "requestId": 1})
     await ws.close()
-    await asyncio.sleep(0.3)
+    await a.until_metric("combroker_connections", 0)  # the state is saved: "missed" is after
     await post(a, room, "missed")
 
     # another login with a stolen token gets nothing, and does not spoil it
@@ -123,7 +123,7 @@ async def test_resume_is_bound_to_the_identity_and_used_once(cluster, unique):
     assert welcome["resumed"] is True
     assert (await recv_json(ws))["data"] == "missed"
     await ws.close()
-    await asyncio.sleep(0.3)
+    await b.until_metric("combroker_connections", 0)  # b has finished closing it
     # used: the second attempt finds nothing
     again, welcome = await ws_open(with_resume(a.ws_url, token), token="bob",
                                    subprotocols=RICH)
@@ -142,7 +142,8 @@ async def test_expired_resume_token(cluster, unique):
     ws, welcome = await ws_open(a.ws_url, token="bob", subprotocols=RICH)
     await ask(ws, {"type": "subscribe", "room": room, "requestId": 1})
     await ws.close()
-    await asyncio.sleep(1.5)
+    await a.until_metric("combroker_connections", 0)  # the state is saved ...
+    await asyncio.sleep(1.5)  # ... and then its BROKER_RESUME_TTL (1 s) passes, on purpose
     await post(a, room, "missed")
     ws, welcome = await ws_open(with_resume(b.ws_url, welcome["resume_token"]), token="bob",
                                 subprotocols=RICH)
@@ -160,9 +161,9 @@ async def test_resume_after_window_expired_reports_recovered_false(cluster, uniq
     await post(a, room, "seen")
     seen = (await recv_json(ws))["offset"]
     await ws.close()
-    await asyncio.sleep(0.2)
+    await a.until_metric("combroker_connections", 0)  # the state is saved: "lost" is after
     await post(a, room, "lost")
-    await asyncio.sleep(1.0)  # the history window (0.5 s) has passed
+    await asyncio.sleep(1.0)  # on purpose: the history window (0.5 s) passes
     ws, welcome = await ws_open(with_resume(b.ws_url, welcome["resume_token"]), token="bob",
                                 subprotocols=RICH)
     assert welcome["resumed"] is True
@@ -182,7 +183,7 @@ async def test_resume_on_one_in_memory_process(broker_factory, auth_api, unique)
     ws, welcome = await ws_open(broker.ws_url, token="bob", subprotocols=RICH)
     await ask(ws, {"type": "subscribe", "room": room, "requestId": "r"})
     await ws.close()
-    await asyncio.sleep(0.2)
+    await broker.until_metric("combroker_connections", 0)  # the state is saved
     for n in range(10):
         await post(broker, room, n)
     ws, welcome = await ws_open(with_resume(broker.ws_url, welcome["resume_token"]),
@@ -226,7 +227,11 @@ async def test_python_client_recovers_on_the_other_gate(broker_factory, auth_api
 
     client.port = free_port()  # nothing listens there: reconnecting fails for a while
     await asyncio.to_thread(gate_a.kill if crash else gate_a.stop)
-    await asyncio.sleep(0.3)
+    for _ in range(100):  # the client has seen gate A go: the 10 are published while it is away
+        if not client.connected:
+            break
+        await asyncio.sleep(0.05)
+    assert not client.connected
     for n in range(10):
         await post(web, room, n)
     client.port = gate_b.port
@@ -238,7 +243,7 @@ async def test_python_client_recovers_on_the_other_gate(broker_factory, auth_api
     got = [await client.receive(5) for _ in range(10)]
     assert [m.data for m in got] == list(range(10))
     assert [m.offset for m in got] == list(range(before.offset + 1, before.offset + 11))
-    await asyncio.sleep(0.3)
+    await client.ping()  # a round trip: gate B has handled what the client sent (re-subscribe)
     await post(web, room, "live")
     assert (await client.receive(5)).data == "live"
     with pytest.raises(asyncio.TimeoutError):

@@ -114,6 +114,8 @@ def test_heartbeats_negotiated(broker_factory, auth_api, unique):
     gate = start_gate(broker_factory, auth_api=auth_api, heartbeat_ms=500)
     conn, listener = stomp_client(gate.port, headers={"token": unique}, heartbeats=(500, 500))
     assert listener.next("connected").headers["heart-beat"] == "500,500"
+    # On purpose: a 2.5 s window, longer than the gate's silence limit (~2 periods + 1 s), in
+    # which it must beat at least twice and keep a client that beats as promised.
     time.sleep(2.5)
     assert listener.heartbeats >= 2, listener.heartbeats  # the gate beats every ~500 ms
     assert conn.is_connected()  # and tolerated ours
@@ -378,7 +380,7 @@ def test_slow_reader_is_dropped_and_memory_stays_bounded(broker_factory, auth_ap
     # warm up the code paths (the client still reads) before measuring
     assert web.trigger([room], "warm").status_code == 202
     assert slow.recv().body == b'"warm"'
-    time.sleep(0.5)
+    time.sleep(0.5)  # a quiet moment before the RSS baseline (a measurement, no server event)
     before = rss_kib(gate.pid)
     assert "closing as slow" not in gate.log()
     payload = "x" * 500_000
@@ -389,7 +391,7 @@ def test_slow_reader_is_dropped_and_memory_stays_bounded(broker_factory, auth_ap
                           json={"rooms": [room], "data": payload})
             assert r.status_code == 202
     # the gate closes it as slow (the outbox went over 1 MiB) ...
-    time.sleep(3)
+    gate.wait_for_log("closing as slow", timeout=3)
     after = rss_kib(gate.pid)
     growth = after - before
     print(f"\ngate VmRSS before {before} KiB, after 50 MB sent to a slow reader {after} KiB "

@@ -4,20 +4,24 @@ Production runs M of these next to N daphne processes, all on one BROKER_REDIS_U
 shares the hub and the channel layer with them, so triggers and messages cross between
 WebSocket and TCP clients. SIGTERM/SIGINT stop accepting and close every connection with
 ``going-away`` once its outbox is written (``broker.shutdown``, BROKER_SHUTDOWN_GRACE).
+
+The command belongs to the ``tcpgate`` app (``"tcpgate"`` in INSTALLED_APPS): the gate sits
+above the broker, which never imports it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 
 class Command(BaseCommand):
     help = "Run the TCP gate: STOMP 1.2, Communication Broker framing and JSON lines (+TLS)."
 
-    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=61613)
         parser.add_argument("--certfile", help="PEM certificate (chain): serve TLS")
@@ -26,10 +30,10 @@ class Command(BaseCommand):
                             help="STOMP heart-beat period offered (default "
                                  "BROKER_STOMP_HEARTBEAT_MS)")
 
-    def handle(self, *args, **opts) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **opts: Any) -> None:
         asyncio.run(self.serve(opts))
 
-    async def serve(self, opts: dict) -> None:  # type: ignore[type-arg]
+    async def serve(self, opts: dict[str, Any]) -> None:
         from broker.hub import get_hub
         from tcpgate.server import start_server
 

@@ -3,26 +3,31 @@
 With no BROKER_REDIS_URL it uses the in-memory layer; with no BROKER_AUTH_URL it serves the
 built-in demo auth API and points itself at it; with no BROKER_TRIGGER_TOKEN it generates one
 and prints it.
+
+It lives in ``combroker``, the composition root, because it composes both halves: the broker
+(WebSocket + /trigger) and the TCP gate (``--tcp-port``). ``broker`` never imports ``tcpgate``
+(the import-linter contract in pyproject.toml); only this layer above both may.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 
 class Command(BaseCommand):
     help = "Run the broker (WebSocket + /trigger) in one daphne process, with demo defaults."
 
-    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--tcp-port", type=int, default=61613,
                             help="TCP gate port (STOMP, Communication Broker, JSON lines); 0 = off")
 
-    def handle(self, *args, **opts) -> None:  # type: ignore[no-untyped-def]
+    def handle(self, *args: Any, **opts: Any) -> None:
         # daphne.server installs the asyncio Twisted reactor on import; it must come first.
         from daphne.endpoints import build_endpoint_description_strings
         from daphne.server import Server
@@ -83,5 +88,4 @@ class Command(BaseCommand):
             except OSError as exc:
                 self.stderr.write(f"TCP gate not started on port {port}: {exc}")
 
-        reactor.callWhenRunning(  # type: ignore[attr-defined]
-            lambda: asyncio.get_event_loop().create_task(start()))
+        reactor.callWhenRunning(lambda: asyncio.get_event_loop().create_task(start()))
