@@ -52,6 +52,7 @@ from .history import HistoryEntry, merge_seam, recovered
 from .hub import Hub, get_hub
 from .identity import Identity, client_room, parse_address
 from .limits import Verdict, make_bucket
+from .messages import Confirmed, DirectMessage, Trigger, from_wire
 from .session import (
     AdminAction,
     AdminResult,
@@ -193,8 +194,10 @@ class Connection:
             except BrokerUnavailable as exc:
                 log.warning("conn %s: pending acknowledged messages not read: %s", self.id, exc)
                 pending = []
-            for message in pending:
-                self.deliver_acked(message)
+            for stored in pending:
+                message = from_wire(stored)
+                if isinstance(message, DirectMessage):
+                    self._deliver_acked(message)
         return identity
 
     async def _authenticate(self, creds: Credentials) -> Identity:
@@ -464,6 +467,52 @@ class Connection:
         self._recount_held()
         for _trigger_id, offset, frame in live:
             self.push(frame, (sub, offset) if offset is not None else None)
+
+    # ------------------------------------------------------------ deliveries (the Receiver seam)
+
+    def deliver(self, sub: Subscription, trigger: Trigger, room_key: str,
+                offset: int | None) -> None:
+        """One trigger for ``sub`` (the hub matched and deduped it), shown under ``room_key``
+        with that room's history ``offset`` (None: not recorded there). Held while ``sub``'s
+        replay is read; dropped when the replay already sent it; else queued, with a mark when
+        the offset is of the subscription's own room (its resume position once written)."""
+        if offset is None:
+            frame = self.codec.publish(sub, trigger.data_json, room_key, trigger.id)
+            if sub.buffer is None:
+                self.push(frame)  # the common case: a live trigger, no history
+            else:
+                self.hold(sub, (trigger.id, None, frame))
+            return
+        frame = self.codec.publish(sub, trigger.data_json, room_key, trigger.id, offset=offset)
+        if sub.buffer is not None:
+            self.hold(sub, (trigger.id, offset, frame))
+        elif room_key == sub.room.key:
+            if sub.replayed is not None and offset <= sub.replayed:
+                return  # already sent by the replay (its live copy came late)
+            self.push(frame, (sub, offset))
+        else:
+            self.push(frame)
+
+    def deliver_message(self, message: DirectMessage) -> None:
+        """A direct message to this connection's own destination."""
+        if message.ack:
+            self._deliver_acked(message)
+        else:
+            self.push(self.codec.message(message))
+
+    def deliver_watched(self, sub: Subscription, message: DirectMessage) -> None:
+        """A watcher's copy of a direct message (``sub`` watches ``message.room``)."""
+        frame = self.codec.watched(sub, message)
+        if sub.buffer is not None:
+            self.hold(sub, (message.id, None, frame))
+        else:
+            self.push(frame)
+
+    def deliver_confirmed(self, event: Confirmed) -> None:
+        """To a sender: its acknowledged message was confirmed (dialects that show it)."""
+        encode = getattr(self.codec, "confirmed", None)
+        if encode is not None:
+            self.push(encode(event))
 
     # ------------------------------------------------------------ lost live frames
 
@@ -757,9 +806,9 @@ class Connection:
         except Exception as exc:  # noqa: BLE001 - closing goes on; the client re-subscribes
             log.warning("conn %s: resume state not saved: %s", self.id, exc)
 
-    def deliver_acked(self, message: dict[str, Any]) -> None:
+    def _deliver_acked(self, message: DirectMessage) -> None:
         """An acknowledged message for this connection's login (live, or pending at open)."""
-        message_id = message["id"]
+        message_id = message.id
         if message_id in self._acked_ids or self._closing:
             return  # the live copy and the stored one of a message sent while opening
         self._acked_ids[message_id] = None

@@ -38,6 +38,7 @@ from ..auth import Credentials
 from ..identity import (
     Identity, Profile, parse_address, parse_destination, public_destination, public_room,
 )
+from ..messages import DirectMessage
 from ..session import (
     AdminResult, Disconnect, Error, Invalid, Ping, Pong, Publish, Reply, Request, Send,
     StatusInfo, Subscribe, Subscription, Success, Unsubscribe, UnsubscribeAll, dump_json,
@@ -425,20 +426,20 @@ class StompCodec:
         self._ack_header(headers, subscription)
         return self.encode(Frame("MESSAGE", headers, data_json.encode("utf-8")))
 
-    def watched(self, sub: Subscription, message: dict[str, Any]) -> str | bytes:
+    def watched(self, sub: Subscription, message: DirectMessage) -> str | bytes:
         """A watcher's copy of a direct message: shown as the message itself (§4.3)."""
         return self._message(message, str(sub.request_id))
 
-    def message(self, message: dict[str, Any]) -> str | bytes:
+    def message(self, message: DirectMessage) -> str | bytes:
         """A direct message to this client (its own destination)."""
         return self._message(message, self._inbox)
 
-    def _message(self, message: dict[str, Any], subscription: str | None) -> str | bytes:
-        text = message.get("text")
+    def _message(self, message: DirectMessage, subscription: str | None) -> str | bytes:
+        text = message.text
         if text is not None:  # a STOMP sender's body, with its content-type
-            body, content_type = text, str(message.get("content_type") or "text/plain")
+            body, content_type = text, message.content_type or "text/plain"
         else:
-            data_json = str(message["data"])
+            data_json = message.data_json
             if data_json.startswith('"'):
                 body, content_type = json.loads(data_json), "text/plain"
             else:
@@ -446,9 +447,9 @@ class StompCodec:
         headers: dict[str, str] = {}
         if subscription is not None:
             headers["subscription"] = subscription
-        headers["message-id"] = str(message["id"])
-        headers["destination"] = public_destination(str(message["to"]))
-        sender = message.get("from")
+        headers["message-id"] = message.id
+        headers["destination"] = public_destination(message.to)
+        sender = message.sender
         if sender:
             # Communication Broker clients know senders by login; STOMP ones by destination.
             target = parse_address(sender) if self.cb else None
@@ -456,7 +457,7 @@ class StompCodec:
         headers["content-type"] = content_type
         self._ack_header(headers, subscription)
         if self.cb:
-            headers["transaction"] = str(message["id"])
+            headers["transaction"] = message.id
         # "replace": a JSON string may hold an unpaired surrogate, which UTF-8 cannot carry
         return self.encode(Frame("MESSAGE", headers, body.encode("utf-8", "replace")))
 

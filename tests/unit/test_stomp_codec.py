@@ -12,6 +12,7 @@ from broker.codecs.stomp import MAX_PATTERN, StompCodec, WatchPattern
 from broker.codecs.jsoncodec import JsonCodec
 from broker.codecs.stompframe import CBFramer, Frame, StompParser, encode_frame, parse_frame
 from broker.identity import Identity, identity_from_api, identity_from_static_keys
+from broker.messages import DirectMessage
 from broker.session import (
     Disconnect, Error, Invalid, JoinRoom, Ping, Pong, Publish, Send, Session, Subscribe,
     Subscription, Success, Unsubscribe, UnsubscribeAll, dump_json,
@@ -273,9 +274,10 @@ def _sub(rid: str, room: dict, pattern: str | None = None) -> Subscription:
                         pattern=WatchPattern(pattern) if pattern else None)
 
 
-def _direct(text: str | None = None, data_json: str = '{"n":1}') -> dict:
-    return {"id": "m1", "room": '{"client":"bob","profile":"agent"}', "to": "/agent/bob",
-            "from": "/service/billing", "message": "{}", "data": data_json, "text": text}
+def _direct(text: str | None = None, data_json: str = '{"n":1}',
+            content_type: str | None = None) -> DirectMessage:
+    return DirectMessage("m1", '{"client":"bob","profile":"agent"}', "/agent/bob",
+                         "/service/billing", "{}", data_json, text, content_type)
 
 
 def test_publish_frame():
@@ -400,10 +402,9 @@ def test_no_encoder_lets_a_login_split_a_frame(login):
     """A direct message from and to a login holding NUL, CR, LF, ':' or '\\' is one frame on
     every STOMP framing, and one line in the JSON dialects (JSON escapes control characters)."""
     sender, to = f"/agent/{login}", f"/agent/{login}2"
-    message = {"id": "m1", "room": dump_json({"client": login + "2", "profile": "agent"}),
-               "to": to, "from": sender, "data": '"hi"', "text": "hi",
-               "message": dump_json({"type": "message", "from": sender, "to": to, "data": "hi",
-                                     "id": "m1"})}
+    message = DirectMessage("m1", dump_json({"client": login + "2", "profile": "agent"}), to,
+                            sender, dump_json({"type": "message", "from": sender, "to": to,
+                                               "data": "hi", "id": "m1"}), '"hi"', "hi")
     for codec in (StompCodec(), StompCodec(text=True)):
         data = codec.message(message)
         raw = data.encode() if isinstance(data, str) else data
@@ -476,7 +477,7 @@ def test_communication_broker_dialect_has_no_ack_ids():
 
 
 def test_a_stomp_senders_content_type_reaches_stomp_receivers():
-    msg = {**_direct(text="<a/>"), "content_type": "application/xml"}
+    msg = _direct(text="<a/>", content_type="application/xml")
     assert out(StompCodec().message(msg)).headers["content-type"] == "application/xml"
     assert out(StompCodec().message(_direct(text="t"))).headers["content-type"] == "text/plain"
 
