@@ -39,7 +39,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -53,6 +53,7 @@ from .hub import Hub, get_hub
 from .identity import Identity, client_room, parse_address
 from .limits import Verdict, make_bucket
 from .messages import Confirmed, DirectMessage, Trigger, from_wire
+from .outbox import Outbox, Writer
 from .session import (
     AdminAction,
     AdminResult,
@@ -83,14 +84,15 @@ log = logging.getLogger("broker.connection")
 CLOSE_TIMEOUT = 5.0
 # Offsets of one history subscription queued past a gap that are remembered (_count_queued).
 _AHEAD_MAX = 256
-_STEPPING: Any = object()  # Connection._writer while a drain runs inside push()
 
 
-class Transport(Protocol):
+class Transport(Writer, Protocol):
+    """A transport as the driver sees it: the outbox writes through ``write_now`` and
+    ``writable`` (broker.outbox.Writer), and the driver closes it."""
+
     name: str  # "websocket" or "tcp"
     remote_addr: str | None
 
-    async def write(self, frame: str | bytes) -> None: ...
     async def close(self, code: int, reason: str) -> None: ...
 
 
@@ -107,11 +109,11 @@ class Connection:
         self.session: Session | None = None
         self.hub: Hub | None = None
         self.connected_at = time.time()
-        self._outbox: deque[str | bytes] = deque()
-        self._outbox_bytes = 0
         self._max_outbox = conf().BROKER_MAX_OUTBOX_BYTES
+        self._outbox: Outbox[tuple[Subscription, int]] = Outbox(
+            transport, self._max_outbox, on_overflow=self._overflowed, on_written=self._written,
+            name=self.id)
         self._bucket = make_bucket(conf().BROKER_RATE_LIMIT, conf().BROKER_RATE_BURST)
-        self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._lock = asyncio.Lock()
         # Issue 8. The token handed out in the welcome (rich dialect), and whether a presented
@@ -124,10 +126,6 @@ class Connection:
         self._held_bytes = 0
         # Run after the current reply (or the welcome) is queued: history replays.
         self._follow_ups: list[Callable[[], None]] = []
-        # Frames queued and written so far; marks move a subscription's offset once written.
-        self._pushed = 0
-        self._written = 0
-        self._marks: deque[tuple[int, Subscription, int]] = deque()
         # Acknowledged messages: delivered here (for dedupe while opening), and still owed.
         self._acked_ids: OrderedDict[str, None] = OrderedDict()
         self._owed: set[str] = set()
@@ -559,7 +557,7 @@ class Connection:
         sub.buffer.append(entry)
         self._holding.add(sub)
         self._holding_bytes += len(entry[2])
-        if self._holding_bytes + self._outbox_bytes <= self._max_outbox:
+        if self._holding_bytes + self._outbox.queued_bytes <= self._max_outbox:
             return
         dropped = 0
         for lost in self._recovering:
@@ -572,7 +570,7 @@ class Connection:
                         "dropped (over BROKER_MAX_OUTBOX_BYTES); the resync replays the "
                         "recorded ones", self.id, dropped)
             self._recount_held()
-        if self._holding_bytes + self._outbox_bytes > self._max_outbox:
+        if self._holding_bytes + self._outbox.queued_bytes > self._max_outbox:
             metrics.drop("slow", sum(len(s.buffer or ()) for s in self._holding))
             log.warning("conn %s: over %d bytes owed while a replay is read, closing as slow",
                         self.id, self._max_outbox)
@@ -676,76 +674,24 @@ class Connection:
                 self._held, self._held_bytes = [], 0
                 self.close_soon(disconnect.SLOW)
             return
-        self._outbox.append(frame)
-        self._outbox_bytes += len(frame)
-        self._pushed += 1
         if mark is not None:
-            self._marks.append((self._pushed, mark[0], mark[1]))
             self._count_queued(mark[0], mark[1])
-        if self._outbox_bytes > self._max_outbox:
-            metrics.drop("slow", len(self._outbox))
-            log.warning("conn %s: outbox over %d bytes, closing as slow", self.id,
-                        self._max_outbox)
-            self._outbox.clear()
-            self._outbox_bytes = 0
-            self.close_soon(disconnect.SLOW)
-            return
-        if self._writer is None:
-            self._writer = _STEPPING  # no second drain may start while this one is stepped
-            self._writer = self._drain_eagerly()
+        self._outbox.push(frame, mark)
 
-    def _drain_eagerly(self) -> asyncio.Future[None] | None:
-        """Run ``_drain`` at once, inside ``push``: a transport that takes the frames without
-        waiting (the usual case, under uvicorn and daphne) has them written with no task created.
-        One task per delivery was a quarter of the CPU of a broadcast (docs/performance.md).
-        Only a drain that must wait (backpressure) continues in a task."""
-        drain = self._drain()
-        try:
-            waiting_on = drain.send(None)
-        except StopIteration:
-            return None
-        return asyncio.ensure_future(self._continue(drain, waiting_on))
+    def _overflowed(self, dropped: int) -> None:
+        metrics.drop("slow", dropped)
+        log.warning("conn %s: outbox over %d bytes, closing as slow", self.id, self._max_outbox)
+        self.close_soon(disconnect.SLOW)
 
-    async def _continue(self, drain: Any, waiting_on: Any) -> None:
-        """Drive a suspended ``_drain`` coroutine to its end, as a Task would: wait for what it
-        waits on, then resume it (an awaited future's result or error reaches it on resume)."""
-        logctx.conn_id.set(self.id)
-        while True:
-            try:
-                if waiting_on is None:
-                    await asyncio.sleep(0)  # a bare yield
-                else:
-                    await asyncio.wait([waiting_on])
-            except asyncio.CancelledError:
-                drain.close()  # runs its finally: the writer is gone
-                raise
-            try:
-                waiting_on = drain.send(None)
-            except StopIteration:
-                return
-
-    async def _drain(self) -> None:
-        try:
-            while self._outbox:
-                frame = self._outbox.popleft()
-                self._outbox_bytes -= len(frame)
-                await self.transport.write(frame)
-                self._written += 1
-                marks = self._marks
-                while marks and marks[0][0] <= self._written:
-                    _n, sub, offset = marks.popleft()
-                    if sub.offset is None or offset > sub.offset:
-                        sub.offset = offset
-        except Exception as exc:  # noqa: BLE001 - a dead transport: the close path follows
-            log.info("conn %s: write failed: %s", self.id, type(exc).__name__)
-        finally:
-            self._writer = None
+    @staticmethod
+    def _written(mark: tuple[Subscription, int]) -> None:
+        """A frame with a position was written: its subscription resumes after it."""
+        sub, offset = mark
+        if sub.offset is None or offset > sub.offset:
+            sub.offset = offset
 
     async def flush(self) -> None:
-        while self._writer is not None:
-            await asyncio.sleep(0)
-            if self._writer is not None:
-                await asyncio.wait([self._writer])
+        await self._outbox.flush()
 
     @property
     def closing(self) -> bool:
@@ -760,16 +706,13 @@ class Connection:
 
     async def _close(self, code: int, reason: str) -> None:
         logctx.conn_id.set(self.id)
-        if code == errors.CLOSE_SLOW and self._writer is not None:
-            # The writer waits for a reader that stopped reading (a transport whose write
-            # awaits drain, like the TCP gate's, or the WebSocket one's): flushing would
-            # wait forever.
-            self._writer.cancel()
+        if code == errors.CLOSE_SLOW:
+            # The outbox waits for a reader that stopped reading: flushing would wait forever.
+            self._outbox.close()
         try:
             await asyncio.wait_for(self.flush(), CLOSE_TIMEOUT)
         except TimeoutError:
-            if self._writer is not None:
-                self._writer.cancel()
+            self._outbox.close()
             log.info("conn %s: outbox not written out within %.0f s, closing anyway", self.id,
                      CLOSE_TIMEOUT)
         try:

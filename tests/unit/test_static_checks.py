@@ -20,5 +20,9 @@ def test_ruff_clean() -> None:
 
 
 def test_mypy_strict_on_the_pure_core() -> None:
-    result = run("mypy", "--strict", "--follow-imports=silent", "rooms", "broker/session.py")
+    result = run("mypy", "--strict", "--follow-imports=silent",
+                 "broker/outbox.py",
+                 "broker/session.py",
+                 "rooms",
+                 )
     assert result.returncode == 0, result.stdout + result.stderr
