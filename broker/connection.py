@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 from . import disconnect, errors, logctx, metrics, resume
 from .auth import Credentials, Refused, authenticate
+from .codec import Codec
 from .conf import conf
 from .disconnect import Disconnect
 from .errors import AckRefused, BrokerUnavailable
@@ -97,7 +98,7 @@ class Transport(Writer, Protocol):
 
 
 class Connection:
-    def __init__(self, transport: Transport, codec: Any, *,
+    def __init__(self, transport: Transport, codec: Codec, *,
                  auth_deadline: float | None = None) -> None:
         """``auth_deadline``: seconds from now (the accept) to authenticated, by default
         BROKER_AUTH_DEADLINE (0 = none). A connection not authenticated by then is closed
@@ -223,8 +224,8 @@ class Connection:
 
     @property
     def _resumable(self) -> bool:
-        """Only the rich JSON dialect carries resume tokens."""
-        return bool(getattr(self.codec, "rich", False))
+        """Only a protocol that carries resume tokens (the rich JSON dialect)."""
+        return self.codec.caps.resumable
 
     def welcome(self) -> None:
         """Queue the welcome, then every frame that waited for it, then the replays."""
@@ -326,20 +327,20 @@ class Connection:
                     self.session.undo(step.effect)
                     log.exception("conn %s: request failed", self.id)
                     reply = Error(errors.INTERNAL_ERROR, rid)
+            ending = None
             if reply is not None:
-                # A codec may answer nothing (a STOMP SUBSCRIBE without receipt), and may need
-                # the request's own headers (``meta``: receipt, transaction) to answer.
-                meta = request.meta
-                frame = self.codec.reply(reply) if meta is None else self.codec.reply(reply, meta)
-                if frame is not None:
-                    self.push(frame)
+                # A codec may answer nothing (a STOMP SUBSCRIBE without receipt), and needs the
+                # request's own context (``meta``: receipt, transaction) to answer.
+                answer = self.codec.answer(reply, request.meta)
+                if answer.frame is not None:
+                    self.push(answer.frame)
+                ending = answer.ending
             if self._follow_ups:  # a history replay comes after the subscribe's reply
                 self._run_follow_ups()
             # A protocol that ends the connection after this reply (STOMP: DISCONNECT, or any
-            # ERROR on standard framing) says so through its codec's ``ending``.
-            ending = getattr(self.codec, "ending", None)
+            # ERROR on standard framing) says so in its answer.
             if ending is not None:
-                self.close_soon(Disconnect(*ending))
+                self.close_soon(ending)
 
     def _rate_limited(self, request: Request, verdict: Verdict) -> None:
         """Over BROKER_RATE_LIMIT: answer ``rate-limited`` without carrying the request out;
@@ -350,12 +351,10 @@ class Connection:
             log.warning("conn %s: over BROKER_RATE_LIMIT, closing", self.id)
             self.close_soon(disconnect.RATE_LIMITED)
             return
-        reply = Error(errors.RATE_LIMITED, request.request_id)
-        meta = request.meta
-        frame = self.codec.reply(reply) if meta is None else self.codec.reply(reply, meta)
-        if frame is not None:
-            self.push(frame)
-        if getattr(self.codec, "ending", None) is not None:
+        answer = self.codec.answer(Error(errors.RATE_LIMITED, request.request_id), request.meta)
+        if answer.frame is not None:
+            self.push(answer.frame)
+        if answer.ending is not None:
             self.close_soon(disconnect.RATE_LIMITED)
 
     async def _carry_out(self, effect: Effect, rid: Any) -> Reply | None:
@@ -508,9 +507,9 @@ class Connection:
 
     def deliver_confirmed(self, event: Confirmed) -> None:
         """To a sender: its acknowledged message was confirmed (dialects that show it)."""
-        encode = getattr(self.codec, "confirmed", None)
-        if encode is not None:
-            self.push(encode(event))
+        frame = self.codec.confirmed(event)
+        if frame is not None:
+            self.push(frame)
 
     # ------------------------------------------------------------ lost live frames
 
@@ -762,7 +761,7 @@ class Connection:
         cluster = hub.cluster if hub is not None else None
         if cluster is None:
             return
-        if hasattr(self.codec, "confirmed"):
+        if self.codec.caps.confirms:
             self._owed.add(message_id)
             self._ack_chain(lambda: cluster.ack_hold(message_id, self.id))
         else:

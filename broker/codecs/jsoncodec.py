@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import errors
+from ..codec import Answer, Capabilities
 from ..identity import Identity, public_destination, public_room_key
 from ..messages import Confirmed, DirectMessage
 from ..session import (
@@ -80,6 +81,8 @@ def _decode_request(msg: dict[str, Any]) -> Request:
 class JsonCodec:
     def __init__(self, rich: bool) -> None:
         self.rich = rich
+        # Both dialects confirm acknowledged messages; only the rich one resumes and resyncs.
+        self.caps = Capabilities(resumable=rich, confirms=True, resync_frames=rich)
 
     # ---- inbound
 
@@ -122,6 +125,10 @@ class JsonCodec:
         if not self.rich:
             return dump_json({"is_authorized": False})
         return dump_json({"type": "refused", "is_authorized": False, "reason": reason})
+
+    def answer(self, reply: Reply, context: Any = None) -> Answer:
+        """broker.codec.Codec: a JSON reply never ends the connection; no per-request context."""
+        return Answer(self.reply(reply))
 
     def reply(self, reply: Reply) -> str:
         frame: dict[str, Any]

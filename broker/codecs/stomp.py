@@ -18,8 +18,9 @@ Two dialects, chosen per connection:
 
 Per-request headers (``receipt``, ``transaction``) travel in the request's ``meta`` and come
 back with its reply, so the codec keeps no table of requests in flight. A reply after which
-the protocol closes the connection (DISCONNECT, an ERROR) sets ``ending``; the driver
-(``broker.connection``) then closes the connection once the reply is written.
+the protocol closes the connection (DISCONNECT, an ERROR) says so in its ``Answer.ending``
+(broker.codec); the driver (``broker.connection``) then closes the connection once the reply
+is written.
 
 Output is bytes on TCP (``framer`` given: CB length-prefixed, else NUL-terminated) and text
 on WebSocket (``text=True``).
@@ -33,12 +34,13 @@ from typing import Any
 
 import re2
 
-from .. import errors
+from .. import disconnect, errors
 from ..auth import Credentials
+from ..codec import Answer, Capabilities
 from ..identity import (
     Identity, Profile, parse_address, parse_destination, public_destination, public_room,
 )
-from ..messages import DirectMessage
+from ..messages import Confirmed, DirectMessage
 from ..session import (
     AdminResult, Disconnect, Error, Invalid, Ping, Pong, Publish, Reply, Request, Send,
     StatusInfo, Subscribe, Subscription, Success, Unsubscribe, UnsubscribeAll, dump_json,
@@ -129,8 +131,9 @@ class StompCodec:
         self.heartbeat_ms = heartbeat_ms  # what the server offers both ways; 0 = none
         self.max_header_bytes = max_header_bytes
         self.identity: Identity | None = None
-        # Set by a reply after which the connection must close: (close code, reason).
-        self.ending: tuple[int, str] | None = None
+        # Standard STOMP ends the connection on any ERROR; nothing resumes, confirms or
+        # resyncs (broker.codec.Capabilities).
+        self.caps = Capabilities(ends_on_error=not cb)
         # Negotiated heart-beat periods in ms (0 = none), known after ``welcome``.
         self.heartbeat_out = 0
         self.heartbeat_in = 0
@@ -378,7 +381,12 @@ class StompCodec:
     # ------------------------------------------------------------ replies
 
     def reply(self, reply: Reply, meta: dict[str, Any] | None = None) -> str | bytes | None:
-        meta = meta or {}
+        return self.answer(reply, meta).frame
+
+    def answer(self, reply: Reply, context: Any = None) -> Answer:
+        """broker.codec.Codec: the reply's frame, and whether the connection ends after it.
+        ``context``: the request's headers to answer (``meta``: receipt, transaction)."""
+        meta: dict[str, Any] = context or {}
         receipt, transaction = meta.get("receipt"), meta.get("transaction")
         if isinstance(reply, Error):
             added = meta.get("ack-added")
@@ -386,18 +394,18 @@ class StompCodec:
                 self._ack_modes.pop(added, None)
             fatal = bool(meta.get("fatal"))
             if self.cb and transaction is not None and not fatal:
-                return self._ack(transaction, reply.code, receipt)
-            if fatal or not self.cb:
-                self.ending = (errors.CLOSE_NORMAL, reply.code)
-            return self.error_frame(reply.code, reply.detail, receipt)
+                return Answer(self._ack(transaction, reply.code, receipt))
+            ending = (disconnect.Disconnect(errors.CLOSE_NORMAL, reply.code)
+                      if fatal or self.caps.ends_on_error else None)
+            return Answer(self.error_frame(reply.code, reply.detail, receipt), ending)
         if isinstance(reply, (Success, Pong)):
-            if meta.get("command") == "DISCONNECT":
-                self.ending = (errors.CLOSE_NORMAL, "disconnect")
+            ending = (disconnect.Disconnect(errors.CLOSE_NORMAL, "disconnect")
+                      if meta.get("command") == "DISCONNECT" else None)
             if transaction is not None:
-                return self._ack(transaction, "OK", receipt)
+                return Answer(self._ack(transaction, "OK", receipt), ending)
             if receipt is not None:
-                return self.encode(Frame("RECEIPT", {"receipt-id": receipt}))
-            return None
+                return Answer(self.encode(Frame("RECEIPT", {"receipt-id": receipt})), ending)
+            return Answer(None, ending)
         if isinstance(reply, StatusInfo):
             body: dict[str, Any] = {"open_connections": reply.open_connections,
                                     "num_rooms": reply.num_rooms,
@@ -405,9 +413,9 @@ class StompCodec:
         elif isinstance(reply, AdminResult):
             body = dict(reply.result)
         else:  # pragma: no cover - every Reply type is handled above
-            return None
-        return self.encode(Frame("MESSAGE", {"content-type": "application/json"},
-                                 dump_json(body).encode("utf-8")))
+            return Answer(None)
+        return Answer(self.encode(Frame("MESSAGE", {"content-type": "application/json"},
+                                        dump_json(body).encode("utf-8"))))
 
     def _ack(self, transaction: str, desc: str, receipt: str | None) -> str | bytes:
         headers = {"transaction": transaction, "error-desc": desc}
@@ -468,6 +476,10 @@ class StompCodec:
         if set(room) == {"client", "profile"} and isinstance(room["client"], str):
             return f"/{room['profile']}/{room['client']}"
         return ROOM_PREFIX + dump_json(room)
+
+    def confirmed(self, event: Confirmed) -> None:
+        """STOMP senders are not told of confirmations (``caps.confirms`` is False)."""
+        return None
 
     def resync(self, recovered: list[dict[str, Any]] | None = None) -> None:
         return None
