@@ -120,6 +120,7 @@ class TcpTransport:
         if first == b"{":
             self._eol = b"\n"
             self._last_words = _close_line
+            self.receive = self._line  # type: ignore[method-assign]
             # The reader's limit bounds a line (Gate.start): no bound of the serve loop's.
             return serve.Framing(JsonCodec(rich=True), explicit_refusal=True,
                                  read_connect=serve.json_connect)
@@ -134,8 +135,7 @@ class TcpTransport:
                              read_connect=serve.stomp_connect)
 
     async def receive(self) -> serve.Inbound:
-        if self._framer is None:
-            return await self._line()
+        """The next STOMP frame (``start`` puts ``_line`` here for JSON lines)."""
         frames = self._frames
         while not frames:
             if self._end is not None:
@@ -147,6 +147,7 @@ class TcpTransport:
                 data = await self._read()
                 if not data:
                     return None
+            assert self._framer is not None
             try:
                 items = self._framer.feed(data)
             except StompFrameError as exc:
@@ -165,18 +166,19 @@ class TcpTransport:
     async def _line(self) -> serve.Inbound:
         """The next JSON line: text, bytes when it is not UTF-8, ``TOO_BIG`` past the reader's
         limit, None at EOF (a last line without its newline is dropped). Blank lines are
-        keep-alives."""
+        keep-alives. JSON lines have no heart-beats: ``last_read`` is not kept."""
+        readline = self.reader.readline
         while True:
             try:
-                rest = await self.reader.readline()
+                line = await readline()
             except ValueError:  # a line over the limit
                 return serve.TOO_BIG
             except (OSError, ssl.SSLError):
                 return None
-            line, self._first = self._first + rest, b""
-            if not rest.endswith(b"\n"):
+            if not line.endswith(b"\n"):
                 return None
-            self.last_read = time.monotonic()
+            if self._first:  # the "{" that chose the framing
+                line, self._first = self._first + line, b""
             text = line.rstrip(b"\r\n")
             if not text.strip():
                 continue
