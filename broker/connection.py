@@ -39,12 +39,13 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from . import disconnect, errors, logctx, metrics, resume
 from .auth import Credentials, Refused, authenticate
+from .codec import Codec
 from .conf import conf
 from .disconnect import Disconnect
 from .errors import AckRefused, BrokerUnavailable
@@ -52,6 +53,8 @@ from .history import HistoryEntry, merge_seam, recovered
 from .hub import Hub, get_hub
 from .identity import Identity, client_room, parse_address
 from .limits import Verdict, make_bucket
+from .messages import Confirmed, DirectMessage, Trigger, from_wire
+from .outbox import Outbox, Writer
 from .session import (
     AdminAction,
     AdminResult,
@@ -82,19 +85,20 @@ log = logging.getLogger("broker.connection")
 CLOSE_TIMEOUT = 5.0
 # Offsets of one history subscription queued past a gap that are remembered (_count_queued).
 _AHEAD_MAX = 256
-_STEPPING: Any = object()  # Connection._writer while a drain runs inside push()
 
 
-class Transport(Protocol):
+class Transport(Writer, Protocol):
+    """A transport as the driver sees it: the outbox writes through ``write_now`` and
+    ``writable`` (broker.outbox.Writer), and the driver closes it."""
+
     name: str  # "websocket" or "tcp"
     remote_addr: str | None
 
-    async def write(self, frame: str | bytes) -> None: ...
     async def close(self, code: int, reason: str) -> None: ...
 
 
 class Connection:
-    def __init__(self, transport: Transport, codec: Any, *,
+    def __init__(self, transport: Transport, codec: Codec, *,
                  auth_deadline: float | None = None) -> None:
         """``auth_deadline``: seconds from now (the accept) to authenticated, by default
         BROKER_AUTH_DEADLINE (0 = none). A connection not authenticated by then is closed
@@ -106,11 +110,11 @@ class Connection:
         self.session: Session | None = None
         self.hub: Hub | None = None
         self.connected_at = time.time()
-        self._outbox: deque[str | bytes] = deque()
-        self._outbox_bytes = 0
         self._max_outbox = conf().BROKER_MAX_OUTBOX_BYTES
+        self._outbox: Outbox[tuple[Subscription, int]] = Outbox(
+            transport, self._max_outbox, on_overflow=self._overflowed, on_written=self._written,
+            name=self.id)
         self._bucket = make_bucket(conf().BROKER_RATE_LIMIT, conf().BROKER_RATE_BURST)
-        self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._lock = asyncio.Lock()
         # Issue 8. The token handed out in the welcome (rich dialect), and whether a presented
@@ -123,10 +127,6 @@ class Connection:
         self._held_bytes = 0
         # Run after the current reply (or the welcome) is queued: history replays.
         self._follow_ups: list[Callable[[], None]] = []
-        # Frames queued and written so far; marks move a subscription's offset once written.
-        self._pushed = 0
-        self._written = 0
-        self._marks: deque[tuple[int, Subscription, int]] = deque()
         # Acknowledged messages: delivered here (for dedupe while opening), and still owed.
         self._acked_ids: OrderedDict[str, None] = OrderedDict()
         self._owed: set[str] = set()
@@ -193,8 +193,10 @@ class Connection:
             except BrokerUnavailable as exc:
                 log.warning("conn %s: pending acknowledged messages not read: %s", self.id, exc)
                 pending = []
-            for message in pending:
-                self.deliver_acked(message)
+            for stored in pending:
+                message = from_wire(stored)
+                if isinstance(message, DirectMessage):
+                    self._deliver_acked(message)
         return identity
 
     async def _authenticate(self, creds: Credentials) -> Identity:
@@ -222,8 +224,8 @@ class Connection:
 
     @property
     def _resumable(self) -> bool:
-        """Only the rich JSON dialect carries resume tokens."""
-        return bool(getattr(self.codec, "rich", False))
+        """Only a protocol that carries resume tokens (the rich JSON dialect)."""
+        return self.codec.caps.resumable
 
     def welcome(self) -> None:
         """Queue the welcome, then every frame that waited for it, then the replays."""
@@ -325,20 +327,20 @@ class Connection:
                     self.session.undo(step.effect)
                     log.exception("conn %s: request failed", self.id)
                     reply = Error(errors.INTERNAL_ERROR, rid)
+            ending = None
             if reply is not None:
-                # A codec may answer nothing (a STOMP SUBSCRIBE without receipt), and may need
-                # the request's own headers (``meta``: receipt, transaction) to answer.
-                meta = request.meta
-                frame = self.codec.reply(reply) if meta is None else self.codec.reply(reply, meta)
-                if frame is not None:
-                    self.push(frame)
+                # A codec may answer nothing (a STOMP SUBSCRIBE without receipt), and needs the
+                # request's own context (``meta``: receipt, transaction) to answer.
+                answer = self.codec.answer(reply, request.meta)
+                if answer.frame is not None:
+                    self.push(answer.frame)
+                ending = answer.ending
             if self._follow_ups:  # a history replay comes after the subscribe's reply
                 self._run_follow_ups()
             # A protocol that ends the connection after this reply (STOMP: DISCONNECT, or any
-            # ERROR on standard framing) says so through its codec's ``ending``.
-            ending = getattr(self.codec, "ending", None)
+            # ERROR on standard framing) says so in its answer.
             if ending is not None:
-                self.close_soon(Disconnect(*ending))
+                self.close_soon(ending)
 
     def _rate_limited(self, request: Request, verdict: Verdict) -> None:
         """Over BROKER_RATE_LIMIT: answer ``rate-limited`` without carrying the request out;
@@ -349,12 +351,10 @@ class Connection:
             log.warning("conn %s: over BROKER_RATE_LIMIT, closing", self.id)
             self.close_soon(disconnect.RATE_LIMITED)
             return
-        reply = Error(errors.RATE_LIMITED, request.request_id)
-        meta = request.meta
-        frame = self.codec.reply(reply) if meta is None else self.codec.reply(reply, meta)
-        if frame is not None:
-            self.push(frame)
-        if getattr(self.codec, "ending", None) is not None:
+        answer = self.codec.answer(Error(errors.RATE_LIMITED, request.request_id), request.meta)
+        if answer.frame is not None:
+            self.push(answer.frame)
+        if answer.ending is not None:
             self.close_soon(disconnect.RATE_LIMITED)
 
     async def _carry_out(self, effect: Effect, rid: Any) -> Reply | None:
@@ -465,6 +465,52 @@ class Connection:
         for _trigger_id, offset, frame in live:
             self.push(frame, (sub, offset) if offset is not None else None)
 
+    # ------------------------------------------------------------ deliveries (the Receiver seam)
+
+    def deliver(self, sub: Subscription, trigger: Trigger, room_key: str,
+                offset: int | None) -> None:
+        """One trigger for ``sub`` (the hub matched and deduped it), shown under ``room_key``
+        with that room's history ``offset`` (None: not recorded there). Held while ``sub``'s
+        replay is read; dropped when the replay already sent it; else queued, with a mark when
+        the offset is of the subscription's own room (its resume position once written)."""
+        if offset is None:
+            frame = self.codec.publish(sub, trigger.data_json, room_key, trigger.id)
+            if sub.buffer is None:
+                self.push(frame)  # the common case: a live trigger, no history
+            else:
+                self.hold(sub, (trigger.id, None, frame))
+            return
+        frame = self.codec.publish(sub, trigger.data_json, room_key, trigger.id, offset=offset)
+        if sub.buffer is not None:
+            self.hold(sub, (trigger.id, offset, frame))
+        elif room_key == sub.room.key:
+            if sub.replayed is not None and offset <= sub.replayed:
+                return  # already sent by the replay (its live copy came late)
+            self.push(frame, (sub, offset))
+        else:
+            self.push(frame)
+
+    def deliver_message(self, message: DirectMessage) -> None:
+        """A direct message to this connection's own destination."""
+        if message.ack:
+            self._deliver_acked(message)
+        else:
+            self.push(self.codec.message(message))
+
+    def deliver_watched(self, sub: Subscription, message: DirectMessage) -> None:
+        """A watcher's copy of a direct message (``sub`` watches ``message.room``)."""
+        frame = self.codec.watched(sub, message)
+        if sub.buffer is not None:
+            self.hold(sub, (message.id, None, frame))
+        else:
+            self.push(frame)
+
+    def deliver_confirmed(self, event: Confirmed) -> None:
+        """To a sender: its acknowledged message was confirmed (dialects that show it)."""
+        frame = self.codec.confirmed(event)
+        if frame is not None:
+            self.push(frame)
+
     # ------------------------------------------------------------ lost live frames
 
     def _forget_position(self, sub: Subscription) -> None:
@@ -510,7 +556,7 @@ class Connection:
         sub.buffer.append(entry)
         self._holding.add(sub)
         self._holding_bytes += len(entry[2])
-        if self._holding_bytes + self._outbox_bytes <= self._max_outbox:
+        if self._holding_bytes + self._outbox.queued_bytes <= self._max_outbox:
             return
         dropped = 0
         for lost in self._recovering:
@@ -523,7 +569,7 @@ class Connection:
                         "dropped (over BROKER_MAX_OUTBOX_BYTES); the resync replays the "
                         "recorded ones", self.id, dropped)
             self._recount_held()
-        if self._holding_bytes + self._outbox_bytes > self._max_outbox:
+        if self._holding_bytes + self._outbox.queued_bytes > self._max_outbox:
             metrics.drop("slow", sum(len(s.buffer or ()) for s in self._holding))
             log.warning("conn %s: over %d bytes owed while a replay is read, closing as slow",
                         self.id, self._max_outbox)
@@ -627,76 +673,24 @@ class Connection:
                 self._held, self._held_bytes = [], 0
                 self.close_soon(disconnect.SLOW)
             return
-        self._outbox.append(frame)
-        self._outbox_bytes += len(frame)
-        self._pushed += 1
         if mark is not None:
-            self._marks.append((self._pushed, mark[0], mark[1]))
             self._count_queued(mark[0], mark[1])
-        if self._outbox_bytes > self._max_outbox:
-            metrics.drop("slow", len(self._outbox))
-            log.warning("conn %s: outbox over %d bytes, closing as slow", self.id,
-                        self._max_outbox)
-            self._outbox.clear()
-            self._outbox_bytes = 0
-            self.close_soon(disconnect.SLOW)
-            return
-        if self._writer is None:
-            self._writer = _STEPPING  # no second drain may start while this one is stepped
-            self._writer = self._drain_eagerly()
+        self._outbox.push(frame, mark)
 
-    def _drain_eagerly(self) -> asyncio.Future[None] | None:
-        """Run ``_drain`` at once, inside ``push``: a transport that takes the frames without
-        waiting (the usual case, under uvicorn and daphne) has them written with no task created.
-        One task per delivery was a quarter of the CPU of a broadcast (docs/performance.md).
-        Only a drain that must wait (backpressure) continues in a task."""
-        drain = self._drain()
-        try:
-            waiting_on = drain.send(None)
-        except StopIteration:
-            return None
-        return asyncio.ensure_future(self._continue(drain, waiting_on))
+    def _overflowed(self, dropped: int) -> None:
+        metrics.drop("slow", dropped)
+        log.warning("conn %s: outbox over %d bytes, closing as slow", self.id, self._max_outbox)
+        self.close_soon(disconnect.SLOW)
 
-    async def _continue(self, drain: Any, waiting_on: Any) -> None:
-        """Drive a suspended ``_drain`` coroutine to its end, as a Task would: wait for what it
-        waits on, then resume it (an awaited future's result or error reaches it on resume)."""
-        logctx.conn_id.set(self.id)
-        while True:
-            try:
-                if waiting_on is None:
-                    await asyncio.sleep(0)  # a bare yield
-                else:
-                    await asyncio.wait([waiting_on])
-            except asyncio.CancelledError:
-                drain.close()  # runs its finally: the writer is gone
-                raise
-            try:
-                waiting_on = drain.send(None)
-            except StopIteration:
-                return
-
-    async def _drain(self) -> None:
-        try:
-            while self._outbox:
-                frame = self._outbox.popleft()
-                self._outbox_bytes -= len(frame)
-                await self.transport.write(frame)
-                self._written += 1
-                marks = self._marks
-                while marks and marks[0][0] <= self._written:
-                    _n, sub, offset = marks.popleft()
-                    if sub.offset is None or offset > sub.offset:
-                        sub.offset = offset
-        except Exception as exc:  # noqa: BLE001 - a dead transport: the close path follows
-            log.info("conn %s: write failed: %s", self.id, type(exc).__name__)
-        finally:
-            self._writer = None
+    @staticmethod
+    def _written(mark: tuple[Subscription, int]) -> None:
+        """A frame with a position was written: its subscription resumes after it."""
+        sub, offset = mark
+        if sub.offset is None or offset > sub.offset:
+            sub.offset = offset
 
     async def flush(self) -> None:
-        while self._writer is not None:
-            await asyncio.sleep(0)
-            if self._writer is not None:
-                await asyncio.wait([self._writer])
+        await self._outbox.flush()
 
     @property
     def closing(self) -> bool:
@@ -711,16 +705,13 @@ class Connection:
 
     async def _close(self, code: int, reason: str) -> None:
         logctx.conn_id.set(self.id)
-        if code == errors.CLOSE_SLOW and self._writer is not None:
-            # The writer waits for a reader that stopped reading (a transport whose write
-            # awaits drain, like the TCP gate's, or the WebSocket one's): flushing would
-            # wait forever.
-            self._writer.cancel()
+        if code == errors.CLOSE_SLOW:
+            # The outbox waits for a reader that stopped reading: flushing would wait forever.
+            self._outbox.close()
         try:
             await asyncio.wait_for(self.flush(), CLOSE_TIMEOUT)
         except TimeoutError:
-            if self._writer is not None:
-                self._writer.cancel()
+            self._outbox.close()
             log.info("conn %s: outbox not written out within %.0f s, closing anyway", self.id,
                      CLOSE_TIMEOUT)
         try:
@@ -757,9 +748,9 @@ class Connection:
         except Exception as exc:  # noqa: BLE001 - closing goes on; the client re-subscribes
             log.warning("conn %s: resume state not saved: %s", self.id, exc)
 
-    def deliver_acked(self, message: dict[str, Any]) -> None:
+    def _deliver_acked(self, message: DirectMessage) -> None:
         """An acknowledged message for this connection's login (live, or pending at open)."""
-        message_id = message["id"]
+        message_id = message.id
         if message_id in self._acked_ids or self._closing:
             return  # the live copy and the stored one of a message sent while opening
         self._acked_ids[message_id] = None
@@ -770,7 +761,7 @@ class Connection:
         cluster = hub.cluster if hub is not None else None
         if cluster is None:
             return
-        if hasattr(self.codec, "confirmed"):
+        if self.codec.caps.confirms:
             self._owed.add(message_id)
             self._ack_chain(lambda: cluster.ack_hold(message_id, self.id))
         else:

@@ -17,9 +17,10 @@ connections for every message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -71,6 +72,25 @@ def resume_token_from_scope(scope: Scope) -> str | None:
     return values[0] if values else None
 
 
+async def _finish(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    """Drive a coroutine that ``write_now`` stepped once to its end, as a Task would: wait for
+    what it waits on, then resume it (an awaited future's result or error reaches it on
+    resume). Cancelled: the coroutine is closed (its ``finally`` blocks run)."""
+    while True:
+        try:
+            if waiting_on is None:
+                await asyncio.sleep(0)  # a bare yield
+            else:
+                await asyncio.wait([waiting_on])
+        except asyncio.CancelledError:
+            coro.close()
+            raise
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return
+
+
 class BrokerConsumer:
     """One WebSocket connection: ``serve.Transport`` over ASGI ``receive``/``send``."""
 
@@ -99,6 +119,7 @@ class BrokerConsumer:
         self.last_write = self.last_read = 0.0  # heartbeat.Link
         self.gone = False  # websocket.disconnect received
         self.closed = False  # websocket.close sent
+        self._sending: asyncio.Future[None] | None = None  # a write that suspended (write_now)
 
     async def run(self) -> None:
         message = await self._receive()
@@ -169,6 +190,30 @@ class BrokerConsumer:
             await self.receive()
 
     # ---- broker.connection.Transport
+
+    def write_now(self, frame: str | bytes) -> bool:
+        """Hand ``frame`` to the ASGI server without a task (broker.outbox.Writer).
+
+        The ASGI ``send`` is a coroutine, but under uvicorn and daphne it almost always
+        completes without suspending. So it is stepped once, here, by hand: if it finished, the
+        frame is written and no task was made (one task per delivery was a quarter of the CPU
+        of a broadcast, docs/performance.md). Only a send that suspends (backpressure) goes on
+        in a task, which ``writable`` awaits."""
+        send = self.write(frame)
+        try:
+            waiting_on = send.send(None)
+        except StopIteration:
+            return True
+        except BaseException:
+            send.close()
+            raise
+        self._sending = asyncio.ensure_future(_finish(send, waiting_on))
+        return False
+
+    async def writable(self) -> None:
+        sending, self._sending = self._sending, None
+        if sending is not None:
+            await sending
 
     async def write(self, frame: str | bytes) -> None:
         if isinstance(frame, str):

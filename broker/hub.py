@@ -22,7 +22,7 @@ History and acknowledged delivery (issue 8, docs/guarantees.md): a trigger that 
 is recorded (``Cluster.history_append``) *before* it is sent, and carries each recorded room's
 offset; a subscription whose replay is being read holds its live frames in ``buffer`` for the
 driver to merge. An acknowledged direct message is stored before it is sent, and its recipient
-connections take it through ``Conn.deliver_acked``, which remembers what they owe.
+connections take it through ``Conn.deliver_message``, which remembers what they owe.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from .conf import conf, redis_urls
 from .disconnect import Disconnect
 from .errors import BrokerUnavailable
 from .identity import client_room, parse_address, public_destination
+from .messages import Close, Confirmed, DirectMessage, Trigger, from_wire
 from .session import Subscription, dump_json
 from .store import AckQuota
 
@@ -70,15 +71,18 @@ def shape_group(shape_key: str) -> str:
 
 
 class Conn(Protocol):
-    """What the hub needs from a connection (implemented by broker.connection.Connection)."""
+    """What the hub needs from a connection (the Receiver seam; implemented by
+    broker.connection.Connection). The hub matches and dedupes; the connection decides how a
+    delivery is shown, held, dropped (already replayed) or queued with its position."""
 
     id: str
     identity: Any
-    codec: Any
 
-    def push(self, frame: str | bytes, mark: tuple[Subscription, int] | None = None) -> None: ...
-    def deliver_acked(self, message: dict[str, Any]) -> None: ...
-    def hold(self, sub: Subscription, entry: tuple[str, int | None, Any]) -> None: ...
+    def deliver(self, sub: Subscription, trigger: Trigger, room_key: str,
+                offset: int | None) -> None: ...
+    def deliver_message(self, message: DirectMessage) -> None: ...
+    def deliver_watched(self, sub: Subscription, message: DirectMessage) -> None: ...
+    def deliver_confirmed(self, event: Confirmed) -> None: ...
     def hold_live(self) -> None: ...
     async def resync(self) -> None: ...
     def close_soon(self, why: Disconnect) -> None: ...
@@ -455,18 +459,15 @@ class Hub:
                 probe.set_result(None)
 
     def _deliver_trigger(self, message: dict[str, Any]) -> None:
-        trigger_id, data_json = message["id"], message["data"]
-        offsets: dict[str, int] | None = message.get("offsets")
+        trigger = from_wire(message)
+        assert isinstance(trigger, Trigger)
+        offsets = trigger.offsets
         delivered: set[Subscription] = set()
-        for key in message["rooms"]:
+        for key in trigger.rooms:
             for sub in self.index.match(Room.from_key(key)):
                 if sub in delivered:
                     continue
                 delivered.add(sub)
-                conn = sub.owner
-                if offsets is None and sub.buffer is None:
-                    conn.push(conn.codec.publish(sub, data_json, key, trigger_id))
-                    continue
                 room_key, offset = key, None
                 if offsets is not None:
                     # A recorded trigger names the subscription's own room when it can: that
@@ -476,54 +477,30 @@ class Hub:
                         room_key, offset = own, offsets[own]
                     else:
                         offset = offsets.get(key)
-                if offset is None:
-                    frame = conn.codec.publish(sub, data_json, room_key, trigger_id)
-                else:
-                    frame = conn.codec.publish(sub, data_json, room_key, trigger_id,
-                                               offset=offset)
-                if sub.buffer is not None:
-                    conn.hold(sub, (trigger_id, offset, frame))
-                elif offset is not None and room_key == sub.room.key:
-                    if sub.replayed is not None and offset <= sub.replayed:
-                        continue  # already sent by the replay (its live copy came late)
-                    conn.push(frame, (sub, offset))
-                else:
-                    conn.push(frame)
+                sub.owner.deliver(sub, trigger, room_key, offset)
         metrics.counters["deliveries"] += len(delivered)
 
-    def _deliver_direct(self, message: dict[str, Any]) -> None:
-        dest = message["to"]
+    def _deliver_direct(self, wire: dict[str, Any]) -> None:
+        message = from_wire(wire)
+        assert isinstance(message, DirectMessage)
         n = 0
-        acked = message.get("ack", False)
-        for conn in self.owners.get(dest, ()):
-            if acked:
-                conn.deliver_acked(message)
-            else:
-                conn.push(conn.codec.message(message))
+        for conn in self.owners.get(message.to, ()):
+            conn.deliver_message(message)
             n += 1
-        room = Room.from_key(message["room"])
+        room = Room.from_key(message.room)
         patterned: list[Subscription] = []
         for sub in self.index.match(room):
             if sub.pattern is not None:
                 patterned.append(sub)
                 continue
-            self._watched(sub, message)
+            sub.owner.deliver_watched(sub, message)
             n += 1
         metrics.counters["deliveries"] += n
         if patterned:
             self._match_watches(room, patterned, message)
 
-    def _watched(self, sub: Subscription, message: dict[str, Any]) -> None:
-        """A watcher's copy; the codec sees the whole message (STOMP shows origin, raw text)."""
-        conn = sub.owner
-        frame = conn.codec.watched(sub, message)
-        if sub.buffer is not None:
-            conn.hold(sub, (message["id"], None, frame))
-        else:
-            conn.push(frame)
-
     def _match_watches(self, room: Room, subs: list[Subscription],
-                       message: dict[str, Any]) -> None:
+                       message: DirectMessage) -> None:
         """Match regex watches off the event loop. RE2 is linear, but a large program costs
         milliseconds per destination, times the watches: the worker thread pays it (RE2
         releases the GIL), so it delays only these copies (in order: one worker), never another
@@ -538,7 +515,7 @@ class Hub:
                 sub.owner.close_soon(disconnect.SLOW)
             return
         self._watch_backlog += 1
-        dest = public_destination(message["to"])  # what a destination-type:1 pattern is matched to
+        dest = public_destination(message.to)  # what a destination-type:1 pattern is matched to
         loop = asyncio.get_running_loop()
 
         def match() -> list[Subscription]:
@@ -554,7 +531,7 @@ class Hub:
             live = set(self.index.match(room))
             hits = [s for s in future.result() if s in live]
             for sub in hits:
-                self._watched(sub, message)
+                sub.owner.deliver_watched(sub, message)
             metrics.counters["deliveries"] += len(hits)
 
         def done(future: Future[list[Subscription]]) -> None:
@@ -564,24 +541,18 @@ class Hub:
         self._matcher.submit(match).add_done_callback(done)
 
     def _deliver_confirmed(self, message: dict[str, Any]) -> None:
-        for conn in self.owners.get(message["to"], ()):
-            encode = getattr(conn.codec, "confirmed", None)
-            frame = encode(message["message_id"], message.get("by")) if encode else None
-            if frame is not None:
-                conn.push(frame)
+        event = from_wire(message)
+        assert isinstance(event, Confirmed)
+        for conn in self.owners.get(event.to, ()):
+            conn.deliver_confirmed(event)
 
     def _control(self, message: dict[str, Any]) -> None:
-        if message.get("action") != "close":
+        close = from_wire(message)
+        if not isinstance(close, Close):
             return
         for conn in list(self.conns.values()):
-            if conn.id == message.get("except"):
-                continue
-            if (conn.id == message.get("conn_id")
-                    or (message.get("login_id") is not None
-                        and conn.identity.login_id == message.get("login_id"))
-                    or (message.get("destination") is not None
-                        and conn.identity.destination == message.get("destination"))):
-                conn.close_soon(Disconnect(int(message["code"]), str(message["reason"])))
+            if close.matches(conn.id, conn.identity.login_id, conn.identity.destination):
+                conn.close_soon(close.disconnect)
 
     # ------------------------------------------------------------ registry upkeep
 

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeAlias
 
-from . import disconnect, errors, heartbeat, logctx, metrics
+from . import connection, disconnect, errors, heartbeat, logctx, metrics
 from .auth import AuthUnavailable, Credentials, Refused
 from .codecs.stompframe import Frame, StompFrameError
 from .connection import Connection
@@ -148,13 +148,11 @@ class Framing:
     origin_allowed: bool = True
 
 
-class Transport(Protocol):
+class Transport(connection.Transport, Protocol):
     """What an adapter provides: ``broker.connection.Transport`` (``name``, ``remote_addr``,
-    ``write``, ``close``), ``heartbeat.Link`` (``last_read``, ``last_write``: it records
-    both), and its framing."""
+    ``write_now``/``writable`` for the outbox, ``close``), ``heartbeat.Link`` (``last_read``,
+    ``last_write``: it records both), an awaited ``write`` for refusals, and its framing."""
 
-    name: str
-    remote_addr: str | None
     last_read: float
     last_write: float
 
@@ -265,7 +263,9 @@ class _Serving:
 
     async def run(self, auth_deadline: float | None) -> None:
         transport = self.transport
-        conn = Connection(transport, None, auth_deadline=auth_deadline)
+        # Made at the accept, before its codec is known (a TCP connection's first byte chooses
+        # it): the auth deadline covers the wait for that byte too.
+        conn = Connection(transport, None, auth_deadline=auth_deadline)  # type: ignore[arg-type]
         logctx.conn_id.set(conn.id)
         beats: asyncio.Task[None] | None = None
         cancelled = False

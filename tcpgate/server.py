@@ -198,6 +198,19 @@ class TcpTransport:
 
     # ---- broker.connection.Transport
 
+    def write_now(self, frame: str | bytes) -> bool:
+        """broker.outbox.Writer: the stream buffers the frame; False once over its high-water
+        mark (``writable`` then waits for the reader)."""
+        if self.writer.is_closing():
+            raise ConnectionResetError("connection lost")
+        data = frame.encode("utf-8") if isinstance(frame, str) else frame
+        self.writer.write(data + self._eol if self._eol else data)
+        self.last_write = time.monotonic()
+        return self.writer.transport.get_write_buffer_size() <= WRITE_HIGH_WATER
+
+    async def writable(self) -> None:
+        await self.writer.drain()
+
     async def write(self, frame: str | bytes) -> None:
         data = frame.encode("utf-8") if isinstance(frame, str) else frame
         self.writer.write(data + self._eol if self._eol else data)

@@ -18,7 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import errors
+from ..codec import Answer, Capabilities
 from ..identity import Identity, public_destination, public_room_key
+from ..messages import Confirmed, DirectMessage
 from ..session import (
     Admin,
     AdminResult,
@@ -79,6 +81,8 @@ def _decode_request(msg: dict[str, Any]) -> Request:
 class JsonCodec:
     def __init__(self, rich: bool) -> None:
         self.rich = rich
+        # Both dialects confirm acknowledged messages; only the rich one resumes and resyncs.
+        self.caps = Capabilities(resumable=rich, confirms=True, resync_frames=rich)
 
     # ---- inbound
 
@@ -121,6 +125,10 @@ class JsonCodec:
         if not self.rich:
             return dump_json({"is_authorized": False})
         return dump_json({"type": "refused", "is_authorized": False, "reason": reason})
+
+    def answer(self, reply: Reply, context: Any = None) -> Answer:
+        """broker.codec.Codec: a JSON reply never ends the connection; no per-request context."""
+        return Answer(self.reply(reply))
 
     def reply(self, reply: Reply) -> str:
         frame: dict[str, Any]
@@ -174,18 +182,18 @@ class JsonCodec:
         return (f'{{"type":"publish","requestId":{sub.request_id_json},"data":{data_json},'
                 f'"room":{room_key},"id":"{trigger_id}"}}')
 
-    def confirmed(self, message_id: str, recipient: str | None) -> str:
+    def confirmed(self, event: Confirmed) -> str:
         """To the sender of an acknowledged message: every connection that got it confirmed."""
-        return dump_json({"type": "confirmed", "id": message_id,
-                          "to": public_destination(recipient)})
+        return dump_json({"type": "confirmed", "id": event.message_id,
+                          "to": public_destination(event.by)})
 
-    def watched(self, sub: Subscription, message: dict[str, Any]) -> str:
+    def watched(self, sub: Subscription, message: DirectMessage) -> str:
         """A watcher's copy of a direct message: a publish frame whose data is that message."""
-        return self.publish(sub, str(message["message"]), message["room"], message["id"])
+        return self.publish(sub, message.frame, message.room, message.id)
 
-    def message(self, message: dict[str, Any]) -> str:
+    def message(self, message: DirectMessage) -> str:
         """A direct message to its recipient: the message frame is the same in both dialects."""
-        return str(message["message"])
+        return message.frame
 
     def resync(self, recovered: list[dict[str, Any]] | None = None) -> str | None:
         """Live frames may have been missed. ``recovered``: the history subscriptions whose

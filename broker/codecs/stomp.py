@@ -18,8 +18,9 @@ Two dialects, chosen per connection:
 
 Per-request headers (``receipt``, ``transaction``) travel in the request's ``meta`` and come
 back with its reply, so the codec keeps no table of requests in flight. A reply after which
-the protocol closes the connection (DISCONNECT, an ERROR) sets ``ending``; the driver
-(``broker.connection``) then closes the connection once the reply is written.
+the protocol closes the connection (DISCONNECT, an ERROR) says so in its ``Answer.ending``
+(broker.codec); the driver (``broker.connection``) then closes the connection once the reply
+is written.
 
 Output is bytes on TCP (``framer`` given: CB length-prefixed, else NUL-terminated) and text
 on WebSocket (``text=True``).
@@ -33,11 +34,13 @@ from typing import Any
 
 import re2
 
-from .. import errors
+from .. import disconnect, errors
 from ..auth import Credentials
+from ..codec import Answer, Capabilities
 from ..identity import (
     Identity, Profile, parse_address, parse_destination, public_destination, public_room,
 )
+from ..messages import Confirmed, DirectMessage
 from ..session import (
     AdminResult, Disconnect, Error, Invalid, Ping, Pong, Publish, Reply, Request, Send,
     StatusInfo, Subscribe, Subscription, Success, Unsubscribe, UnsubscribeAll, dump_json,
@@ -128,8 +131,9 @@ class StompCodec:
         self.heartbeat_ms = heartbeat_ms  # what the server offers both ways; 0 = none
         self.max_header_bytes = max_header_bytes
         self.identity: Identity | None = None
-        # Set by a reply after which the connection must close: (close code, reason).
-        self.ending: tuple[int, str] | None = None
+        # Standard STOMP ends the connection on any ERROR; nothing resumes, confirms or
+        # resyncs (broker.codec.Capabilities).
+        self.caps = Capabilities(ends_on_error=not cb)
         # Negotiated heart-beat periods in ms (0 = none), known after ``welcome``.
         self.heartbeat_out = 0
         self.heartbeat_in = 0
@@ -377,7 +381,12 @@ class StompCodec:
     # ------------------------------------------------------------ replies
 
     def reply(self, reply: Reply, meta: dict[str, Any] | None = None) -> str | bytes | None:
-        meta = meta or {}
+        return self.answer(reply, meta).frame
+
+    def answer(self, reply: Reply, context: Any = None) -> Answer:
+        """broker.codec.Codec: the reply's frame, and whether the connection ends after it.
+        ``context``: the request's headers to answer (``meta``: receipt, transaction)."""
+        meta: dict[str, Any] = context or {}
         receipt, transaction = meta.get("receipt"), meta.get("transaction")
         if isinstance(reply, Error):
             added = meta.get("ack-added")
@@ -385,18 +394,18 @@ class StompCodec:
                 self._ack_modes.pop(added, None)
             fatal = bool(meta.get("fatal"))
             if self.cb and transaction is not None and not fatal:
-                return self._ack(transaction, reply.code, receipt)
-            if fatal or not self.cb:
-                self.ending = (errors.CLOSE_NORMAL, reply.code)
-            return self.error_frame(reply.code, reply.detail, receipt)
+                return Answer(self._ack(transaction, reply.code, receipt))
+            ending = (disconnect.Disconnect(errors.CLOSE_NORMAL, reply.code)
+                      if fatal or self.caps.ends_on_error else None)
+            return Answer(self.error_frame(reply.code, reply.detail, receipt), ending)
         if isinstance(reply, (Success, Pong)):
-            if meta.get("command") == "DISCONNECT":
-                self.ending = (errors.CLOSE_NORMAL, "disconnect")
+            ending = (disconnect.Disconnect(errors.CLOSE_NORMAL, "disconnect")
+                      if meta.get("command") == "DISCONNECT" else None)
             if transaction is not None:
-                return self._ack(transaction, "OK", receipt)
+                return Answer(self._ack(transaction, "OK", receipt), ending)
             if receipt is not None:
-                return self.encode(Frame("RECEIPT", {"receipt-id": receipt}))
-            return None
+                return Answer(self.encode(Frame("RECEIPT", {"receipt-id": receipt})), ending)
+            return Answer(None, ending)
         if isinstance(reply, StatusInfo):
             body: dict[str, Any] = {"open_connections": reply.open_connections,
                                     "num_rooms": reply.num_rooms,
@@ -404,9 +413,9 @@ class StompCodec:
         elif isinstance(reply, AdminResult):
             body = dict(reply.result)
         else:  # pragma: no cover - every Reply type is handled above
-            return None
-        return self.encode(Frame("MESSAGE", {"content-type": "application/json"},
-                                 dump_json(body).encode("utf-8")))
+            return Answer(None)
+        return Answer(self.encode(Frame("MESSAGE", {"content-type": "application/json"},
+                                        dump_json(body).encode("utf-8"))))
 
     def _ack(self, transaction: str, desc: str, receipt: str | None) -> str | bytes:
         headers = {"transaction": transaction, "error-desc": desc}
@@ -425,20 +434,20 @@ class StompCodec:
         self._ack_header(headers, subscription)
         return self.encode(Frame("MESSAGE", headers, data_json.encode("utf-8")))
 
-    def watched(self, sub: Subscription, message: dict[str, Any]) -> str | bytes:
+    def watched(self, sub: Subscription, message: DirectMessage) -> str | bytes:
         """A watcher's copy of a direct message: shown as the message itself (§4.3)."""
         return self._message(message, str(sub.request_id))
 
-    def message(self, message: dict[str, Any]) -> str | bytes:
+    def message(self, message: DirectMessage) -> str | bytes:
         """A direct message to this client (its own destination)."""
         return self._message(message, self._inbox)
 
-    def _message(self, message: dict[str, Any], subscription: str | None) -> str | bytes:
-        text = message.get("text")
+    def _message(self, message: DirectMessage, subscription: str | None) -> str | bytes:
+        text = message.text
         if text is not None:  # a STOMP sender's body, with its content-type
-            body, content_type = text, str(message.get("content_type") or "text/plain")
+            body, content_type = text, message.content_type or "text/plain"
         else:
-            data_json = str(message["data"])
+            data_json = message.data_json
             if data_json.startswith('"'):
                 body, content_type = json.loads(data_json), "text/plain"
             else:
@@ -446,9 +455,9 @@ class StompCodec:
         headers: dict[str, str] = {}
         if subscription is not None:
             headers["subscription"] = subscription
-        headers["message-id"] = str(message["id"])
-        headers["destination"] = public_destination(str(message["to"]))
-        sender = message.get("from")
+        headers["message-id"] = message.id
+        headers["destination"] = public_destination(message.to)
+        sender = message.sender
         if sender:
             # Communication Broker clients know senders by login; STOMP ones by destination.
             target = parse_address(sender) if self.cb else None
@@ -456,7 +465,7 @@ class StompCodec:
         headers["content-type"] = content_type
         self._ack_header(headers, subscription)
         if self.cb:
-            headers["transaction"] = str(message["id"])
+            headers["transaction"] = message.id
         # "replace": a JSON string may hold an unpaired surrogate, which UTF-8 cannot carry
         return self.encode(Frame("MESSAGE", headers, body.encode("utf-8", "replace")))
 
@@ -467,6 +476,10 @@ class StompCodec:
         if set(room) == {"client", "profile"} and isinstance(room["client"], str):
             return f"/{room['profile']}/{room['client']}"
         return ROOM_PREFIX + dump_json(room)
+
+    def confirmed(self, event: Confirmed) -> None:
+        """STOMP senders are not told of confirmations (``caps.confirms`` is False)."""
+        return None
 
     def resync(self, recovered: list[dict[str, Any]] | None = None) -> None:
         return None

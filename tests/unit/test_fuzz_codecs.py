@@ -100,6 +100,7 @@ class Driver:
         self.hub: SubscriptionIndex[Any] = SubscriptionIndex()
         self.frames: list[Any] = []
         self.requests = 0
+        self.ending: Any = None  # the last answer's (broker.codec.Answer.ending)
 
     # -- one request, as Connection.receive does it
     def receive(self, request: Any) -> Any:
@@ -129,11 +130,12 @@ class Driver:
             reply = StatusInfo(request.request_id, 1, 1, "2026-01-01T00:00:00Z")
         elif isinstance(effect, AdminAction):
             reply = AdminResult(request.request_id, {"action": effect.action})
+        self.ending = None
         if reply is not None:
-            meta = request.meta
-            frame = self.codec.reply(reply) if meta is None else self.codec.reply(reply, meta)
-            if frame is not None:
-                self.check_frame(frame, reply)
+            answer = self.codec.answer(reply, request.meta)
+            self.ending = answer.ending
+            if answer.frame is not None:
+                self.check_frame(answer.frame, reply)
         self.check_table()
         return reply
 
@@ -513,9 +515,8 @@ def stomp_subscribe(codec: StompCodec, rid: str) -> Any:
 
 
 def run_stomp_request(codec: StompCodec, driver: Driver, request: Any) -> None:
-    codec.ending = None
     reply = driver.receive(request)
-    if codec.ending is not None and codec.cb:
+    if driver.ending is not None and codec.cb:
         # Communication Broker dialect: only a malformed frame (or DISCONNECT) ends it.
         fatal = bool((request.meta or {}).get("fatal"))
         assert fatal or (request.meta or {}).get("command") == "DISCONNECT", (request, reply)

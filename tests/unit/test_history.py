@@ -14,6 +14,7 @@ from broker.history import (
     HistoryEntry, HistoryPage, HistoryPolicy, merge_seam, parse_history_setting, recovered,
 )
 from broker.identity import identity_from_api
+from broker.messages import Confirmed
 from broker.resume import (
     SavedSubscription, decode_state, encode_state, fingerprint, new_token, plausible, token_key,
 )
@@ -225,7 +226,7 @@ def test_codec_frames():
                 {"offset": 11, "id": "a", "data": "x"}, {"offset": 12, "id": "b", "data": [1]}]}
     assert json.loads(rich.reply(HistoryResult(None, parse_room(NEWS), 0, []))) == {
         "type": "history", "room": NEWS, "offset": 0, "messages": []}
-    assert json.loads(rich.confirmed("m1", "/agent/bob")) == {
+    assert json.loads(rich.confirmed(Confirmed("m1", "/agent/alice", "/agent/bob"))) == {
         "type": "confirmed", "id": "m1", "to": "/agent/bob"}
     ident = identity_from_api({"login_id": "bob"})
     plain = json.loads(rich.welcome(ident, "c", "tok"))

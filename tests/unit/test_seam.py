@@ -33,10 +33,19 @@ class Recorder:
     def __init__(self) -> None:
         self.frames: list[str] = []
         self.gate: asyncio.Event | None = None  # when set and cleared: writes wait (a slow socket)
+        self.pending: str | bytes | None = None
 
-    async def write(self, frame: str | bytes) -> None:
-        if self.gate is not None:
-            await self.gate.wait()
+    def write_now(self, frame: str | bytes) -> bool:
+        if self.gate is not None and not self.gate.is_set():
+            self.pending = frame
+            return False
+        self.frames.append(frame if isinstance(frame, str) else frame.decode())
+        return True
+
+    async def writable(self) -> None:
+        assert self.gate is not None and self.pending is not None
+        await self.gate.wait()
+        frame, self.pending = self.pending, None
         self.frames.append(frame if isinstance(frame, str) else frame.decode())
 
     async def close(self, code: int, reason: str) -> None:

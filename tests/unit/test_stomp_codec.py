@@ -7,11 +7,12 @@ import re
 
 import pytest
 
-from broker import errors
+from broker import disconnect, errors
 from broker.codecs.stomp import MAX_PATTERN, StompCodec, WatchPattern
 from broker.codecs.jsoncodec import JsonCodec
 from broker.codecs.stompframe import CBFramer, Frame, StompParser, encode_frame, parse_frame
 from broker.identity import Identity, identity_from_api, identity_from_static_keys
+from broker.messages import DirectMessage
 from broker.session import (
     Disconnect, Error, Invalid, JoinRoom, Ping, Pong, Publish, Send, Session, Subscribe,
     Subscription, Success, Unsubscribe, UnsubscribeAll, dump_json,
@@ -219,50 +220,60 @@ def test_success_replies():
     codec = StompCodec()
     assert codec.reply(Success(), {"command": "SUBSCRIBE"}) is None
     assert codec.reply(Success()) is None
-    f = out(codec.reply(Success(), {"command": "SUBSCRIBE", "receipt": "r1"}))
+    receipt = codec.answer(Success(), {"command": "SUBSCRIBE", "receipt": "r1"})
+    f = out(receipt.frame)
     assert (f.command, f.headers) == ("RECEIPT", {"receipt-id": "r1"})
-    f = out(codec.reply(Success(), {"command": "SEND", "transaction": "7"}))
+    ack = codec.answer(Success(), {"command": "SEND", "transaction": "7"})
+    f = out(ack.frame)
     assert (f.command, f.headers) == ("ACK", {"transaction": "7", "error-desc": "OK"})
-    assert codec.ending is None
+    assert receipt.ending is None and ack.ending is None
+    assert codec.answer(Success(), {"command": "SUBSCRIBE"}).ending is None
 
 
 def test_standard_error_closes():
     codec = StompCodec()
-    f = out(codec.reply(Error(errors.ROOM_NOT_FOUND, "s1"), {"command": "SUBSCRIBE",
-                                                              "receipt": "r"}))
+    answer = codec.answer(Error(errors.ROOM_NOT_FOUND, "s1"), {"command": "SUBSCRIBE",
+                                                               "receipt": "r"})
+    f = out(answer.frame)
     assert f.command == "ERROR"
     assert f.headers["message"] == errors.ROOM_NOT_FOUND and f.headers["receipt-id"] == "r"
-    assert codec.ending == (errors.CLOSE_NORMAL, errors.ROOM_NOT_FOUND)
+    assert answer.ending == disconnect.Disconnect(errors.CLOSE_NORMAL, errors.ROOM_NOT_FOUND)
 
 
 def test_cb_errors_keep_the_connection_open():
     codec = StompCodec(cb=True)
-    f = out(codec.reply(Error(errors.DESTINATION_NOT_FOUND),
-                        {"command": "SEND", "transaction": "t1"}), cb=True)
+    answer = codec.answer(Error(errors.DESTINATION_NOT_FOUND),
+                          {"command": "SEND", "transaction": "t1"})
+    f = out(answer.frame, cb=True)
     assert (f.command, f.headers) == ("ACK", {"transaction": "t1",
                                               "error-desc": errors.DESTINATION_NOT_FOUND})
-    f = out(codec.reply(Error(errors.ROOM_NOT_FOUND), {"command": "SUBSCRIBE"}), cb=True)
+    assert answer.ending is None
+    answer = codec.answer(Error(errors.ROOM_NOT_FOUND), {"command": "SUBSCRIBE"})
+    f = out(answer.frame, cb=True)
     assert f.command == "ERROR"
-    assert codec.ending is None
+    assert answer.ending is None
     # ... except for a malformed frame
     req = codec.decode(b"SEND\nno colon here\n\nx")
-    out(codec.reply(Error(req.code, detail=req.detail), req.meta), cb=True)
-    assert codec.ending == (errors.CLOSE_NORMAL, errors.MALFORMED_FRAME)
+    answer = codec.answer(Error(req.code, detail=req.detail), req.meta)
+    out(answer.frame, cb=True)
+    assert answer.ending == disconnect.Disconnect(errors.CLOSE_NORMAL, errors.MALFORMED_FRAME)
 
 
 @pytest.mark.parametrize("headers", [{"receipt": "bye"}, {"receipt-id": "bye"}])
 def test_disconnect_receipt_then_close(headers):
     codec = StompCodec(cb=True)
     req = codec.decode(frame("DISCONNECT", **headers))
-    f = out(codec.reply(Success(), req.meta), cb=True)
+    answer = codec.answer(Success(), req.meta)
+    f = out(answer.frame, cb=True)
     assert (f.command, f.headers) == ("RECEIPT", {"receipt-id": "bye"})
-    assert codec.ending == (errors.CLOSE_NORMAL, "disconnect")
+    assert answer.ending == disconnect.Disconnect(errors.CLOSE_NORMAL, "disconnect")
 
 
 def test_disconnect_without_receipt_closes_silently():
     codec = StompCodec()
     req = codec.decode(frame("DISCONNECT"))
-    assert codec.reply(Success(), req.meta) is None and codec.ending is not None
+    answer = codec.answer(Success(), req.meta)
+    assert answer.frame is None and answer.ending == disconnect.Disconnect(errors.CLOSE_NORMAL, "disconnect")
 
 
 # --------------------------------------------------------------------------- deliveries
@@ -273,9 +284,10 @@ def _sub(rid: str, room: dict, pattern: str | None = None) -> Subscription:
                         pattern=WatchPattern(pattern) if pattern else None)
 
 
-def _direct(text: str | None = None, data_json: str = '{"n":1}') -> dict:
-    return {"id": "m1", "room": '{"client":"bob","profile":"agent"}', "to": "/agent/bob",
-            "from": "/service/billing", "message": "{}", "data": data_json, "text": text}
+def _direct(text: str | None = None, data_json: str = '{"n":1}',
+            content_type: str | None = None) -> DirectMessage:
+    return DirectMessage("m1", '{"client":"bob","profile":"agent"}', "/agent/bob",
+                         "/service/billing", "{}", data_json, text, content_type)
 
 
 def test_publish_frame():
@@ -400,10 +412,9 @@ def test_no_encoder_lets_a_login_split_a_frame(login):
     """A direct message from and to a login holding NUL, CR, LF, ':' or '\\' is one frame on
     every STOMP framing, and one line in the JSON dialects (JSON escapes control characters)."""
     sender, to = f"/agent/{login}", f"/agent/{login}2"
-    message = {"id": "m1", "room": dump_json({"client": login + "2", "profile": "agent"}),
-               "to": to, "from": sender, "data": '"hi"', "text": "hi",
-               "message": dump_json({"type": "message", "from": sender, "to": to, "data": "hi",
-                                     "id": "m1"})}
+    message = DirectMessage("m1", dump_json({"client": login + "2", "profile": "agent"}), to,
+                            sender, dump_json({"type": "message", "from": sender, "to": to,
+                                               "data": "hi", "id": "m1"}), '"hi"', "hi")
     for codec in (StompCodec(), StompCodec(text=True)):
         data = codec.message(message)
         raw = data.encode() if isinstance(data, str) else data
@@ -476,7 +487,7 @@ def test_communication_broker_dialect_has_no_ack_ids():
 
 
 def test_a_stomp_senders_content_type_reaches_stomp_receivers():
-    msg = {**_direct(text="<a/>"), "content_type": "application/xml"}
+    msg = _direct(text="<a/>", content_type="application/xml")
     assert out(StompCodec().message(msg)).headers["content-type"] == "application/xml"
     assert out(StompCodec().message(_direct(text="t"))).headers["content-type"] == "text/plain"
 

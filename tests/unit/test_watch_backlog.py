@@ -30,7 +30,10 @@ class Recorder:
     def __init__(self) -> None:
         self.closed: tuple[int, str] | None = None
 
-    async def write(self, frame: str | bytes) -> None:
+    def write_now(self, frame: str | bytes) -> bool:
+        return True
+
+    async def writable(self) -> None:
         pass
 
     async def close(self, code: int, reason: str) -> None:

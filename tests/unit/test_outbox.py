@@ -1,0 +1,90 @@
+"""broker.outbox.Outbox: written in order, synchronously while the transport takes frames, one
+task only while it is full; bounded in bytes; a mark is reported once its frame is written."""
+
+from __future__ import annotations
+
+import asyncio
+
+from broker.outbox import Outbox
+
+
+class Socket:
+    """A writer whose buffer is full while ``full`` is set (a reader that stopped reading)."""
+
+    def __init__(self) -> None:
+        self.written: list[str | bytes] = []
+        self.full = False
+        self.room = asyncio.Event()
+        self.dead = False
+
+    def write_now(self, frame: str | bytes) -> bool:
+        if self.dead:
+            raise ConnectionResetError
+        self.written.append(frame)
+        return not self.full
+
+    async def writable(self) -> None:
+        await self.room.wait()
+
+
+def make(socket: Socket, limit: int = 100) -> tuple[Outbox[str], list[int], list[str]]:
+    overflows: list[int] = []
+    marks: list[str] = []
+    box: Outbox[str] = Outbox(socket, limit, on_overflow=overflows.append,
+                              on_written=marks.append)
+    return box, overflows, marks
+
+
+async def test_writes_at_once_without_a_task() -> None:
+    socket = Socket()
+    box, overflows, marks = make(socket)
+    tasks = len(asyncio.all_tasks())
+    assert box.push("a", "m1") and box.push(b"b")
+    assert socket.written == ["a", b"b"] and marks == ["m1"]
+    assert len(asyncio.all_tasks()) == tasks and box.queued_bytes == 0 and overflows == []
+
+
+async def test_a_full_transport_queues_and_marks_wait_until_written() -> None:
+    socket = Socket()
+    box, overflows, marks = make(socket)
+    socket.full = True
+    box.push("a", "m1")  # handed over, but the transport is full: not yet written
+    box.push("bb", "m2")
+    box.push("ccc")
+    assert socket.written == ["a"] and marks == [] and box.queued_bytes == 5
+    socket.full = False
+    socket.room.set()
+    await box.flush()
+    assert socket.written == ["a", "bb", "ccc"] and marks == ["m1", "m2"]
+    assert box.queued_bytes == 0 and overflows == []
+
+
+async def test_overflow_drops_what_is_queued_and_says_how_much() -> None:
+    socket = Socket()
+    box, overflows, marks = make(socket, limit=10)
+    socket.full = True
+    box.push("x")  # written (the transport buffers it); the rest queues
+    assert box.push("12345")
+    assert box.push("12345")  # 10 bytes queued: at the bound, not over it
+    assert not box.push("1")
+    assert overflows == [3] and box.queued_bytes == 0
+
+
+async def test_close_stops_a_write_that_waits() -> None:
+    socket = Socket()
+    box, _overflows, marks = make(socket)
+    socket.full = True
+    box.push("a", "m1")
+    box.push("b")
+    box.close()
+    await asyncio.wait_for(box.flush(), 1)
+    assert not box.push("c") and socket.written == ["a"] and marks == []
+
+
+async def test_a_dead_transport_ends_the_writing_not_the_caller() -> None:
+    socket = Socket()
+    box, overflows, _marks = make(socket)
+    socket.dead = True
+    assert box.push("a")  # the failure is logged; the close path follows from the transport
+    await box.flush()
+    assert socket.written == [] and overflows == []
