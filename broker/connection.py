@@ -5,24 +5,33 @@ in credentials once, hands in each inbound frame as text, and writes and closes 
 through the small ``Transport`` interface. Everything else is here or below:
 
   transport -> codec.decode -> Session.handle -> effect on Hub/Cluster -> codec -> outbox
+  hub -> deliver* (the Receiver seam) -> broker.delivery -> codec -> outbox
 
-Outbound frames (replies and deliveries alike) go through one bounded outbox, so a reply and
-the deliveries around it keep their order, and a client that does not read is closed with
-4008 ``slow`` once BROKER_MAX_OUTBOX_BYTES of frames wait for it; its other state is freed.
+Outbound frames (replies and deliveries alike) go through one bounded ``broker.outbox.Outbox``,
+so a reply and the deliveries around it keep their order, and a client that does not read is
+closed with 4008 ``slow`` once BROKER_MAX_OUTBOX_BYTES of frames wait for it; its other state
+is freed. The outbox writes synchronously while the transport takes frames (no task per
+delivery); the transport's ``write_now``/``writable`` say when it is full.
 
-Issue 8 (docs/guarantees.md) lives here where it needs I/O and ordering:
+What the codec allows is read from ``codec.caps`` (broker.codec), and whether a reply ends the
+connection from its ``Answer``. Every call to the hub, the router and the cluster's stores is
+in ``_open``, ``_resume``, ``_carry_out``/``_join``/``_admin`` (the effect executor),
+``resync``, ``closed`` and the acknowledgement helpers below them.
+
+Issue 8 (docs/guarantees.md) lives here where it needs I/O and ordering; the rules without
+I/O (the seam, positions, held frames) are broker.delivery's:
 
 - **The welcome comes first.** From ``open`` until the transport calls ``welcome()``, frames
   (deliveries while attaching, pending acknowledged messages, replays) are held; ``welcome()``
   queues the welcome, then them.
 - **The seam.** A subscription to a history room joins its groups first, with its live frames
-  held in ``Subscription.buffer``; then the room's history after ``since`` is read; then, after
-  the reply, the replay is queued and the buffer merged into it (``history.merge_seam``: a
-  trigger both replayed and received live is dropped by id). Triggers are recorded before they
-  are published, so nothing falls between the read and the join.
+  held (``Delivery.start_seam``); then the room's history after ``since`` is read; then, after
+  the reply, the replay is queued and the held frames merged into it (``Delivery.joined``).
+  Triggers are recorded before they are published, so nothing falls between the read and the
+  join.
 - **Positions.** A frame that carries an offset of its subscription's own room is queued with
-  a mark; once the transport has written it, the subscription's ``offset`` moves up to it. A
-  resume replays after the offsets written, not after those merely queued.
+  a mark; once the transport has written it (the outbox says so), the subscription's
+  ``offset`` moves up to it (``Delivery.written``).
 - **Resume.** ``welcome()`` hands out a fresh token (rich dialect); ``closed()`` saves the
   subscriptions and their offsets under it for BROKER_RESUME_TTL; ``open(resume=...)`` takes
   them back (any process) for the same identity, restoring each subscription with ``since``.
@@ -47,9 +56,10 @@ from . import disconnect, errors, logctx, metrics, resume
 from .auth import Credentials, Refused, authenticate
 from .codec import Codec
 from .conf import conf
+from .delivery import Delivery
 from .disconnect import Disconnect
 from .errors import AckRefused, BrokerUnavailable
-from .history import HistoryEntry, merge_seam, recovered
+from .history import recovered
 from .hub import Hub, get_hub
 from .identity import Identity, client_room, parse_address
 from .limits import Verdict, make_bucket
@@ -83,8 +93,6 @@ log = logging.getLogger("broker.connection")
 # is given up (its transport may still hold what it buffered): a client that stopped reading
 # must not keep a kick, a replace or a shutdown waiting.
 CLOSE_TIMEOUT = 5.0
-# Offsets of one history subscription queued past a gap that are remembered (_count_queued).
-_AHEAD_MAX = 256
 
 
 class Transport(Writer, Protocol):
@@ -104,7 +112,7 @@ class Connection:
         BROKER_AUTH_DEADLINE (0 = none). A connection not authenticated by then is closed
         with 4408 ``auth-timeout`` (``_auth_expired``), whatever its transport."""
         self.transport = transport
-        self.codec = codec
+        self._codec = codec
         self.id = secrets.token_hex(8)
         self.identity: Identity = Identity()
         self.session: Session | None = None
@@ -112,8 +120,8 @@ class Connection:
         self.connected_at = time.time()
         self._max_outbox = conf().BROKER_MAX_OUTBOX_BYTES
         self._outbox: Outbox[tuple[Subscription, int]] = Outbox(
-            transport, self._max_outbox, on_overflow=self._overflowed, on_written=self._written,
-            name=self.id)
+            transport, self._max_outbox, on_overflow=self._overflowed,
+            on_written=Delivery.written, name=self.id)
         self._bucket = make_bucket(conf().BROKER_RATE_LIMIT, conf().BROKER_RATE_BURST)
         self._closing = False
         self._lock = asyncio.Lock()
@@ -131,17 +139,10 @@ class Connection:
         self._acked_ids: OrderedDict[str, None] = OrderedDict()
         self._owed: set[str] = set()
         self._ack_io: asyncio.Future[None] | None = None
-        # History subscriptions holding live frames until the hub has rejoined (hold_live),
-        # with the last offset queued to the client before.
-        self._recovering: dict[Subscription, int] = {}
-        # Subscriptions holding live frames in ``sub.buffer`` (a seam, or hold_live), and the
-        # bytes they hold: owed to the client, so bounded with the outbox (``hold``).
-        self._holding: set[Subscription] = set()
-        self._holding_bytes = 0
-        # History subscriptions: the highest offset queued with every offset before it, and
-        # the offsets queued past a gap (``_count_queued``).
-        self._queued: dict[Subscription, int] = {}
-        self._ahead: dict[Subscription, set[int]] = {}
+        # What becomes of each delivery, the seam and the positions (broker.delivery).
+        self._delivery = Delivery(codec, self._max_outbox, push=self.push,
+                                  queued_bytes=lambda: self._outbox.queued_bytes,
+                                  on_slow=lambda: self.close_soon(disconnect.SLOW), name=self.id)
         # Issue 11, item 5: one total deadline from accept to authenticated.
         limit = conf().BROKER_AUTH_DEADLINE if auth_deadline is None else auth_deadline
         self._auth_by = time.monotonic() + limit if limit > 0 else None
@@ -149,6 +150,17 @@ class Connection:
             asyncio.get_running_loop().call_later(limit, self._auth_expired) if limit > 0
             else None)
         self._opening = False
+
+    @property
+    def codec(self) -> Codec:
+        return self._codec
+
+    @codec.setter
+    def codec(self, codec: Codec) -> None:
+        """A transport that learns its protocol from the first bytes (the TCP gate) sets
+        the codec after constructing the connection."""
+        self._codec = codec
+        self._delivery.codec = codec
 
     # ------------------------------------------------------------ opening
 
@@ -365,7 +377,7 @@ class Connection:
                 return await self._join(effect, rid)
             case LeaveRooms():
                 for sub in effect.subscriptions:
-                    self._forget_position(sub)
+                    self._delivery.forget(sub)
                 await hub.unsubscribe(effect.subscriptions)
             case PublishRooms():
                 trigger_id = await hub.router.publish(effect.rooms, effect.data_json,
@@ -416,79 +428,30 @@ class Connection:
             await hub.subscribe(sub)
             return None
         since = effect.since
-        sub.buffer = []
+        self._delivery.start_seam(sub)
         try:
             await hub.subscribe(sub)
         except BaseException:
-            sub.buffer = None
-            self._recount_held()
+            self._delivery.abort_seam(sub)
             raise
         try:
             # The whole replay: the stream is bounded by its size (MAXLEN ~, so a little more).
             page = await hub.cluster.history_read(sub.room.key, since=since,
                                                   limit=0 if since is None else None)
         except BaseException:
-            sub.buffer = None
-            self._recount_held()
+            self._delivery.abort_seam(sub)
             await hub.unsubscribe([sub])
             raise
-        extra: dict[str, Any] = {"offset": page.top}
-        replay = list(page.entries) if since is not None else []
-        # Live frames at or below ``held`` are ones the client already has.
-        held = -1
-        if since is None:
-            sub.offset = page.top
-        else:
-            ok = recovered(since, page)
-            extra["recovered"] = ok
-            sub.offset = since if ok else 0
-            held = since if ok else -1
-
-        self._follow_ups.append(lambda: self._flush_seam(sub, replay, held, page.top))
+        extra, follow_up = self._delivery.joined(sub, since, page)
+        self._follow_ups.append(follow_up)
         return Success(rid, extra)
-
-    def _flush_seam(self, sub: Subscription, replay: list[HistoryEntry], held: int,
-                    top: int) -> None:
-        """Queue ``replay``, then the live frames held in ``sub.buffer`` meanwhile minus the
-        replayed ones and those at or below ``held`` (the client has them); then go live.
-        Every offset up to ``top`` (the room's when the replay was read) is then queued."""
-        key = sub.room.key
-        self._queued[sub] = top
-        self._ahead.pop(sub, None)
-        sub.replayed = max([held, *(e.offset for e in replay)])
-        for e in replay:
-            self.push(self.codec.publish(sub, e.data_json, key, e.id, offset=e.offset),
-                      (sub, e.offset))
-        live = merge_seam(replay, sub.buffer or [], held)
-        sub.buffer = None
-        self._recount_held()
-        for _trigger_id, offset, frame in live:
-            self.push(frame, (sub, offset) if offset is not None else None)
 
     # ------------------------------------------------------------ deliveries (the Receiver seam)
 
     def deliver(self, sub: Subscription, trigger: Trigger, room_key: str,
                 offset: int | None) -> None:
-        """One trigger for ``sub`` (the hub matched and deduped it), shown under ``room_key``
-        with that room's history ``offset`` (None: not recorded there). Held while ``sub``'s
-        replay is read; dropped when the replay already sent it; else queued, with a mark when
-        the offset is of the subscription's own room (its resume position once written)."""
-        if offset is None:
-            frame = self.codec.publish(sub, trigger.data_json, room_key, trigger.id)
-            if sub.buffer is None:
-                self.push(frame)  # the common case: a live trigger, no history
-            else:
-                self.hold(sub, (trigger.id, None, frame))
-            return
-        frame = self.codec.publish(sub, trigger.data_json, room_key, trigger.id, offset=offset)
-        if sub.buffer is not None:
-            self.hold(sub, (trigger.id, offset, frame))
-        elif room_key == sub.room.key:
-            if sub.replayed is not None and offset <= sub.replayed:
-                return  # already sent by the replay (its live copy came late)
-            self.push(frame, (sub, offset))
-        else:
-            self.push(frame)
+        """One trigger for one of this connection's subscriptions (broker.delivery decides)."""
+        self._delivery.deliver(sub, trigger, room_key, offset)
 
     def deliver_message(self, message: DirectMessage) -> None:
         """A direct message to this connection's own destination."""
@@ -498,12 +461,8 @@ class Connection:
             self.push(self.codec.message(message))
 
     def deliver_watched(self, sub: Subscription, message: DirectMessage) -> None:
-        """A watcher's copy of a direct message (``sub`` watches ``message.room``)."""
-        frame = self.codec.watched(sub, message)
-        if sub.buffer is not None:
-            self.hold(sub, (message.id, None, frame))
-        else:
-            self.push(frame)
+        """A watcher's copy of a direct message (broker.delivery decides)."""
+        self._delivery.deliver_watched(sub, message)
 
     def deliver_confirmed(self, event: Confirmed) -> None:
         """To a sender: its acknowledged message was confirmed (dialects that show it)."""
@@ -513,120 +472,27 @@ class Connection:
 
     # ------------------------------------------------------------ lost live frames
 
-    def _forget_position(self, sub: Subscription) -> None:
-        self._queued.pop(sub, None)
-        self._ahead.pop(sub, None)
-        self._recovering.pop(sub, None)
-
-    def _count_queued(self, sub: Subscription, offset: int) -> None:
-        """Move the subscription's queued position: the highest offset that was queued with
-        every offset before it. Live frames of one room may come out of offset order (two
-        processes publishing at once); those past a gap wait in ``_ahead`` until it fills."""
-        done = self._queued.get(sub)
-        if done is None or offset <= done:
-            return
-        ahead = self._ahead.get(sub)
-        if offset > done + 1:
-            if ahead is None:
-                ahead = self._ahead[sub] = set()
-            ahead.add(offset)
-            if len(ahead) <= _AHEAD_MAX:
-                return
-            # A gap that does not fill: a trigger recorded but never sent (a failed send), or
-            # the room's sequence restarted.
-            offset = min(ahead)
-        if ahead:
-            while offset + 1 in ahead:
-                offset += 1
-            rest = {o for o in ahead if o > offset}
-            if rest:
-                self._ahead[sub] = rest
-            else:
-                del self._ahead[sub]
-        self._queued[sub] = offset
-
-    def hold(self, sub: Subscription, entry: tuple[str, int | None, Any]) -> None:
-        """Keep a live frame of ``sub`` while its replay is read (``sub.buffer``). Held frames
-        are owed to the client, so they count against BROKER_MAX_OUTBOX_BYTES with the outbox.
-        Past it, the frames held since a lost Redis subscription (``hold_live``) go first,
-        counted as ``held-overflow``: the replay at ``resync`` reads the recorded ones back
-        from history, and the client is told by the ``resync`` itself. Frames held across a
-        seam cannot go (nothing would bring them back): then the connection is slow."""
-        assert sub.buffer is not None
-        sub.buffer.append(entry)
-        self._holding.add(sub)
-        self._holding_bytes += len(entry[2])
-        if self._holding_bytes + self._outbox.queued_bytes <= self._max_outbox:
-            return
-        dropped = 0
-        for lost in self._recovering:
-            if lost.buffer:
-                dropped += len(lost.buffer)
-                lost.buffer.clear()
-        if dropped:
-            metrics.drop("held-overflow", dropped)
-            log.warning("conn %s: %d live frames held since the lost Redis subscription "
-                        "dropped (over BROKER_MAX_OUTBOX_BYTES); the resync replays the "
-                        "recorded ones", self.id, dropped)
-            self._recount_held()
-        if self._holding_bytes + self._outbox.queued_bytes > self._max_outbox:
-            metrics.drop("slow", sum(len(s.buffer or ()) for s in self._holding))
-            log.warning("conn %s: over %d bytes owed while a replay is read, closing as slow",
-                        self.id, self._max_outbox)
-            for held in self._holding:
-                if held.buffer:
-                    held.buffer.clear()
-            self._recount_held()
-            self.close_soon(disconnect.SLOW)
-
-    def _recount_held(self) -> None:
-        """Forget subscriptions that hold nothing any more, and sum what the others hold."""
-        self._holding = {s for s in self._holding if s.buffer}
-        self._holding_bytes = sum(len(e[2]) for s in self._holding for e in s.buffer or ())
-
     def hold_live(self) -> None:
-        """The hub's subscription to Redis broke: triggers published from now until it has
-        rejoined may never arrive. Each history subscription notes the last offset queued to
-        the client and holds its live frames until ``resync`` has read what it missed."""
+        """The hub's subscription to Redis broke: each history subscription holds its live
+        frames until ``resync`` (broker.delivery)."""
         if self.session is None or self._closing:
             return
-        for sub in self.session.subscriptions.values():
-            if (sub.pattern is None and sub.buffer is None and sub not in self._recovering
-                    and sub in self._queued):
-                self._recovering[sub] = self._queued[sub]
-                sub.buffer = []
+        self._delivery.hold_live(list(self.session.subscriptions.values()))
 
     async def resync(self) -> None:
-        """The hub has rejoined: replay each held history subscription's gap from the history
-        (through the seam), and tell the client, listing those with ``recovered``."""
-        hub, recovering, self._recovering = self.hub, self._recovering, {}
+        """The hub has rejoined: read each held history subscription's gap from the history,
+        and let broker.delivery replay it through the seam and tell the client."""
+        hub, recovering = self.hub, self._delivery.recovering()
         if hub is None or self._closing:
             return
         subs = list(recovering)
         pages = await asyncio.gather(*(hub.cluster.history_read(
             s.room.key, since=recovering[s], limit=None) for s in subs), return_exceptions=True)
-        listed: list[dict[str, Any]] = []
-        seams: list[tuple[Subscription, list[HistoryEntry], int, int]] = []
-        for sub, page in zip(subs, pages):
-            since = recovering[sub]
-            if isinstance(page, BaseException):
-                log.warning("conn %s: history not read after a lost subscription: %s",
-                            self.id, page)
-                listed.append({"requestId": sub.request_id, "recovered": False})
-                seams.append((sub, [], since, since))
-                continue
-            listed.append({"requestId": sub.request_id, "offset": page.top,
-                           "recovered": recovered(since, page)})
-            ahead = self._ahead.get(sub, set())  # queued already, past a gap
-            seams.append((sub, [e for e in page.entries if e.offset not in ahead], since,
-                          page.top))
-        frame = self.codec.resync(listed)
-        if frame is not None:
-            self.push(frame)
-        for sub, replay, since, top in seams:
-            if (self.session is not None and sub.buffer is not None
-                    and self.session.subscriptions.get(sub.request_id_json) is sub):
-                self._flush_seam(sub, replay, since, top)
+        session = self.session
+        self._delivery.resynced(
+            [(sub, recovering[sub], page) for sub, page in zip(subs, pages)],
+            lambda sub: (session is not None
+                         and session.subscriptions.get(sub.request_id_json) is sub))
 
     async def _admin(self, effect: AdminAction, rid: Any) -> Reply:
         hub = self.hub
@@ -674,20 +540,13 @@ class Connection:
                 self.close_soon(disconnect.SLOW)
             return
         if mark is not None:
-            self._count_queued(mark[0], mark[1])
+            self._delivery.queued(mark)
         self._outbox.push(frame, mark)
 
     def _overflowed(self, dropped: int) -> None:
         metrics.drop("slow", dropped)
         log.warning("conn %s: outbox over %d bytes, closing as slow", self.id, self._max_outbox)
         self.close_soon(disconnect.SLOW)
-
-    @staticmethod
-    def _written(mark: tuple[Subscription, int]) -> None:
-        """A frame with a position was written: its subscription resumes after it."""
-        sub, offset = mark
-        if sub.offset is None or offset > sub.offset:
-            sub.offset = offset
 
     async def flush(self) -> None:
         await self._outbox.flush()

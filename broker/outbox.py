@@ -64,6 +64,7 @@ class Outbox(Generic[M]):
         self._written = 0  # frames written so far
         self._marks: deque[tuple[int, M]] = deque()  # (number of the frame, its mark)
         self._waiting: asyncio.Task[None] | None = None  # waits for writable(), then writes
+        self._writing = False  # inside _write_out (a push from within a write joins its loop)
         self._closed = False
 
     @property
@@ -87,7 +88,7 @@ class Outbox(Generic[M]):
             self._bytes = 0
             self._on_overflow(dropped)
             return False
-        if self._waiting is None:
+        if self._waiting is None and not self._writing:
             self._write_out()
         return True
 
@@ -96,18 +97,22 @@ class Outbox(Generic[M]):
         to one task that waits until it is writable."""
         frames = self._frames
         writer = self._writer
-        while frames:
-            frame = frames.popleft()
-            self._bytes -= len(frame)
-            try:
-                ready = writer.write_now(frame)
-            except Exception as exc:  # noqa: BLE001 - a dead transport: the close path follows
-                log.info("conn %s: write failed: %s", self._name, type(exc).__name__)
-                return
-            if not ready:
-                self._waiting = asyncio.ensure_future(self._wait_then_write())
-                return
-            self._frame_written()
+        self._writing = True
+        try:
+            while frames:
+                frame = frames.popleft()
+                self._bytes -= len(frame)
+                try:
+                    ready = writer.write_now(frame)
+                except Exception as exc:  # noqa: BLE001 - a dead transport: the close follows
+                    log.info("conn %s: write failed: %s", self._name, type(exc).__name__)
+                    return
+                if not ready:
+                    self._waiting = asyncio.ensure_future(self._wait_then_write())
+                    return
+                self._frame_written()
+        finally:
+            self._writing = False
 
     def _frame_written(self) -> None:
         self._written += 1

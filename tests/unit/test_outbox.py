@@ -88,3 +88,20 @@ async def test_a_dead_transport_ends_the_writing_not_the_caller() -> None:
     assert box.push("a")  # the failure is logged; the close path follows from the transport
     await box.flush()
     assert socket.written == [] and overflows == []
+
+
+async def test_a_push_from_within_a_write_keeps_the_order() -> None:
+    socket = Socket()
+    box, _overflows, _marks = make(socket)
+    original = socket.write_now
+
+    def write_now(frame: str | bytes) -> bool:
+        ready = original(frame)
+        if frame == "a":
+            box.push("c")  # e.g. a delivery caused by the write itself
+        return ready
+
+    socket.write_now = write_now  # type: ignore[method-assign]
+    box.push("a")
+    box.push("b")
+    assert socket.written == ["a", "c", "b"]

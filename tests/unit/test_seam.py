@@ -1,135 +1,248 @@
-"""The seam between a history replay and live delivery, driven deterministically in one process:
-triggers are delivered live *while* the history is being read, some of them also in it.
-
-A real Hub, MemoryCluster and Connection (with a recording transport); the channel layer is
-bypassed by calling ``Hub.dispatch`` at the exact moments that make the seam hard.
+"""The seam between a history replay and live delivery, the positions, and the frames held
+since a lost Redis subscription (broker.delivery), as plain function calls: no server, no
+Redis, no hub, no monkey-patching. Triggers are delivered live *while* the history is being
+read (between ``start_seam`` and ``joined``), some of them also in it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import uuid
+from typing import Any
 
-from channels.layers import InMemoryChannelLayer
-
-from broker.cluster import MemoryCluster
 from broker.codecs.jsoncodec import JsonCodec
-from broker.connection import Connection
-from broker.history import HistoryPolicy
-from broker.hub import Hub
-from broker.identity import identity_from_api
-from broker.session import Session, Subscribe
+from broker.delivery import Delivery, Mark
+from broker.history import HistoryEntry, HistoryPage
+from broker.messages import DirectMessage, Trigger
+from broker.session import Subscription
+from rooms import parse_room
 
-ROOM = {"target": "chat", "customer": "1"}
-POLICY = HistoryPolicy.from_setting([{"room": {"target": "chat", "customer": "*"},
-                                      "size": 100, "ttl": 60}])
-
-
-class Recorder:
-    name = "test"
-    remote_addr = None
-
-    def __init__(self) -> None:
-        self.frames: list[str] = []
-        self.gate: asyncio.Event | None = None  # when set and cleared: writes wait (a slow socket)
-        self.pending: str | bytes | None = None
-
-    def write_now(self, frame: str | bytes) -> bool:
-        if self.gate is not None and not self.gate.is_set():
-            self.pending = frame
-            return False
-        self.frames.append(frame if isinstance(frame, str) else frame.decode())
-        return True
-
-    async def writable(self) -> None:
-        assert self.gate is not None and self.pending is not None
-        await self.gate.wait()
-        frame, self.pending = self.pending, None
-        self.frames.append(frame if isinstance(frame, str) else frame.decode())
-
-    async def close(self, code: int, reason: str) -> None:
-        pass
+ROOM = parse_room({"target": "chat", "customer": "1"})
+BASE = 100  # the room's offsets before the test
 
 
-async def make_connection() -> tuple[Hub, Connection, Recorder]:
-    layer = InMemoryChannelLayer()
-    hub = Hub(layer, MemoryCluster("p1"))
-    await hub.start()  # the receive loop confirms group joins (Hub._join_group)
-    transport = Recorder()
-    conn = Connection(transport, JsonCodec(rich=True))
-    conn.identity = identity_from_api({"login_id": "bob",
-                                       "allowed_rooms": [{"target": "chat", "customer": "*"}]})
-    conn.session = Session(conn.identity, max_subscriptions=10, public_status=False,
-                           history=POLICY)
-    await hub.attach(conn)
-    conn.hub = hub
-    return hub, conn, transport
+class Client:
+    """The driver around a Delivery: an outbox that queues, and writes when told to."""
+
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self.queued: list[tuple[Any, Mark | None]] = []
+        self.written: list[dict[str, Any]] = []
+        self.slow = False
+        self.delivery = Delivery(JsonCodec(rich=True), limit, push=self.push,
+                                 queued_bytes=self.queued_bytes, on_slow=self.on_slow)
+
+    def push(self, frame: str | bytes, mark: Mark | None) -> None:
+        if mark is not None:
+            self.delivery.queued(mark)
+        self.queued.append((frame, mark))
+
+    def queued_bytes(self) -> int:
+        return sum(len(f) for f, _ in self.queued)
+
+    def on_slow(self) -> None:
+        self.slow = True
+
+    def write(self, n: int | None = None) -> None:
+        """The transport takes the first ``n`` queued frames (all by default)."""
+        n = len(self.queued) if n is None else n
+        taken, self.queued = self.queued[:n], self.queued[n:]
+        for frame, mark in taken:
+            self.written.append(json.loads(frame))
+            if mark is not None:
+                Delivery.written(mark)
 
 
-async def record(hub: Hub, data: int) -> dict:
-    """What Router.publish does for a recorded trigger: append, then the routed message."""
-    from rooms import parse_room
-
-    room = parse_room(ROOM)
-    trigger_id = uuid.uuid4().hex
-    offsets = await hub.cluster.history_append([(room.key, POLICY.rules[0])], trigger_id,
-                                               json.dumps(data), 3600)
-    return {"type": "cb.trigger", "id": trigger_id, "rooms": [room.key],
-            "data": json.dumps(data), "offsets": offsets}
+def sub_of(rid: str = "s") -> Subscription:
+    return Subscription(rid, json.dumps(rid), ROOM)
 
 
-async def test_replay_then_live_without_gap_or_duplicate():
-    hub, conn, transport = await make_connection()
-    old = [await record(hub, n) for n in range(4)]  # 0..3, before the client comes back
-    since = old[0]["offsets"][next(iter(old[0]["offsets"]))]  # the client has trigger 0
-    real_read = hub.cluster.history_read
-    late: list[dict] = []
+def trigger(n: int) -> Trigger:
+    return Trigger(f"t{n}", [ROOM.key], json.dumps(n), {ROOM.key: BASE + n})
 
-    async def read_while_delivering(room_key, *, since, limit):
-        hub.dispatch(old[3])  # recorded before the read, its PUBLISH arrives now: a duplicate
-        fresh = await record(hub, 4)  # recorded and delivered during the read: in both
-        hub.dispatch(fresh)
-        page = await real_read(room_key, since=since, limit=limit)
-        late.append(await record(hub, 5))  # recorded after the read: live only
-        hub.dispatch(late[0])
-        return page
 
-    hub.cluster.history_read = read_while_delivering  # type: ignore[method-assign]
-    await conn.receive(Subscribe("s", ROOM, since=since))
-    hub.cluster.history_read = real_read  # type: ignore[method-assign]
-    hub.dispatch(await record(hub, 6))  # afterwards: straight through
-    await conn.flush()
+def entry(n: int) -> HistoryEntry:
+    return HistoryEntry(BASE + n, f"t{n}", json.dumps(n))
 
-    frames = [json.loads(f) for f in transport.frames]
-    assert frames[0] == {"code": "success", "requestId": "s", "offset": since + 4,
-                         "recovered": True}
-    deliveries = frames[1:]
-    assert [f["data"] for f in deliveries] == [1, 2, 3, 4, 5, 6]
-    assert [f["offset"] for f in deliveries] == list(range(since + 1, since + 7))
+
+def page(*ns: int, top: int | None = None) -> HistoryPage:
+    return HistoryPage(BASE + (top if top is not None else max(ns, default=0)), 1,
+                       tuple(entry(n) for n in ns))
+
+
+def live(client: Client, sub: Subscription, n: int) -> None:
+    client.delivery.deliver(sub, trigger(n), ROOM.key, BASE + n)
+
+
+def subscribed(client: Client, sub: Subscription, top: int = 0) -> None:
+    """A fresh subscription (no ``since``) that has gone live at the room's ``top``."""
+    client.delivery.start_seam(sub)
+    extra, follow_up = client.delivery.joined(sub, None, page(top=top))
+    assert extra == {"offset": BASE + top}
+    follow_up()
+
+
+def test_replay_then_live_without_gap_or_duplicate() -> None:
+    client, sub = Client(), sub_of()
+    since = BASE  # the client has everything up to trigger 0
+    client.delivery.start_seam(sub)  # before the hub joins: live frames are held from now
+    live(client, sub, 3)  # recorded before the read, its PUBLISH arrives now: a duplicate
+    live(client, sub, 4)  # recorded and delivered during the read: in both
+    read = page(1, 2, 3, 4)
+    live(client, sub, 5)  # recorded after the read: live only
+    assert client.queued == []  # all held
+    extra, follow_up = client.delivery.joined(sub, since, read)
+    assert extra == {"offset": BASE + 4, "recovered": True}
+    follow_up()  # after the subscribe's reply
+    live(client, sub, 6)  # afterwards: straight through
+    client.write()
+    assert [f["data"] for f in client.written] == [1, 2, 3, 4, 5, 6]
+    assert [f["offset"] for f in client.written] == list(range(BASE + 1, BASE + 7))
     # the position a resume would replay after: the last offset written
-    sub = conn.session.subscriptions['"s"']
-    assert sub.offset == since + 6 and sub.buffer is None
+    assert sub.offset == BASE + 6 and sub.buffer is None
 
 
-async def test_positions_move_only_when_written():
-    hub, conn, transport = await make_connection()
-    await conn.receive(Subscribe("s", ROOM))
-    await conn.flush()
-    sub = conn.session.subscriptions['"s"']
-    assert sub.offset == 0  # the room's top when it subscribed (nothing recorded yet)
-    message = await record(hub, 1)
-    transport.gate = asyncio.Event()  # the socket takes nothing for now
-    hub.dispatch(message)
-    await asyncio.sleep(0.01)
-    assert sub.offset == 0  # queued, not written
-    transport.gate.set()
-    await conn.flush()
-    assert sub.offset == next(iter(message["offsets"].values()))
+def test_a_late_live_copy_of_a_replayed_trigger_is_dropped() -> None:
+    client, sub = Client(), sub_of()
+    client.delivery.start_seam(sub)
+    _extra, follow_up = client.delivery.joined(sub, BASE, page(1, 2))
+    follow_up()
+    live(client, sub, 2)  # read from the history, its live copy reached us after the merge
+    live(client, sub, 3)
+    client.write()
+    assert [f["data"] for f in client.written] == [1, 2, 3]
+
+
+def test_held_frames_the_client_already_has_are_dropped() -> None:
+    client, sub = Client(), sub_of()
+    client.delivery.start_seam(sub)
+    live(client, sub, 1)  # at or below ``since``: the client has it
+    live(client, sub, 2)
+    _extra, follow_up = client.delivery.joined(sub, BASE + 1, page(2, top=2))
+    follow_up()
+    client.write()
+    assert [f["data"] for f in client.written] == [2]
+
+
+def test_an_unrecoverable_since_starts_over_and_says_so() -> None:
+    client, sub = Client(), sub_of()
+    client.delivery.start_seam(sub)
+    # since 5 is before the history's base (the room's stream was trimmed past it)
+    extra, follow_up = client.delivery.joined(sub, 5, HistoryPage(BASE + 2, BASE, (
+        entry(1), entry(2))))
+    assert extra == {"offset": BASE + 2, "recovered": False} and sub.offset == 0
+    follow_up()
+    client.write()
+    assert [f["data"] for f in client.written] == [1, 2]
+
+
+def test_positions_move_only_when_written() -> None:
+    client, sub = Client(), sub_of()
+    subscribed(client, sub)
+    assert sub.offset == BASE  # the room's top when it subscribed
+    live(client, sub, 1)
+    live(client, sub, 2)
+    assert sub.offset == BASE  # queued, not written
+    client.write(1)
+    assert sub.offset == BASE + 1
     # a trigger that does not ask for history moves nothing
-    hub.dispatch({"type": "cb.trigger", "id": "plain", "rooms": [next(iter(
-        message["offsets"]))], "data": "0"})
-    await conn.flush()
-    assert sub.offset == next(iter(message["offsets"].values()))
-    assert json.loads(transport.frames[-1]) == {
-        "type": "publish", "requestId": "s", "data": 0, "room": ROOM, "id": "plain"}
+    client.delivery.deliver(sub, Trigger("plain", [ROOM.key], "0"), ROOM.key, None)
+    client.write()
+    assert sub.offset == BASE + 2
+    assert client.written[-1] == {"type": "publish", "requestId": "s", "data": 0,
+                                  "room": ROOM.original, "id": "plain"}
+
+
+def test_an_offset_of_another_room_is_shown_but_moves_nothing() -> None:
+    client, sub = Client(), sub_of()
+    subscribed(client, sub)
+    other = parse_room({"target": "chat", "customer": "2"})
+    client.delivery.deliver(sub, Trigger("x", [other.key], "7", {other.key: 9}), other.key, 9)
+    assert client.queued[-1][1] is None
+    client.write()
+    assert sub.offset == BASE and client.written[-1]["offset"] == 9
+
+
+def test_a_lost_subscription_holds_from_the_last_offset_queued_then_replays_the_gap() -> None:
+    client, sub = Client(), sub_of()
+    subscribed(client, sub)
+    live(client, sub, 1)
+    client.delivery.hold_live([sub])  # Redis subscription lost: 2 and 3 never arrive live
+    live(client, sub, 4)  # held (arrived after the hub rejoined, before the resync read)
+    recovering = client.delivery.recovering()
+    assert recovering == {sub: BASE + 1}
+    client.delivery.resynced([(sub, BASE + 1, page(2, 3, 4))], lambda s: True)
+    client.write()
+    frames = client.written
+    assert frames[1] == {"type": "resync", "subscriptions": [
+        {"requestId": "s", "offset": BASE + 4, "recovered": True}]}
+    assert [f["data"] for f in frames[:1] + frames[2:]] == [1, 2, 3, 4]
+    assert sub.offset == BASE + 4 and sub.buffer is None
+    assert client.delivery.recovering() == {}
+
+
+def test_the_resync_does_not_replay_what_was_queued_past_a_gap() -> None:
+    client, sub = Client(), sub_of()
+    subscribed(client, sub)
+    live(client, sub, 1)
+    live(client, sub, 3)  # out of order: 2 is still on its way (another process)
+    client.delivery.hold_live([sub])
+    assert client.delivery.recovering() == {sub: BASE + 1}
+    client.delivery.resynced([(sub, BASE + 1, page(2, 3))], lambda s: True)
+    client.write()
+    assert [f.get("data") for f in client.written] == [1, 3, None, 2]
+
+
+def test_a_failed_read_says_not_recovered_and_goes_live() -> None:
+    client, sub = Client(), sub_of()
+    subscribed(client, sub)
+    client.delivery.hold_live([sub])
+    live(client, sub, 2)
+    client.delivery.recovering()
+    client.delivery.resynced([(sub, BASE, ConnectionError("down"))], lambda s: True)
+    client.write()
+    assert client.written[0] == {"type": "resync", "subscriptions": [
+        {"requestId": "s", "recovered": False}]}
+    assert [f["data"] for f in client.written[1:]] == [2] and sub.buffer is None
+
+
+def test_an_ended_subscription_is_not_replayed() -> None:
+    client, sub = Client(), sub_of()
+    subscribed(client, sub)
+    client.delivery.hold_live([sub])
+    client.delivery.recovering()
+    client.delivery.resynced([(sub, BASE, page(1))], lambda s: False)
+    client.write()
+    assert [f["type"] for f in client.written] == ["resync"]
+
+
+def test_frames_held_since_a_lost_subscription_go_first_past_the_bound() -> None:
+    client, lost, seam = Client(limit=400), sub_of("lost"), sub_of("seam")
+    subscribed(client, lost)
+    client.delivery.hold_live([lost])
+    for n in range(1, 4):
+        live(client, lost, n)
+    client.delivery.start_seam(seam)
+    live(client, seam, 4)  # past the bound: the lost subscription's frames are dropped
+    assert lost.buffer == [] and seam.buffer is not None and len(seam.buffer) == 1
+    assert not client.slow
+
+
+def test_frames_held_across_a_seam_past_the_bound_make_the_connection_slow() -> None:
+    client, sub = Client(limit=200), sub_of()
+    client.delivery.start_seam(sub)
+    live(client, sub, 1)
+    assert not client.slow
+    live(client, sub, 2)
+    assert client.slow and sub.buffer == []
+
+
+def test_watchers_copies_wait_behind_the_seam_too() -> None:
+    client, sub = Client(), sub_of()
+    client.delivery.start_seam(sub)
+    message = DirectMessage("m1", ROOM.key, "/agent/bob", None, '{"type":"message"}', "1")
+    client.delivery.deliver_watched(sub, message)
+    assert client.queued == []
+    _extra, follow_up = client.delivery.joined(sub, None, page(top=0))
+    follow_up()
+    client.write()
+    assert client.written == [{"type": "publish", "requestId": "s", "data": {"type": "message"},
+                               "room": ROOM.original, "id": "m1"}]
