@@ -1,14 +1,16 @@
-"""STOMP heart-beats (STOMP 1.2 "Heart-beating") for every transport that carries STOMP.
+"""STOMP heart-beats (STOMP 1.2 "Heart-beating"), one way for every transport.
 
 Once the codec has negotiated the periods (``heartbeat_out``/``heartbeat_in`` in ms, 0 = off,
-see ``StompCodec.welcome``), ``keep_alive`` runs beside the connection until it closes:
+see ``StompCodec.welcome``), the serve loop (``broker.serve``) calls ``start``; then
+``keep_alive`` runs beside the connection until it closes:
 
 - it queues an EOL (``codec.heartbeat()``) whenever nothing was written for ``heartbeat_out``;
-- with ``watch_reads``, it closes the connection with 1001 ``heart-beat-timeout`` once nothing
-  was read for ``2 × heartbeat_in + 1 s`` (the TCP gate enforces this on its reads instead).
+- it closes the connection with 1001 ``heart-beat-timeout`` once nothing was read for
+  ``2 × heartbeat_in + 1 s``.
 
 The transport says when it last wrote and read (``time.monotonic()``): ``last_write`` and
-``last_read``.
+``last_read``, updated by its ``write`` and on every read (a TCP chunk, a WebSocket message),
+so a read costs a clock read, not a timer. A codec without heart-beats (JSON) has none.
 """
 
 from __future__ import annotations
@@ -33,9 +35,17 @@ def silence_limit(heartbeat_in_ms: int) -> float:
     return heartbeat_in_ms * 2 / 1000 + 1
 
 
-async def keep_alive(conn: Connection, codec: Any, link: Link, *, watch_reads: bool) -> None:
+def start(conn: Connection, codec: Any, link: Link) -> asyncio.Task[None] | None:
+    """Run ``keep_alive`` for an open connection whose codec negotiated heart-beats."""
+    if not (getattr(codec, "heartbeat_out", 0) or getattr(codec, "heartbeat_in", 0)):
+        return None
+    link.last_write = link.last_read = time.monotonic()
+    return asyncio.ensure_future(keep_alive(conn, codec, link))
+
+
+async def keep_alive(conn: Connection, codec: Any, link: Link) -> None:
     period = codec.heartbeat_out / 1000
-    limit = silence_limit(codec.heartbeat_in) if watch_reads and codec.heartbeat_in else 0.0
+    limit = silence_limit(codec.heartbeat_in) if codec.heartbeat_in else 0.0
     if not period and not limit:
         return
     while not conn.closing:

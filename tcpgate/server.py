@@ -7,9 +7,10 @@ three framings, told apart by the connection's first byte:
 - ``0x00``/``0x01``: the Communication Broker's length-prefixed frames (``CBFramer``);
 - ``{``: JSON lines, the rich JSON dialect after a first ``{"type":"connect", ...}`` line.
 
-Each connection then drives ``broker.connection.Connection`` exactly as the WebSocket consumer
-does: credentials once, each frame through the codec into ``Connection.receive``, and writes
-and closes through the small ``Transport`` interface. The codecs decide what frames mean.
+Each connection is then served by ``broker.serve`` exactly as a WebSocket is: admission,
+credentials (the CONNECT frame, the ``connect`` line), the refusal table, the welcome,
+heart-beats, the receive loop and the close are the serve loop's. ``TcpTransport`` only does
+the framing: the first byte chooses the codec, the parsers cut the stream into frames.
 
 Memory per connection is bounded by explicit limits:
 
@@ -26,25 +27,21 @@ A transport without close codes says why it closes in its own framing: an ERROR 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import ssl
 import time
-from typing import Any
+from collections.abc import Callable
 
-from broker import disconnect, errors, heartbeat, metrics
-from broker.auth import AuthUnavailable, Credentials, Refused
+from broker import errors, serve
 from broker.codecs.jsoncodec import JsonCodec
 from broker.codecs.stomp import StompCodec
 from broker.codecs.stompframe import (
-    HEARTBEAT, CBFramer, Frame, StompFrameError, StompParser, encode_frame,
+    CBFramer, Frame, StompFrameError, StompParser, encode_frame,
 )
 from broker.conf import conf
-from broker.connection import Connection
-from broker.errors import BrokerUnavailable
-from broker.limits import admission
-from broker.session import load_json
 
 log = logging.getLogger("tcpgate")
 
@@ -60,40 +57,146 @@ def ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     return ctx
 
 
-def credentials_from_connect(msg: dict[str, Any], remote_addr: str | None) -> Credentials:
-    """The §2 credentials of a JSON-lines ``{"type":"connect", ...}`` line."""
-
-    def text(name: str) -> str | None:
-        value = msg.get(name)
-        return value if isinstance(value, str) else None
-
-    headers = {name: value for name in ("cookie", "authorization", "user-agent")
-               if (value := text(name))}
-    extra = msg.get("headers")
-    if isinstance(extra, dict):  # for BROKER_AUTH_FORWARD_HEADERS
-        headers.update({str(k).lower(): v for k, v in extra.items() if isinstance(v, str)})
-    return Credentials(headers=headers, token=text("token"), remote_addr=remote_addr,
-                       app_key=text("app_key"), login_id=text("login_id"),
-                       profile_key=text("profile_key"))
+def _close_line(code: int, reason: str) -> bytes:
+    return json.dumps({"type": "close", "code": code, "reason": reason}).encode() + b"\n"
 
 
 class TcpTransport:
-    """``broker.connection.Transport`` over an asyncio stream."""
+    """``broker.serve.Transport`` over an asyncio stream: the framing of one TCP connection.
+
+    Before its first byte it has no codec; ``start`` reads that byte and chooses one. Then
+    ``receive`` hands in one frame at a time (a chunk may carry several; heart-beat EOLs are
+    only counted as reads), and ``close`` says why in the framing before closing.
+    """
 
     name = "tcp"
+    close_codes = False
+    over_capacity_grace = CLOSE_GRACE  # accepted before it can be refused: time for a place
 
-    def __init__(self, writer: asyncio.StreamWriter, json_lines: bool = False) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 heartbeat_ms: int, max_frame: int, max_header: int) -> None:
+        self.reader = reader
         self.writer = writer
+        self.heartbeat_ms = heartbeat_ms
+        self.max_frame = max_frame
+        self.max_header = max_header
         peer = writer.get_extra_info("peername")
         self.remote_addr: str | None = peer[0] if isinstance(peer, tuple) else None
-        self.json_lines = json_lines
-        self.codec: Any = None
         self.last_write = time.monotonic()
-        self.last_read = self.last_write  # heartbeat.Link; the gate watches reads itself
+        self.last_read = self.last_write  # heartbeat.Link
         self.done = asyncio.Event()  # set once the socket is closed
-        self.admitted = False  # counted in limits.admission; released once, by Gate.handle
-        self.refusal: str | None = None  # not admitted at accept: refused at its CONNECT
+        self._eol = b""  # JSON lines: each frame is one line
+        self._last_words: Callable[[int, str], str | bytes | None] = lambda code, reason: None
+        self._framer: CBFramer | StompParser | None = None
+        self._frames: collections.deque[Frame] = collections.deque()
+        self._end: serve.Inbound = None  # what follows the frames read: EOF, or Malformed
+        self._first = b""
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    # ---- serve.Transport: the framing
+
+    async def deny(self, reason: str) -> None:  # pragma: no cover - over_capacity_grace set
+        raise AssertionError("a TCP connection is refused in its framing, never denied")
+
+    async def start(self) -> serve.Framing | None:
+        """Read the first byte and choose the framing by it (see the module's docstring)."""
+        try:
+            first = await self.reader.read(1)
+        except (OSError, ssl.SSLError):
+            first = b""
+        if not first:
+            return None
+        self._first = first
+        if first in b"CS\r\n":
+            parser = StompParser(max_frame_bytes=self.max_frame, max_header_bytes=self.max_header)
+            self._framer = parser
+            return self._stomp(StompCodec(heartbeat_ms=self.heartbeat_ms,
+                                          max_header_bytes=self.max_header))
+        if first in (b"\x00", b"\x01"):
+            framer = CBFramer(max_frame_bytes=self.max_frame, max_header_bytes=self.max_header)
+            self._framer = framer
+            return self._stomp(StompCodec(cb=True, framer=framer,
+                                          max_header_bytes=self.max_header))
+        if first == b"{":
+            self._eol = b"\n"
+            self._last_words = _close_line
+            self.receive = self._line  # type: ignore[method-assign]
+            # The reader's limit bounds a line (Gate.start): no bound of the serve loop's.
+            return serve.Framing(JsonCodec(rich=True), explicit_refusal=True,
+                                 read_connect=serve.json_connect)
+        self.writer.write(encode_frame(Frame("ERROR", {"message": errors.MALFORMED_FRAME},
+                                             b"unknown framing")))
+        return None
+
+    def _stomp(self, codec: StompCodec) -> serve.Framing:
+        self._last_words = codec.closing_frame
+        # The parsers bound each frame (BROKER_MAX_MESSAGE_BYTES) before buffering it.
+        return serve.Framing(codec, explicit_refusal=True, binary=True,
+                             read_connect=serve.stomp_connect)
+
+    async def receive(self) -> serve.Inbound:
+        """The next STOMP frame (``start`` puts ``_line`` here for JSON lines)."""
+        frames = self._frames
+        while not frames:
+            if self._end is not None:
+                end, self._end = self._end, None
+                return end
+            if self._first:
+                data, self._first = self._first, b""
+            else:
+                data = await self._read()
+                if not data:
+                    return None
+            assert self._framer is not None
+            try:
+                items = self._framer.feed(data)
+            except StompFrameError as exc:
+                items, self._end = exc.frames, serve.Malformed(str(exc))
+            frames.extend(item for item in items if isinstance(item, Frame))  # not heart-beats
+        return frames.popleft()
+
+    async def _read(self) -> bytes:
+        try:
+            data = await self.reader.read(READ_CHUNK)
+        except (OSError, ssl.SSLError):
+            return b""
+        self.last_read = time.monotonic()
+        return data
+
+    async def _line(self) -> serve.Inbound:
+        """The next JSON line: text, bytes when it is not UTF-8, ``TOO_BIG`` past the reader's
+        limit, None at EOF (a last line without its newline is dropped). Blank lines are
+        keep-alives. JSON lines have no heart-beats: ``last_read`` is not kept."""
+        readline = self.reader.readline
+        while True:
+            try:
+                line = await readline()
+            except ValueError:  # a line over the limit
+                return serve.TOO_BIG
+            except (OSError, ssl.SSLError):
+                return None
+            if not line.endswith(b"\n"):
+                return None
+            if self._first:  # the "{" that chose the framing
+                line, self._first = self._first + line, b""
+            text = line.rstrip(b"\r\n")
+            if not text.strip():
+                continue
+            try:
+                return text.decode("utf-8")
+            except UnicodeDecodeError:
+                return text
+
+    async def wait_closed(self) -> None:
+        """Wait for the close (``Connection`` flushes what is queued first); a peer that does
+        not read is cut off."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.done.wait(), CLOSE_GRACE * 3)
+        if not self.done.is_set():
+            self.writer.transport.abort()
+            self.done.set()
+
+    # ---- broker.connection.Transport
 
     def write_now(self, frame: str | bytes) -> bool:
         """broker.outbox.Writer: the stream buffers the frame; False once over its high-water
@@ -101,9 +204,7 @@ class TcpTransport:
         if self.writer.is_closing():
             raise ConnectionResetError("connection lost")
         data = frame.encode("utf-8") if isinstance(frame, str) else frame
-        if self.json_lines:
-            data += b"\n"
-        self.writer.write(data)
+        self.writer.write(data + self._eol if self._eol else data)
         self.last_write = time.monotonic()
         return self.writer.transport.get_write_buffer_size() <= WRITE_HIGH_WATER
 
@@ -112,30 +213,19 @@ class TcpTransport:
 
     async def write(self, frame: str | bytes) -> None:
         data = frame.encode("utf-8") if isinstance(frame, str) else frame
-        if self.json_lines:
-            data += b"\n"
-        self.writer.write(data)
+        self.writer.write(data + self._eol if self._eol else data)
         self.last_write = time.monotonic()
         await self.writer.drain()
-
-    def last_words(self, code: int, reason: str) -> bytes | None:
-        if code == errors.CLOSE_NORMAL:
-            return None
-        if self.json_lines:
-            return json.dumps({"type": "close", "code": code, "reason": reason}).encode() + b"\n"
-        if isinstance(self.codec, StompCodec):
-            frame = self.codec.closing_frame(code, reason)
-            return frame.encode("utf-8") if isinstance(frame, str) else frame
-        return None
 
     async def close(self, code: int, reason: str) -> None:
         if self.done.is_set() or self.writer.is_closing():
             self.done.set()
             return
-        last = self.last_words(code, reason)
+        last = self._last_words(code, reason) if code != errors.CLOSE_NORMAL else None
         with contextlib.suppress(Exception):
             if last:
-                self.writer.write(last)  # no drain: a slow reader may never take it
+                # no drain: a slow reader may never take it
+                self.writer.write(last.encode("utf-8") if isinstance(last, str) else last)
             self.writer.close()
         try:
             await asyncio.wait_for(self.writer.wait_closed(), CLOSE_GRACE)
@@ -153,7 +243,7 @@ class Gate:
         self.heartbeat_ms = c.BROKER_STOMP_HEARTBEAT_MS if heartbeat_ms is None else heartbeat_ms
         self.max_frame = c.BROKER_MAX_MESSAGE_BYTES
         self.max_header = min(c.BROKER_MAX_HEADER_BYTES, c.BROKER_MAX_MESSAGE_BYTES)
-        self.connections: set[Connection] = set()
+        self.max_connections = c.BROKER_MAX_CONNECTIONS
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int, *, ssl: ssl.SSLContext | None = None
@@ -176,204 +266,18 @@ class Gate:
             self.server.close()
         await graceful_shutdown(grace)
 
-    # ------------------------------------------------------------ one connection
-
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Admit at accept (an unauthenticated socket holds a place of BROKER_MAX_CONNECTIONS),
-        then serve. The connection's auth deadline runs from here: reads before the login have
-        no timeout of their own, the deadline closes the socket (``Connection._auth_expired``).
-        A connection over capacity at accept gets only CLOSE_GRACE to send its CONNECT; it is
-        then admitted if a place was freed meanwhile (a port probe's, say), else refused in
-        its framing."""
-        transport = TcpTransport(writer)
-        transport.refusal = admission.admit(conf().BROKER_MAX_CONNECTIONS)
-        transport.admitted = transport.refusal is None
-        conn = Connection(transport, None,
-                          auth_deadline=None if transport.admitted else CLOSE_GRACE)
+        """Serve one accepted connection (``broker.serve``). It is admitted at the accept (an
+        unauthenticated socket holds a place of BROKER_MAX_CONNECTIONS); reads before the
+        login have no timeout of their own, the auth deadline closes the socket. One over
+        capacity gets only CLOSE_GRACE to send its credentials."""
+        transport = TcpTransport(reader, writer, heartbeat_ms=self.heartbeat_ms,
+                                 max_frame=self.max_frame, max_header=self.max_header)
         try:
-            try:
-                first = await reader.read(1)
-            except (OSError, ssl.SSLError):
-                first = b""
-            if not first:
-                return
-            if first in b"CS\r\n":
-                await self._stomp(reader, conn, first, cb=False)
-            elif first in (b"\x00", b"\x01"):
-                await self._stomp(reader, conn, first, cb=True)
-            elif first == b"{":
-                transport.json_lines = True
-                await self._json_lines(reader, conn, first)
-            else:
-                writer.write(encode_frame(Frame("ERROR", {"message": errors.MALFORMED_FRAME},
-                                                b"unknown framing")))
+            await serve.serve(transport, max_connections=self.max_connections)
         except Exception:
             log.exception("tcp connection failed")
-        finally:
-            if transport.admitted:
-                transport.admitted = False
-                admission.release()
-            self.connections.discard(conn)
-            if not conn.closing:
-                conn.close_soon(disconnect.EOF)
-            # the close flushes what is queued; a peer that does not read is cut off
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(transport.done.wait(), CLOSE_GRACE * 3)
-            if not transport.done.is_set():
-                writer.transport.abort()
-            await conn.closed()
-            await transport.close(errors.CLOSE_NORMAL, "")
-
-    async def _read(self, reader: asyncio.StreamReader, conn: Connection,
-                    timeout: float | None) -> bytes:
-        if timeout is None:
-            return await reader.read(READ_CHUNK)
-        try:
-            return await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
-        except TimeoutError:
-            if conn.session is None:
-                return b""
-            conn.close_soon(disconnect.HEARTBEAT_TIMEOUT)
-            return b""
-
-    async def _open(self, conn: Connection, transport: TcpTransport, codec: Any,
-                    creds: Credentials, resume_token: str | None = None) -> bool:
-        """Authenticate; welcome, or refuse and close. The outcomes (and metrics) are the
-        WebSocket consumer's; a connection not admitted at accept is refused without an auth
-        request."""
-        reason = transport.refusal
-        if reason is not None:  # a place may have been freed since the accept
-            reason = transport.refusal = admission.admit(conf().BROKER_MAX_CONNECTIONS)
-            transport.admitted = reason is None
-        if reason is not None:
-            metrics.refused(reason)
-        else:
-            try:
-                await conn.open(creds, resume_token)
-            except Refused as exc:
-                reason = exc.reason
-                metrics.refused(exc.cause)
-            except (AuthUnavailable, BrokerUnavailable) as exc:
-                reason = errors.AUTH_UNAVAILABLE if isinstance(exc, AuthUnavailable) else \
-                    errors.SERVICE_UNAVAILABLE
-                metrics.refused(reason)
-        if reason is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(transport.write(codec.refused(reason)), CLOSE_GRACE)
-            await transport.close(errors.CLOSE_NORMAL, reason)
-            return False
-        self.connections.add(conn)
-        conn.welcome()  # the welcome, then what waited for it (broker.connection)
-        if admission.shutting_down:  # authenticated while graceful_shutdown was closing
-            conn.close_soon(disconnect.GOING_AWAY)
-        return True
-
-    async def _stomp(self, reader: asyncio.StreamReader, conn: Connection, first: bytes,
-                     *, cb: bool) -> None:
-        transport = conn.transport
-        assert isinstance(transport, TcpTransport)
-        framer: CBFramer | StompParser
-        if cb:
-            framer = CBFramer(max_frame_bytes=self.max_frame, max_header_bytes=self.max_header)
-            codec = StompCodec(cb=True, framer=framer, max_header_bytes=self.max_header)
-        else:
-            framer = StompParser(max_frame_bytes=self.max_frame, max_header_bytes=self.max_header)
-            codec = StompCodec(heartbeat_ms=self.heartbeat_ms, max_header_bytes=self.max_header)
-        transport.codec = conn.codec = codec
-        beats: asyncio.Task[None] | None = None
-        data = first
-        try:
-            while True:
-                error: StompFrameError | None = None
-                try:
-                    items: list[Any] = list(framer.feed(data))
-                except StompFrameError as exc:
-                    items, error = list(exc.frames), exc
-                for item in items:
-                    if item is HEARTBEAT:
-                        continue
-                    if conn.session is None:
-                        if not await self._stomp_connect(conn, transport, codec, item):
-                            return
-                        if codec.heartbeat_out:
-                            beats = asyncio.ensure_future(heartbeat.keep_alive(
-                                conn, codec, transport, watch_reads=False))
-                    else:
-                        await conn.receive(codec.decode(item))
-                    if conn.closing:
-                        return
-                if error is not None:
-                    if conn.session is None:
-                        await transport.write(codec.error_frame(errors.MALFORMED_FRAME,
-                                                                str(error)))
-                        await transport.close(errors.CLOSE_NORMAL, errors.MALFORMED_FRAME)
-                    else:
-                        await conn.receive(codec.malformed(str(error)))
-                    return
-                timeout = (heartbeat.silence_limit(codec.heartbeat_in) if codec.heartbeat_in
-                           else None) if conn.session is not None else None
-                data = await self._read(reader, conn, timeout)
-                if not data or conn.closing:
-                    return
-        finally:
-            if beats is not None:
-                beats.cancel()
-
-    async def _stomp_connect(self, conn: Connection, transport: TcpTransport, codec: StompCodec,
-                             frame: Frame) -> bool:
-        try:
-            creds = codec.credentials(frame, transport.remote_addr)
-        except StompFrameError as exc:
-            await transport.write(codec.refused(str(exc)))
-            await transport.close(errors.CLOSE_NORMAL, str(exc))
-            return False
-        return await self._open(conn, transport, codec, creds)
-
-    async def _json_lines(self, reader: asyncio.StreamReader, conn: Connection,
-                          first: bytes) -> None:
-        transport = conn.transport
-        assert isinstance(transport, TcpTransport)
-        codec = JsonCodec(rich=True)
-        transport.codec = conn.codec = codec
-        line: bytes | None = first
-        while True:
-            try:
-                rest = await reader.readline()  # before the login, the auth deadline bounds it
-            except ValueError:  # a line over the limit
-                if conn.session is None:
-                    await transport.close(errors.CLOSE_TOO_BIG, "message too big")
-                else:
-                    conn.close_soon(disconnect.TOO_BIG)
-                return
-            line = (line or b"") + rest
-            if not rest.endswith(b"\n"):
-                return  # EOF (a last line without its newline is dropped)
-            text = line.rstrip(b"\r\n")
-            line = None
-            if not text.strip():
-                continue  # keep-alive
-            try:
-                decoded: str | None = text.decode("utf-8")
-            except UnicodeDecodeError:
-                decoded = None
-            if conn.session is None:
-                try:
-                    msg = load_json(decoded) if decoded is not None else None
-                except ValueError:
-                    msg = None
-                if not isinstance(msg, dict) or msg.get("type") != "connect":
-                    await transport.write(codec.refused(errors.NOT_CONNECTED))
-                    await transport.close(errors.CLOSE_NORMAL, errors.NOT_CONNECTED)
-                    return
-                creds = credentials_from_connect(msg, transport.remote_addr)
-                resume = msg.get("resume")  # an earlier connection's resume_token
-                if not await self._open(conn, transport, codec, creds,
-                                        resume if isinstance(resume, str) else None):
-                    return
-                continue
-            await conn.receive(codec.decode(decoded))
-            if conn.closing:
-                return
+            writer.transport.abort()
 
 
 async def start_server(host: str, port: int, *, certfile: str | None = None,

@@ -16,6 +16,7 @@ STRICT = [
     "broker/codec.py",
     "broker/conf.py",
     "broker/connection.py",
+    "broker/consumers.py",
     "broker/daphne_ext.py",
     "broker/delivery.py",
     "broker/errors.py",
@@ -28,9 +29,9 @@ STRICT = [
     "broker/fanout/running.py",
     "broker/fanout/settings.py",
     "broker/fanout/upkeep.py",
+    "broker/heartbeat.py",
     "broker/history.py",
     "broker/httpguard.py",
-    "broker/hub.py",
     "broker/identity.py",
     "broker/logctx.py",
     "broker/metrics.py",
@@ -39,6 +40,7 @@ STRICT = [
     "broker/publish.py",
     "broker/resume.py",
     "broker/routing.py",
+    "broker/serve.py",
     "broker/session.py",
     "broker/shutdown.py",
     "broker/stores/__init__.py",
@@ -53,6 +55,7 @@ STRICT = [
     "rooms",
     "tcpgate/apps.py",
     "tcpgate/management",
+    "tcpgate/server.py",
 ]
 
 

@@ -34,7 +34,7 @@ class Command(BaseCommand):
         asyncio.run(self.serve(opts))
 
     async def serve(self, opts: dict[str, Any]) -> None:
-        from broker.hub import get_hub
+        from broker.fanout.running import get_hub
         from tcpgate.server import start_server
 
         await get_hub()  # fail now, not at the first client, when the layer is misconfigured
