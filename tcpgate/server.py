@@ -16,9 +16,10 @@ Memory per connection is bounded by explicit limits:
 
 - inbound: one frame of at most BROKER_MAX_MESSAGE_BYTES (headers BROKER_MAX_HEADER_BYTES),
   enforced by the parsers before buffering; a JSON line by the StreamReader limit;
-- outbound: ``write`` awaits ``drain()``, so at most the transport's high-water mark
-  (``WRITE_HIGH_WATER``) waits in asyncio's buffer; everything else waits in the
-  Connection's outbox, which closes the connection as ``slow`` past BROKER_MAX_OUTBOX_BYTES.
+- outbound: ``write_now`` hands a frame to asyncio's buffer and says "full" once it holds
+  the transport's high-water mark (``WRITE_HIGH_WATER``); the outbox then waits for
+  ``writable`` (``drain()``), and everything else waits in the Connection's outbox, which
+  closes the connection as ``slow`` past BROKER_MAX_OUTBOX_BYTES.
 
 A transport without close codes says why it closes in its own framing: an ERROR frame with
 ``message:<reason>`` on STOMP, a ``{"type":"close","code":..,"reason":..}`` line on JSON lines.
