@@ -84,7 +84,7 @@ class TcpTransport:
         peer = writer.get_extra_info("peername")
         self.remote_addr: str | None = peer[0] if isinstance(peer, tuple) else None
         self.last_write = time.monotonic()
-        self.last_read = self.last_write  # heartbeat.Link
+        self._reading_since: float | None = None  # when the read now waiting began
         self.done = asyncio.Event()  # set once the socket is closed
         self._eol = b""  # JSON lines: each frame is one line
         self._last_words: Callable[[int, str], str | bytes | None] = lambda code, reason: None
@@ -156,13 +156,27 @@ class TcpTransport:
             frames.extend(item for item in items if isinstance(item, Frame))  # not heart-beats
         return frames.popleft()
 
+    @property
+    def last_read(self) -> float:
+        """heartbeat.Link: the client is silent only while the gate waits for it, from the
+        start of the read now waiting, as a timeout on each read counts it. While the gate
+        handles frames already read (a pipelined batch, a slow Redis call), the client is
+        waiting for the gate, not silent: its heart-beats sit unread in the socket."""
+        since = self._reading_since
+        return time.monotonic() if since is None else since
+
+    @last_read.setter
+    def last_read(self, value: float) -> None:
+        """Nothing to keep: ``last_read`` is derived from the read in progress."""
+
     async def _read(self) -> bytes:
+        self._reading_since = time.monotonic()
         try:
-            data = await self.reader.read(READ_CHUNK)
+            return await self.reader.read(READ_CHUNK)
         except (OSError, ssl.SSLError):
             return b""
-        self.last_read = time.monotonic()
-        return data
+        finally:
+            self._reading_since = None
 
     async def _line(self) -> serve.Inbound:
         """The next JSON line: text, bytes when it is not UTF-8, ``TOO_BIG`` past the reader's

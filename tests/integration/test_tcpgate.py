@@ -132,6 +132,34 @@ def test_silent_client_with_heartbeats_is_dropped(broker_factory, auth_api, uniq
     assert raw.closed(timeout=5)
 
 
+def test_client_is_not_silent_while_the_gate_handles_its_request(broker_factory, auth_api,
+                                                                  redis_server, unique):
+    """Heart-beat silence counts only while the gate waits for the client, as a timeout on each
+    read would: while the gate handles a request (here a SUBSCRIBE whose group join waits for a
+    hung Redis, longer than the silence limit), the client's beats sit unread in the socket and
+    it is not dropped (found in review of issue 12: the serve loop's clock counted that time)."""
+    room = {"target": "beat", "id": unique}
+    auth_api.allow(unique, {"allowed_rooms": [room], "login_id": f"a{unique}"})
+    gate = start_gate(broker_factory, auth_api=auth_api, redis=redis_server, heartbeat_ms=200)
+    raw = RawStomp(gate.port, timeout=15)
+    raw.send("CONNECT", **{"accept-version": "1.2", "token": unique, "heart-beat": "200,0"})
+    assert raw.recv().command == "CONNECTED"
+    silence_limit = 2 * 0.2 + 1  # broker.heartbeat.silence_limit
+    redis_server.freeze()
+    try:
+        raw.send("SUBSCRIBE", id="s1", destination="/room/" + json.dumps(room), receipt="r1")
+        stop = time.monotonic() + 2 * silence_limit  # well past the limit, within the join's 5 s
+        while time.monotonic() < stop:
+            raw.sock.sendall(b"\n")  # our promised beats
+            time.sleep(0.1)
+    finally:
+        redis_server.thaw()
+    frame = raw.recv()
+    assert (frame.command, frame.headers.get("receipt-id")) == ("RECEIPT", "r1"), frame
+    raw.send("DISCONNECT", receipt="bye")
+    assert raw.recv().command == "RECEIPT"
+
+
 # --------------------------------------------------------------------------- Communication Broker
 
 
