@@ -7,7 +7,9 @@ down or slower than BROKER_AUTH_TIMEOUT; never an authorization).
 One connection pool serves the whole process (per event loop; split into a few httpx clients),
 and a semaphore bounds the auth requests in flight; time spent waiting for the semaphore counts
 against the timeout, so a connect storm beyond capacity degrades into ``auth-unavailable``
-instead of an unbounded queue.
+instead of an unbounded queue. A request whose turn comes with less time left than the API
+has recently taken to answer is not sent at all (``ApiProxy._ask``): it would be cut before its
+answer, and the API, already the bottleneck, would spend a slot on a client that is gone.
 """
 
 from __future__ import annotations
@@ -172,6 +174,8 @@ class ApiProxy:
         self.max_answer_bytes = max_answer_bytes
         self._limit = asyncio.Semaphore(max_in_flight)
         self.in_flight = 0
+        # Seconds the API has recently taken to answer (a moving average of answered requests).
+        self.answer_time = 0.0
         # One pool per process, split into a few small httpx clients used in turn: httpcore
         # scans every connection against every queued request on each pool event, which made
         # one 64-connection pool half of the broker's CPU in a connect storm (bench B3). The
@@ -202,9 +206,10 @@ class ApiProxy:
             raise Refused(errors.INVALID_CREDENTIALS) from None
         started = time.monotonic()
         by_deadline = budget is not None and budget < self.timeout
+        allowed = budget if by_deadline and budget is not None else self.timeout
         try:
-            status, body = await asyncio.wait_for(
-                self._ask(headers), budget if by_deadline else self.timeout)
+            status, body = await asyncio.wait_for(self._ask(headers, started + allowed, allowed),
+                                                  allowed)
         except (TimeoutError, httpx.HTTPError, OSError, zlib.error, UnreadableAnswer) as exc:
             if by_deadline and isinstance(exc, TimeoutError):
                 metrics.auth_outcome("timeout", time.monotonic() - started)
@@ -229,17 +234,31 @@ class ApiProxy:
         metrics.auth_outcome("authorized", elapsed)
         return identity
 
-    async def _ask(self, headers: dict[bytes, bytes]) -> tuple[int, bytes]:
-        """The API's status and, for a 200, its body (bounded: ``read_bounded``)."""
+    async def _ask(self, headers: dict[bytes, bytes], deadline: float,
+                   allowed: float) -> tuple[int, bytes]:
+        """The API's status and, for a 200, its body (bounded: ``read_bounded``).
+
+        Raises TimeoutError without asking when the turn comes too late: less time left before
+        ``deadline`` (monotonic) than the API's recent ``answer_time``. Only a request whose
+        turn comes in the second half of the ``allowed`` seconds is judged so: requests that
+        get their turn early always reach the API, whatever the estimate, and the estimate
+        follows the API when it speeds up again."""
         async with self._limit:
+            sent = time.monotonic()
+            left = deadline - sent
+            if left < self.answer_time and left < allowed / 2:
+                raise TimeoutError("no time left for the auth API's usual answer time")
             self.in_flight += 1
             metrics.auth_in_flight(self.in_flight)
             try:
                 async with next(self._turn).stream("GET", self.url,
                                                    headers=headers) as response:
                     if response.status_code != 200:
-                        return response.status_code, b""
-                    return 200, await read_bounded(response, self.max_answer_bytes)
+                        answer: tuple[int, bytes] = (response.status_code, b"")
+                    else:
+                        answer = (200, await read_bounded(response, self.max_answer_bytes))
+                self.answer_time += (time.monotonic() - sent - self.answer_time) * 0.2
+                return answer
             finally:
                 self.in_flight -= 1
                 metrics.auth_in_flight(self.in_flight)
