@@ -124,7 +124,13 @@ class Outbox(Generic[M]):
         try:
             await self._writer.writable()
         except asyncio.CancelledError:
-            raise  # by close() (which let go of it), or the loop shutting down
+            # By close() (which let go of it already), the loop shutting down, or whatever the
+            # transport awaited being cancelled: the next push writes again (else every frame
+            # after it would queue until the outbox overflowed).
+            if self._waiting is asyncio.current_task():
+                self._waiting = None
+                self._frame_written()  # the transport took it before it said it was full
+            raise
         except Exception as exc:  # noqa: BLE001 - a dead transport: the close path follows
             self._waiting = None
             log.info("conn %s: write failed: %s", self._name, type(exc).__name__)

@@ -24,7 +24,8 @@ class Socket:
         return not self.full
 
     async def writable(self) -> None:
-        await self.room.wait()
+        self.waiter = asyncio.ensure_future(self.room.wait())
+        await self.waiter
 
 
 def make(socket: Socket, limit: int = 100) -> tuple[Outbox[str], list[int], list[str]]:
@@ -79,6 +80,21 @@ async def test_close_stops_a_write_that_waits() -> None:
     box.close()
     await asyncio.wait_for(box.flush(), 1)
     assert not box.push("c") and socket.written == ["a"] and marks == []
+
+
+async def test_a_wait_cancelled_from_outside_does_not_stop_the_writing() -> None:
+    socket = Socket()
+    box, overflows, marks = make(socket)
+    socket.full = True
+    box.push("a", "m1")
+    box.push("b")
+    await asyncio.sleep(0)  # the outbox's task now waits in writable()
+    socket.waiter.cancel()  # what the transport awaited is cancelled (not by close())
+    for _ in range(3):
+        await asyncio.sleep(0)  # the cancellation reaches the outbox's task
+    socket.full = False
+    assert box.push("c")  # writes again: what was queued, then this
+    assert socket.written == ["a", "b", "c"] and marks == ["m1"] and box.queued_bytes == 0
 
 
 async def test_a_dead_transport_ends_the_writing_not_the_caller() -> None:
