@@ -29,3 +29,4 @@ RATE_LIMITED = Disconnect(errors.CLOSE_RATE_LIMITED, errors.RATE_LIMITED)
 AUTH_TIMEOUT = Disconnect(errors.CLOSE_AUTH_TIMEOUT, errors.AUTH_TIMEOUT)
 TOO_BIG = Disconnect(errors.CLOSE_TOO_BIG, "message too big")
 ORIGIN_NOT_ALLOWED = Disconnect(errors.CLOSE_ORIGIN, errors.ORIGIN_NOT_ALLOWED)
+INTERNAL = Disconnect(errors.CLOSE_INTERNAL, errors.INTERNAL_ERROR)  # a bug, logged

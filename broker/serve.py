@@ -265,10 +265,16 @@ class _Serving:
         transport = self.transport
         # Made at the accept, before its codec is known (a TCP connection's first byte chooses
         # it): the auth deadline covers the wait for that byte too.
-        conn = Connection(transport, None, auth_deadline=auth_deadline)  # type: ignore[arg-type]
+        try:
+            conn = Connection(transport, None,  # type: ignore[arg-type]
+                              auth_deadline=auth_deadline)
+        except BaseException:
+            self._release()  # it will never read: its place is free
+            raise
         logctx.conn_id.set(conn.id)
         beats: asyncio.Task[None] | None = None
         cancelled = False
+        why = disconnect.EOF
         try:
             framing = await transport.start()
             if framing is not None:
@@ -279,12 +285,15 @@ class _Serving:
         except asyncio.CancelledError:
             cancelled = True  # the server gave up on the application: no more waiting
             raise
+        except Exception:  # noqa: BLE001 - a bug: this connection ends, told why; no other
+            log.exception("connection failed")
+            why = disconnect.INTERNAL
         finally:
             self._release()  # it reads nothing more: its place is free
             if beats is not None:
                 beats.cancel()
             if not conn.closing:  # write out what is queued, then close
-                conn.close_soon(disconnect.EOF)
+                conn.close_soon(why)
             if not cancelled:
                 await transport.wait_closed()
                 await conn.closed()

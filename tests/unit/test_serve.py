@@ -3,6 +3,7 @@ connect flow's refusals and the receive loop driven through a scripted transport
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
 from typing import Any
@@ -248,3 +249,30 @@ async def test_a_line_over_its_framing_bound_closes_1009():
     framing = serve.Framing(RICH, explicit_refusal=True)
     conn, _ = await receive_all(framing, [serve.TOO_BIG])
     assert conn.why == disconnect.TOO_BIG and conn.received == []
+
+
+class Broken(Scripted):
+    """A transport whose framing step fails: a bug in the broker, not the client's doing."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.gone = asyncio.Event()
+
+    async def start(self) -> serve.Framing | None:
+        raise RuntimeError("a bug")
+
+    async def close(self, code: int, reason: str) -> None:
+        await super().close(code, reason)
+        self.gone.set()
+
+    async def wait_closed(self) -> None:  # as a socket's: until it is closed
+        await self.gone.wait()
+        self.waited = True
+
+
+async def test_a_bug_ends_only_that_connection_with_1011(places, caplog):
+    t = Broken(serve.Framing(RICH, explicit_refusal=True), [])
+    await serve.serve(t, max_connections=10)  # handled here: the server sees no exception
+    assert t.closes == [(errors.CLOSE_INTERNAL, errors.INTERNAL_ERROR)]
+    assert "connection failed" in caplog.text and "a bug" in caplog.text
+    assert t.waited and places.count == 0
