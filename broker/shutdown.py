@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import weakref
 from types import FrameType
 from typing import Any
 
@@ -42,7 +43,7 @@ from .limits import admission
 log = logging.getLogger("broker.shutdown")
 
 _done: asyncio.Future[None] | None = None
-_hooked: set[asyncio.AbstractEventLoop] = set()  # loops whose server's signals are wrapped
+_hooked: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()  # loops hooked
 
 
 async def serving_hub() -> Hub:

@@ -33,7 +33,7 @@ from typing import Any
 
 from rooms import Room, SubscriptionIndex
 
-from .. import disconnect, metrics
+from .. import disconnect, messages, metrics
 from ..errors import BrokerUnavailable
 from ..identity import public_destination
 from ..messages import Close, Confirmed, DirectMessage, Probe, Trigger, from_wire
@@ -52,6 +52,8 @@ _SEEN_MAX = 65_536  # message ids remembered for dedupe; copies arrive within mi
 # Direct messages whose regex watches wait to be matched (see Hub._match_watches); beyond it
 # the watchers' copies are dropped (counted as drops{cause="watch-backlog"}).
 MAX_WATCH_BACKLOG = 1024
+# Messages delivered once per id, whichever group's copy comes first.
+_ONCE = frozenset({messages.TRIGGER, messages.DIRECT, messages.CONFIRMED})
 
 
 def now_iso() -> str:
@@ -181,19 +183,21 @@ class Hub:
         return True
 
     def dispatch(self, wire: dict[str, Any]) -> None:
-        """One channel-layer message for this process (its wire form)."""
-        message = from_wire(wire)
-        if isinstance(message, Trigger):
+        """One channel-layer message for this process (its wire form). A later copy of a
+        message with an id is dropped before it is parsed (one copy per group arrives)."""
+        kind = wire.get("type")
+        if kind == messages.TRIGGER:
             # Copies received, duplicates included: how often triggers woke this process.
             metrics.counters["triggers_received"] += 1
-            if self._first_copy(message.id):
-                self._deliver_trigger(message)
+        if kind in _ONCE and not self._first_copy(str(wire.get("id"))):
+            return
+        message = from_wire(wire)
+        if isinstance(message, Trigger):
+            self._deliver_trigger(message)
         elif isinstance(message, DirectMessage):
-            if self._first_copy(message.id):
-                self._deliver_direct(message)
+            self._deliver_direct(message)
         elif isinstance(message, Confirmed):
-            if self._first_copy(message.id):
-                self._deliver_confirmed(message)
+            self._deliver_confirmed(message)
         elif isinstance(message, Close):
             self._close(message)
         elif isinstance(message, Probe):
