@@ -295,7 +295,7 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
 
 
 def history_stored(target: BrokerTarget) -> dict:
-    """What the target's Redis holds as room history (broker/store.py: streams P:h:<room>):
+    """What the target's Redis holds as room history (broker/stores/history.py: streams P:h:<room>):
     proof that B1h's history variant records its triggers."""
     import redis
 
