@@ -51,14 +51,6 @@ class Refused(Exception):
     def cause(self) -> str:
         return self.reason if self.reason in self.NAMED else errors.REFUSED
 
-    def close_code(self, rich: bool) -> int:
-        """The WebSocket close code: 4408 for the auth deadline in every dialect, as when it
-        passes before any credentials (``Connection._auth_expired``); otherwise 4003 after a
-        refusal frame, 1000 in the High-templar dialect (PROTOCOL §3)."""
-        if self.reason == errors.AUTH_TIMEOUT:
-            return errors.CLOSE_AUTH_TIMEOUT
-        return errors.CLOSE_REFUSED if rich else errors.CLOSE_NORMAL
-
 
 class AuthUnavailable(Exception):
     pass

@@ -204,10 +204,12 @@ def refusal(why: BaseException | Malformed | str, codec: Any, explicit: bool) ->
     ============================  ===================  ==================  ==================
     """
     if isinstance(why, Refused):
-        code = why.close_code(explicit)
-        # a reason with the codes that have their own (4408), none with 4003/1000 (§3)
-        return Refusal(codec.refused(why.reason), why.cause,
-                       Disconnect(code, why.reason if code == errors.CLOSE_AUTH_TIMEOUT else ""))
+        # 4408 for the auth deadline in every dialect, as when it passes before any credentials
+        # (Connection._auth_expired); otherwise 4003 after a refusal frame, 1000 in the
+        # High-templar dialect, with no reason (§3)
+        close = (disconnect.AUTH_TIMEOUT if why.reason == errors.AUTH_TIMEOUT else
+                 Disconnect(errors.CLOSE_REFUSED if explicit else errors.CLOSE_NORMAL, ""))
+        return Refusal(codec.refused(why.reason), why.cause, close)
     if isinstance(why, (AuthUnavailable, BrokerUnavailable)):
         reason = (errors.AUTH_UNAVAILABLE if isinstance(why, AuthUnavailable)
                   else errors.SERVICE_UNAVAILABLE)
