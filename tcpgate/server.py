@@ -227,9 +227,8 @@ class TcpTransport:
         await self.writer.drain()
 
     async def write(self, frame: str | bytes) -> None:
-        data = frame.encode("utf-8") if isinstance(frame, str) else frame
-        self.writer.write(data + self._eol if self._eol else data)
-        self.last_write = time.monotonic()
+        """An awaited write (a refusal): handed over as the outbox does, then drained."""
+        self.write_now(frame)
         await self.writer.drain()
 
     async def close(self, code: int, reason: str) -> None:
