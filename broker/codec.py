@@ -18,7 +18,8 @@ from typing import Any, Protocol
 from .disconnect import Disconnect
 from .identity import Identity
 from .messages import Confirmed, DirectMessage
-from .session import Reply, Subscription
+from .replies import Reply
+from .subscription import Subscription
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,27 +65,21 @@ from .identity import Identity, client_room, parse_address
 from .limits import Verdict, make_bucket
 from .messages import Close, Confirmed, DirectMessage, Trigger
 from .outbox import Outbox, Writer
-from .session import (
+from .effects import (
     AdminAction,
-    AdminResult,
     ConfirmMessage,
     Effect,
-    Error,
-    HistoryResult,
     JoinRoom,
     LeaveRooms,
     PublishRooms,
     QueryStatus,
     ReadHistory,
-    Reply,
-    Request,
     SendDirect,
-    Session,
-    StatusInfo,
-    Subscribe,
-    Subscription,
-    Success,
 )
+from .replies import AdminResult, Error, HistoryResult, Reply, StatusInfo, Success
+from .requests import Request, Subscribe
+from .session import Session
+from .subscription import Subscription
 from .shutdown import serving_hub
 
 log = logging.getLogger("broker.connection")

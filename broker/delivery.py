@@ -37,7 +37,7 @@ from . import metrics
 from .codec import Codec
 from .history import HistoryEntry, HistoryPage, merge_seam, recovered
 from .messages import DirectMessage, Trigger
-from .session import Subscription
+from .subscription import Subscription
 
 log = logging.getLogger("broker.connection")
 

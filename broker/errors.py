@@ -24,7 +24,7 @@ HISTORY_NOT_ENABLED = "history-not-enabled"
 # not be carried out. Sent for subscribe/send/publish during an outage (documented).
 SERVICE_UNAVAILABLE = "service-unavailable"
 UNKNOWN_ACTION = "unknown-action"
-# A request id longer than broker.session.MAX_REQUEST_ID_CHARS (not echoed in the reply).
+# A request id longer than broker.requests.MAX_REQUEST_ID_CHARS (not echoed in the reply).
 REQUEST_ID_TOO_LONG = "request-id-too-long"
 # A bug in the broker while carrying out a request; logged with its traceback.
 INTERNAL_ERROR = "internal-error"

@@ -20,7 +20,7 @@ from rooms import InvalidRoom, Room, parse_room
 from .errors import INVALID_TRIGGER_ID, InvalidTriggerId
 from .fanout.router import Router
 from .fanout.running import fanout_settings, hub_loop, make_stores, running_hub
-from .session import dump_json
+from .jsontext import dump_json
 
 _routers: dict[asyncio.AbstractEventLoop, Router] = {}
 

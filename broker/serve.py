@@ -43,7 +43,7 @@ from .connection import Connection
 from .disconnect import Disconnect
 from .errors import BrokerUnavailable
 from .limits import admission
-from .session import load_json
+from .jsontext import load_json
 
 log = logging.getLogger("broker.serve")
 

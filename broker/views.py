@@ -14,7 +14,7 @@ from .conf import conf
 from .errors import INVALID_TRIGGER_ID, BrokerUnavailable, InvalidTriggerId
 from .httpguard import UNAUTHORIZED, too_big, trigger_token_ok
 from .publish import check_trigger_id, parse_rooms, publish_rooms
-from .session import JsonTooDeep, load_json
+from .jsontext import JsonTooDeep, load_json
 from .shutdown import serving_hub
 
 log = logging.getLogger("broker.trigger")

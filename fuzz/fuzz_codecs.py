@@ -45,7 +45,7 @@ with atheris.instrument_imports(include=["rooms", "broker"]):
     from broker.codecs.stompframe import (
         HEARTBEAT, CBFramer, Frame, StompFrameError, StompParser, encode_frame,
     )
-    from broker.session import Invalid
+    from broker.requests import Invalid
     from rooms import InvalidRoom, Room, parse_room
 
 # The oracle: the same driver model and checks as the hypothesis tests.

@@ -21,30 +21,22 @@ from .. import errors
 from ..codec import Answer, Capabilities
 from ..identity import Identity, public_destination, public_room_key
 from ..messages import Confirmed, DirectMessage
-from ..session import (
+from ..jsontext import JsonTooDeep, dump_json, load_json
+from ..replies import AdminResult, Error, HistoryResult, Pong, Reply, StatusInfo, Success
+from ..requests import (
     Admin,
-    AdminResult,
     Confirm,
-    Error,
     History,
-    HistoryResult,
     Invalid,
-    JsonTooDeep,
     Ping,
-    Pong,
     Publish,
-    Reply,
     Request,
     Send,
     Status,
-    StatusInfo,
     Subscribe,
-    Subscription,
-    Success,
     Unsubscribe,
-    dump_json,
-    load_json,
 )
+from ..subscription import Subscription
 
 RICH_SUBPROTOCOL = "combroker.v1"
 

@@ -41,11 +41,20 @@ from ..identity import (
     Identity, Profile, parse_address, parse_destination, public_destination, public_room,
 )
 from ..messages import Confirmed, DirectMessage
-from ..session import (
-    AdminResult, Disconnect, Error, Invalid, Ping, Pong, Publish, Reply, Request, Send,
-    StatusInfo, Subscribe, Subscription, Success, Unsubscribe, UnsubscribeAll, dump_json,
-    load_json,
+from ..jsontext import dump_json, load_json
+from ..replies import AdminResult, Error, Pong, Reply, StatusInfo, Success
+from ..requests import (
+    Goodbye,
+    Invalid,
+    Ping,
+    Publish,
+    Request,
+    Send,
+    Subscribe,
+    Unsubscribe,
+    UnsubscribeAll,
 )
+from ..subscription import Subscription
 from .stompframe import CBFramer, Frame, StompFrameError, encode_frame, is_heartbeat, parse_frame
 
 SERVER = "combroker/0.1"
@@ -257,7 +266,7 @@ class StompCodec:
         if command == "SEND":
             return self._send(frame, meta)
         if command == "DISCONNECT":
-            return Disconnect(meta=meta)
+            return Goodbye(meta=meta)
         if command in ("ACK", "NACK"):
             return self._acknowledge(frame, meta)
         if command in ("CONNECT", "STOMP"):

@@ -37,7 +37,7 @@ from .. import disconnect, messages, metrics
 from ..errors import BrokerUnavailable
 from ..identity import public_destination
 from ..messages import Close, Confirmed, DirectMessage, Probe, Trigger, from_wire
-from ..session import Subscription
+from ..subscription import Subscription
 from ..stores import Stores
 from .channel import ProcessChannel
 from .membership import Membership

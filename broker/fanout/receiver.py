@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from ..disconnect import Disconnect
 from ..identity import Identity
 from ..messages import Confirmed, DirectMessage, Trigger
-from ..session import Subscription
+from ..subscription import Subscription
 
 
 class Receiver(Protocol):

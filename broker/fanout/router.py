@@ -35,7 +35,7 @@ from .. import metrics
 from ..errors import BrokerUnavailable
 from ..identity import client_room, parse_address, public_destination
 from ..messages import Close, Confirmed, DirectMessage, Message, Trigger
-from ..session import dump_json
+from ..jsontext import dump_json
 from ..stores import Stores
 from .settings import FanoutSettings
 

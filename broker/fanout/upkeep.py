@@ -31,7 +31,7 @@ from rooms import Room, SubscriptionIndex
 
 from .. import metrics
 from ..errors import BrokerUnavailable
-from ..session import Subscription
+from ..subscription import Subscription
 from ..stores import Stores
 from .channel import ProcessChannel
 from .receiver import Receiver

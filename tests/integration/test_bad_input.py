@@ -1,7 +1,7 @@
 """Bad input that once closed a connection or held memory (issue 11, items 9 and 13), through
 real broker processes: the WebSocket (daphne) and the TCP gate's JSON lines.
 
-- Data nested deeper than the codec's depth limit (``broker.session.MAX_JSON_DEPTH``) is
+- Data nested deeper than the codec's depth limit (``broker.jsontext.MAX_JSON_DEPTH``) is
   refused with ``invalid-message``; the connection stays open. Before, ~970 levels parsed but
   failed to encode (``RecursionError`` in ``dump_json``): 1011 on the WebSocket, the JSON-lines
   socket dropped, a traceback logged.
@@ -20,7 +20,7 @@ from tests.integration.gatehelpers import JsonLines, start_gate
 
 NEWS = {"target": "news"}
 RICH = ["combroker.v1"]
-# The documented bounds (docs/protocol.md; broker.session.MAX_JSON_DEPTH, MAX_REQUEST_ID_CHARS)
+# The documented bounds (docs/protocol.md; broker.jsontext.MAX_JSON_DEPTH, MAX_REQUEST_ID_CHARS)
 MAX_JSON_DEPTH = 128
 MAX_REQUEST_ID_CHARS = 128
 

@@ -21,7 +21,7 @@ from broker.fanout.settings import FanoutSettings
 from broker.history import HistoryPolicy
 from broker.identity import Identity, client_room, identity_from_api
 from broker.messages import Close, Confirmed, DirectMessage, Trigger
-from broker.session import Subscription
+from broker.subscription import Subscription
 from broker.stores import AckQuota, Stores
 from rooms import Room, parse_room
 

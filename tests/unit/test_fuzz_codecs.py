@@ -43,10 +43,11 @@ from broker.codecs.stompframe import (
     parse_frame,
 )
 from broker.identity import identity_from_api
-from broker.session import (
-    AdminAction, AdminResult, Error, Invalid, JoinRoom, LeaveRooms, Ping, PublishRooms,
-    QueryStatus, SendDirect, Session, StatusInfo, Subscribe, Success, Unsubscribe, dump_json,
-)
+from broker.effects import AdminAction, JoinRoom, LeaveRooms, PublishRooms, QueryStatus, SendDirect
+from broker.jsontext import dump_json
+from broker.replies import AdminResult, Error, StatusInfo, Success
+from broker.requests import Invalid, Ping, Subscribe, Unsubscribe
+from broker.session import Session
 from rooms import InvalidRoom, Room, SubscriptionIndex, matches, parse_room
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))

@@ -19,10 +19,11 @@ from broker.messages import Confirmed
 from broker.resume import (
     SavedSubscription, decode_state, encode_state, fingerprint, new_token, plausible, token_key,
 )
-from broker.session import (
-    Confirm, ConfirmMessage, Error, History, HistoryResult, JoinRoom, Publish, PublishRooms,
-    ReadHistory, Send, SendDirect, Session, Subscribe, Subscription, Success,
-)
+from broker.effects import ConfirmMessage, JoinRoom, PublishRooms, ReadHistory, SendDirect
+from broker.replies import Error, HistoryResult, Success
+from broker.requests import Confirm, History, Publish, Send, Subscribe
+from broker.session import Session
+from broker.subscription import Subscription
 from broker.messages import DirectMessage
 from broker.stores.acks import AckQuota, MemoryAcks
 from broker.stores.history import MemoryHistory

@@ -20,10 +20,10 @@ from broker.identity import (
     destination_of, parse_address, public_destination, public_room, resolve_destination,
     identity_from_api, identity_from_static_keys, parse_destination,
 )
-from broker.session import (
-    Admin, AdminAction, Error, JoinRoom, Publish, PublishRooms, QueryStatus, Send, SendDirect,
-    Session, Status, Subscribe, Success,
-)
+from broker.effects import AdminAction, JoinRoom, PublishRooms, QueryStatus, SendDirect
+from broker.replies import Error, Success
+from broker.requests import Admin, Publish, Send, Status, Subscribe
+from broker.session import Session
 from rooms import parse_room
 
 OWN = {"target": "chat", "customer": "*"}           # the API's allowed room

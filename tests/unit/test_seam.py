@@ -13,7 +13,7 @@ from broker.codecs.jsoncodec import JsonCodec
 from broker.delivery import Delivery, Mark
 from broker.history import HistoryEntry, HistoryPage
 from broker.messages import DirectMessage, Trigger
-from broker.session import Subscription
+from broker.subscription import Subscription
 from rooms import parse_room
 
 ROOM = parse_room({"target": "chat", "customer": "1"})

@@ -18,7 +18,7 @@ from broker.codecs.stompframe import parse_frame
 from broker.disconnect import Disconnect
 from broker.errors import BrokerUnavailable
 from broker.limits import admission
-from broker.session import Invalid, Ping
+from broker.requests import Invalid, Ping
 
 RICH, PLAIN, STOMP = JsonCodec(rich=True), JsonCodec(rich=False), StompCodec()
 

@@ -7,11 +7,20 @@ import pytest
 from broker import errors
 from broker.codecs.jsoncodec import JsonCodec
 from broker.identity import Identity, Profile, identity_from_api
-from broker.session import (
-    Admin, AdminAction, Error, Invalid, Pong, JoinRoom, LeaveRooms, Ping, Publish, PublishRooms,
-    QueryStatus, Send, SendDirect, Session, Status, Subscribe, Success, Unsubscribe,
+from broker.effects import AdminAction, JoinRoom, LeaveRooms, PublishRooms, QueryStatus, SendDirect
+from broker.replies import Error, Pong, Success
+from broker.requests import (
+    Admin,
+    Invalid,
+    Ping,
+    Publish,
+    Send,
+    Status,
+    Subscribe,
+    Unsubscribe,
     UnsubscribeAll,
 )
+from broker.session import Session
 from rooms import parse_room
 
 CHAT1 = {"target": "chat", "customer": "1"}
@@ -161,7 +170,7 @@ def test_profiles_rules_table():
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), [1, {"x": float("-inf")}]])
 def test_dump_json_refuses_values_that_are_not_json(value):
     # publish()/publish_sync() callers can pass these; no client could parse the frame.
-    from broker.session import dump_json
+    from broker.jsontext import dump_json
 
     with pytest.raises(ValueError):
         dump_json(value)
@@ -173,7 +182,7 @@ def test_dump_json_refuses_values_that_are_not_json(value):
 def test_decoder_and_encoder_agree_on_depth():
     """What load_json lets in, dump_json writes; past MAX_JSON_DEPTH neither does (publish()
     callers get the same ValueError). Before, ~970 levels parsed and failed to encode."""
-    from broker.session import MAX_JSON_DEPTH, JsonTooDeep, dump_json, load_json
+    from broker.jsontext import JsonTooDeep, MAX_JSON_DEPTH, dump_json, load_json
 
     at_limit = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
     assert dump_json(load_json(at_limit)) == at_limit
@@ -202,7 +211,7 @@ def test_depth_check_is_linear_on_hostile_text():
     escapes itself is quadratic on an unclosed string full of ``\\"`` (retried from every
     quote); 1,100 ``[`` and 65 KB of them froze the event loop for 15 s, before any login on
     the TCP gate. At this size the quadratic scan runs for hours; the linear one, milliseconds."""
-    from broker.session import JsonTooDeep, load_json
+    from broker.jsontext import JsonTooDeep, load_json
 
     with pytest.raises(ValueError, match="unbalanced"):
         load_json("[" * 1100 + '"' + '\\"' * 500_000)
@@ -212,7 +221,7 @@ def test_depth_check_is_linear_on_hostile_text():
 
 
 def test_request_ids_are_bounded():
-    from broker.session import MAX_REQUEST_ID_CHARS
+    from broker.requests import MAX_REQUEST_ID_CHARS
 
     s = make(max_subs=10)
     longest = "r" * MAX_REQUEST_ID_CHARS

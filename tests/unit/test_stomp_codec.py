@@ -13,10 +13,21 @@ from broker.codecs.jsoncodec import JsonCodec
 from broker.codecs.stompframe import CBFramer, Frame, StompParser, encode_frame, parse_frame
 from broker.identity import Identity, identity_from_api, identity_from_static_keys
 from broker.messages import DirectMessage
-from broker.session import (
-    Disconnect, Error, Invalid, JoinRoom, Ping, Pong, Publish, Send, Session, Subscribe,
-    Subscription, Success, Unsubscribe, UnsubscribeAll, dump_json,
+from broker.effects import JoinRoom
+from broker.jsontext import dump_json
+from broker.replies import Error, Pong, Success
+from broker.requests import (
+    Goodbye,
+    Invalid,
+    Ping,
+    Publish,
+    Send,
+    Subscribe,
+    Unsubscribe,
+    UnsubscribeAll,
 )
+from broker.session import Session
+from broker.subscription import Subscription
 from rooms import parse_room
 
 KEYS = {"agent": "ak", "super_agent": "sk", "service": "vk", "admin": "dk"}
@@ -117,7 +128,7 @@ CHAT = {"target": "chat", "customer": "1"}
      Publish(None, [CHAT], {"x": True})),
     (frame("SEND", "1", destination="/room/[" + json.dumps(CHAT) + ', {"a":"b"}]'),
      Publish(None, [CHAT, {"a": "b"}], 1)),
-    (frame("DISCONNECT"), Disconnect()),
+    (frame("DISCONNECT"), Goodbye()),
     (b"\n", Ping()),
     (b"\r\n\n", Ping()),
 ])
@@ -161,7 +172,7 @@ def test_receipt_and_transaction_travel_in_meta():
     req = codec.decode(frame("SEND", "x", destination="/agent/a", transaction="t9", receipt="r"))
     assert req.meta == {"command": "SEND", "receipt": "r", "transaction": "t9"}
     req = codec.decode(frame("DISCONNECT", **{"receipt-id": "77"}))
-    assert isinstance(req, Disconnect) and req.meta["receipt"] == "77"
+    assert isinstance(req, Goodbye) and req.meta["receipt"] == "77"
 
 
 def test_cb_subscribe_without_id_is_named_by_its_destination():

@@ -21,7 +21,8 @@ from broker.fanout.hub import MAX_WATCH_BACKLOG, Hub
 from broker.fanout.running import fanout_settings
 from broker.identity import client_room, identity_from_api
 from broker.stores import Stores
-from broker.session import Session, Subscription
+from broker.session import Session
+from broker.subscription import Subscription
 
 
 class Recorder:
