@@ -1,4 +1,28 @@
-"""What the session asks its driver to carry out with I/O (session -> driver)."""
+"""What the session asks its driver to carry out with I/O (session -> driver), and the results.
+
+Each effect names one piece of I/O against the router or the stores. The driver
+(broker.connection, with broker.execute) carries it out and hands the session back its raw
+result (``Session.effect_done``), or the error it ended in (``Session.effect_failed``); the
+session builds the reply. The result of each effect:
+
+=====================  =============================================================
+effect                 result handed back
+=====================  =============================================================
+JoinRoom               the history page read after ``since`` (None: no history room)
+LeaveRooms             None
+PublishRooms           the trigger's id
+SendDirect             the message's id; None: no such destination is connected
+ReadHistory            the history page
+ConfirmMessage         None
+QueryStatus            ``Counts``
+ListConnections        the registry's entries
+ReadStats              ``Stats``
+Kick                   the ids of the connections told to close (empty: none matched)
+=====================  =============================================================
+
+Acknowledged messages and resume state are effects too, run by the driver outside a request:
+``HoldAck``/``CompleteAck`` (in delivery order), ``TakeResume`` and ``SaveResume``.
+"""
 
 from __future__ import annotations
 
@@ -57,10 +81,80 @@ class QueryStatus:
 
 
 @dataclass(slots=True)
-class AdminAction:
-    action: str
-    args: dict[str, Any]
+class ListConnections:
+    pass
 
 
-Effect = (JoinRoom | LeaveRooms | SendDirect | PublishRooms | QueryStatus | AdminAction
-          | ReadHistory | ConfirmMessage)
+@dataclass(slots=True)
+class ReadStats:
+    pass
+
+
+@dataclass(slots=True)
+class Kick:
+    """Close every connection with this id, or of this login (at least one is set)."""
+
+    connection_id: str | None
+    login_id: str | None
+
+
+Effect = (JoinRoom | LeaveRooms | SendDirect | PublishRooms | QueryStatus | ListConnections
+          | ReadStats | Kick | ReadHistory | ConfirmMessage)
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """The cluster's open connections and rooms, and since when this process serves."""
+
+    connections: int
+    rooms: int
+    online_since: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Every process's registry statistics, and the cluster's counts."""
+
+    processes: list[dict[str, Any]]
+    connections: int
+    rooms: int
+
+
+# ---------------------------------------------------------------- outside a request
+
+
+@dataclass(frozen=True, slots=True)
+class HoldAck:
+    """Record that this connection holds acknowledged message ``message_id`` (it owes a
+    confirmation)."""
+
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteAck:
+    """This connection has confirmed acknowledged message ``message_id`` (or queued it, on a
+    protocol without confirmations)."""
+
+    message_id: str
+
+
+AckUpdate = HoldAck | CompleteAck
+
+
+@dataclass(frozen=True, slots=True)
+class TakeResume:
+    """Take (once) the resume state saved under ``key`` for an identity with ``fingerprint``."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResume:
+    """Save ``state`` under ``key`` for ``ttl`` seconds (see broker.resume)."""
+
+    key: str
+    fingerprint: str
+    state: str
+    ttl: float

@@ -1,5 +1,5 @@
 """Per-process and per-connection limits that are not about sizes: who may connect, how often
-a connection may ask. Pure Python, no I/O; the transports and ``broker.connection`` apply them.
+a connection may ask. Pure Python, no I/O; the serve loop and ``broker.session`` apply them.
 
 - ``Admission``: the connections one process serves (BROKER_MAX_CONNECTIONS), and whether it
   still takes new ones at all (not once it is shutting down). A transport admits a connection

@@ -268,7 +268,7 @@ class _Serving:
         # Made at the accept, before its codec is known (a TCP connection's first byte chooses
         # it): the auth deadline covers the wait for that byte too.
         try:
-            conn = Connection(transport, None,  # type: ignore[arg-type]
+            conn = Connection(transport, None,
                               auth_deadline=auth_deadline)
         except BaseException:
             self._release()  # it will never read: its place is free

@@ -1,16 +1,38 @@
-"""One connection's session: the sans-I/O core every transport and codec drives.
+"""One connection's session: the sans-I/O state machine every transport and codec drives.
 
-A codec turns wire frames into the request values below; ``Session.handle`` checks each request
-against the connection's identity and its own subscription table, updates that table, and
-returns a ``Step``: the reply to send, and at most one ``Effect`` that needs the hub or the
-cluster (I/O). The driver (``broker.connection``) carries out the effect, then sends the reply,
-or asks the session to ``undo`` the step when the effect failed.
+The session decides everything about one connection that needs no I/O; its driver
+(broker.connection) only carries out what it asks and feeds the results back. It never awaits
+and never touches a socket, the channel layer or Redis: its clock is passed in, its frames go
+to a ``Queue`` (the driver's outbox) and its end to an ``end`` callback, so every rule below is
+tested with plain function calls (tests/unit/test_session*.py, test_seam.py).
 
-The session never awaits and never touches a socket, the channel layer or Redis, so every rule
-of the contract that lives here is testable with plain function calls.
+States (``State``), each transition made by one method::
 
-A request's ``meta`` is opaque codec state (a STOMP ``receipt`` or ``transaction`` header) that
-the driver hands back to the codec together with the reply; the session never reads it.
+    CONNECTING --authenticating()--> AUTHENTICATING --open(identity)--> OPENING
+    OPENING --welcome()--> OPEN;  any --end(why)--> CLOSING --close()--> CLOSED
+
+- **Connecting.** The auth deadline runs from the accept: ``authenticating()`` gives the auth
+  API what is left of it, and ``auth_expired()`` (the driver's timer) ends a connection that
+  never handed in credentials with 4408. ``refuses_duplicate``/``replaces_duplicate`` say what
+  BROKER_DUPLICATE_LOGIN asks of the driver before and after it joins the hub.
+- **The welcome comes first.** From ``open`` until ``welcome()``, frames (deliveries while
+  joining, pending acknowledged messages, replays) are held, within the outbox's byte bound;
+  ``welcome()`` queues the welcome (with a fresh resume token on a resumable protocol), then
+  them, then the replays.
+- **Requests.** ``receive(request)`` applies the rate limit (a token bucket on the passed
+  clock), then the rules of ``handle`` (identity, profile, subscription table): it answers at
+  once, or returns the one ``Effect`` the driver must carry out. ``effect_done(result)`` or
+  ``effect_failed(code)`` then builds and queues the reply, the follow-ups (a replay after its
+  subscribe's reply) and, when the protocol ends the connection after that reply, the end.
+- **Deliveries, the seam and positions** are ``self.delivery``'s (broker.delivery): the hub's
+  deliveries reach it through the driver, and it queues frames through ``_push`` (held before
+  the welcome, dropped once closing).
+- **Resume.** ``resume_lookup(token)`` says which saved state to take, ``restore(state)``
+  re-subscribes it (each join carried out by the driver, then ``restored``), and
+  ``saved_state(subs)`` what to save at the close.
+- **Acknowledged messages.** ``deliver_message`` dedupes them and says which store update the
+  driver runs (``HoldAck``: owed until confirmed; ``CompleteAck`` on protocols without
+  confirmations); ``completed`` and ``release_owed`` keep the owed set.
 
 Invariant: ``self.subscriptions`` maps a request id's canonical JSON text to its Subscription;
 an id is in the table exactly while the hub holds that subscription (the driver adds it to the
@@ -19,26 +41,46 @@ hub before replying success, and removes it when the session drops it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from rooms import InvalidRoom, parse_room
 
-from . import errors
+from . import disconnect, errors, metrics, resume
+from .codec import Codec
+from .delivery import Delivery, Frame, Mark
+from .disconnect import Disconnect
 from .effects import (
-    AdminAction,
+    AckUpdate,
+    CompleteAck,
     ConfirmMessage,
+    Counts,
     Effect,
+    HoldAck,
     JoinRoom,
+    Kick,
     LeaveRooms,
+    ListConnections,
     PublishRooms,
     QueryStatus,
     ReadHistory,
+    ReadStats,
+    SaveResume,
     SendDirect,
+    Stats,
+    TakeResume,
 )
-from .history import HistoryPolicy, valid_offset
+from .history import HistoryPage, HistoryPolicy, recovered, valid_offset
 from .identity import Identity, resolve_destination
 from .jsontext import dump_json
-from .replies import Error, Pong, Reply, Success
+from .limits import TokenBucket, Verdict
+from .messages import Confirmed, DirectMessage
+from .replies import AdminResult, Error, HistoryResult, Pong, Reply, StatusInfo, Success
 from .requests import (
     MAX_REQUEST_ID_CHARS,
     Admin,
@@ -59,12 +101,62 @@ from .requests import (
 )
 from .subscription import DestinationPattern, Subscription
 
+# One logger for everything about one connection, whichever layer decided it.
+log = logging.getLogger("broker.connection")
+
 # Regex watches (STOMP destination-type:1) one connection may hold: each may keep its engine's
 # memory (RE2: up to broker.codecs.stomp.PATTERN_MAX_MEM) and is matched against every direct
 # message to its profile.
 MAX_REGEX_WATCHES = 16
+# Acknowledged message ids remembered per connection, to drop the second copy of one (the live
+# copy and the stored one of a message sent while the connection was opening).
+ACKED_REMEMBERED = 4096
+STATS_TOTALS = ("connections", "triggers_per_s", "deliveries_per_s", "drops_per_s",
+                "triggers", "deliveries", "drops")
 
-ADMIN_ACTIONS = frozenset({"connections", "kick", "stats"})
+
+class State(enum.Enum):
+    CONNECTING = "connecting"  # accepted; no credentials handed in yet
+    AUTHENTICATING = "authenticating"  # the auth API is being asked
+    OPENING = "opening"  # authenticated, joining the hub: frames held until the welcome
+    OPEN = "open"  # welcomed: requests are read and answered
+    CLOSING = "closing"  # being closed: nothing more is read or queued
+    CLOSED = "closed"  # the transport is gone and the subscriptions forgotten
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The settings one session decides with (``from_conf``: the project's)."""
+
+    max_subscriptions: int = 64
+    public_status: bool = False
+    history: HistoryPolicy = field(default_factory=HistoryPolicy)
+    max_outbox_bytes: int = 1_048_576
+    rate: float = 0.0  # requests per second (0: no limit), and the burst above it
+    burst: int = 1
+    auth_deadline: float = 0.0  # seconds from the accept to authenticated (0: none)
+    duplicate_login: str = "allow"  # "allow", "reject" or "replace"
+    resume_ttl: float = 300.0
+
+    @classmethod
+    def from_conf(cls, c: Any, *, auth_deadline: float | None = None) -> Settings:
+        return cls(max_subscriptions=c.BROKER_MAX_SUBSCRIPTIONS,
+                   public_status=c.BROKER_PUBLIC_STATUS, history=c.history_policy,
+                   max_outbox_bytes=c.BROKER_MAX_OUTBOX_BYTES, rate=c.BROKER_RATE_LIMIT,
+                   burst=c.BROKER_RATE_BURST,
+                   auth_deadline=(c.BROKER_AUTH_DEADLINE if auth_deadline is None
+                                  else auth_deadline),
+                   duplicate_login=c.BROKER_DUPLICATE_LOGIN, resume_ttl=c.BROKER_RESUME_TTL)
+
+
+class Queue(Protocol):
+    """Where the session's frames go (broker.outbox.Outbox): ``mark`` is a position, handed
+    back to ``Delivery.written`` once the frame is written."""
+
+    def push(self, frame: Frame, mark: Mark | None = None) -> bool: ...
+
+    @property
+    def queued_bytes(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -74,13 +166,389 @@ class Step:
 
 
 class Session:
-    def __init__(self, identity: Identity, *, max_subscriptions: int, public_status: bool,
-                 history: HistoryPolicy | None = None) -> None:
-        self.identity = identity
-        self.max_subscriptions = max_subscriptions
-        self.public_status = public_status
-        self.history = history or HistoryPolicy()
+    delivery: Delivery  # made once the codec is known
+
+    def __init__(self, settings: Settings, codec: Codec | None, queue: Queue, *,
+                 end: Callable[[Disconnect], None],
+                 clock: Callable[[], float] = time.monotonic, name: str = "") -> None:
+        """``codec``: None until the transport knows it (the TCP gate's first byte); ``end``:
+        close the connection soon, for this reason; ``name``: the connection, for the log."""
+        self.settings = settings
+        self.state = State.CONNECTING
+        self.identity = Identity()
         self.subscriptions: dict[str, Subscription] = {}
+        self._queue = queue
+        self._end = end
+        self._clock = clock
+        self._name = name
+        self._bucket = (TokenBucket(settings.rate, settings.burst, clock) if settings.rate > 0
+                        else None)
+        self.auth_by = (clock() + settings.auth_deadline if settings.auth_deadline > 0
+                        else None)
+        # Frames queued while opening, released by welcome() after the welcome.
+        self._held: list[tuple[Frame, Mark | None]] | None = None
+        self._held_bytes = 0
+        # Run after the current reply (or the welcome) is queued: history replays.
+        self._follow_ups: list[Callable[[], None]] = []
+        # The request whose effect the driver is carrying out.
+        self._pending: tuple[Request, Step] | None = None
+        # The token handed out in the welcome (resumable protocols), whether a presented one
+        # was honoured (None: none was presented), and the subscriptions it brought back.
+        self.resume_token: str | None = None
+        self.resumed: bool | None = None
+        self._restored: list[dict[str, Any]] = []
+        # Acknowledged messages delivered here (to drop a second copy), and those still owed.
+        self._acked_ids: OrderedDict[str, None] = OrderedDict()
+        self._owed: set[str] = set()
+        self._codec: Codec | None = None
+        if codec is not None:
+            self.codec = codec
+
+    @property
+    def codec(self) -> Codec:
+        assert self._codec is not None, "no codec yet"
+        return self._codec
+
+    @codec.setter
+    def codec(self, codec: Codec) -> None:
+        self._codec = codec
+        self.delivery = Delivery(codec, self.settings.max_outbox_bytes, push=self._push,
+                                 queued_bytes=lambda: self._queue.queued_bytes,
+                                 on_slow=lambda: self.end(disconnect.SLOW), name=self._name)
+
+    @property
+    def closing(self) -> bool:
+        """Nothing more is read or queued (being closed, or closed)."""
+        return self.state is State.CLOSING or self.state is State.CLOSED
+
+    # ------------------------------------------------------------ connecting
+
+    def authenticating(self) -> float | None:
+        """Credentials are in: the seconds the auth API may take (None: no deadline)."""
+        self.state = State.AUTHENTICATING
+        return None if self.auth_by is None else max(self.auth_by - self._clock(), 0.0)
+
+    def auth_expired(self) -> None:
+        """The auth deadline passed: a connection that handed in no credentials is closed
+        with 4408 (one being authenticated is left to the auth API's own budget)."""
+        if self.state is State.CONNECTING:
+            metrics.refused(errors.AUTH_TIMEOUT)
+            log.info("conn %s: not authenticated within BROKER_AUTH_DEADLINE, closing",
+                     self._name)
+            self.end(disconnect.AUTH_TIMEOUT)
+
+    def refuses_duplicate(self, identity: Identity) -> bool:
+        """Refuse ``identity`` if its destination is connected already (the driver asks)."""
+        return (identity.destination is not None
+                and self.settings.duplicate_login == "reject")
+
+    @property
+    def replaces_duplicate(self) -> bool:
+        """Once joined, close the other connections of this destination."""
+        return (self.identity.destination is not None
+                and self.settings.duplicate_login == "replace")
+
+    def open(self, identity: Identity) -> None:
+        """Authenticated: the hub may deliver from now on; frames wait for the welcome."""
+        self.identity = identity
+        if self.state is State.AUTHENTICATING:
+            self.state = State.OPENING
+            self._held = []
+
+    def welcome(self, connection_id: str) -> None:
+        """Queue the welcome, then every frame that waited for it, then the replays."""
+        if self.state is not State.OPENING:
+            return  # ended while opening
+        self.state = State.OPEN
+        codec = self.codec
+        if codec.caps.resumable:
+            self.resume_token = resume.new_token()
+        if self.resumed is None:
+            frame = codec.welcome(self.identity, connection_id, self.resume_token)
+        else:
+            frame = codec.welcome(self.identity, connection_id, self.resume_token,
+                                  resumed=self.resumed, restored=self._restored)
+        held, self._held, self._held_bytes = self._held or [], None, 0
+        self._push(frame)
+        for held_frame, mark in held:
+            self._push(held_frame, mark)
+        self._run_follow_ups()
+
+    # ------------------------------------------------------------ resume
+
+    def resume_lookup(self, token: str) -> TakeResume | None:
+        """A presented resume token: which saved state to take, if any may be."""
+        if not self.codec.caps.resumable:
+            return None
+        self.resumed = False
+        if not resume.plausible(token):
+            return None
+        return TakeResume(resume.token_key(token), resume.fingerprint(self.identity))
+
+    def restore(self, state: str | bytes | None) -> list[Step]:
+        """The state taken (None: nothing saved, or not this identity's): re-subscribe what
+        is still allowed. The driver carries out each step's JoinRoom, then ``restored``."""
+        if state is None:
+            return []
+        self.resumed = True
+        steps = []
+        for saved in resume.decode_state(state):
+            step = self.handle(Subscribe(saved.request_id, saved.room.original,
+                                         since=saved.offset))
+            if isinstance(step.effect, JoinRoom):  # else no longer allowed, or invalid
+                self._begin(step.effect)
+                steps.append(step)
+        return steps
+
+    def restored(self, step: Step, result: HistoryPage | None | BaseException) -> None:
+        """One restored subscription's join was carried out (or failed: it is dropped)."""
+        join = step.effect
+        assert isinstance(join, JoinRoom)
+        rid = join.subscription.request_id
+        if isinstance(result, BaseException):
+            self._undo(join)
+            log.warning("conn %s: subscription %r not restored: %s", self._name, rid, result)
+            return
+        entry: dict[str, Any] = {"requestId": rid}
+        reply = self._joined(join, result, rid) if result is not None else None
+        extra = (reply.extra if reply is not None else None) or (
+            step.reply.extra if isinstance(step.reply, Success) else None)
+        if extra:
+            entry.update(extra)
+        self._restored.append(entry)
+
+    def saved_state(self, subs: list[Subscription]) -> SaveResume | None:
+        """What to save at the close for a later resume (None: nothing to take back)."""
+        if self.resume_token is None or not subs:
+            return None
+        state = resume.encode_state([resume.SavedSubscription(s.request_id, s.room, s.offset)
+                                     for s in subs if s.pattern is None])
+        return SaveResume(resume.token_key(self.resume_token),
+                          resume.fingerprint(self.identity), state, self.settings.resume_ttl)
+
+    # ------------------------------------------------------------ requests
+
+    def receive(self, request: Request) -> Effect | None:
+        """One decoded request of an open connection. None: it was answered (or the
+        connection is closing); else the driver carries out the effect, then calls
+        ``effect_done`` or ``effect_failed``. Requests of one connection run one at a time."""
+        if self.state is not State.OPEN:
+            return None
+        assert self._pending is None, "one request at a time"
+        if self._bucket is not None:
+            verdict = self._bucket.take()
+            if verdict is not Verdict.ALLOWED:
+                self._rate_limited(request, verdict)
+                return None
+        step = self.handle(request)
+        if step.effect is None:
+            self._answer(request, step.reply)
+            return None
+        self._begin(step.effect)
+        self._pending = (request, step)
+        return step.effect
+
+    def effect_done(self, result: Any = None) -> None:
+        """The effect of the pending request was carried out with ``result`` (see
+        broker.effects for each effect's): queue the reply."""
+        assert self._pending is not None
+        (request, step), self._pending = self._pending, None
+        effect, rid = step.effect, request.request_id
+        assert effect is not None
+        self._answer(request, self._reply(effect, rid, result) or step.reply)
+
+    def effect_failed(self, code: str, detail: str | None = None) -> None:
+        """The effect of the pending request failed: forget it, answer ``code``."""
+        assert self._pending is not None
+        (request, step), self._pending = self._pending, None
+        assert step.effect is not None
+        self._undo(step.effect)
+        self._answer(request, Error(code, request.request_id, detail))
+
+    def _begin(self, effect: Effect) -> None:
+        if isinstance(effect, JoinRoom) and effect.history is not None:
+            self.delivery.start_seam(effect.subscription)  # live frames wait for the replay
+        elif isinstance(effect, LeaveRooms):
+            for sub in effect.subscriptions:
+                self.delivery.forget(sub)
+
+    def _undo(self, effect: Effect) -> None:
+        """``effect`` was not carried out: forget what ``handle`` recorded for it."""
+        if isinstance(effect, JoinRoom):
+            sub = effect.subscription
+            if effect.history is not None:
+                self.delivery.abort_seam(sub)
+            if self.subscriptions.get(sub.request_id_json) is sub:
+                del self.subscriptions[sub.request_id_json]
+
+    def _reply(self, effect: Effect, rid: Any, result: Any) -> Reply | None:
+        """The reply an effect's result makes (None: the step's own reply)."""
+        match effect:
+            case JoinRoom(history=rule) if rule is not None:
+                return self._joined(effect, result, rid)
+            case PublishRooms():
+                return Success(rid, {"id": result})
+            case SendDirect():
+                if result is None:
+                    return Error(errors.DESTINATION_NOT_FOUND, rid)
+                return Success(rid, {"id": result})
+            case ReadHistory():
+                return HistoryResult(rid, effect.room, result.top, list(result.entries),
+                                     None if effect.since is None
+                                     else recovered(effect.since, result))
+            case QueryStatus():
+                counts: Counts = result
+                return StatusInfo(rid, counts.connections, counts.rooms, counts.online_since)
+            case ListConnections():
+                return AdminResult(rid, {"action": "connections", "connections": result})
+            case ReadStats():
+                stats: Stats = result
+                totals = {k: sum(p.get(k, 0) for p in stats.processes) for k in STATS_TOTALS}
+                totals.update(connections=stats.connections, rooms=stats.rooms)
+                return AdminResult(rid, {"action": "stats", "stats": totals,
+                                         "processes": stats.processes})
+            case Kick():
+                if not result:
+                    return Error(errors.CONNECTION_NOT_FOUND, rid)
+                return AdminResult(rid, {"action": "kick", "kicked": result})
+        return None
+
+    def _joined(self, join: JoinRoom, page: HistoryPage, rid: Any) -> Success:
+        """A history room's join read ``page``: the reply says its offset; its replay, then
+        the live frames held meanwhile, follow the reply."""
+        extra, follow_up = self.delivery.joined(join.subscription, join.since, page)
+        self._follow_ups.append(follow_up)
+        return Success(rid, extra)
+
+    def _answer(self, request: Request, reply: Reply | None) -> None:
+        """Queue the reply as the codec shows it (maybe nothing: a STOMP SUBSCRIBE without
+        receipt), then the follow-ups; end the connection if the protocol ends it after this
+        reply (STOMP: DISCONNECT, or any ERROR on standard framing)."""
+        ending = None
+        if reply is not None:
+            answer = self.codec.answer(reply, request.meta)
+            if answer.frame is not None:
+                self._push(answer.frame)
+            ending = answer.ending
+        self._run_follow_ups()
+        if ending is not None:
+            self.end(ending)
+
+    def _run_follow_ups(self) -> None:
+        follow_ups, self._follow_ups = self._follow_ups, []
+        for follow_up in follow_ups:
+            follow_up()
+
+    def _rate_limited(self, request: Request, verdict: Verdict) -> None:
+        """Over the rate limit: answer ``rate-limited`` without carrying the request out; a
+        client that kept on regardless (EXCEEDED), or whose protocol ends the connection on
+        any error (standard STOMP), is closed with 4029."""
+        metrics.counters["rate_limited"] += 1
+        if verdict is Verdict.EXCEEDED:
+            log.warning("conn %s: over BROKER_RATE_LIMIT, closing", self._name)
+            self.end(disconnect.RATE_LIMITED)
+            return
+        answer = self.codec.answer(Error(errors.RATE_LIMITED, request.request_id), request.meta)
+        if answer.frame is not None:
+            self._push(answer.frame)
+        if answer.ending is not None:
+            self.end(disconnect.RATE_LIMITED)
+
+    # ------------------------------------------------------------ deliveries
+
+    def deliver_message(self, message: DirectMessage) -> AckUpdate | None:
+        """A direct message to this connection's destination (for an acknowledged one, the
+        store update the driver runs: see ``deliver_acked``)."""
+        if message.ack:
+            return self.deliver_acked(message)
+        self._push(self.codec.message(message))
+        return None
+
+    def deliver_acked(self, message: DirectMessage) -> AckUpdate | None:
+        """An acknowledged message for this connection's login (live, or pending at the
+        open): shown once per connection; returns the store update the driver runs."""
+        message_id = message.id
+        if message_id in self._acked_ids or self.closing:
+            return None  # the live copy and the stored one of a message sent while opening
+        self._acked_ids[message_id] = None
+        if len(self._acked_ids) > ACKED_REMEMBERED:
+            self._acked_ids.popitem(last=False)
+        self._push(self.codec.message(message))
+        if self.codec.caps.confirms:
+            self._owed.add(message_id)
+            return HoldAck(message_id)
+        return CompleteAck(message_id)  # queued for writing counts as confirmed (STOMP)
+
+    def deliver_confirmed(self, event: Confirmed) -> None:
+        """To a sender: its acknowledged message was confirmed (protocols that show it)."""
+        frame = self.codec.confirmed(event)
+        if frame is not None:
+            self._push(frame)
+
+    def completed(self, message_id: str) -> None:
+        """The store has recorded this connection's confirmation of ``message_id``."""
+        self._owed.discard(message_id)
+
+    def release_owed(self) -> list[str]:
+        """At the close: the acknowledged messages still owed (redelivered elsewhere)."""
+        owed, self._owed = list(self._owed), set()
+        return owed
+
+    def hold_live(self) -> None:
+        """The hub's Redis subscription broke: hold history subscriptions' live frames."""
+        if self.state is State.OPENING or self.state is State.OPEN:
+            self.delivery.hold_live(list(self.subscriptions.values()))
+
+    def recovering(self) -> dict[Subscription, int]:
+        """The held history subscriptions to read again, with the offset to read after; the
+        driver reads them and calls ``resynced`` (even with none: the client is told)."""
+        return self.delivery.recovering()
+
+    def resynced(self, pages: list[tuple[Subscription, int, HistoryPage | BaseException]]
+                 ) -> None:
+        self.delivery.resynced(
+            pages, lambda sub: self.subscriptions.get(sub.request_id_json) is sub)
+
+    # ------------------------------------------------------------ frames and the end
+
+    def push(self, frame: Frame, mark: Mark | None = None) -> None:
+        """Queue a frame (the driver's heart-beats use it too); held until the welcome, and
+        nothing once closing. Too many held frames end the connection as slow."""
+        self._push(frame, mark)
+
+    def _push(self, frame: Frame, mark: Mark | None = None) -> None:
+        if self._held is not None:  # opening: the welcome is not queued yet
+            self._held.append((frame, mark))
+            self._held_bytes += len(frame)
+            if self._held_bytes > self.settings.max_outbox_bytes:
+                metrics.drop("slow", len(self._held))
+                self._held, self._held_bytes = [], 0
+                self.end(disconnect.SLOW)
+            return
+        if self.state is not State.OPEN:
+            return
+        if mark is not None:
+            self.delivery.queued(mark)
+        self._queue.push(frame, mark)
+
+    def end(self, why: Disconnect) -> None:
+        """Close the connection soon (once): nothing more is read or queued."""
+        if self.closing:
+            return
+        self.state = State.CLOSING
+        self._held = None
+        self._end(why)
+
+    def close(self) -> list[Subscription]:
+        """The transport is gone: every subscription is forgotten (and returned, for the
+        driver to leave the hub with and ``saved_state``)."""
+        self.state = State.CLOSED
+        self._held = None
+        subs = list(self.subscriptions.values())
+        self.subscriptions.clear()
+        return subs
+
+    # ------------------------------------------------------------ the rules of each request
 
     def handle(self, req: Request) -> Step:
         rid = req.request_id
@@ -100,7 +568,7 @@ class Session:
             case Ping():
                 return Step(Pong(req.request_id, req.text))
             case Status():
-                if not (self.public_status or self.identity.rule.admin):
+                if not (self.settings.public_status or self.identity.rule.admin):
                     return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED, req.request_id))
                 return Step(None, QueryStatus())
             case Send():
@@ -118,13 +586,6 @@ class Session:
             case Invalid():
                 return Step(Error(req.code, req.request_id, req.detail))
         return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED))  # pragma: no cover
-
-    def undo(self, effect: Effect) -> None:
-        """The driver could not carry out ``effect``: forget what ``handle`` recorded for it."""
-        if isinstance(effect, JoinRoom):
-            sub = effect.subscription
-            if self.subscriptions.get(sub.request_id_json) is sub:
-                del self.subscriptions[sub.request_id_json]
 
     def _subscribe(self, req: Subscribe, pattern: DestinationPattern | None = None) -> Step:
         rid = req.request_id
@@ -150,7 +611,7 @@ class Session:
             return Step(Error(errors.REQUEST_ID_IN_USE, rid))
         if not self.identity.may_subscribe(room):
             return Step(Error(errors.ROOM_NOT_FOUND, rid))
-        if len(self.subscriptions) >= self.max_subscriptions:
+        if len(self.subscriptions) >= self.settings.max_subscriptions:
             return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid))
         if pattern is not None and sum(s.pattern is not None for s in
                                        self.subscriptions.values()) >= MAX_REGEX_WATCHES:
@@ -158,7 +619,7 @@ class Session:
                               f"at most {MAX_REGEX_WATCHES} regular-expression watches"))
         sub = Subscription(rid, key, room, pattern=pattern)
         self.subscriptions[key] = sub
-        rule = self.history.rule_for(room)
+        rule = self.settings.history.rule_for(room)
         if rule is None:
             # No history to replay (a wildcard room, or one no BROKER_HISTORY rule covers):
             # a ``since`` cannot be honoured, and the reply says so.
@@ -218,7 +679,7 @@ class Session:
             return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
         if not self.identity.may_subscribe(room):
             return Step(Error(errors.ROOM_NOT_FOUND, rid))
-        rule = self.history.rule_for(room)
+        rule = self.settings.history.rule_for(room)
         if rule is None:
             detail = ("history is kept per concrete room" if not room.is_concrete
                       else "no BROKER_HISTORY rule covers this room")
@@ -243,10 +704,24 @@ class Session:
             return Step(Success(rid))
         return Step(Success(rid), ConfirmMessage(mid))
 
+
     def _admin(self, req: Admin) -> Step:
+        rid = req.request_id
         if not self.identity.rule.admin:
-            return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED, req.request_id))
-        if not isinstance(req.action, str) or req.action not in ADMIN_ACTIONS:
-            return Step(Error(errors.UNKNOWN_ACTION, req.request_id,
-                              f"actions: {sorted(ADMIN_ACTIONS)}"))
-        return Step(None, AdminAction(str(req.action), req.args))
+            return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED, rid))
+        match req.action:
+            case "connections":
+                return Step(None, ListConnections())
+            case "stats":
+                return Step(None, ReadStats())
+            case "kick":
+                conn_id, login_id = req.args.get("connection_id"), req.args.get("login_id")
+                if not isinstance(conn_id, str) and not isinstance(login_id, str):
+                    return Step(Error(errors.INVALID_MESSAGE, rid,
+                                      "kick needs connection_id or login_id"))
+                return Step(None, Kick(conn_id if isinstance(conn_id, str) else None,
+                                       login_id if isinstance(login_id, str) else None))
+        return Step(Error(errors.UNKNOWN_ACTION, rid, f"actions: {sorted(ADMIN_ACTIONS)}"))
+
+
+ADMIN_ACTIONS = ("connections", "kick", "stats")

@@ -19,7 +19,9 @@ from ..subscription import Subscription
 
 class Receiver(Protocol):
     id: str
-    identity: Identity
+
+    @property
+    def identity(self) -> Identity: ...
 
     def deliver(self, sub: Subscription, trigger: Trigger, room_key: str,
                 offset: int | None) -> None:

@@ -3,7 +3,7 @@
 Before: a WebSocket offering a STOMP subprotocol that never sent CONNECT stayed open forever and
 held a place of BROKER_MAX_CONNECTIONS; on the TCP gate one byte every few seconds kept a socket
 in the CONNECT wait forever (the 30 s bound applied to each read), and the gate admitted a
-connection only once its CONNECT had arrived. Now BROKER_AUTH_DEADLINE (broker.connection)
+connection only once its CONNECT had arrived. Now BROKER_AUTH_DEADLINE (broker.session)
 closes a connection that is not authenticated in time: WebSocket close 4408 ``auth-timeout``,
 on TCP a STOMP ``ERROR`` / JSON-lines close line, then the close; its place is freed.
 """

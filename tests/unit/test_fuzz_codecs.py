@@ -43,11 +43,12 @@ from broker.codecs.stompframe import (
     parse_frame,
 )
 from broker.identity import identity_from_api
-from broker.effects import AdminAction, JoinRoom, LeaveRooms, PublishRooms, QueryStatus, SendDirect
+from broker.effects import Kick, ListConnections, ReadStats, JoinRoom, LeaveRooms, PublishRooms, QueryStatus, SendDirect
 from broker.jsontext import dump_json
 from broker.replies import AdminResult, Error, StatusInfo, Success
 from broker.requests import Invalid, Ping, Subscribe, Unsubscribe
 from broker.session import Session
+from tests.unit.sessions import rules
 from rooms import InvalidRoom, Room, SubscriptionIndex, matches, parse_room
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
@@ -86,7 +87,7 @@ def strict_loads(text: str | bytes) -> Any:
 def make_session(profile: str = "agent", max_subscriptions: int = 10_000) -> Session:
     ident = identity_from_api({"allowed_rooms": ALLOWED, "login_id": "bob", "profile": profile,
                                "publish_rooms": [{"k": "*"}, CHAT_ANY]})
-    return Session(ident, max_subscriptions=max_subscriptions, public_status=False)
+    return rules(ident, max_subscriptions=max_subscriptions, public_status=False)
 
 
 # ------------------------------------------------------------------ the driver model
@@ -129,8 +130,8 @@ class Driver:
             reply = Success(request.request_id, {"id": "m"})
         elif isinstance(effect, QueryStatus):
             reply = StatusInfo(request.request_id, 1, 1, "2026-01-01T00:00:00Z")
-        elif isinstance(effect, AdminAction):
-            reply = AdminResult(request.request_id, {"action": effect.action})
+        elif isinstance(effect, (ListConnections, ReadStats, Kick)):
+            reply = AdminResult(request.request_id, {"action": type(effect).__name__})
         self.ending = None
         if reply is not None:
             answer = self.codec.answer(reply, request.meta)
@@ -158,7 +159,7 @@ class Driver:
         for key, sub in table.items():
             assert key == dump_json(sub.request_id) == sub.request_id_json
             assert sub in self.hub.match(sub.room)
-        assert len(self.hub) == len(table) <= self.session.max_subscriptions
+        assert len(self.hub) == len(table) <= self.session.settings.max_subscriptions
 
     @staticmethod
     def check_data_json(data_json: str) -> None:
@@ -379,7 +380,7 @@ def subscribe_oracle(session: Session, model: dict[str, Room], rid: Any, room: A
         assert code == ("success" if model[key] == parsed else errors.REQUEST_ID_IN_USE)
     elif not session.identity.may_subscribe(parsed):
         assert code == errors.ROOM_NOT_FOUND
-    elif len(model) >= session.max_subscriptions:
+    elif len(model) >= session.settings.max_subscriptions:
         assert code == errors.TOO_MANY_SUBSCRIPTIONS
     else:
         assert code == "success"

@@ -23,6 +23,7 @@ from broker.effects import ConfirmMessage, JoinRoom, PublishRooms, ReadHistory, 
 from broker.replies import Error, HistoryResult, Success
 from broker.requests import Confirm, History, Publish, Send, Subscribe
 from broker.session import Session
+from tests.unit.sessions import rules
 from broker.subscription import Subscription
 from broker.messages import DirectMessage
 from broker.stores.acks import AckQuota, MemoryAcks
@@ -122,7 +123,7 @@ def test_tokens_and_fingerprints():
 def make(profile="agent", login="bob"):
     ident = identity_from_api({"allowed_rooms": [CHAT_ANY, NEWS], "login_id": login,
                                "profile": profile})
-    return Session(ident, max_subscriptions=10, public_status=False,
+    return rules(ident, max_subscriptions=10, public_status=False,
                    history=HistoryPolicy.from_setting(SETTING[:1]))
 
 
@@ -180,7 +181,7 @@ def test_send_ack_publish_history_confirm():
     assert step.reply == Success("c") and step.effect == ConfirmMessage("m1")
     for bad in (None, 5, "", "x" * 200):
         assert s.handle(Confirm("c", bad)).reply.code == errors.INVALID_MESSAGE
-    anonymous = Session(identity_from_api({"allowed_rooms": [NEWS]}), max_subscriptions=1,
+    anonymous = rules(identity_from_api({"allowed_rooms": [NEWS]}), max_subscriptions=1,
                         public_status=False)
     assert anonymous.handle(Confirm(1, "m1")) .effect is None  # nothing is addressed to it
 

@@ -20,10 +20,11 @@ from broker.identity import (
     destination_of, parse_address, public_destination, public_room, resolve_destination,
     identity_from_api, identity_from_static_keys, parse_destination,
 )
-from broker.effects import AdminAction, JoinRoom, PublishRooms, QueryStatus, SendDirect
+from broker.effects import Kick, ListConnections, ReadStats, JoinRoom, PublishRooms, QueryStatus, SendDirect
 from broker.replies import Error, Success
 from broker.requests import Admin, Publish, Send, Status, Subscribe
 from broker.session import Session
+from tests.unit.sessions import rules
 from rooms import parse_room
 
 OWN = {"target": "chat", "customer": "*"}           # the API's allowed room
@@ -56,7 +57,7 @@ MTNA = errors.MESSAGE_TYPE_NOT_ALLOWED
 def session(profile: str, *, public_status: bool = False) -> Session:
     ident = identity_from_api({"allowed_rooms": [OWN], "login_id": "me", "profile": profile,
                                "publish_rooms": [OWN]})
-    return Session(ident, max_subscriptions=64, public_status=public_status)
+    return rules(ident, max_subscriptions=64, public_status=public_status)
 
 
 def outcome(step) -> str:
@@ -74,7 +75,7 @@ def outcome(step) -> str:
     if isinstance(effect, PublishRooms):
         assert isinstance(step.reply, Success)
         return PUB
-    if isinstance(effect, AdminAction):
+    if isinstance(effect, (ListConnections, ReadStats, Kick)):
         assert step.reply is None
         return ADMIN
     if isinstance(effect, QueryStatus):

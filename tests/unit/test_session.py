@@ -7,7 +7,7 @@ import pytest
 from broker import errors
 from broker.codecs.jsoncodec import JsonCodec
 from broker.identity import Identity, Profile, identity_from_api
-from broker.effects import AdminAction, JoinRoom, LeaveRooms, PublishRooms, QueryStatus, SendDirect
+from broker.effects import Kick, ListConnections, ReadStats, JoinRoom, LeaveRooms, PublishRooms, QueryStatus, SendDirect
 from broker.replies import Error, Pong, Success
 from broker.requests import (
     Admin,
@@ -21,6 +21,7 @@ from broker.requests import (
     UnsubscribeAll,
 )
 from broker.session import Session
+from tests.unit.sessions import opened, rules
 from rooms import parse_room
 
 CHAT1 = {"target": "chat", "customer": "1"}
@@ -30,7 +31,7 @@ CHAT_ANY = {"target": "chat", "customer": "*"}
 def make(profile="agent", rooms=(CHAT_ANY,), max_subs=3, public_status=False, publish=()):
     ident = identity_from_api({"allowed_rooms": list(rooms), "login_id": "bob",
                                "profile": profile, "publish_rooms": list(publish)})
-    return Session(ident, max_subscriptions=max_subs, public_status=public_status)
+    return rules(ident, max_subscriptions=max_subs, public_status=public_status)
 
 
 def codes(step):
@@ -80,11 +81,13 @@ def test_subscribe_table_and_request_id_rules():
     assert s.subscriptions == {}
 
 
-def test_undo_forgets_a_failed_join():
-    s = make()
-    step = s.handle(Subscribe(1, CHAT1))
-    s.undo(step.effect)
+def test_a_failed_join_is_forgotten_and_answered():
+    ident = identity_from_api({"allowed_rooms": [CHAT_ANY], "login_id": "bob"})
+    s, out = opened(ident, JsonCodec(rich=True))
+    assert isinstance(s.receive(Subscribe(1, CHAT1)), JoinRoom)
+    s.effect_failed(errors.SERVICE_UNAVAILABLE, "redis down")
     assert s.subscriptions == {}
+    assert json.loads(out.frames[-1])["message"] == errors.SERVICE_UNAVAILABLE
     assert codes(s.handle(Subscribe(1, CHAT_ANY))) == "success"
 
 
@@ -96,7 +99,7 @@ def test_effects_for_send_publish_status_admin():
     assert codes(s.handle(Admin(1, "kick"))) == errors.MESSAGE_TYPE_NOT_ALLOWED
     admin = make(profile="admin")
     assert isinstance(admin.handle(Status()).effect, QueryStatus)
-    assert isinstance(admin.handle(Admin(1, "stats")).effect, AdminAction)
+    assert isinstance(admin.handle(Admin(1, "stats")).effect, ReadStats)
     assert codes(admin.handle(Admin(1, "explode"))) == errors.UNKNOWN_ACTION
     assert codes(admin.handle(Subscribe(1, CHAT1))) == errors.PROFILE_CANNOT_SUBSCRIBE
     assert isinstance(make(public_status=True).handle(Status()).effect, QueryStatus)

@@ -27,6 +27,7 @@ from broker.requests import (
     UnsubscribeAll,
 )
 from broker.session import Session
+from tests.unit.sessions import rules
 from broker.subscription import Subscription
 from rooms import parse_room
 
@@ -194,7 +195,7 @@ def test_regex_watch_is_a_wildcard_watch_with_a_pattern():
     assert isinstance(req, Subscribe)
     assert req.room == {"client": "*", "profile": "agent"}
     assert req.pattern.fullmatch("/agent/bob") and not req.pattern.fullmatch("/agentx/bob")
-    step = Session(ident, max_subscriptions=10, public_status=False).handle(req)
+    step = rules(ident, max_subscriptions=10, public_status=False).handle(req)
     assert isinstance(step.effect, JoinRoom) and step.effect.subscription.pattern is req.pattern
     # a super agent only watches agents: a regex without a profile prefix means agents
     req = codec.decode(frame("SUBSCRIBE", id="w2", destination=".*bo.*",
@@ -518,7 +519,7 @@ def test_a_connection_holds_at_most_max_regex_watches():
 
     ident = identity_from_api({"login_id": "sup", "profile": "super_agent"})
     codec = connected(StompCodec(), profile="super_agent", login="sup")
-    session = Session(ident, max_subscriptions=100, public_status=False)
+    session = rules(ident, max_subscriptions=100, public_status=False)
     for i in range(MAX_REGEX_WATCHES):
         step = session.handle(codec.decode(frame("SUBSCRIBE", id=f"w{i}", destination=f"/agent/{i}.*",
                                                  **{"destination-type": "1"})))

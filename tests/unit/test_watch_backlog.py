@@ -21,7 +21,6 @@ from broker.fanout.hub import MAX_WATCH_BACKLOG, Hub
 from broker.fanout.running import fanout_settings
 from broker.identity import client_room, identity_from_api
 from broker.stores import Stores
-from broker.session import Session
 from broker.subscription import Subscription
 
 
@@ -53,9 +52,9 @@ async def test_watchers_are_told_when_matching_falls_behind() -> None:
     await hub.start()
     transport = Recorder()
     conn = Connection(transport, StompCodec())
-    conn.identity = identity_from_api({"login_id": "carol", "profile": "super_agent",
-                                       "allowed_rooms": []})
-    conn.session = Session(conn.identity, max_subscriptions=10, public_status=False)
+    conn.session.authenticating()
+    conn.session.open(identity_from_api({"login_id": "carol", "profile": "super_agent",
+                                         "allowed_rooms": []}))
     await hub.attach(conn)
     conn.hub = hub
     room = client_room("api", "agent", "*")
