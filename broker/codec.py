@@ -7,7 +7,8 @@ What a wire protocol allows is declared once, as data (``Capabilities``), instea
 found by ``hasattr`` on the codec or read from a flag it sets: the driver asks
 ``codec.caps.resumable``, never ``getattr(codec, "rich")``. Whether a reply ends the
 connection is part of the answer to that reply (``Answer.ending``), not a mutable attribute
-read afterwards.
+read afterwards. What a codec needs of a request to answer it travels with that request as
+its context (``Request.meta``), opaque to everyone but the codec that made it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .disconnect import Disconnect
 from .identity import Identity
 from .messages import Confirmed, DirectMessage
 from .replies import Reply
+from .requests import CodecContext
 from .subscription import Subscription
 
 
@@ -53,8 +55,8 @@ class Codec(Protocol):
 
     caps: Capabilities
 
-    def answer(self, reply: Reply, context: Any = None) -> Answer:
-        """``context``: the request's own per-request codec context (``Request.meta``)."""
+    def answer(self, reply: Reply, context: CodecContext = None) -> Answer:
+        """``context``: the request's own codec context (``Request.meta``)."""
         ...
 
     def welcome(self, identity: Identity, connection_id: str, resume_token: str | None,

@@ -25,6 +25,7 @@ from ..jsontext import JsonTooDeep, dump_json, load_json
 from ..replies import AdminResult, Error, HistoryResult, Pong, Reply, StatusInfo, Success
 from ..requests import (
     Admin,
+    CodecContext,
     Confirm,
     History,
     Invalid,
@@ -118,7 +119,7 @@ class JsonCodec:
             return dump_json({"is_authorized": False})
         return dump_json({"type": "refused", "is_authorized": False, "reason": reason})
 
-    def answer(self, reply: Reply, context: Any = None) -> Answer:
+    def answer(self, reply: Reply, context: CodecContext = None) -> Answer:
         """broker.codec.Codec: a JSON reply never ends the connection; no per-request context."""
         return Answer(self.reply(reply))
 

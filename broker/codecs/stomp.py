@@ -16,8 +16,9 @@ Two dialects, chosen per connection:
   the connection open, only a malformed frame ends it; direct messages name the sender's login
   in ``origin`` and carry ``transaction``.
 
-Per-request headers (``receipt``, ``transaction``) travel in the request's ``meta`` and come
-back with its reply, so the codec keeps no table of requests in flight. A reply after which
+Per-request headers (``receipt``, ``transaction``) travel in the request's ``meta``, a
+``StompContext``, and come back with its reply, so the codec keeps no table of requests in
+flight. A reply after which
 the protocol closes the connection (DISCONNECT, an ERROR) says so in its ``Answer.ending``
 (broker.codec); the driver (``broker.connection``) then closes the connection once the reply
 is written.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 import re2
@@ -44,6 +46,7 @@ from ..messages import Confirmed, DirectMessage
 from ..jsontext import dump_json, load_json
 from ..replies import AdminResult, Error, Pong, Reply, StatusInfo, Success
 from ..requests import (
+    CodecContext,
     Goodbye,
     Invalid,
     Ping,
@@ -106,6 +109,26 @@ class WatchPattern:
 
     def fullmatch(self, destination: str) -> bool:
         return len(destination) <= MAX_MATCHED and self._regexp.fullmatch(destination) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class StompContext:
+    """A STOMP request's codec context (``Request.meta``), handed back with its reply.
+
+    ``command``: the frame's (DISCONNECT ends the connection once answered); ``receipt`` and
+    ``transaction``: its headers, which the reply names; ``ack_added``: the subscription id
+    whose ack mode this SUBSCRIBE recorded, forgotten if it is refused; ``fatal``: the input
+    was malformed, and its ERROR ends the connection in either dialect."""
+
+    command: str | None = None
+    receipt: str | None = None
+    transaction: str | None = None
+    ack_added: str | None = None
+    fatal: bool = False
+
+
+_NO_CONTEXT = StompContext()
+_MALFORMED = StompContext(fatal=True)
 
 
 def _heartbeat_pair(value: str | None) -> tuple[int, int]:
@@ -239,18 +262,14 @@ class StompCodec:
 
     def malformed(self, detail: str) -> Request:
         """Input the STOMP syntax rejects: answered with ERROR, then the connection closes."""
-        return Invalid(errors.MALFORMED_FRAME, None, detail, meta={"fatal": True})
+        return Invalid(errors.MALFORMED_FRAME, None, detail, meta=_MALFORMED)
 
     def _request(self, frame: Frame) -> Request:
         h, command = frame.headers, frame.command
-        meta: dict[str, Any] = {"command": command}
         receipt = h.get("receipt")
         if receipt is None and command == "DISCONNECT":
             receipt = h.get("receipt-id")  # the Communication Broker's spelling
-        if receipt is not None:
-            meta["receipt"] = receipt
-        if "transaction" in h:
-            meta["transaction"] = h["transaction"]
+        meta = StompContext(command, receipt, h.get("transaction"))
         if command == "SUBSCRIBE":
             return self._subscribe(frame, meta)
         if command == "UNSUBSCRIBE":
@@ -277,7 +296,7 @@ class StompCodec:
         return Invalid(errors.MESSAGE_TYPE_NOT_ALLOWED, None, f"{command} is a server frame",
                        meta)
 
-    def _subscribe(self, frame: Frame, meta: dict[str, Any]) -> Request:
+    def _subscribe(self, frame: Frame, meta: StompContext) -> Request:
         h = frame.headers
         dest = h.get("destination")
         sid = h.get("id")
@@ -293,7 +312,7 @@ class StompCodec:
             # From now on, so that no MESSAGE of this subscription goes out without ``ack``;
             # forgotten again if the SUBSCRIBE is refused (see reply).
             self._ack_modes[sid] = mode
-            meta["ack-added"] = sid
+            meta = replace(meta, ack_added=sid)
         if h.get("destination-type", "").strip() == "1":
             return self._subscribe_pattern(sid, dest, meta)
         if dest.startswith(ROOM_PREFIX):
@@ -317,7 +336,7 @@ class StompCodec:
         profile, login = target
         return Subscribe(sid, {"client": login, "profile": str(profile)}, meta=meta)
 
-    def _subscribe_pattern(self, sid: Any, source: str, meta: dict[str, Any]) -> Request:
+    def _subscribe_pattern(self, sid: Any, source: str, meta: StompContext) -> Request:
         """destination-type:1: watch the connected clients whose destination fully matches.
 
         It is a wildcard watch of one profile's client rooms, filtered by the regex in the hub.
@@ -344,7 +363,7 @@ class StompCodec:
                            "start the regular expression with /<profile>/", meta)
         return Subscribe(sid, {"client": "*", "profile": profile}, pattern=pattern, meta=meta)
 
-    def _acknowledge(self, frame: Frame, meta: dict[str, Any]) -> Request:
+    def _acknowledge(self, frame: Frame, meta: StompContext) -> Request:
         """ACK/NACK (STOMP 1.2: ``id`` is a MESSAGE's ``ack`` header). Deliveries are
         at-most-once fan-out: an ACK confirms nothing further and a NACK drops the message
         (docs/protocol.md §4). An id this connection never handed out is an error, as the spec
@@ -368,7 +387,7 @@ class StompCodec:
             self._ack_issued += 1
             headers["ack"] = str(self._ack_issued)
 
-    def _send(self, frame: Frame, meta: dict[str, Any]) -> Request:
+    def _send(self, frame: Frame, meta: StompContext) -> Request:
         dest = frame.headers.get("destination")
         if dest is None:
             return Invalid(errors.INVALID_MESSAGE, None, "SEND needs a destination", meta)
@@ -389,19 +408,18 @@ class StompCodec:
 
     # ------------------------------------------------------------ replies
 
-    def reply(self, reply: Reply, meta: dict[str, Any] | None = None) -> str | bytes | None:
+    def reply(self, reply: Reply, meta: CodecContext = None) -> str | bytes | None:
         return self.answer(reply, meta).frame
 
-    def answer(self, reply: Reply, context: Any = None) -> Answer:
+    def answer(self, reply: Reply, context: CodecContext = None) -> Answer:
         """broker.codec.Codec: the reply's frame, and whether the connection ends after it.
-        ``context``: the request's headers to answer (``meta``: receipt, transaction)."""
-        meta: dict[str, Any] = context or {}
-        receipt, transaction = meta.get("receipt"), meta.get("transaction")
+        ``context``: the request's ``StompContext`` (None: a reply to no frame)."""
+        meta = context if isinstance(context, StompContext) else _NO_CONTEXT
+        receipt, transaction = meta.receipt, meta.transaction
         if isinstance(reply, Error):
-            added = meta.get("ack-added")
-            if added is not None:
-                self._ack_modes.pop(added, None)
-            fatal = bool(meta.get("fatal"))
+            if meta.ack_added is not None:
+                self._ack_modes.pop(meta.ack_added, None)
+            fatal = meta.fatal
             if self.cb and transaction is not None and not fatal:
                 return Answer(self._ack(transaction, reply.code, receipt))
             ending = (disconnect.Disconnect(errors.CLOSE_NORMAL, reply.code)
@@ -409,7 +427,7 @@ class StompCodec:
             return Answer(self.error_frame(reply.code, reply.detail, receipt), ending)
         if isinstance(reply, (Success, Pong)):
             ending = (disconnect.Disconnect(errors.CLOSE_NORMAL, "disconnect")
-                      if meta.get("command") == "DISCONNECT" else None)
+                      if meta.command == "DISCONNECT" else None)
             if transaction is not None:
                 return Answer(self._ack(transaction, "OK", receipt), ending)
             if receipt is not None:

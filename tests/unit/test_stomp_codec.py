@@ -8,7 +8,7 @@ import re
 import pytest
 
 from broker import disconnect, errors
-from broker.codecs.stomp import MAX_PATTERN, StompCodec, WatchPattern
+from broker.codecs.stomp import MAX_PATTERN, StompCodec, StompContext, WatchPattern
 from broker.codecs.jsoncodec import JsonCodec
 from broker.codecs.stompframe import CBFramer, Frame, StompParser, encode_frame, parse_frame
 from broker.identity import Identity, identity_from_api, identity_from_static_keys
@@ -159,7 +159,8 @@ def test_decode(data, expected):
 def test_decode_errors(data, code):
     req = StompCodec().decode(data)
     assert isinstance(req, Invalid) and req.code == code
-    assert bool(req.meta and req.meta.get("fatal")) == (code == errors.MALFORMED_FRAME)
+    assert isinstance(req.meta, StompContext)
+    assert req.meta.fatal == (code == errors.MALFORMED_FRAME)
 
 
 def test_send_body_bytes_must_be_utf8():
@@ -170,9 +171,9 @@ def test_send_body_bytes_must_be_utf8():
 def test_receipt_and_transaction_travel_in_meta():
     codec = StompCodec(cb=True)
     req = codec.decode(frame("SEND", "x", destination="/agent/a", transaction="t9", receipt="r"))
-    assert req.meta == {"command": "SEND", "receipt": "r", "transaction": "t9"}
+    assert req.meta == StompContext(command="SEND", receipt="r", transaction="t9")
     req = codec.decode(frame("DISCONNECT", **{"receipt-id": "77"}))
-    assert isinstance(req, Goodbye) and req.meta["receipt"] == "77"
+    assert isinstance(req, Goodbye) and req.meta == StompContext("DISCONNECT", receipt="77")
 
 
 def test_cb_subscribe_without_id_is_named_by_its_destination():
@@ -229,22 +230,22 @@ def test_subscribing_to_ones_own_destination_names_direct_messages():
 
 def test_success_replies():
     codec = StompCodec()
-    assert codec.reply(Success(), {"command": "SUBSCRIBE"}) is None
+    assert codec.reply(Success(), StompContext("SUBSCRIBE")) is None
     assert codec.reply(Success()) is None
-    receipt = codec.answer(Success(), {"command": "SUBSCRIBE", "receipt": "r1"})
+    receipt = codec.answer(Success(), StompContext("SUBSCRIBE", receipt="r1"))
     f = out(receipt.frame)
     assert (f.command, f.headers) == ("RECEIPT", {"receipt-id": "r1"})
-    ack = codec.answer(Success(), {"command": "SEND", "transaction": "7"})
+    ack = codec.answer(Success(), StompContext("SEND", transaction="7"))
     f = out(ack.frame)
     assert (f.command, f.headers) == ("ACK", {"transaction": "7", "error-desc": "OK"})
     assert receipt.ending is None and ack.ending is None
-    assert codec.answer(Success(), {"command": "SUBSCRIBE"}).ending is None
+    assert codec.answer(Success(), StompContext("SUBSCRIBE")).ending is None
 
 
 def test_standard_error_closes():
     codec = StompCodec()
-    answer = codec.answer(Error(errors.ROOM_NOT_FOUND, "s1"), {"command": "SUBSCRIBE",
-                                                               "receipt": "r"})
+    answer = codec.answer(Error(errors.ROOM_NOT_FOUND, "s1"),
+                          StompContext("SUBSCRIBE", receipt="r"))
     f = out(answer.frame)
     assert f.command == "ERROR"
     assert f.headers["message"] == errors.ROOM_NOT_FOUND and f.headers["receipt-id"] == "r"
@@ -254,12 +255,12 @@ def test_standard_error_closes():
 def test_cb_errors_keep_the_connection_open():
     codec = StompCodec(cb=True)
     answer = codec.answer(Error(errors.DESTINATION_NOT_FOUND),
-                          {"command": "SEND", "transaction": "t1"})
+                          StompContext("SEND", transaction="t1"))
     f = out(answer.frame, cb=True)
     assert (f.command, f.headers) == ("ACK", {"transaction": "t1",
                                               "error-desc": errors.DESTINATION_NOT_FOUND})
     assert answer.ending is None
-    answer = codec.answer(Error(errors.ROOM_NOT_FOUND), {"command": "SUBSCRIBE"})
+    answer = codec.answer(Error(errors.ROOM_NOT_FOUND), StompContext("SUBSCRIBE"))
     f = out(answer.frame, cb=True)
     assert f.command == "ERROR"
     assert answer.ending is None
