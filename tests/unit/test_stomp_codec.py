@@ -8,6 +8,7 @@ import re
 import pytest
 
 from broker import disconnect, errors
+from broker.codec import BadConnect, Heartbeats
 from broker.codecs.stomp import MAX_PATTERN, StompCodec, StompContext, WatchPattern
 from broker.codecs.jsoncodec import JsonCodec
 from broker.codecs.stompframe import CBFramer, Frame, StompParser, encode_frame, parse_frame
@@ -54,29 +55,29 @@ def connected(codec: StompCodec, profile: str = "agent", login: str = "bob") -> 
 
 def test_credentials_static_keys_and_token():
     codec = StompCodec(cb=True)
-    creds = codec.credentials(
-        frame("CONNECT", login="agent1", passcode="ak", **{"secret-key": "app"}), "10.0.0.1")
+    creds = codec.connect(
+        frame("CONNECT", login="agent1", passcode="ak", **{"secret-key": "app"}),
+        "10.0.0.1").credentials
     assert (creds.app_key, creds.login_id, creds.profile_key) == ("app", "agent1", "ak")
     assert creds.is_static and creds.remote_addr == "10.0.0.1"
     assert "passcode" not in creds.headers and "secret-key" not in creds.headers
 
-    creds = StompCodec().credentials(
-        frame("STOMP", token="t1", cookie="sessionid=x", authorization="Token z"), None)
+    creds = StompCodec().connect(
+        frame("STOMP", token="t1", cookie="sessionid=x", authorization="Token z"),
+        None).credentials
     assert not creds.is_static and creds.token == "t1"
     assert creds.headers["cookie"] == "sessionid=x" and creds.headers["authorization"] == "Token z"
 
 
 @pytest.mark.parametrize("data", [frame("SEND", destination="/x"), b"junk\n\n\x00", b""])
 def test_credentials_need_a_connect_frame(data):
-    from broker.codecs.stompframe import StompFrameError
-
-    with pytest.raises(StompFrameError):
-        StompCodec().credentials(data, None)
+    with pytest.raises(BadConnect):
+        StompCodec().connect(data, None)
 
 
 def test_welcome_has_the_communication_broker_headers():
     codec = StompCodec(heartbeat_ms=5000)
-    codec.credentials(frame("CONNECT", token="t", **{"heart-beat": "1000,20000"}), None)
+    connecting = codec.connect(frame("CONNECT", token="t", **{"heart-beat": "1000,20000"}), None)
     ident = identity_from_static_keys("app", "sam", "sk", expected_app_key="app",
                                       profile_keys=KEYS)
     f = out(codec.welcome(ident, "abc", None))
@@ -86,14 +87,14 @@ def test_welcome_has_the_communication_broker_headers():
         "session-id": "abc", "login": "sam", "connection-id": "abc",
         "destination": "/super_agent/sam", "profile-code": "2", "profile-desc": "super_agent"}
     # negotiated: we send every max(5000, 20000), and expect the client every max(1000, 5000)
-    assert (codec.heartbeat_out, codec.heartbeat_in) == (20000, 5000)
+    assert connecting.heartbeats == Heartbeats(out_ms=20000, in_ms=5000)
 
 
 def test_no_heartbeats_when_either_side_declines():
     codec = StompCodec(heartbeat_ms=5000)
-    codec.credentials(frame("CONNECT", token="t"), None)
+    connecting = codec.connect(frame("CONNECT", token="t"), None)
     connected(codec)
-    assert (codec.heartbeat_out, codec.heartbeat_in) == (0, 0)
+    assert connecting.heartbeats == Heartbeats(out_ms=0, in_ms=0)
 
 
 @pytest.mark.parametrize("reason", [errors.INVALID_APP_KEY, errors.INVALID_PROFILE_KEY,
@@ -507,7 +508,7 @@ def test_a_stomp_senders_content_type_reaches_stomp_receivers():
 def test_connected_offers_heartbeats_only_where_the_client_wants_them():
     for asked, offered in (("0,0", "0,0"), ("1000,0", "0,5000"), ("0,1000", "5000,0")):
         codec = StompCodec(heartbeat_ms=5000)
-        codec.credentials(frame("CONNECT", token="t", **{"heart-beat": asked}), None)
+        codec.connect(frame("CONNECT", token="t", **{"heart-beat": asked}), None)
         f = out(codec.welcome(identity_from_api({"login_id": "b"}), "c", None))
         assert f.headers["heart-beat"] == offered, asked
 
