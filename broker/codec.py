@@ -35,12 +35,10 @@ class Capabilities:
     ``resumable``: the welcome hands out a resume token, and a connection may present one
     (the rich JSON dialect). ``confirms``: the client confirms acknowledged messages itself
     (a ``confirm`` request); without it, queued for writing counts as confirmed (STOMP).
-    ``resync_frames``: the client is told when live frames may have been missed (a ``resync``
-    frame). ``ends_on_error``: every error reply ends the connection (standard STOMP)."""
+    ``ends_on_error``: every error reply ends the connection (standard STOMP)."""
 
     resumable: bool = False
     confirms: bool = False
-    resync_frames: bool = False
     ends_on_error: bool = False
 
 

@@ -96,8 +96,9 @@ def credentials_from_connect(msg: dict[str, Any], remote_addr: str | None) -> Cr
 class JsonCodec:
     def __init__(self, rich: bool) -> None:
         self.rich = rich
-        # Both dialects confirm acknowledged messages; only the rich one resumes and resyncs.
-        self.caps = Capabilities(resumable=rich, confirms=True, resync_frames=rich)
+        # Both dialects confirm acknowledged messages; only the rich one resumes (and is told
+        # to resync: ``resync``).
+        self.caps = Capabilities(resumable=rich, confirms=True)
 
     # ---- connecting
 
@@ -168,9 +169,9 @@ class JsonCodec:
 
     def answer(self, reply: Reply, context: CodecContext = None) -> Answer:
         """broker.codec.Codec: a JSON reply never ends the connection; no per-request context."""
-        return Answer(self.reply(reply))
+        return Answer(self._reply(reply))
 
-    def reply(self, reply: Reply) -> str:
+    def _reply(self, reply: Reply) -> str:
         frame: dict[str, Any]
         if isinstance(reply, HistoryResult):
             return self._history(reply)

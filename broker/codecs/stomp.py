@@ -434,9 +434,6 @@ class StompCodec:
 
     # ------------------------------------------------------------ replies
 
-    def reply(self, reply: Reply, meta: CodecContext = None) -> str | bytes | None:
-        return self.answer(reply, meta).frame
-
     def answer(self, reply: Reply, context: CodecContext = None) -> Answer:
         """broker.codec.Codec: the reply's frame, and whether the connection ends after it.
         ``context``: the request's ``StompContext`` (None: a reply to no frame)."""

@@ -219,7 +219,7 @@ def test_subscribing_to_ones_own_destination_names_direct_messages():
     codec = connected(StompCodec())
     req = codec.decode(frame("SUBSCRIBE", id="inbox", destination="/agent/bob", receipt="r1"))
     assert isinstance(req, Ping)
-    assert out(codec.reply(Pong(), req.meta)).headers == {"receipt-id": "r1"}
+    assert out(codec.answer(Pong(), req.meta).frame).headers == {"receipt-id": "r1"}
     msg = out(codec.message(_direct()))
     assert msg.headers["subscription"] == "inbox"
     assert isinstance(codec.decode(frame("UNSUBSCRIBE", id="inbox")), Ping)
@@ -231,8 +231,8 @@ def test_subscribing_to_ones_own_destination_names_direct_messages():
 
 def test_success_replies():
     codec = StompCodec()
-    assert codec.reply(Success(), StompContext("SUBSCRIBE")) is None
-    assert codec.reply(Success()) is None
+    assert codec.answer(Success(), StompContext("SUBSCRIBE")).frame is None
+    assert codec.answer(Success()).frame is None
     receipt = codec.answer(Success(), StompContext("SUBSCRIBE", receipt="r1"))
     f = out(receipt.frame)
     assert (f.command, f.headers) == ("RECEIPT", {"receipt-id": "r1"})
@@ -478,7 +478,7 @@ def test_client_ack_subscriptions_get_ack_ids_and_acks_are_checked():
 def test_ack_mode_of_a_refused_subscribe_is_forgotten():
     codec = connected(StompCodec())
     req = codec.decode(frame("SUBSCRIBE", id="x", destination="/room/{\"r\":\"1\"}", ack="client"))
-    codec.reply(Error(errors.ROOM_NOT_FOUND, "x"), req.meta)
+    codec.answer(Error(errors.ROOM_NOT_FOUND, "x"), req.meta).frame
     assert "ack" not in out(codec.publish(_sub("x", {"r": "1"}), "1", "k", "t")).headers
     req = codec.decode(frame("SUBSCRIBE", id="y", destination="/room/{}", ack="sometimes"))
     assert isinstance(req, Invalid) and req.code == errors.INVALID_MESSAGE
