@@ -155,8 +155,7 @@ class BrokerConsumer:
             codec = StompCodec(cb=cb, text=True,
                                heartbeat_ms=0 if cb else c.BROKER_STOMP_HEARTBEAT_MS)
             framing = serve.Framing(codec, explicit_refusal=True, binary=True,
-                                    max_bytes=c.BROKER_MAX_MESSAGE_BYTES,
-                                    read_connect=serve.stomp_connect)
+                                    max_bytes=c.BROKER_MAX_MESSAGE_BYTES, connect_frame=True)
         else:
             rich = RICH_SUBPROTOCOL in offered
             framing = serve.Framing(JsonCodec(rich=rich), explicit_refusal=rich,

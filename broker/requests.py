@@ -1,18 +1,23 @@
 """What a codec hands the session: one value per client request (codec -> session).
 
-A request's ``meta`` is opaque codec state (a STOMP ``receipt`` or ``transaction`` header) that
-travels with it to its reply; the session never reads it. Request ids are bounded here.
+A request's ``meta`` is its codec context (``CodecContext``): what the codec that made it needs
+to answer it (STOMP: ``broker.codecs.stomp.StompContext``, its ``receipt`` and ``transaction``
+headers), handed back with its reply (``Codec.answer(reply, request.meta)``); the session never
+reads it. Request ids are bounded here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from .jsontext import dump_json
 from .subscription import DestinationPattern
 
 RequestId = str | int | float
+# A request's codec context: opaque here and to the session; only the codec that made it reads
+# it back, narrowed to its own type (the JSON codec has none: None).
+CodecContext: TypeAlias = object
 # A request id is a string of at most this many characters, or a number written in at most
 # this many: the session keeps it per subscription, and resume state saves it again.
 MAX_REQUEST_ID_CHARS = 128
@@ -46,7 +51,7 @@ class Subscribe:
     # A pattern limiting a client-room watch to the destinations it fully matches
     # (STOMP destination-type:1); it becomes Subscription.pattern.
     pattern: DestinationPattern | None = None
-    meta: Any = None  # codec state that travels to this request's reply (see Connection)
+    meta: CodecContext = None  # travels to this request's reply (Codec.answer)
     # The last offset the client has of this (history) room: replay what came after it.
     since: Any = None
 
@@ -54,26 +59,26 @@ class Subscribe:
 @dataclass(slots=True)
 class Unsubscribe:
     request_id: Any
-    meta: Any = None
+    meta: CodecContext = None
 
 
 @dataclass(slots=True)
 class UnsubscribeAll:
     request_id: Any = None
-    meta: Any = None
+    meta: CodecContext = None
 
 
 @dataclass(slots=True)
 class Ping:
     request_id: Any = None
     text: bool = False  # High-templar's bare "ping" text frame
-    meta: Any = None
+    meta: CodecContext = None
 
 
 @dataclass(slots=True)
 class Status:
     request_id: Any = None
-    meta: Any = None
+    meta: CodecContext = None
 
 
 @dataclass(slots=True)
@@ -83,7 +88,7 @@ class Send:
     data: Any
     text: str | None = None  # the exact text a STOMP client sent, kept for STOMP receivers
     content_type: str | None = None  # and its content-type (STOMP receivers see it)
-    meta: Any = None
+    meta: CodecContext = None
     ack: Any = False  # acknowledged delivery: stored until the recipient confirms
 
 
@@ -92,7 +97,7 @@ class Publish:
     request_id: Any
     rooms: Any
     data: Any
-    meta: Any = None
+    meta: CodecContext = None
     history: Any = False  # record the trigger in its rooms' history (BROKER_HISTORY)
 
 
@@ -104,7 +109,7 @@ class History:
     room: Any
     limit: Any = None
     since: Any = None
-    meta: Any = None
+    meta: CodecContext = None
 
 
 @dataclass(slots=True)
@@ -113,7 +118,7 @@ class Confirm:
 
     request_id: Any
     message_id: Any
-    meta: Any = None
+    meta: CodecContext = None
 
 
 @dataclass(slots=True)
@@ -121,7 +126,7 @@ class Admin:
     request_id: Any
     action: Any
     args: dict[str, Any] = field(default_factory=dict)
-    meta: Any = None
+    meta: CodecContext = None
 
 
 @dataclass(slots=True)
@@ -129,7 +134,7 @@ class Goodbye:
     """The client ends the session (STOMP DISCONNECT); answered with success, then closed."""
 
     request_id: Any = None
-    meta: Any = None
+    meta: CodecContext = None
 
 
 @dataclass(slots=True)
@@ -139,7 +144,7 @@ class Invalid:
     code: str
     request_id: Any = None
     detail: str | None = None
-    meta: Any = None
+    meta: CodecContext = None
 
 
 Request = (Subscribe | Unsubscribe | UnsubscribeAll | Ping | Status | Send | Publish | Admin

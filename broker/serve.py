@@ -12,19 +12,22 @@ client connected, and every way it is refused, is decided once, here:
   deadline and asks again for a place when its credentials arrive, so a place freed meanwhile
   (a port probe's) is taken, else it is refused in its framing.
 - **Credentials.** From the handshake (``Framing.credentials``), or read from the first frame
-  by the framing's ``read_connect`` (a STOMP CONNECT, a JSON-lines ``connect`` line). The auth
-  deadline of the ``Connection`` runs from here (``Connection(auth_deadline=)``).
+  by the codec (``Framing.connect_frame``: ``Codec.connect`` reads a STOMP CONNECT, a JSON-lines
+  ``connect`` line, and says which heart-beats it negotiated). The auth deadline of the
+  ``Connection`` runs from here (``Connection(auth_deadline=)``).
 - **Opening or refusing**, with the one refusal table (``refusal``): which frame is sent
   (none, the codec's refusal, a STOMP ERROR), which metric counts it, and which close code ends
   it. A transport without close codes (``close_codes`` False) closes quietly after a refusal
   frame (the frame said why), and says why in its framing otherwise.
 - **The welcome, the shutdown check** (a client authenticated while ``graceful_shutdown`` was
-  closing is closed with 1001 at once), and **heart-beats** (``broker.heartbeat``).
+  closing is closed with 1001 at once), and **heart-beats** (``broker.heartbeat``, with the
+  periods the connect negotiated: ``Connecting.heartbeats``).
 - **The receive loop**: each frame through the codec into ``Connection.receive``, frames over
   ``Framing.max_bytes`` closed with 1009 (where the framing does not bound them itself), until
   the input ends or the connection closes; then the close.
 
-Nothing here asks which codec it holds: the adapter's ``Framing`` says what differs.
+Nothing here asks which codec it holds: it calls the ``broker.codec.Codec`` protocol, and the
+adapter's ``Framing`` says what differs.
 """
 
 from __future__ import annotations
@@ -32,18 +35,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeAlias
+from typing import Final, Protocol, TypeAlias
 
 from . import connection, disconnect, errors, heartbeat, logctx, metrics
 from .auth import AuthUnavailable, Credentials, Refused
-from .codecs.stompframe import Frame, StompFrameError
+from .codec import BadConnect, Codec, Connecting
+from .codecs.stompframe import Frame
 from .connection import Connection
 from .disconnect import Disconnect
 from .errors import BrokerUnavailable
 from .limits import admission
-from .jsontext import load_json
 
 log = logging.getLogger("broker.serve")
 
@@ -76,55 +78,6 @@ TOO_BIG: Final = _TooBig()
 Inbound: TypeAlias = "str | bytes | Frame | Malformed | _TooBig | None"
 
 
-class BadConnect(ValueError):
-    """The first frame does not carry credentials; its text is the refusal's reason."""
-
-
-# (codec, first frame, remote address) -> (credentials, resume token); raises BadConnect.
-ConnectReader: TypeAlias = Callable[[Any, Any, "str | None"],
-                                    "tuple[Credentials, str | None]"]
-
-
-def stomp_connect(codec: Any, data: Any, remote_addr: str | None
-                  ) -> tuple[Credentials, str | None]:
-    """The credentials of a STOMP CONNECT (or STOMP) frame (PROTOCOL §4.2)."""
-    try:
-        return codec.credentials(data, remote_addr), None
-    except StompFrameError as exc:
-        raise BadConnect(str(exc)) from exc
-
-
-def json_connect(codec: Any, data: Any, remote_addr: str | None
-                 ) -> tuple[Credentials, str | None]:
-    """The credentials of a JSON-lines ``{"type":"connect", ...}`` line, and its ``resume``
-    (an earlier connection's resume token)."""
-    try:
-        msg = load_json(data) if isinstance(data, str) else None
-    except ValueError:
-        msg = None
-    if not isinstance(msg, dict) or msg.get("type") != "connect":
-        raise BadConnect(errors.NOT_CONNECTED)
-    resume = msg.get("resume")
-    return credentials_from_connect(msg, remote_addr), resume if isinstance(resume, str) else None
-
-
-def credentials_from_connect(msg: dict[str, Any], remote_addr: str | None) -> Credentials:
-    """The §2 credentials of a JSON-lines ``{"type":"connect", ...}`` line."""
-
-    def text(name: str) -> str | None:
-        value = msg.get(name)
-        return value if isinstance(value, str) else None
-
-    headers = {name: value for name in ("cookie", "authorization", "user-agent")
-               if (value := text(name))}
-    extra = msg.get("headers")
-    if isinstance(extra, dict):  # for BROKER_AUTH_FORWARD_HEADERS
-        headers.update({str(k).lower(): v for k, v in extra.items() if isinstance(v, str)})
-    return Credentials(headers=headers, token=text("token"), remote_addr=remote_addr,
-                       app_key=text("app_key"), login_id=text("login_id"),
-                       profile_key=text("profile_key"))
-
-
 @dataclass(slots=True)
 class Framing:
     """What the adapter decided at its start (the one place a codec is chosen).
@@ -134,17 +87,18 @@ class Framing:
     nothing when the auth API is unavailable. ``binary``: binary messages are frames of the
     codec (STOMP); otherwise they are not text (the codec is handed None).
     ``max_bytes``: the bound on one frame the serve loop enforces (None: the framing's parser
-    enforces it). ``credentials`` from the handshake, else read from the first frame by
-    ``read_connect``. ``origin_allowed`` False: refused with 1008, nothing else said.
+    enforces it). ``credentials`` (and ``resume_token``) from the handshake, else
+    ``connect_frame``: the first frame is a connect frame, read by ``codec.connect``.
+    ``origin_allowed`` False: refused with 1008, nothing else said.
     """
 
-    codec: Any
+    codec: Codec
     explicit_refusal: bool
     binary: bool = False
     max_bytes: int | None = None
     credentials: Credentials | None = None
     resume_token: str | None = None
-    read_connect: ConnectReader | None = None
+    connect_frame: bool = False
     origin_allowed: bool = True
 
 
@@ -185,7 +139,7 @@ class Refusal:
     close: Disconnect
 
 
-def refusal(why: BaseException | Malformed | str, codec: Any, explicit: bool) -> Refusal:
+def refusal(why: BaseException | Malformed | str, codec: Codec, explicit: bool) -> Refusal:
     """The one refusal table (PROTOCOL §3 "Close codes"):
 
     ============================  ===================  ==================  ==================
@@ -196,7 +150,8 @@ def refusal(why: BaseException | Malformed | str, codec: Any, explicit: bool) ->
     auth API / Redis unavailable  codec.refused, not   auth-unavailable,   1011 with reason
                                   in the plain dialect service-unavailable
     ``BadConnect`` (1st frame)    codec.refused        refused             4003
-    ``Malformed`` (1st frame)     ERROR malformed      not counted         (TCP only)
+    ``Malformed`` (1st frame)     codec.refused with   not counted         (TCP only)
+                                  the detail (ERROR)
     over capacity, shutting down  codec.refused        the reason          (TCP only: the
                                                                            WebSocket is
                                                                            denied with 503)
@@ -219,7 +174,7 @@ def refusal(why: BaseException | Malformed | str, codec: Any, explicit: bool) ->
         return Refusal(codec.refused(str(why)), errors.REFUSED,
                        Disconnect(errors.CLOSE_REFUSED, ""))
     if isinstance(why, Malformed):  # only a byte stream breaks
-        return Refusal(codec.error_frame(errors.MALFORMED_FRAME, why.detail), None,
+        return Refusal(codec.refused(errors.MALFORMED_FRAME, why.detail), None,
                        Disconnect(errors.CLOSE_REFUSED, errors.MALFORMED_FRAME))
     if why == errors.ORIGIN_NOT_ALLOWED:
         return Refusal(None, why, disconnect.ORIGIN_NOT_ALLOWED)
@@ -281,8 +236,11 @@ class _Serving:
             framing = await transport.start()
             if framing is not None:
                 conn.codec = framing.codec
-                if await self._connect(conn, framing):
-                    beats = heartbeat.start(conn, framing.codec, transport)
+                connected = await self._connect(conn, framing)
+                if connected is not None:
+                    beat = framing.codec.heartbeat()
+                    if beat is not None:
+                        beats = heartbeat.start(conn, connected.heartbeats, beat, transport)
                     await _receive(conn, transport, framing)
         except asyncio.CancelledError:
             cancelled = True  # the server gave up on the application: no more waiting
@@ -305,45 +263,47 @@ class _Serving:
             self.admitted = False
             admission.release()
 
-    async def _connect(self, conn: Connection, framing: Framing) -> bool:
-        """Credentials, then open (and welcome) or refuse. True once the connection is open."""
+    async def _connect(self, conn: Connection, framing: Framing) -> Connecting | None:
+        """Credentials, then open (and welcome) or refuse. Once the connection is open, what
+        opened it (its heart-beats); None when it was not opened."""
         transport, codec = self.transport, framing.codec
         explicit = framing.explicit_refusal
         if not framing.origin_allowed:  # PROTOCOL §3: 1008, the auth API is not asked
             await _refuse(transport, refusal(errors.ORIGIN_NOT_ALLOWED, codec, explicit))
-            return False
-        creds, resume_token = framing.credentials, framing.resume_token
-        if creds is None:
-            assert framing.read_connect is not None
+            return None
+        if framing.credentials is not None:
+            connecting = Connecting(framing.credentials, framing.resume_token)
+        else:
+            assert framing.connect_frame
             first = await transport.receive()
             if first is None or conn.closing:  # gone, or the auth deadline passed
-                return False
-            if first is TOO_BIG:
+                return None
+            if isinstance(first, _TooBig):
                 conn.close_soon(disconnect.TOO_BIG)
-                return False
+                return None
             if isinstance(first, Malformed):
                 await _refuse(transport, refusal(first, codec, explicit))
-                return False
+                return None
             try:
-                creds, resume_token = framing.read_connect(codec, first, transport.remote_addr)
+                connecting = codec.connect(first, transport.remote_addr)
             except BadConnect as exc:
                 await _refuse(transport, refusal(exc, codec, explicit))
-                return False
+                return None
         if not self.admitted:  # over capacity at the accept: a place may have been freed
             reason = admission.admit(self.max_connections)
             self.admitted = reason is None
             if reason is not None:
                 await _refuse(transport, refusal(reason, codec, explicit))
-                return False
+                return None
         try:
-            await conn.open(creds, resume_token)
+            await conn.open(connecting.credentials, connecting.resume_token)
         except (Refused, AuthUnavailable, BrokerUnavailable) as exc:
             await _refuse(transport, refusal(exc, codec, explicit))
-            return False
+            return None
         conn.welcome()  # the welcome, then what waited for it (broker.connection)
         if admission.shutting_down:  # authenticated while graceful_shutdown was closing
             conn.close_soon(disconnect.GOING_AWAY)
-        return True
+        return connecting
 
 
 async def _receive(conn: Connection, transport: Transport, framing: Framing) -> None:
@@ -377,7 +337,7 @@ async def _receive(conn: Connection, transport: Transport, framing: Framing) -> 
         elif isinstance(data, Malformed):
             await conn.receive(codec.malformed(data.detail))
             return
-        elif data is TOO_BIG:
+        elif isinstance(data, _TooBig):  # TOO_BIG
             conn.close_soon(disconnect.TOO_BIG)
             return
         await conn.receive(decode(data))

@@ -41,7 +41,7 @@ import atheris  # noqa: E402
 with atheris.instrument_imports(include=["rooms", "broker"]):
     import rooms  # noqa: F401
     from broker.codecs.jsoncodec import JsonCodec
-    from broker.codecs.stomp import StompCodec
+    from broker.codecs.stomp import StompCodec, StompContext
     from broker.codecs.stompframe import (
         HEARTBEAT, CBFramer, Frame, StompFrameError, StompParser, encode_frame,
     )
@@ -87,11 +87,12 @@ def _stomp(profile: str, cb: bool, framer: bool) -> tuple[StompCodec, Driver]:
 
 
 def _receive(codec: StompCodec, driver: Driver, request: Any) -> None:
-    codec.ending = None
-    driver.receive(request)
-    meta = request.meta or {}
-    if codec.ending is not None and codec.cb:
-        assert meta.get("fatal") or meta.get("command") == "DISCONNECT", request
+    driver.receive(request)  # sets driver.ending: the answer's (broker.codec.Answer.ending)
+    # a heart-beat (a Ping) comes from no frame: no context
+    meta = request.meta if request.meta is not None else StompContext()
+    assert isinstance(meta, StompContext), request
+    if driver.ending is not None and codec.cb:
+        assert meta.fatal or meta.command == "DISCONNECT", request
 
 
 def _items(codec: StompCodec, driver: Driver, items: list[Any]) -> None:

@@ -124,7 +124,7 @@ class TcpTransport:
             self.receive = self._line  # type: ignore[method-assign]
             # The reader's limit bounds a line (Gate.start): no bound of the serve loop's.
             return serve.Framing(JsonCodec(rich=True), explicit_refusal=True,
-                                 read_connect=serve.json_connect)
+                                 connect_frame=True)
         self.writer.write(encode_frame(Frame("ERROR", {"message": errors.MALFORMED_FRAME},
                                              b"unknown framing")))
         return None
@@ -132,8 +132,7 @@ class TcpTransport:
     def _stomp(self, codec: StompCodec) -> serve.Framing:
         self._last_words = codec.closing_frame
         # The parsers bound each frame (BROKER_MAX_MESSAGE_BYTES) before buffering it.
-        return serve.Framing(codec, explicit_refusal=True, binary=True,
-                             read_connect=serve.stomp_connect)
+        return serve.Framing(codec, explicit_refusal=True, binary=True, connect_frame=True)
 
     async def receive(self) -> serve.Inbound:
         """The next STOMP frame (``start`` puts ``_line`` here for JSON lines)."""

@@ -11,6 +11,10 @@ Issue 8 adds, in the rich dialect only, ``offset`` to deliveries of recorded tri
 ``resumed`` to a welcome that answers a resume; and in both dialects the new requests
 ``history`` and ``confirm`` with their frames (``history``, ``confirmed``), ``since`` on
 subscribe, ``ack`` on send, ``history`` on publish. No High-templar frame changes.
+
+Where no handshake carries the credentials (JSON lines over TCP), the first line is a
+``{"type":"connect", ...}`` (``connect``). JSON has no heart-beats, and no per-request context:
+a request's ``meta`` stays None.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ from __future__ import annotations
 from typing import Any
 
 from .. import errors
-from ..codec import Answer, Capabilities
+from ..auth import Credentials
+from ..codec import Answer, BadConnect, Capabilities, Connecting, Wire
 from ..identity import Identity, public_destination, public_room_key
 from ..messages import Confirmed, DirectMessage
 from ..jsontext import JsonTooDeep, dump_json, load_json
 from ..replies import AdminResult, Error, HistoryResult, Pong, Reply, StatusInfo, Success
 from ..requests import (
     Admin,
+    CodecContext,
     Confirm,
     History,
     Invalid,
@@ -70,16 +76,53 @@ def _decode_request(msg: dict[str, Any]) -> Request:
     return Invalid(errors.MESSAGE_TYPE_NOT_ALLOWED, rid)
 
 
+def credentials_from_connect(msg: dict[str, Any], remote_addr: str | None) -> Credentials:
+    """The §2 credentials of a JSON-lines ``{"type":"connect", ...}`` line."""
+
+    def text(name: str) -> str | None:
+        value = msg.get(name)
+        return value if isinstance(value, str) else None
+
+    headers = {name: value for name in ("cookie", "authorization", "user-agent")
+               if (value := text(name))}
+    extra = msg.get("headers")
+    if isinstance(extra, dict):  # for BROKER_AUTH_FORWARD_HEADERS
+        headers.update({str(k).lower(): v for k, v in extra.items() if isinstance(v, str)})
+    return Credentials(headers=headers, token=text("token"), remote_addr=remote_addr,
+                       app_key=text("app_key"), login_id=text("login_id"),
+                       profile_key=text("profile_key"))
+
+
 class JsonCodec:
     def __init__(self, rich: bool) -> None:
         self.rich = rich
-        # Both dialects confirm acknowledged messages; only the rich one resumes and resyncs.
-        self.caps = Capabilities(resumable=rich, confirms=True, resync_frames=rich)
+        # Both dialects confirm acknowledged messages; only the rich one resumes (and is told
+        # to resync: ``resync``).
+        self.caps = Capabilities(resumable=rich, confirms=True)
+
+    # ---- connecting
+
+    def connect(self, data: Wire, remote_addr: str | None) -> Connecting:
+        """The credentials of a JSON-lines ``{"type":"connect", ...}`` line, and its ``resume``
+        (an earlier connection's resume token); raises BadConnect for anything else."""
+        try:
+            msg = load_json(data) if isinstance(data, str) else None
+        except ValueError:
+            msg = None
+        if not isinstance(msg, dict) or msg.get("type") != "connect":
+            raise BadConnect(errors.NOT_CONNECTED)
+        resume = msg.get("resume")
+        return Connecting(credentials_from_connect(msg, remote_addr),
+                          resume if isinstance(resume, str) else None)
+
+    def heartbeat(self) -> None:
+        """JSON has no heart-beats (``connect`` negotiates none)."""
+        return None
 
     # ---- inbound
 
-    def decode(self, text: str | None) -> Request:
-        if text is None:  # a binary frame
+    def decode(self, text: Wire) -> Request:
+        if not isinstance(text, str):  # a binary frame
             return Invalid(errors.NON_JSON_MESSAGE)
         if text == "ping":
             return Ping(text=True)
@@ -92,6 +135,11 @@ class JsonCodec:
         if not isinstance(msg, dict):
             return Invalid(errors.INVALID_MESSAGE)
         return _decode_request(msg)
+
+    def malformed(self, detail: str) -> Request:
+        """Input no JSON framing could cut (never on a JSON framing today: a line over its
+        bound is too big, not malformed)."""
+        return Invalid(errors.NON_JSON_MESSAGE, detail=detail)
 
     # ---- outbound
 
@@ -113,16 +161,17 @@ class JsonCodec:
                 frame["subscriptions"] = restored or []
         return dump_json(frame)
 
-    def refused(self, reason: str) -> str:
+    def refused(self, reason: str, detail: str | None = None) -> str:
+        """``detail`` is not shown: a refusal frame carries only its reason."""
         if not self.rich:
             return dump_json({"is_authorized": False})
         return dump_json({"type": "refused", "is_authorized": False, "reason": reason})
 
-    def answer(self, reply: Reply, context: Any = None) -> Answer:
+    def answer(self, reply: Reply, context: CodecContext = None) -> Answer:
         """broker.codec.Codec: a JSON reply never ends the connection; no per-request context."""
-        return Answer(self.reply(reply))
+        return Answer(self._reply(reply))
 
-    def reply(self, reply: Reply) -> str:
+    def _reply(self, reply: Reply) -> str:
         frame: dict[str, Any]
         if isinstance(reply, HistoryResult):
             return self._history(reply)

@@ -4,8 +4,8 @@ It owns the meaning of STOMP frames, for every transport that carries them: the 
 subprotocols ``v12.stomp``/``v11.stomp``/``stomp`` and the TCP gate's standard and
 Communication Broker (CB) framings. The byte-level syntax is ``stompframe``'s; the rules are
 the session's. Like ``JsonCodec`` it has no I/O: ``decode`` turns a frame into a session
-request, and ``welcome``/``refused``/``reply``/``publish``/``watched``/``message`` turn the
-session's answers and the hub's deliveries into frames.
+request, and ``welcome``/``refused``/``answer``/``publish``/``watched``/``message`` turn the
+session's answers and the hub's deliveries into frames (``broker.codec.Codec``).
 
 Two dialects, chosen per connection:
 
@@ -16,11 +16,25 @@ Two dialects, chosen per connection:
   the connection open, only a malformed frame ends it; direct messages name the sender's login
   in ``origin`` and carry ``transaction``.
 
-Per-request headers (``receipt``, ``transaction``) travel in the request's ``meta`` and come
-back with its reply, so the codec keeps no table of requests in flight. A reply after which
-the protocol closes the connection (DISCONNECT, an ERROR) says so in its ``Answer.ending``
-(broker.codec); the driver (``broker.connection``) then closes the connection once the reply
-is written.
+Per-request headers (``receipt``, ``transaction``) travel in the request's ``meta``, a
+``StompContext``, and come back with its reply, so the codec keeps no table of requests in
+flight. A reply after which the protocol closes the connection (DISCONNECT, an ERROR) says so
+in its ``Answer.ending`` (broker.codec); the driver (``broker.connection``) then closes the
+connection once the reply is written. The heart-beats a CONNECT negotiates are a value handed
+to the serve loop (``connect``: ``Connecting.heartbeats``), not attributes read afterwards.
+
+What the codec keeps is the dialect's framing state, as h11 keeps its own: what a later frame
+of this connection is written or read with, never a rule of the session.
+
+- the negotiated heart-beats, which CONNECTED echoes (``connect`` -> ``welcome``);
+- the client's own destination and the id of a SUBSCRIBE to it (``_inbox``): direct messages
+  to the client are named by that id (``subscription``), and its UNSUBSCRIBE ends only that;
+- STOMP acknowledgement (standard dialect): the ack mode of each subscription that is not
+  ``auto``, and the last ``ack`` id handed out, which an ACK/NACK must name.
+
+The one rule it still holds of the session's is which profile a regex watch without a
+``/<profile>/`` prefix watches (``_subscribe_pattern``, from the identity's rule): it belongs
+in ``broker.session``.
 
 Output is bytes on TCP (``framer`` given: CB length-prefixed, else NUL-terminated) and text
 on WebSocket (``text=True``).
@@ -30,13 +44,16 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 import re2
 
 from .. import disconnect, errors
 from ..auth import Credentials
-from ..codec import Answer, Capabilities
+from ..codec import (
+    NO_HEARTBEATS, Answer, BadConnect, Capabilities, Connecting, Heartbeats, ParsedFrame, Wire,
+)
 from ..identity import (
     Identity, Profile, parse_address, parse_destination, public_destination, public_room,
 )
@@ -44,6 +61,7 @@ from ..messages import Confirmed, DirectMessage
 from ..jsontext import dump_json, load_json
 from ..replies import AdminResult, Error, Pong, Reply, StatusInfo, Success
 from ..requests import (
+    CodecContext,
     Goodbye,
     Invalid,
     Ping,
@@ -108,12 +126,41 @@ class WatchPattern:
         return len(destination) <= MAX_MATCHED and self._regexp.fullmatch(destination) is not None
 
 
+@dataclass(frozen=True, slots=True)
+class StompContext:
+    """A STOMP request's codec context (``Request.meta``), handed back with its reply.
+
+    ``command``: the frame's (DISCONNECT ends the connection once answered); ``receipt`` and
+    ``transaction``: its headers, which the reply names; ``ack_added``: the subscription id
+    whose ack mode this SUBSCRIBE recorded, forgotten if it is refused; ``fatal``: the input
+    was malformed, and its ERROR ends the connection in either dialect."""
+
+    command: str | None = None
+    receipt: str | None = None
+    transaction: str | None = None
+    ack_added: str | None = None
+    fatal: bool = False
+
+
+_NO_CONTEXT = StompContext()
+_MALFORMED = StompContext(fatal=True)
+
+
 def _heartbeat_pair(value: str | None) -> tuple[int, int]:
     try:
         cx, cy = (int(v.strip()) for v in (value or "0,0").split(",", 1))
     except ValueError:
         return 0, 0
     return max(cx, 0), max(cy, 0)
+
+
+def negotiate(offer_ms: int, header: str | None) -> Heartbeats:
+    """STOMP 1.2 heart-beating: the server's ``offer_ms`` (both ways; 0 = none) against the
+    client's ``heart-beat: cx,cy``. Each way, beats only when both sides want them, at the
+    slower of the two periods: we send every max(offer, cy), the client every max(offer, cx)."""
+    cx, cy = _heartbeat_pair(header)
+    return Heartbeats(out_ms=max(offer_ms, cy) if offer_ms and cy else 0,
+                      in_ms=max(offer_ms, cx) if offer_ms and cx else 0)
 
 
 def _data_of(text: str, content_type: str | None) -> Any:
@@ -139,14 +186,13 @@ class StompCodec:
         self.text = text
         self.heartbeat_ms = heartbeat_ms  # what the server offers both ways; 0 = none
         self.max_header_bytes = max_header_bytes
-        self.identity: Identity | None = None
-        # Standard STOMP ends the connection on any ERROR; nothing resumes, confirms or
-        # resyncs (broker.codec.Capabilities).
+        # Standard STOMP ends the connection on any ERROR; nothing resumes or confirms
+        # (broker.codec.Capabilities).
         self.caps = Capabilities(ends_on_error=not cb)
-        # Negotiated heart-beat periods in ms (0 = none), known after ``welcome``.
-        self.heartbeat_out = 0
-        self.heartbeat_in = 0
-        self._client_heartbeat = (0, 0)
+        # The dialect's framing state (see the module's docstring).
+        self._heartbeats = NO_HEARTBEATS  # negotiated by ``connect``, echoed by CONNECTED
+        self._own_destination: str | None = None  # the client's, known from ``welcome``
+        self._watches: tuple[Profile, ...] = ()  # the identity's watched profiles (see above)
         self._inbox: str | None = None  # id of a SUBSCRIBE to the client's own destination
         # STOMP acknowledgement (standard dialect): the ack mode of each subscription that is
         # not ``auto``, by id; and the last ``ack`` id handed out (ids are 1, 2, 3, ...).
@@ -161,9 +207,9 @@ class StompCodec:
         data = encode_frame(frame, escape=False if self.cb else None)
         return data.decode("utf-8", "replace") if self.text else data
 
-    def parse(self, data: str | bytes | Frame) -> Frame:
+    def parse(self, data: str | bytes | ParsedFrame) -> ParsedFrame:
         """One frame from a whole message (WebSocket); raises StompFrameError."""
-        if isinstance(data, Frame):
+        if not isinstance(data, (str, bytes)):
             return data
         raw = data.encode("utf-8") if isinstance(data, str) else data
         return parse_frame(raw, max_header_bytes=self.max_header_bytes, cb_compat=self.cb)
@@ -173,34 +219,37 @@ class StompCodec:
 
     # ------------------------------------------------------------ connecting
 
-    def credentials(self, data: str | bytes | Frame, remote_addr: str | None) -> Credentials:
-        """The credentials of the first frame, which must be CONNECT or STOMP (§4.2).
-
-        Raises StompFrameError (its text is the ERROR's ``message``) for anything else.
-        """
-        frame = self.parse(data)
+    def connect(self, data: Wire, remote_addr: str | None) -> Connecting:
+        """The first frame, which must be CONNECT or STOMP (§4.2): its credentials and the
+        heart-beats it negotiates. Raises BadConnect (its text is the ERROR's ``message``)
+        for anything else."""
+        try:
+            frame = self.parse(data or b"")
+        except StompFrameError as exc:
+            raise BadConnect(str(exc)) from exc
         if frame.command not in ("CONNECT", "STOMP"):
-            raise StompFrameError(errors.NOT_CONNECTED)
+            raise BadConnect(errors.NOT_CONNECTED)
         h = {k.lower(): v for k, v in frame.headers.items()}
-        self._client_heartbeat = _heartbeat_pair(h.get("heart-beat"))
-        return Credentials(
+        self._heartbeats = negotiate(self.heartbeat_ms, h.get("heart-beat"))
+        credentials = Credentials(
             headers={k: v for k, v in h.items() if k not in _SECRET_HEADERS},
             token=h.get("token") or None, remote_addr=remote_addr,
             app_key=h.get("secret-key"), login_id=h.get("login"),
             profile_key=h.get("passcode"),
         )
+        return Connecting(credentials, heartbeats=self._heartbeats)
 
     def welcome(self, identity: Identity, connection_id: str, resume_token: str | None,
                 resumed: bool | None = None, restored: list[dict[str, Any]] | None = None
                 ) -> str | bytes:
         # STOMP sessions are not resumable: the last three are the rich JSON dialect's.
-        self.identity = identity
-        cx, cy = self._client_heartbeat
-        offer = self.heartbeat_ms
-        self.heartbeat_out = max(offer, cy) if offer and cy else 0
-        self.heartbeat_in = max(offer, cx) if offer and cx else 0
-        # The offer, in each direction the client wants beats (0 where it wants none).
-        beats = f"{offer if cy else 0},{offer if cx else 0}"
+        self._own_destination = identity.public_destination
+        self._watches = identity.rule.watches
+        offer, negotiated = self.heartbeat_ms, self._heartbeats
+        # The offer, in each direction the client wants beats (0 where it wants none, or
+        # where the server offers none: then nothing was negotiated that way).
+        beats = (f"{offer if negotiated.out_ms else 0},"
+                 f"{offer if negotiated.in_ms else 0}")
         return self.encode(Frame("CONNECTED", {
             "version": "1.2", "heart-beat": beats, "session": connection_id,
             "server": SERVER, "session-id": connection_id, "login": identity.login_id or "",
@@ -208,8 +257,8 @@ class StompCodec:
             "profile-code": str(identity.profile.code), "profile-desc": str(identity.profile),
         }))
 
-    def refused(self, reason: str) -> str | bytes:
-        return self.error_frame(reason)
+    def refused(self, reason: str, detail: str | None = None) -> str | bytes:
+        return self.error_frame(reason, detail)
 
     def error_frame(self, message: str, detail: str | None = None,
                     receipt: str | None = None) -> str | bytes:
@@ -226,8 +275,8 @@ class StompCodec:
 
     # ------------------------------------------------------------ inbound
 
-    def decode(self, data: str | bytes | Frame | None) -> Request:
-        if not isinstance(data, Frame):
+    def decode(self, data: Wire) -> Request:
+        if data is None or isinstance(data, (str, bytes)):
             raw = data.encode("utf-8") if isinstance(data, str) else (data or b"")
             if is_heartbeat(raw):
                 return Ping()
@@ -239,18 +288,14 @@ class StompCodec:
 
     def malformed(self, detail: str) -> Request:
         """Input the STOMP syntax rejects: answered with ERROR, then the connection closes."""
-        return Invalid(errors.MALFORMED_FRAME, None, detail, meta={"fatal": True})
+        return Invalid(errors.MALFORMED_FRAME, None, detail, meta=_MALFORMED)
 
-    def _request(self, frame: Frame) -> Request:
+    def _request(self, frame: ParsedFrame) -> Request:
         h, command = frame.headers, frame.command
-        meta: dict[str, Any] = {"command": command}
         receipt = h.get("receipt")
         if receipt is None and command == "DISCONNECT":
             receipt = h.get("receipt-id")  # the Communication Broker's spelling
-        if receipt is not None:
-            meta["receipt"] = receipt
-        if "transaction" in h:
-            meta["transaction"] = h["transaction"]
+        meta = StompContext(command, receipt, h.get("transaction"))
         if command == "SUBSCRIBE":
             return self._subscribe(frame, meta)
         if command == "UNSUBSCRIBE":
@@ -277,7 +322,7 @@ class StompCodec:
         return Invalid(errors.MESSAGE_TYPE_NOT_ALLOWED, None, f"{command} is a server frame",
                        meta)
 
-    def _subscribe(self, frame: Frame, meta: dict[str, Any]) -> Request:
+    def _subscribe(self, frame: ParsedFrame, meta: StompContext) -> Request:
         h = frame.headers
         dest = h.get("destination")
         sid = h.get("id")
@@ -293,7 +338,7 @@ class StompCodec:
             # From now on, so that no MESSAGE of this subscription goes out without ``ack``;
             # forgotten again if the SUBSCRIBE is refused (see reply).
             self._ack_modes[sid] = mode
-            meta["ack-added"] = sid
+            meta = replace(meta, ack_added=sid)
         if h.get("destination-type", "").strip() == "1":
             return self._subscribe_pattern(sid, dest, meta)
         if dest.startswith(ROOM_PREFIX):
@@ -308,7 +353,7 @@ class StompCodec:
             return Invalid(errors.INVALID_ROOM, sid,
                            "destination must be /room/<json>, /<profile>/<login> or /<profile>/*",
                            meta)
-        if self.identity is not None and dest == self.identity.public_destination:
+        if self._own_destination is not None and dest == self._own_destination:
             # Its own destination: direct messages arrive anyway; name them by this id.
             if sid is None:
                 return Invalid(errors.NO_REQUEST_ID, None, None, meta)
@@ -317,7 +362,7 @@ class StompCodec:
         profile, login = target
         return Subscribe(sid, {"client": login, "profile": str(profile)}, meta=meta)
 
-    def _subscribe_pattern(self, sid: Any, source: str, meta: dict[str, Any]) -> Request:
+    def _subscribe_pattern(self, sid: Any, source: str, meta: StompContext) -> Request:
         """destination-type:1: watch the connected clients whose destination fully matches.
 
         It is a wildcard watch of one profile's client rooms, filtered by the regex in the hub.
@@ -334,7 +379,7 @@ class StompCodec:
         if prefix and prefix.group(1) in _PROFILES:
             profile = prefix.group(1)
         else:
-            watches = self.identity.rule.watches if self.identity is not None else ()
+            watches = self._watches
             if len(watches) == 1:
                 profile = str(watches[0])
             elif not watches:
@@ -344,7 +389,7 @@ class StompCodec:
                            "start the regular expression with /<profile>/", meta)
         return Subscribe(sid, {"client": "*", "profile": profile}, pattern=pattern, meta=meta)
 
-    def _acknowledge(self, frame: Frame, meta: dict[str, Any]) -> Request:
+    def _acknowledge(self, frame: ParsedFrame, meta: StompContext) -> Request:
         """ACK/NACK (STOMP 1.2: ``id`` is a MESSAGE's ``ack`` header). Deliveries are
         at-most-once fan-out: an ACK confirms nothing further and a NACK drops the message
         (docs/protocol.md §4). An id this connection never handed out is an error, as the spec
@@ -368,7 +413,7 @@ class StompCodec:
             self._ack_issued += 1
             headers["ack"] = str(self._ack_issued)
 
-    def _send(self, frame: Frame, meta: dict[str, Any]) -> Request:
+    def _send(self, frame: ParsedFrame, meta: StompContext) -> Request:
         dest = frame.headers.get("destination")
         if dest is None:
             return Invalid(errors.INVALID_MESSAGE, None, "SEND needs a destination", meta)
@@ -389,19 +434,15 @@ class StompCodec:
 
     # ------------------------------------------------------------ replies
 
-    def reply(self, reply: Reply, meta: dict[str, Any] | None = None) -> str | bytes | None:
-        return self.answer(reply, meta).frame
-
-    def answer(self, reply: Reply, context: Any = None) -> Answer:
+    def answer(self, reply: Reply, context: CodecContext = None) -> Answer:
         """broker.codec.Codec: the reply's frame, and whether the connection ends after it.
-        ``context``: the request's headers to answer (``meta``: receipt, transaction)."""
-        meta: dict[str, Any] = context or {}
-        receipt, transaction = meta.get("receipt"), meta.get("transaction")
+        ``context``: the request's ``StompContext`` (None: a reply to no frame)."""
+        meta = context if isinstance(context, StompContext) else _NO_CONTEXT
+        receipt, transaction = meta.receipt, meta.transaction
         if isinstance(reply, Error):
-            added = meta.get("ack-added")
-            if added is not None:
-                self._ack_modes.pop(added, None)
-            fatal = bool(meta.get("fatal"))
+            if meta.ack_added is not None:
+                self._ack_modes.pop(meta.ack_added, None)
+            fatal = meta.fatal
             if self.cb and transaction is not None and not fatal:
                 return Answer(self._ack(transaction, reply.code, receipt))
             ending = (disconnect.Disconnect(errors.CLOSE_NORMAL, reply.code)
@@ -409,7 +450,7 @@ class StompCodec:
             return Answer(self.error_frame(reply.code, reply.detail, receipt), ending)
         if isinstance(reply, (Success, Pong)):
             ending = (disconnect.Disconnect(errors.CLOSE_NORMAL, "disconnect")
-                      if meta.get("command") == "DISCONNECT" else None)
+                      if meta.command == "DISCONNECT" else None)
             if transaction is not None:
                 return Answer(self._ack(transaction, "OK", receipt), ending)
             if receipt is not None:

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from broker import errors
 from broker.codecs.jsoncodec import JsonCodec
-from broker.codecs.stomp import StompCodec
+from broker.codecs.stomp import StompCodec, StompContext
 from broker.codecs.stompframe import (
     COMMANDS, HEARTBEAT, CBFramer, Frame, StompFrameError, StompParser, encode_frame,
     parse_frame,
@@ -518,11 +518,13 @@ def stomp_subscribe(codec: StompCodec, rid: str) -> Any:
 
 def run_stomp_request(codec: StompCodec, driver: Driver, request: Any) -> None:
     reply = driver.receive(request)
+    # a heart-beat (a Ping) comes from no frame: no context
+    meta = request.meta if request.meta is not None else StompContext()
+    assert isinstance(meta, StompContext), request
     if driver.ending is not None and codec.cb:
         # Communication Broker dialect: only a malformed frame (or DISCONNECT) ends it.
-        fatal = bool((request.meta or {}).get("fatal"))
-        assert fatal or (request.meta or {}).get("command") == "DISCONNECT", (request, reply)
-    if isinstance(request, Invalid) and (request.meta or {}).get("fatal"):
+        assert meta.fatal or meta.command == "DISCONNECT", (request, reply)
+    if isinstance(request, Invalid) and meta.fatal:
         assert request.code == errors.MALFORMED_FRAME
 
 

@@ -220,17 +220,17 @@ def test_codec_frames():
     # the High-templar delivery is byte for byte what it was, offset or not
     assert ht.publish(sub(), '{"x":1}', key, "t1", offset=42) == \
         '{"type":"publish","requestId":1,"data":{"x":1}}'
-    assert ht.reply(Success(1, {"offset": 5, "recovered": True})) == '{"code":"success"}'
-    assert json.loads(rich.reply(Success(1, {"offset": 5, "recovered": True}))) == {
+    assert ht.answer(Success(1, {"offset": 5, "recovered": True})).frame == '{"code":"success"}'
+    assert json.loads(rich.answer(Success(1, {"offset": 5, "recovered": True})).frame) == {
         "code": "success", "requestId": 1, "offset": 5, "recovered": True}
     result = HistoryResult("h", parse_room(CHAT1), 12, [HistoryEntry(11, "a", '"x"'),
                                                          HistoryEntry(12, "b", "[1]")], True)
     for codec in (rich, ht):
-        assert json.loads(codec.reply(result)) == {
+        assert json.loads(codec.answer(result).frame) == {
             "type": "history", "room": {"customer": "1", "target": "chat"}, "offset": 12,
             "recovered": True, "requestId": "h", "messages": [
                 {"offset": 11, "id": "a", "data": "x"}, {"offset": 12, "id": "b", "data": [1]}]}
-    assert json.loads(rich.reply(HistoryResult(None, parse_room(NEWS), 0, []))) == {
+    assert json.loads(rich.answer(HistoryResult(None, parse_room(NEWS), 0, [])).frame) == {
         "type": "history", "room": NEWS, "offset": 0, "messages": []}
     assert json.loads(rich.confirmed(Confirmed("m1", "/agent/alice", "/agent/bob"))) == {
         "type": "confirmed", "id": "m1", "to": "/agent/bob"}

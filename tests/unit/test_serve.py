@@ -75,19 +75,21 @@ def test_refusal_table_stomp_rows() -> None:
 def test_json_connect_reads_credentials_and_resume() -> None:
     line = json.dumps({"type": "connect", "token": "t", "resume": "r1", "cookie": "a=b",
                        "headers": {"X-Tenant": "7", "n": 1}})
-    creds, resume = serve.json_connect(RICH, line, "10.0.0.1")
+    connecting = RICH.connect(line, "10.0.0.1")
+    creds, resume = connecting.credentials, connecting.resume_token
     assert (creds.token, creds.remote_addr, resume) == ("t", "10.0.0.1", "r1")
     assert creds.headers == {"cookie": "a=b", "x-tenant": "7"}
     for bad in ('{"type":"subscribe"}', "[1]", "not json", b"\xff{"):
         with pytest.raises(serve.BadConnect, match=errors.NOT_CONNECTED):
-            serve.json_connect(RICH, bad, None)
+            RICH.connect(bad, None)
 
 
 def test_stomp_connect_refuses_another_first_frame() -> None:
     with pytest.raises(serve.BadConnect, match=errors.NOT_CONNECTED):
-        serve.stomp_connect(StompCodec(text=True), "SEND\ndestination:/x\n\n\x00", None)
-    creds, resume = serve.stomp_connect(StompCodec(text=True),
-                                        "CONNECT\ntoken:t1\naccept-version:1.2\n\n\x00", "a")
+        StompCodec(text=True).connect("SEND\ndestination:/x\n\n\x00", None)
+    connecting = StompCodec(text=True).connect(
+        "CONNECT\ntoken:t1\naccept-version:1.2\n\n\x00", "a")
+    creds, resume = connecting.credentials, connecting.resume_token
     assert (creds.token, creds.remote_addr, resume) == ("t1", "a", None)
 
 
@@ -154,7 +156,7 @@ async def test_over_capacity_is_denied_before_the_accept_where_the_transport_can
 
 
 async def test_a_bad_first_frame_is_refused_quietly_where_there_are_no_close_codes(places):
-    framing = serve.Framing(RICH, explicit_refusal=True, read_connect=serve.json_connect)
+    framing = serve.Framing(RICH, explicit_refusal=True, connect_frame=True)
     t = Scripted(framing, ['{"type":"subscribe"}', '{"type":"connect"}'], close_codes=False,
                  grace=2.0)
     before = refusals(errors.REFUSED)
@@ -178,7 +180,7 @@ async def test_a_disallowed_origin_closes_1008_and_says_nothing(places):
 async def test_over_capacity_at_the_accept_is_refused_at_the_credentials(places):
     places.count = 1
     framing = serve.Framing(StompCodec(), explicit_refusal=True, binary=True,
-                            read_connect=serve.stomp_connect)
+                            connect_frame=True)
     t = Scripted(framing, [b"CONNECT\ntoken:t\n\n\x00"], close_codes=False, grace=2.0)
     await serve.serve(t, max_connections=1)
     assert t.denied is None
@@ -188,7 +190,7 @@ async def test_over_capacity_at_the_accept_is_refused_at_the_credentials(places)
 
 async def test_a_malformed_stream_before_the_credentials_is_an_error_frame(places):
     framing = serve.Framing(StompCodec(), explicit_refusal=True, binary=True,
-                            read_connect=serve.stomp_connect)
+                            connect_frame=True)
     t = Scripted(framing, [serve.Malformed("header too long")], close_codes=False, grace=2.0)
     await serve.serve(t, max_connections=10)
     headers = stomp_error(t.written[0])

@@ -138,11 +138,11 @@ def test_json_frames_high_templar_exact():
     assert json.loads(ht.welcome(ident, "c1", None)) == {
         "is_authorized": True, "allowed_rooms": [CHAT1, CHAT_ANY]}
     assert json.loads(ht.refused("refused")) == {"is_authorized": False}
-    assert json.loads(ht.reply(Success(7))) == {"code": "success"}
-    assert json.loads(ht.reply(Error("room-not-found", 7))) == {
+    assert json.loads(ht.answer(Success(7)).frame) == {"code": "success"}
+    assert json.loads(ht.answer(Error("room-not-found", 7)).frame) == {
         "code": "error", "message": "room-not-found"}
-    assert ht.reply(Pong(text=True)) == "pong"
-    assert json.loads(ht.reply(Pong(3))) == {"type": "pong", "requestId": 3}
+    assert ht.answer(Pong(text=True)).frame == "pong"
+    assert json.loads(ht.answer(Pong(3)).frame) == {"type": "pong", "requestId": 3}
 
 
 def test_json_frames_rich_dialect():
@@ -152,9 +152,9 @@ def test_json_frames_rich_dialect():
     w = json.loads(rich.welcome(ident, "c1", "tok"))
     assert w["type"] == "welcome" and w["destination"] == "/super_agent/bob"
     assert w["allowed_rooms"] == [CHAT1, {"client": "*", "profile": "agent"}]
-    assert json.loads(rich.reply(Error("x", "r1", "why"))) == {
+    assert json.loads(rich.answer(Error("x", "r1", "why")).frame) == {
         "type": "error", "code": "error", "message": "x", "requestId": "r1", "detail": "why"}
-    assert json.loads(rich.reply(Success("r1", {"id": "t"}))) == {
+    assert json.loads(rich.answer(Success("r1", {"id": "t"})).frame) == {
         "code": "success", "requestId": "r1", "id": "t"}
     assert json.loads(rich.refused("auth-unavailable")) == {
         "type": "refused", "is_authorized": False, "reason": "auth-unavailable"}

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from broker import disconnect, errors
-from broker.codecs.stomp import MAX_PATTERN, StompCodec, WatchPattern
+from broker.codec import BadConnect, Heartbeats
+from broker.codecs.stomp import MAX_PATTERN, StompCodec, StompContext, WatchPattern
 from broker.codecs.jsoncodec import JsonCodec
 from broker.codecs.stompframe import CBFramer, Frame, StompParser, encode_frame, parse_frame
 from broker.identity import Identity, identity_from_api, identity_from_static_keys
@@ -55,29 +56,29 @@ def connected(codec: StompCodec, profile: str = "agent", login: str = "bob") -> 
 
 def test_credentials_static_keys_and_token():
     codec = StompCodec(cb=True)
-    creds = codec.credentials(
-        frame("CONNECT", login="agent1", passcode="ak", **{"secret-key": "app"}), "10.0.0.1")
+    creds = codec.connect(
+        frame("CONNECT", login="agent1", passcode="ak", **{"secret-key": "app"}),
+        "10.0.0.1").credentials
     assert (creds.app_key, creds.login_id, creds.profile_key) == ("app", "agent1", "ak")
     assert creds.is_static and creds.remote_addr == "10.0.0.1"
     assert "passcode" not in creds.headers and "secret-key" not in creds.headers
 
-    creds = StompCodec().credentials(
-        frame("STOMP", token="t1", cookie="sessionid=x", authorization="Token z"), None)
+    creds = StompCodec().connect(
+        frame("STOMP", token="t1", cookie="sessionid=x", authorization="Token z"),
+        None).credentials
     assert not creds.is_static and creds.token == "t1"
     assert creds.headers["cookie"] == "sessionid=x" and creds.headers["authorization"] == "Token z"
 
 
 @pytest.mark.parametrize("data", [frame("SEND", destination="/x"), b"junk\n\n\x00", b""])
 def test_credentials_need_a_connect_frame(data):
-    from broker.codecs.stompframe import StompFrameError
-
-    with pytest.raises(StompFrameError):
-        StompCodec().credentials(data, None)
+    with pytest.raises(BadConnect):
+        StompCodec().connect(data, None)
 
 
 def test_welcome_has_the_communication_broker_headers():
     codec = StompCodec(heartbeat_ms=5000)
-    codec.credentials(frame("CONNECT", token="t", **{"heart-beat": "1000,20000"}), None)
+    connecting = codec.connect(frame("CONNECT", token="t", **{"heart-beat": "1000,20000"}), None)
     ident = identity_from_static_keys("app", "sam", "sk", expected_app_key="app",
                                       profile_keys=KEYS)
     f = out(codec.welcome(ident, "abc", None))
@@ -87,14 +88,14 @@ def test_welcome_has_the_communication_broker_headers():
         "session-id": "abc", "login": "sam", "connection-id": "abc",
         "destination": "/super_agent/sam", "profile-code": "2", "profile-desc": "super_agent"}
     # negotiated: we send every max(5000, 20000), and expect the client every max(1000, 5000)
-    assert (codec.heartbeat_out, codec.heartbeat_in) == (20000, 5000)
+    assert connecting.heartbeats == Heartbeats(out_ms=20000, in_ms=5000)
 
 
 def test_no_heartbeats_when_either_side_declines():
     codec = StompCodec(heartbeat_ms=5000)
-    codec.credentials(frame("CONNECT", token="t"), None)
+    connecting = codec.connect(frame("CONNECT", token="t"), None)
     connected(codec)
-    assert (codec.heartbeat_out, codec.heartbeat_in) == (0, 0)
+    assert connecting.heartbeats == Heartbeats(out_ms=0, in_ms=0)
 
 
 @pytest.mark.parametrize("reason", [errors.INVALID_APP_KEY, errors.INVALID_PROFILE_KEY,
@@ -160,7 +161,8 @@ def test_decode(data, expected):
 def test_decode_errors(data, code):
     req = StompCodec().decode(data)
     assert isinstance(req, Invalid) and req.code == code
-    assert bool(req.meta and req.meta.get("fatal")) == (code == errors.MALFORMED_FRAME)
+    assert isinstance(req.meta, StompContext)
+    assert req.meta.fatal == (code == errors.MALFORMED_FRAME)
 
 
 def test_send_body_bytes_must_be_utf8():
@@ -171,9 +173,9 @@ def test_send_body_bytes_must_be_utf8():
 def test_receipt_and_transaction_travel_in_meta():
     codec = StompCodec(cb=True)
     req = codec.decode(frame("SEND", "x", destination="/agent/a", transaction="t9", receipt="r"))
-    assert req.meta == {"command": "SEND", "receipt": "r", "transaction": "t9"}
+    assert req.meta == StompContext(command="SEND", receipt="r", transaction="t9")
     req = codec.decode(frame("DISCONNECT", **{"receipt-id": "77"}))
-    assert isinstance(req, Goodbye) and req.meta["receipt"] == "77"
+    assert isinstance(req, Goodbye) and req.meta == StompContext("DISCONNECT", receipt="77")
 
 
 def test_cb_subscribe_without_id_is_named_by_its_destination():
@@ -218,7 +220,7 @@ def test_subscribing_to_ones_own_destination_names_direct_messages():
     codec = connected(StompCodec())
     req = codec.decode(frame("SUBSCRIBE", id="inbox", destination="/agent/bob", receipt="r1"))
     assert isinstance(req, Ping)
-    assert out(codec.reply(Pong(), req.meta)).headers == {"receipt-id": "r1"}
+    assert out(codec.answer(Pong(), req.meta).frame).headers == {"receipt-id": "r1"}
     msg = out(codec.message(_direct()))
     assert msg.headers["subscription"] == "inbox"
     assert isinstance(codec.decode(frame("UNSUBSCRIBE", id="inbox")), Ping)
@@ -230,22 +232,22 @@ def test_subscribing_to_ones_own_destination_names_direct_messages():
 
 def test_success_replies():
     codec = StompCodec()
-    assert codec.reply(Success(), {"command": "SUBSCRIBE"}) is None
-    assert codec.reply(Success()) is None
-    receipt = codec.answer(Success(), {"command": "SUBSCRIBE", "receipt": "r1"})
+    assert codec.answer(Success(), StompContext("SUBSCRIBE")).frame is None
+    assert codec.answer(Success()).frame is None
+    receipt = codec.answer(Success(), StompContext("SUBSCRIBE", receipt="r1"))
     f = out(receipt.frame)
     assert (f.command, f.headers) == ("RECEIPT", {"receipt-id": "r1"})
-    ack = codec.answer(Success(), {"command": "SEND", "transaction": "7"})
+    ack = codec.answer(Success(), StompContext("SEND", transaction="7"))
     f = out(ack.frame)
     assert (f.command, f.headers) == ("ACK", {"transaction": "7", "error-desc": "OK"})
     assert receipt.ending is None and ack.ending is None
-    assert codec.answer(Success(), {"command": "SUBSCRIBE"}).ending is None
+    assert codec.answer(Success(), StompContext("SUBSCRIBE")).ending is None
 
 
 def test_standard_error_closes():
     codec = StompCodec()
-    answer = codec.answer(Error(errors.ROOM_NOT_FOUND, "s1"), {"command": "SUBSCRIBE",
-                                                               "receipt": "r"})
+    answer = codec.answer(Error(errors.ROOM_NOT_FOUND, "s1"),
+                          StompContext("SUBSCRIBE", receipt="r"))
     f = out(answer.frame)
     assert f.command == "ERROR"
     assert f.headers["message"] == errors.ROOM_NOT_FOUND and f.headers["receipt-id"] == "r"
@@ -255,12 +257,12 @@ def test_standard_error_closes():
 def test_cb_errors_keep_the_connection_open():
     codec = StompCodec(cb=True)
     answer = codec.answer(Error(errors.DESTINATION_NOT_FOUND),
-                          {"command": "SEND", "transaction": "t1"})
+                          StompContext("SEND", transaction="t1"))
     f = out(answer.frame, cb=True)
     assert (f.command, f.headers) == ("ACK", {"transaction": "t1",
                                               "error-desc": errors.DESTINATION_NOT_FOUND})
     assert answer.ending is None
-    answer = codec.answer(Error(errors.ROOM_NOT_FOUND), {"command": "SUBSCRIBE"})
+    answer = codec.answer(Error(errors.ROOM_NOT_FOUND), StompContext("SUBSCRIBE"))
     f = out(answer.frame, cb=True)
     assert f.command == "ERROR"
     assert answer.ending is None
@@ -477,7 +479,7 @@ def test_client_ack_subscriptions_get_ack_ids_and_acks_are_checked():
 def test_ack_mode_of_a_refused_subscribe_is_forgotten():
     codec = connected(StompCodec())
     req = codec.decode(frame("SUBSCRIBE", id="x", destination="/room/{\"r\":\"1\"}", ack="client"))
-    codec.reply(Error(errors.ROOM_NOT_FOUND, "x"), req.meta)
+    codec.answer(Error(errors.ROOM_NOT_FOUND, "x"), req.meta).frame
     assert "ack" not in out(codec.publish(_sub("x", {"r": "1"}), "1", "k", "t")).headers
     req = codec.decode(frame("SUBSCRIBE", id="y", destination="/room/{}", ack="sometimes"))
     assert isinstance(req, Invalid) and req.code == errors.INVALID_MESSAGE
@@ -507,7 +509,7 @@ def test_a_stomp_senders_content_type_reaches_stomp_receivers():
 def test_connected_offers_heartbeats_only_where_the_client_wants_them():
     for asked, offered in (("0,0", "0,0"), ("1000,0", "0,5000"), ("0,1000", "5000,0")):
         codec = StompCodec(heartbeat_ms=5000)
-        codec.credentials(frame("CONNECT", token="t", **{"heart-beat": asked}), None)
+        codec.connect(frame("CONNECT", token="t", **{"heart-beat": asked}), None)
         f = out(codec.welcome(identity_from_api({"login_id": "b"}), "c", None))
         assert f.headers["heart-beat"] == offered, asked
 
