@@ -76,7 +76,7 @@ from .effects import (
     TakeResume,
 )
 from .history import HistoryPage, HistoryPolicy, recovered, valid_offset
-from .identity import Identity, resolve_destination
+from .identity import Identity, Profile, resolve_destination
 from .jsontext import dump_json
 from .limits import TokenBucket, Verdict
 from .messages import Confirmed, DirectMessage
@@ -589,6 +589,16 @@ class Session:
 
     def _subscribe(self, req: Subscribe, pattern: DestinationPattern | None = None) -> Step:
         rid = req.request_id
+        room_value = req.room
+        if pattern is not None and room_value is None:
+            # A regex watch without a /<profile>/ prefix watches the one profile this identity
+            # may watch (none: agents, refused below as room-not-found).
+            watches = self.identity.rule.watches
+            if len(watches) > 1:
+                return Step(Error(errors.INVALID_PATTERN, rid,
+                                  "start the regular expression with /<profile>/"))
+            room_value = {"client": "*",
+                          "profile": str(watches[0] if watches else Profile.AGENT)}
         if rid is None:
             return Step(Error(errors.NO_REQUEST_ID))
         if not request_id_ok(rid):
@@ -596,7 +606,7 @@ class Session:
         if not self.identity.rule.can_subscribe:
             return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
         try:
-            room = self.identity.local_room(parse_room(req.room))
+            room = self.identity.local_room(parse_room(room_value))
         except InvalidRoom as exc:
             return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
         since = req.since

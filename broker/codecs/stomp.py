@@ -192,7 +192,6 @@ class StompCodec:
         # The dialect's framing state (see the module's docstring).
         self._heartbeats = NO_HEARTBEATS  # negotiated by ``connect``, echoed by CONNECTED
         self._own_destination: str | None = None  # the client's, known from ``welcome``
-        self._watches: tuple[Profile, ...] = ()  # the identity's watched profiles (see above)
         self._inbox: str | None = None  # id of a SUBSCRIBE to the client's own destination
         # STOMP acknowledgement (standard dialect): the ack mode of each subscription that is
         # not ``auto``, by id; and the last ``ack`` id handed out (ids are 1, 2, 3, ...).
@@ -244,7 +243,6 @@ class StompCodec:
                 ) -> str | bytes:
         # STOMP sessions are not resumable: the last three are the rich JSON dialect's.
         self._own_destination = identity.public_destination
-        self._watches = identity.rule.watches
         offer, negotiated = self.heartbeat_ms, self._heartbeats
         # The offer, in each direction the client wants beats (0 where it wants none, or
         # where the server offers none: then nothing was negotiated that way).
@@ -366,8 +364,8 @@ class StompCodec:
         """destination-type:1: watch the connected clients whose destination fully matches.
 
         It is a wildcard watch of one profile's client rooms, filtered by the regex in the hub.
-        The profile is the regex's literal ``/<profile>/`` prefix, or the only profile this
-        identity may watch.
+        The profile is the regex's literal ``/<profile>/`` prefix; without one the room is None
+        and the session picks the only profile the identity may watch.
         """
         try:
             pattern = WatchPattern(source)
@@ -375,19 +373,11 @@ class StompCodec:
             return Invalid(errors.INVALID_PATTERN, sid, f"regular expression refused: {exc}",
                            meta)
         prefix = _PROFILE_PREFIX.match(source)
-        profile: str | None = None
         if prefix and prefix.group(1) in _PROFILES:
-            profile = prefix.group(1)
+            room: Any = {"client": "*", "profile": prefix.group(1)}
         else:
-            watches = self._watches
-            if len(watches) == 1:
-                profile = str(watches[0])
-            elif not watches:
-                profile = str(Profile.AGENT)  # refused by the session: room-not-found
-        if profile is None:
-            return Invalid(errors.INVALID_PATTERN, sid,
-                           "start the regular expression with /<profile>/", meta)
-        return Subscribe(sid, {"client": "*", "profile": profile}, pattern=pattern, meta=meta)
+            room = None  # which profile it watches is the session's decision
+        return Subscribe(sid, room, pattern=pattern, meta=meta)
 
     def _acknowledge(self, frame: ParsedFrame, meta: StompContext) -> Request:
         """ACK/NACK (STOMP 1.2: ``id`` is a MESSAGE's ``ack`` header). Deliveries are

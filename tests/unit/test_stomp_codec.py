@@ -199,18 +199,24 @@ def test_regex_watch_is_a_wildcard_watch_with_a_pattern():
     assert req.pattern.fullmatch("/agent/bob") and not req.pattern.fullmatch("/agentx/bob")
     step = rules(ident, max_subscriptions=10, public_status=False).handle(req)
     assert isinstance(step.effect, JoinRoom) and step.effect.subscription.pattern is req.pattern
-    # a super agent only watches agents: a regex without a profile prefix means agents
+    # a super agent only watches agents: a regex without a profile prefix means agents (the
+    # codec leaves the profile to the session)
     req = codec.decode(frame("SUBSCRIBE", id="w2", destination=".*bo.*",
                              **{"destination-type": "1"}))
-    assert req.room == {"client": "*", "profile": "agent"}
+    assert isinstance(req, Subscribe) and req.room is None
+    step = rules(ident, max_subscriptions=10, public_status=False).handle(req)
+    assert isinstance(step.effect, JoinRoom)
+    assert step.effect.subscription.room == parse_room({"client": "*", "profile": "agent"})
 
 
 def test_regex_watch_of_a_service_needs_a_profile_prefix():
     codec = StompCodec()
-    codec.welcome(identity_from_api({"login_id": "svc", "profile": "service"}), "c", None)
+    svc = identity_from_api({"login_id": "svc", "profile": "service"})
+    codec.welcome(svc, "c", None)
     req = codec.decode(frame("SUBSCRIBE", id="w", destination=".*",
                              **{"destination-type": "1"}))
-    assert isinstance(req, Invalid)
+    step = rules(svc, max_subscriptions=10, public_status=False).handle(req)
+    assert isinstance(step.reply, Error) and step.reply.code == errors.INVALID_PATTERN
     req = codec.decode(frame("SUBSCRIBE", id="w", destination="^/super_agent/a.*",
                              **{"destination-type": "1"}))
     assert req.room == {"client": "*", "profile": "super_agent"}
