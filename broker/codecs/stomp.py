@@ -106,7 +106,7 @@ class PatternRefused(ValueError):
 
 
 class WatchPattern:
-    """A regex watch's pattern (session.DestinationPattern), matched by RE2 in linear time."""
+    """A regex watch's pattern (subscription.DestinationPattern), matched by RE2 in linear time."""
 
     __slots__ = ("_regexp", "pattern")
 
