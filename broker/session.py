@@ -25,7 +25,7 @@ States (``State``), each transition made by one method::
   ``effect_failed(code)`` then builds and queues the reply, the follow-ups (a replay after its
   subscribe's reply) and, when the protocol ends the connection after that reply, the end.
 - **Deliveries, the seam and positions** are ``self.delivery``'s (broker.delivery): the hub's
-  deliveries reach it through the driver, and it queues frames through ``_push`` (held before
+  deliveries reach it through the driver, and it queues frames through ``push`` (held before
   the welcome, dropped once closing).
 - **Resume.** ``resume_lookup(token)`` says which saved state to take, ``restore(state)``
   re-subscribes it (each join carried out by the driver, then ``restored``), and
@@ -212,7 +212,7 @@ class Session:
     @codec.setter
     def codec(self, codec: Codec) -> None:
         self._codec = codec
-        self.delivery = Delivery(codec, self.settings.max_outbox_bytes, push=self._push,
+        self.delivery = Delivery(codec, self.settings.max_outbox_bytes, push=self.push,
                                  queued_bytes=lambda: self._queue.queued_bytes,
                                  on_slow=lambda: self.end(disconnect.SLOW), name=self._name)
 
@@ -269,9 +269,9 @@ class Session:
             frame = codec.welcome(self.identity, connection_id, self.resume_token,
                                   resumed=self.resumed, restored=self._restored)
         held, self._held, self._held_bytes = self._held or [], None, 0
-        self._push(frame)
+        self.push(frame)
         for held_frame, mark in held:
-            self._push(held_frame, mark)
+            self.push(held_frame, mark)
         self._run_follow_ups()
 
     # ------------------------------------------------------------ resume
@@ -428,7 +428,7 @@ class Session:
         if reply is not None:
             answer = self.codec.answer(reply, request.meta)
             if answer.frame is not None:
-                self._push(answer.frame)
+                self.push(answer.frame)
             ending = answer.ending
         self._run_follow_ups()
         if ending is not None:
@@ -450,7 +450,7 @@ class Session:
             return
         answer = self.codec.answer(Error(errors.RATE_LIMITED, request.request_id), request.meta)
         if answer.frame is not None:
-            self._push(answer.frame)
+            self.push(answer.frame)
         if answer.ending is not None:
             self.end(disconnect.RATE_LIMITED)
 
@@ -461,7 +461,7 @@ class Session:
         store update the driver runs: see ``deliver_acked``)."""
         if message.ack:
             return self.deliver_acked(message)
-        self._push(self.codec.message(message))
+        self.push(self.codec.message(message))
         return None
 
     def deliver_acked(self, message: DirectMessage) -> AckUpdate | None:
@@ -473,7 +473,7 @@ class Session:
         self._acked_ids[message_id] = None
         if len(self._acked_ids) > ACKED_REMEMBERED:
             self._acked_ids.popitem(last=False)
-        self._push(self.codec.message(message))
+        self.push(self.codec.message(message))
         if self.codec.caps.confirms:
             self._owed.add(message_id)
             return HoldAck(message_id)
@@ -483,7 +483,7 @@ class Session:
         """To a sender: its acknowledged message was confirmed (protocols that show it)."""
         frame = self.codec.confirmed(event)
         if frame is not None:
-            self._push(frame)
+            self.push(frame)
 
     def completed(self, message_id: str) -> None:
         """The store has recorded this connection's confirmation of ``message_id``."""
@@ -514,9 +514,6 @@ class Session:
     def push(self, frame: Frame, mark: Mark | None = None) -> None:
         """Queue a frame (the driver's heart-beats use it too); held until the welcome, and
         nothing once closing. Too many held frames end the connection as slow."""
-        self._push(frame, mark)
-
-    def _push(self, frame: Frame, mark: Mark | None = None) -> None:
         if self._held is not None:  # opening: the welcome is not queued yet
             self._held.append((frame, mark))
             self._held_bytes += len(frame)
