@@ -21,12 +21,12 @@ import logging
 import re
 import time
 import zlib
-from dataclasses import dataclass, field
 import httpx
 from django.http.cookie import parse_cookie
 
 from . import errors, metrics
 from .conf import conf
+from .credentials import Credentials
 from .identity import (
     Identity, InvalidIdentity, InvalidLogin, identity_from_api, identity_from_static_keys,
 )
@@ -54,23 +54,6 @@ class Refused(Exception):
 
 class AuthUnavailable(Exception):
     pass
-
-
-@dataclass
-class Credentials:
-    """What a client presented, whatever its transport. Header names are lower-case."""
-
-    headers: dict[str, str] = field(default_factory=dict)
-    token: str | None = None
-    remote_addr: str | None = None
-    # Static-key login (Communication Broker): all three or none.
-    app_key: str | None = None
-    login_id: str | None = None
-    profile_key: str | None = None
-
-    @property
-    def is_static(self) -> bool:
-        return self.app_key is not None or self.profile_key is not None
 
 
 class InvalidHeaderValue(ValueError):

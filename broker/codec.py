@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
-from .auth import Credentials
+from .credentials import Credentials
 from .disconnect import Disconnect
 from .identity import Identity
 from .messages import Confirmed, DirectMessage

@@ -28,7 +28,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from . import disconnect, errors, logctx, metrics
-from .auth import Credentials, Refused, authenticate
+from .auth import Refused, authenticate
+from .credentials import Credentials
 from .codec import Codec
 from .conf import conf
 from .delivery import Delivery

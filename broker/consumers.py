@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from . import daphne_ext, serve
-from .auth import Credentials
+from .credentials import Credentials
 from .codecs.jsoncodec import RICH_SUBPROTOCOL, JsonCodec
 from .codecs.stomp import CB_SUBPROTOCOL, STOMP_SUBPROTOCOLS, StompCodec
 from .conf import conf

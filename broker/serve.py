@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from typing import Final, Protocol, TypeAlias
 
 from . import connection, disconnect, errors, heartbeat, logctx, metrics
-from .auth import AuthUnavailable, Credentials, Refused
+from .auth import AuthUnavailable, Refused
+from .credentials import Credentials
 from .codec import BadConnect, Codec, Connecting
 from .codecs.stompframe import Frame
 from .connection import Connection

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import errors
-from ..auth import Credentials
+from ..credentials import Credentials
 from ..codec import Answer, BadConnect, Capabilities, Connecting, Wire
 from ..identity import Identity, public_destination, public_room_key
 from ..messages import Confirmed, DirectMessage

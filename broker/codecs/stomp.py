@@ -50,7 +50,7 @@ from typing import Any
 import re2
 
 from .. import disconnect, errors
-from ..auth import Credentials
+from ..credentials import Credentials
 from ..codec import (
     NO_HEARTBEATS, Answer, BadConnect, Capabilities, Connecting, Heartbeats, ParsedFrame, Wire,
 )
