@@ -20,10 +20,11 @@ States (``State``), each transition made by one method::
   ``welcome()`` queues the welcome (with a fresh resume token on a resumable protocol), then
   them, then the replays.
 - **Requests.** ``receive(request)`` applies the rate limit (a token bucket on the passed
-  clock), then the rules of ``handle`` (identity, profile, subscription table): it answers at
-  once, or returns the one ``Effect`` the driver must carry out. ``effect_done(result)`` or
-  ``effect_failed(code)`` then builds and queues the reply, the follow-ups (a replay after its
-  subscribe's reply) and, when the protocol ends the connection after that reply, the end.
+  clock), then the request's rule (broker.rules: identity, profile, subscription table): it
+  answers at once, or returns the one ``Effect`` the driver must carry out.
+  ``effect_done(result)`` or ``effect_failed(code)`` then builds and queues the reply, the
+  follow-ups (a replay after its subscribe's reply) and, when the protocol ends the connection
+  after that reply, the end.
 - **Deliveries, the seam and positions** are ``self.delivery``'s (broker.delivery): the hub's
   deliveries reach it through the driver, and it queues frames through ``push`` (held before
   the welcome, dropped once closing).
@@ -49,70 +50,35 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rooms import InvalidRoom, parse_room
-
-from . import disconnect, errors, metrics, resume
+from . import disconnect, errors, metrics, resume, rules
 from .codec import Codec
 from .delivery import Delivery, Frame, Mark
 from .disconnect import Disconnect
 from .effects import (
     AckUpdate,
     CompleteAck,
-    ConfirmMessage,
-    Counts,
     Effect,
     HoldAck,
     JoinRoom,
-    Kick,
     LeaveRooms,
-    ListConnections,
-    PublishRooms,
-    QueryStatus,
-    ReadHistory,
-    ReadStats,
     SaveResume,
-    SendDirect,
-    Stats,
     TakeResume,
 )
-from .history import HistoryPage, HistoryPolicy, recovered, valid_offset
-from .identity import Identity, Profile, resolve_destination
-from .jsontext import dump_json
+from .history import HistoryPage, HistoryPolicy
+from .identity import Identity
 from .limits import TokenBucket, Verdict
 from .messages import Confirmed, DirectMessage
-from .replies import AdminResult, Error, HistoryResult, Pong, Reply, StatusInfo, Success
-from .requests import (
-    MAX_REQUEST_ID_CHARS,
-    Admin,
-    Confirm,
-    Goodbye,
-    History,
-    Invalid,
-    Ping,
-    Publish,
-    Request,
-    Send,
-    Status,
-    Subscribe,
-    Unsubscribe,
-    UnsubscribeAll,
-    request_id_ok,
-    request_id_short,
-)
-from .subscription import DestinationPattern, Subscription
+from .replies import Error, Reply, Success
+from .requests import Request, Subscribe
+from .rules import Step
+from .subscription import Subscription
 
 # One logger for everything about one connection, whichever layer decided it.
 log = logging.getLogger("broker.connection")
 
-# Regex watches (STOMP destination-type:1) one connection may hold: each may keep its engine's
-# memory (RE2: up to broker.codecs.stomp.PATTERN_MAX_MEM) and is matched against every direct
-# message to its profile.
-MAX_REGEX_WATCHES = 16
 # Acknowledged message ids remembered per connection, to drop the second copy of one (the live
 # copy and the stored one of a message sent while the connection was opening).
 ACKED_REMEMBERED = 4096
-STATS_TOTALS = ("connections", "triggers_per_s", "deliveries_per_s", "drops_per_s",
-                "triggers", "deliveries", "drops")
 
 
 class State(enum.Enum):
@@ -157,12 +123,6 @@ class Queue(Protocol):
 
     @property
     def queued_bytes(self) -> int: ...
-
-
-@dataclass(slots=True)
-class Step:
-    reply: Reply | None
-    effect: Effect | None = None
 
 
 class Session:
@@ -383,35 +343,9 @@ class Session:
 
     def _reply(self, effect: Effect, rid: Any, result: Any) -> Reply | None:
         """The reply an effect's result makes (None: the step's own reply)."""
-        match effect:
-            case JoinRoom(history=rule) if rule is not None:
-                return self._joined(effect, result, rid)
-            case PublishRooms():
-                return Success(rid, {"id": result})
-            case SendDirect():
-                if result is None:
-                    return Error(errors.DESTINATION_NOT_FOUND, rid)
-                return Success(rid, {"id": result})
-            case ReadHistory():
-                return HistoryResult(rid, effect.room, result.top, list(result.entries),
-                                     None if effect.since is None
-                                     else recovered(effect.since, result))
-            case QueryStatus():
-                counts: Counts = result
-                return StatusInfo(rid, counts.connections, counts.rooms, counts.online_since)
-            case ListConnections():
-                return AdminResult(rid, {"action": "connections", "connections": result})
-            case ReadStats():
-                stats: Stats = result
-                totals = {k: sum(p.get(k, 0) for p in stats.processes) for k in STATS_TOTALS}
-                totals.update(connections=stats.connections, rooms=stats.rooms)
-                return AdminResult(rid, {"action": "stats", "stats": totals,
-                                         "processes": stats.processes})
-            case Kick():
-                if not result:
-                    return Error(errors.CONNECTION_NOT_FOUND, rid)
-                return AdminResult(rid, {"action": "kick", "kicked": result})
-        return None
+        if isinstance(effect, JoinRoom) and effect.history is not None:
+            return self._joined(effect, result, rid)
+        return rules.result_reply(effect, rid, result)
 
     def _joined(self, join: JoinRoom, page: HistoryPage, rid: Any) -> Success:
         """A history room's join read ``page``: the reply says its offset; its replay, then
@@ -545,190 +479,6 @@ class Session:
         self.subscriptions.clear()
         return subs
 
-    # ------------------------------------------------------------ the rules of each request
-
     def handle(self, req: Request) -> Step:
-        rid = req.request_id
-        if rid is not None and not request_id_short(rid):
-            # Not echoed: the bound is what keeps ids out of memory (and out of replies).
-            return Step(Error(errors.REQUEST_ID_TOO_LONG, None,
-                              f"requestId: at most {MAX_REQUEST_ID_CHARS} characters"))
-        match req:
-            case Subscribe():
-                return self._subscribe(req, req.pattern)
-            case Unsubscribe():
-                return self._unsubscribe(req)
-            case UnsubscribeAll():
-                subs = list(self.subscriptions.values())
-                self.subscriptions.clear()
-                return Step(Success(req.request_id), LeaveRooms(subs) if subs else None)
-            case Ping():
-                return Step(Pong(req.request_id, req.text))
-            case Status():
-                if not (self.settings.public_status or self.identity.rule.admin):
-                    return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED, req.request_id))
-                return Step(None, QueryStatus())
-            case Send():
-                return self._send(req)
-            case Publish():
-                return self._publish(req)
-            case Admin():
-                return self._admin(req)
-            case Goodbye():
-                return Step(Success(req.request_id))
-            case History():
-                return self._history(req)
-            case Confirm():
-                return self._confirm(req)
-            case Invalid():
-                return Step(Error(req.code, req.request_id, req.detail))
-        return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED))  # pragma: no cover
-
-    def _subscribe(self, req: Subscribe, pattern: DestinationPattern | None = None) -> Step:
-        rid = req.request_id
-        room_value = req.room
-        if pattern is not None and room_value is None:
-            # A regex watch without a /<profile>/ prefix watches the one profile this identity
-            # may watch (none: agents, refused below as room-not-found).
-            watches = self.identity.rule.watches
-            if len(watches) > 1:
-                return Step(Error(errors.INVALID_PATTERN, rid,
-                                  "start the regular expression with /<profile>/"))
-            room_value = {"client": "*",
-                          "profile": str(watches[0] if watches else Profile.AGENT)}
-        if rid is None:
-            return Step(Error(errors.NO_REQUEST_ID))
-        if not request_id_ok(rid):
-            return Step(Error(errors.INVALID_MESSAGE, rid, "requestId must be a string or number"))
-        if not self.identity.rule.can_subscribe:
-            return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
-        try:
-            room = self.identity.local_room(parse_room(room_value))
-        except InvalidRoom as exc:
-            return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
-        since = req.since
-        if since is not None and not valid_offset(since):
-            return Step(Error(errors.INVALID_MESSAGE, rid,
-                              "since must be an offset (a non-negative integer)"))
-        key = dump_json(rid)
-        existing = self.subscriptions.get(key)
-        if existing is not None:
-            if existing.room == room:
-                return Step(Success(rid))
-            return Step(Error(errors.REQUEST_ID_IN_USE, rid))
-        if not self.identity.may_subscribe(room):
-            return Step(Error(errors.ROOM_NOT_FOUND, rid))
-        if len(self.subscriptions) >= self.settings.max_subscriptions:
-            return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid))
-        if pattern is not None and sum(s.pattern is not None for s in
-                                       self.subscriptions.values()) >= MAX_REGEX_WATCHES:
-            return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid,
-                              f"at most {MAX_REGEX_WATCHES} regular-expression watches"))
-        sub = Subscription(rid, key, room, pattern=pattern)
-        self.subscriptions[key] = sub
-        rule = self.settings.history.rule_for(room)
-        if rule is None:
-            # No history to replay (a wildcard room, or one no BROKER_HISTORY rule covers):
-            # a ``since`` cannot be honoured, and the reply says so.
-            return Step(Success(rid, {"recovered": False} if since is not None else None),
-                        JoinRoom(sub))
-        # The driver answers: it reads the room's offset (and the replay after ``since``).
-        return Step(Success(rid), JoinRoom(sub, rule, since))
-
-    def _unsubscribe(self, req: Unsubscribe) -> Step:
-        rid = req.request_id
-        if rid is None:
-            return Step(Error(errors.NO_REQUEST_ID))
-        if not request_id_ok(rid):
-            return Step(Error(errors.INVALID_MESSAGE, rid, "requestId must be a string or number"))
-        sub = self.subscriptions.pop(dump_json(rid), None)
-        if sub is None:
-            return Step(Error(errors.NOT_SUBSCRIBED, rid))
-        return Step(Success(rid), LeaveRooms([sub]))
-
-    def _send(self, req: Send) -> Step:
-        rid = req.request_id
-        if not isinstance(req.to, str):
-            return Step(Error(errors.INVALID_MESSAGE, rid, "'to' must be a destination string"))
-        # the address of the one client it names, in the sender's realm (broker.identity)
-        to = resolve_destination(self.identity.realm, req.to)
-        if to is None:
-            return Step(Error(errors.DESTINATION_NOT_FOUND, rid, "not a client destination"))
-        if not isinstance(req.ack, bool):
-            return Step(Error(errors.INVALID_MESSAGE, rid, "'ack' must be a boolean"))
-        return Step(Success(rid), SendDirect(to, dump_json(req.data), req.text, req.ack,
-                                             req.content_type))
-
-    def _publish(self, req: Publish) -> Step:
-        rid = req.request_id
-        if not isinstance(req.rooms, list) or not req.rooms:
-            return Step(Error(errors.INVALID_MESSAGE, rid, "'rooms' must be a non-empty list"))
-        try:
-            rooms = [self.identity.local_room(parse_room(r)) for r in req.rooms]
-        except InvalidRoom as exc:
-            return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
-        if not all(self.identity.may_publish(r) for r in rooms):
-            return Step(Error(errors.ROOM_NOT_ALLOWED, rid))
-        if not isinstance(req.history, bool):
-            return Step(Error(errors.INVALID_MESSAGE, rid, "'history' must be a boolean"))
-        return Step(Success(rid), PublishRooms(rooms, dump_json(req.data), req.history))
-
-    def _history(self, req: History) -> Step:
-        """A room's history is readable by whoever may subscribe to that room."""
-        rid = req.request_id
-        if rid is not None and not request_id_ok(rid):
-            return Step(Error(errors.INVALID_MESSAGE, rid, "requestId must be a string or number"))
-        if not self.identity.rule.can_subscribe:
-            return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
-        try:
-            room = self.identity.local_room(parse_room(req.room))
-        except InvalidRoom as exc:
-            return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
-        if not self.identity.may_subscribe(room):
-            return Step(Error(errors.ROOM_NOT_FOUND, rid))
-        rule = self.settings.history.rule_for(room)
-        if rule is None:
-            detail = ("history is kept per concrete room" if not room.is_concrete
-                      else "no BROKER_HISTORY rule covers this room")
-            return Step(Error(errors.HISTORY_NOT_ENABLED, rid, detail))
-        limit = rule.size if req.limit is None else req.limit
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            return Step(Error(errors.INVALID_MESSAGE, rid, "limit must be a positive integer"))
-        if req.since is not None and not valid_offset(req.since):
-            return Step(Error(errors.INVALID_MESSAGE, rid,
-                              "since must be an offset (a non-negative integer)"))
-        return Step(None, ReadHistory(room, min(limit, rule.size), req.since))
-
-    def _confirm(self, req: Confirm) -> Step:
-        rid = req.request_id
-        if rid is not None and not request_id_ok(rid):
-            return Step(Error(errors.INVALID_MESSAGE, rid, "requestId must be a string or number"))
-        mid = req.message_id
-        if not isinstance(mid, str) or not mid or len(mid) > 128:
-            return Step(Error(errors.INVALID_MESSAGE, rid, "'id' must be a message id"))
-        if self.identity.destination is None:
-            # Acknowledged messages go to client destinations: without a login, none is ours.
-            return Step(Success(rid))
-        return Step(Success(rid), ConfirmMessage(mid))
-
-
-    def _admin(self, req: Admin) -> Step:
-        rid = req.request_id
-        if not self.identity.rule.admin:
-            return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED, rid))
-        match req.action:
-            case "connections":
-                return Step(None, ListConnections())
-            case "stats":
-                return Step(None, ReadStats())
-            case "kick":
-                conn_id, login_id = req.args.get("connection_id"), req.args.get("login_id")
-                if not isinstance(conn_id, str) and not isinstance(login_id, str):
-                    return Step(Error(errors.INVALID_MESSAGE, rid,
-                                      "kick needs connection_id or login_id"))
-                return Step(None, Kick(conn_id if isinstance(conn_id, str) else None,
-                                       login_id if isinstance(login_id, str) else None))
-        return Step(Error(errors.UNKNOWN_ACTION, rid, f"actions: {sorted(ADMIN_ACTIONS)}"))
-
-
-ADMIN_ACTIONS = ("connections", "kick", "stats")
+        """The rule of ``req`` (broker.rules), without the rate limit or the answer."""
+        return rules.decide(req, self)

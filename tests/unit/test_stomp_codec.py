@@ -523,7 +523,7 @@ def test_connected_offers_heartbeats_only_where_the_client_wants_them():
 def test_a_connection_holds_at_most_max_regex_watches():
     """Each regex watch may hold up to PATTERN_MAX_MEM of RE2 memory and costs matching work
     per direct message: a connection holds at most MAX_REGEX_WATCHES of them."""
-    from broker.session import MAX_REGEX_WATCHES
+    from broker.rules import MAX_REGEX_WATCHES
 
     ident = identity_from_api({"login_id": "sup", "profile": "super_agent"})
     codec = connected(StompCodec(), profile="super_agent", login="sup")
