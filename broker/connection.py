@@ -1,8 +1,9 @@
 """The driver between one transport and its session, shared by every transport.
 
 The session (broker.session) decides; this file obeys. It owns what needs I/O or the event
-loop: the transport and its bounded ``Outbox``, the auth deadline's timer, the hub it joined,
-and the order of the acknowledgement store updates. Its parts, in the life of a connection:
+loop: the transport and its bounded ``Outbox``, the auth deadline's timer and the hub it
+joined; the acknowledgement store updates run in order in broker.acknowledgements. Its parts,
+in the life of a connection:
 
   open:     auth API -> duplicate-login check -> hub.attach -> resume -> pending acked messages
   requests: transport -> codec.decode -> Session.receive -> broker.execute.carry_out
@@ -20,21 +21,20 @@ synchronously while the transport takes frames; ``write_now``/``writable`` say w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from . import disconnect, errors, logctx, metrics
+from .acknowledgements import Acknowledgements
 from .auth import Refused, authenticate
 from .credentials import Credentials
 from .codec import Codec
 from .conf import conf
 from .delivery import Delivery
 from .disconnect import Disconnect
-from .effects import AckUpdate, ConfirmMessage, HoldAck
+from .effects import ConfirmMessage
 from .errors import AckRefused, BrokerUnavailable
 from .execute import carry_out
 from .fanout.hub import Hub
@@ -79,8 +79,8 @@ class Connection:
             transport, settings.max_outbox_bytes, on_overflow=self._overflowed,
             on_written=Delivery.written, name=self.id)
         self.session = Session(settings, codec, self._outbox, end=self._ending, name=self.id)
+        self._acks = Acknowledgements(self.session, self.id)
         self._closer: asyncio.Future[None] | None = None
-        self._ack_io: asyncio.Future[None] | None = None
         self._auth_timer: asyncio.TimerHandle | None = (
             asyncio.get_running_loop().call_later(settings.auth_deadline,
                                                   self.session.auth_expired)
@@ -145,7 +145,7 @@ class Connection:
                 log.warning("conn %s: pending acknowledged messages not read: %s", self.id, exc)
                 pending = []
             for message in pending:
-                self._update_acks(session.deliver_acked(message))
+                self._acks.update(hub, session.deliver_acked(message))
         return identity
 
     async def _resume(self, hub: Hub, token: str) -> None:
@@ -197,7 +197,7 @@ class Connection:
         assert hub is not None
         try:
             if isinstance(effect, ConfirmMessage):
-                await self._confirm(effect.message_id)
+                await self._acks.confirm(hub, effect.message_id)
                 result = None
             else:
                 result = await carry_out(effect, hub, self)
@@ -221,7 +221,7 @@ class Connection:
         self.session.delivery.deliver(sub, trigger, room_key, offset)
 
     def deliver_message(self, message: DirectMessage) -> None:
-        self._update_acks(self.session.deliver_message(message))
+        self._acks.update(self.hub, self.session.deliver_message(message))
 
     def deliver_watched(self, sub: Subscription, message: DirectMessage) -> None:
         self.session.delivery.deliver_watched(sub, message)
@@ -242,62 +242,6 @@ class Connection:
         pages = await asyncio.gather(*(hub.stores.history.read(
             s.room.key, since=recovering[s], limit=None) for s in subs), return_exceptions=True)
         self.session.resynced([(sub, recovering[sub], page) for sub, page in zip(subs, pages)])
-
-    # ------------------------------------------------------------ acknowledged messages
-
-    def _update_acks(self, update: AckUpdate | None) -> None:
-        """Run a store update of acknowledged messages after the ones before it."""
-        if update is None:
-            return
-        hub, message_id = self.hub, update.message_id
-        if hub is None:  # delivered while joining the hub: nothing recorded, nothing owed
-            self.session.completed(message_id)
-            return
-        make: Callable[[], Awaitable[Any]] = (
-            (lambda: hub.stores.acks.hold(message_id, self.id)) if isinstance(update, HoldAck)
-            else (lambda: self._complete(message_id)))
-        previous = self._ack_io
-
-        async def run() -> None:
-            if previous is not None:
-                with contextlib.suppress(Exception):
-                    await previous
-            try:
-                await make()
-            except Exception as exc:  # noqa: BLE001 - the message is then redelivered
-                log.warning("conn %s: acknowledged message update failed: %s", self.id, exc)
-
-        self._ack_io = asyncio.ensure_future(run())
-
-    async def _confirm(self, message_id: str) -> None:
-        if self._ack_io is not None:  # the hold of that message is recorded first
-            with contextlib.suppress(Exception):
-                await self._ack_io
-        await self._complete(message_id)
-
-    async def _complete(self, message_id: str) -> None:
-        hub, dest = self.hub, self.identity.destination
-        if hub is None or dest is None:
-            return
-        done, sender = await hub.stores.acks.confirm(message_id, dest, self.id)
-        self.session.completed(message_id)
-        if done and sender:
-            await hub.router.confirmed(sender, message_id, dest)
-
-    async def _release_acks(self, hub: Hub) -> None:
-        dest = self.identity.destination
-        if self._ack_io is not None:
-            with contextlib.suppress(Exception):
-                await self._ack_io
-        owed = self.session.release_owed()
-        if not owed or dest is None:
-            return
-        try:
-            for message_id, sender in await hub.stores.acks.release(self.id, dest, owed):
-                if sender:
-                    await hub.router.confirmed(sender, message_id, dest)
-        except Exception as exc:  # noqa: BLE001 - holds expire with their messages
-            log.warning("conn %s: acknowledged messages not released: %s", self.id, exc)
 
     # ------------------------------------------------------------ outbound and the close
 
@@ -354,4 +298,4 @@ class Connection:
             except Exception as exc:  # noqa: BLE001 - closing goes on; the client re-subscribes
                 log.warning("conn %s: resume state not saved: %s", self.id, exc)
         await hub.detach(self, subs)
-        await self._release_acks(hub)
+        await self._acks.release(hub)
