@@ -42,7 +42,7 @@ from .identity import Identity
 from .messages import Close, Confirmed, DirectMessage, Trigger
 from .outbox import Outbox, Writer
 from .requests import Request
-from .session import Session, Settings
+from .session import Session, SessionSettings
 from .shutdown import serving_hub
 from .subscription import Subscription
 
@@ -74,7 +74,7 @@ class Connection:
         self.id = secrets.token_hex(8)
         self.hub: Hub | None = None
         self.connected_at = time.time()
-        settings = Settings.from_conf(conf(), auth_deadline=auth_deadline)
+        settings = SessionSettings.from_conf(conf(), auth_deadline=auth_deadline)
         self._outbox: Outbox[tuple[Subscription, int]] = Outbox(
             transport, settings.max_outbox_bytes, on_overflow=self._overflowed,
             on_written=Delivery.written, name=self.id)

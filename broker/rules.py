@@ -72,7 +72,7 @@ STATS_TOTALS = ("connections", "triggers_per_s", "deliveries_per_s", "drops_per_
 
 
 class RuleSettings(Protocol):
-    """The settings the rules read (broker.session.Settings)."""
+    """The settings the rules read (broker.session.SessionSettings)."""
 
     @property
     def max_subscriptions(self) -> int: ...

@@ -50,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import disconnect, errors, metrics, resume, rules
+from . import conf, disconnect, errors, metrics, resume, rules
 from .codec import Codec
 from .delivery import Delivery, Frame, Mark
 from .disconnect import Disconnect
@@ -91,7 +91,7 @@ class State(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class SessionSettings:
     """The settings one session decides with (``from_conf``: the project's)."""
 
     max_subscriptions: int = 64
@@ -105,7 +105,8 @@ class Settings:
     resume_ttl: float = 300.0
 
     @classmethod
-    def from_conf(cls, c: Any, *, auth_deadline: float | None = None) -> Settings:
+    def from_conf(cls, c: conf.Settings, *, auth_deadline: float | None = None
+                  ) -> SessionSettings:
         return cls(max_subscriptions=c.BROKER_MAX_SUBSCRIPTIONS,
                    public_status=c.BROKER_PUBLIC_STATUS, history=c.history_policy,
                    max_outbox_bytes=c.BROKER_MAX_OUTBOX_BYTES, rate=c.BROKER_RATE_LIMIT,
@@ -128,7 +129,7 @@ class Queue(Protocol):
 class Session:
     delivery: Delivery  # made once the codec is known
 
-    def __init__(self, settings: Settings, codec: Codec | None, queue: Queue, *,
+    def __init__(self, settings: SessionSettings, codec: Codec | None, queue: Queue, *,
                  end: Callable[[Disconnect], None],
                  clock: Callable[[], float] = time.monotonic, name: str = "") -> None:
         """``codec``: None until the transport knows it (the TCP gate's first byte); ``end``:
@@ -143,7 +144,7 @@ class Session:
         self._name = name
         self._bucket = (TokenBucket(settings.rate, settings.burst, clock) if settings.rate > 0
                         else None)
-        self.auth_by = (clock() + settings.auth_deadline if settings.auth_deadline > 0
+        self._auth_by = (clock() + settings.auth_deadline if settings.auth_deadline > 0
                         else None)
         # Frames queued while opening, released by welcome() after the welcome.
         self._held: list[tuple[Frame, Mark | None]] | None = None
@@ -186,7 +187,7 @@ class Session:
     def authenticating(self) -> float | None:
         """Credentials are in: the seconds the auth API may take (None: no deadline)."""
         self.state = State.AUTHENTICATING
-        return None if self.auth_by is None else max(self.auth_by - self._clock(), 0.0)
+        return None if self._auth_by is None else max(self._auth_by - self._clock(), 0.0)
 
     def auth_expired(self) -> None:
         """The auth deadline passed: a connection that handed in no credentials is closed

@@ -6,7 +6,7 @@ from typing import Any
 
 from broker.disconnect import Disconnect
 from broker.identity import Identity
-from broker.session import Session, Settings
+from broker.session import Session, SessionSettings
 
 
 class Recorder:
@@ -40,7 +40,7 @@ def session(codec: Any = None, clock: Clock | None = None, **settings: Any
             ) -> tuple[Session, Recorder]:
     """A new session (state CONNECTING) with its recorder."""
     out = Recorder()
-    s = Session(Settings(**settings), codec, out, end=out.end, clock=clock or Clock(),
+    s = Session(SessionSettings(**settings), codec, out, end=out.end, clock=clock or Clock(),
                 name="test")
     return s, out
 
