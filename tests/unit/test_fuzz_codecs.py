@@ -1,15 +1,16 @@
-"""Fuzzing the inbound path (issue 7): codec.decode -> Session.handle, the STOMP framers, rooms.
+"""Fuzzing the inbound path (issue 7): codec.decode -> Session.receive, the STOMP framers, rooms.
 
 Hypothesis feeds arbitrary text and bytes, and structured-but-wrong input (random JSON in every
 field, random STOMP frames with random headers, bodies and escapes, random Communication Broker
-length prefixes, random rooms) through the codecs into a ``Session``, driven by a small model of
-the driver (``Driver`` below: it carries out the session's effects on a real
-``SubscriptionIndex`` standing in for the hub, and encodes every reply and delivery with the
-codec). After every request it checks:
+length prefixes, random rooms) through the codecs into an open ``Session``, driven by a small
+model of the driver (``Driver`` below: requests go in through ``Session.receive``, it carries out
+the session's effects on a real ``SubscriptionIndex`` standing in for the hub and hands their
+results back with ``Session.effect_done``, and checks every frame the session queues and every
+delivery the subscriber's codec encodes). After every request it checks:
 
 - no exception escapes except the documented ones (``InvalidRoom`` from ``parse_room``,
-  ``StompFrameError`` from the STOMP framing); ``codec.decode`` and ``Session.handle`` raise
-  nothing at all;
+  ``StompFrameError`` from the STOMP framing); ``codec.decode``, ``Session.receive`` and
+  ``Session.effect_done`` raise nothing at all;
 - every bad input is answered with a named error whose code is a contract code
   (``broker.errors``), and the frame the codec writes for it says that code;
 - every frame the codec writes is encodable UTF-8, and a JSON frame is strict JSON (RFC 8259:
@@ -43,12 +44,15 @@ from broker.codecs.stompframe import (
     parse_frame,
 )
 from broker.identity import identity_from_api
-from broker.effects import Kick, ListConnections, ReadStats, JoinRoom, LeaveRooms, PublishRooms, QueryStatus, SendDirect
+from broker.effects import (
+    ConfirmMessage, Counts, JoinRoom, Kick, LeaveRooms, ListConnections, PublishRooms,
+    QueryStatus, ReadStats, SendDirect, Stats,
+)
 from broker.jsontext import dump_json
-from broker.replies import AdminResult, Error, StatusInfo, Success
+from broker.replies import Error, Success
 from broker.requests import Invalid, Ping, Subscribe, Unsubscribe
 from broker.session import Session
-from tests.unit.sessions import rules
+from tests.unit.sessions import opened
 from rooms import InvalidRoom, Room, SubscriptionIndex, matches, parse_room
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
@@ -84,62 +88,111 @@ def strict_loads(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
 
 
-def make_session(profile: str = "agent", max_subscriptions: int = 10_000) -> Session:
-    ident = identity_from_api({"allowed_rooms": ALLOWED, "login_id": "bob", "profile": profile,
-                               "publish_rooms": [{"k": "*"}, CHAT_ANY]})
-    return rules(ident, max_subscriptions=max_subscriptions, public_status=False)
+def fuzz_identity(profile: str) -> Any:
+    return identity_from_api({"allowed_rooms": ALLOWED, "login_id": "bob", "profile": profile,
+                              "publish_rooms": [{"k": "*"}, CHAT_ANY]})
+
+
+class _Spy:
+    """A codec that records every reply the session asks it to answer (once per request)."""
+
+    replies: list[Any]
+
+    def answer(self, reply: Any, context: Any = None) -> Any:
+        self.replies.append(reply)
+        return super().answer(reply, context)  # type: ignore[misc]
+
+
+class SpyJsonCodec(_Spy, JsonCodec):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.replies = []
+
+
+class SpyStompCodec(_Spy, StompCodec):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.replies = []
 
 
 # ------------------------------------------------------------------ the driver model
 
 
 class Driver:
-    """What broker.connection does around Session.handle, minus the I/O; checks as it goes."""
+    """broker.connection around a real, open ``Session``, minus the I/O; checks as it goes.
 
-    def __init__(self, session: Session, codec: Any) -> None:
-        self.session = session
+    A request goes in through ``Session.receive``; its effect is carried out here, on a real
+    ``SubscriptionIndex`` standing in for the hub, and its result handed back with
+    ``Session.effect_done``, as the driver does. The reply is the one the session asked the
+    codec to answer; every frame the session queued is checked. Once an answer ended the
+    connection (standard STOMP: any ERROR), the next request comes on a new connection.
+    """
+
+    def __init__(self, codec: Any, profile: str = "agent", max_subscriptions: int = 10_000
+                 ) -> None:
         self.codec = codec
-        self.hub: SubscriptionIndex[Any] = SubscriptionIndex()
+        self.identity = fuzz_identity(profile)
+        self.settings = {"max_subscriptions": max_subscriptions, "public_status": False}
         self.frames: list[Any] = []
         self.requests = 0
         self.ending: Any = None  # the last answer's (broker.codec.Answer.ending)
+        self._open()
+
+    def _open(self) -> None:
+        self.session, self.out = opened(self.identity, self.codec, **self.settings)
+        self.hub: SubscriptionIndex[Any] = SubscriptionIndex()
 
     # -- one request, as Connection.receive does it
     def receive(self, request: Any) -> Any:
         self.requests += 1
         if isinstance(request, Invalid):
             assert request.code in CONTRACT_CODES, request
-        step = self.session.handle(request)
-        reply = step.reply
+        if self.out.ended:
+            self._open()
+        self.codec.replies.clear()
+        queued = len(self.out.frames)
+        effect = self.session.receive(request)
+        if effect is not None:
+            self.session.effect_done(self.carry_out(effect))
+        assert len(self.codec.replies) <= 1, self.codec.replies
+        reply = self.codec.replies[0] if self.codec.replies else None
         if isinstance(reply, Error):
             assert reply.code in CONTRACT_CODES, reply
-        effect = step.effect
+        self.ending = self.out.ended[-1] if self.out.ended else None
+        for frame in self.out.frames[queued:]:
+            self.check_frame(frame, reply)
+        self.check_table()
+        return reply
+
+    def carry_out(self, effect: Any) -> Any:
+        """The effect's result, by broker.effects' table (no history rules: no replays)."""
         if isinstance(effect, JoinRoom):
+            assert effect.history is None
             effect.subscription.owner = self
             self.hub.add(effect.subscription.room, effect.subscription)
-        elif isinstance(effect, LeaveRooms):
+            return None
+        if isinstance(effect, LeaveRooms):
             for sub in effect.subscriptions:
                 self.hub.discard(sub.room, sub)
-        elif isinstance(effect, PublishRooms):
+            return None
+        if isinstance(effect, PublishRooms):
             assert effect.rooms and all(isinstance(r, Room) for r in effect.rooms)
             self.check_data_json(effect.data_json)
             self.deliver(effect.rooms, effect.data_json)
-            reply = Success(request.request_id, {"id": "t"})
-        elif isinstance(effect, SendDirect):
+            return "t"
+        if isinstance(effect, SendDirect):
             self.check_data_json(effect.data_json)
-            reply = Success(request.request_id, {"id": "m"})
-        elif isinstance(effect, QueryStatus):
-            reply = StatusInfo(request.request_id, 1, 1, "2026-01-01T00:00:00Z")
-        elif isinstance(effect, (ListConnections, ReadStats, Kick)):
-            reply = AdminResult(request.request_id, {"action": type(effect).__name__})
-        self.ending = None
-        if reply is not None:
-            answer = self.codec.answer(reply, request.meta)
-            self.ending = answer.ending
-            if answer.frame is not None:
-                self.check_frame(answer.frame, reply)
-        self.check_table()
-        return reply
+            return "m"
+        if isinstance(effect, QueryStatus):
+            return Counts(1, 1, "2026-01-01T00:00:00Z")
+        if isinstance(effect, ListConnections):
+            return []
+        if isinstance(effect, ReadStats):
+            return Stats([], 1, 1)
+        if isinstance(effect, Kick):
+            return ["c9"]
+        assert isinstance(effect, ConfirmMessage), effect
+        return None
 
     def deliver(self, rooms: list[Room], data_json: str) -> dict[Any, int]:
         """The hub's delivery: every matching subscription once, however many rooms match."""
@@ -149,8 +202,9 @@ class Driver:
                 if sub in done:
                     continue
                 done[sub] = 1
-                frame = self.codec.publish(sub, data_json, room.key, "tid")
-                self.check_delivery(frame, sub, data_json)
+                owner = sub.owner  # the subscriber's driver: its codec encodes the frame
+                owner.check_delivery(owner.codec.publish(sub, data_json, room.key, "tid"), sub,
+                                     data_json)
         return done
 
     # -- invariants
@@ -227,11 +281,8 @@ class Driver:
         assert got.get(sub) == 1
         for other in got:
             assert any(matches(other.room, t) for t in trigger)
-        step = self.session.handle(Unsubscribe(rid))
-        assert isinstance(step.reply, Success) and isinstance(step.effect, LeaveRooms)
-        assert step.effect.subscriptions == [sub]
-        self.hub.discard(sub.room, sub)
-        self.check_table()
+        assert isinstance(self.receive(Unsubscribe(rid)), Success)
+        assert sub not in self.hub.match(sub.room)
 
 
 # ------------------------------------------------------------------ strategies
@@ -395,8 +446,8 @@ def subscribe_oracle(session: Session, model: dict[str, Room], rid: Any, room: A
 @example("agent", False, NASTY_TEXTS)
 @example("service", True, NASTY_TEXTS)
 def test_json_codec_to_session(profile: str, rich: bool, texts: list[str | None]) -> None:
-    codec = JsonCodec(rich=rich)
-    driver = Driver(make_session(profile), codec)
+    codec = SpyJsonCodec(rich=rich)
+    driver = Driver(codec, profile)
     model: dict[str, Room] = {}
     for text in texts:
         request = codec.decode(text)
@@ -424,8 +475,8 @@ def test_json_codec_to_session(profile: str, rich: bool, texts: list[str | None]
               | roomish}), max_size=25), st.integers(0, 3))
 def test_subscription_limit_and_table(msgs: list[dict[str, Any]], limit: int) -> None:
     """Random subscribe/unsubscribe sequences never exceed the limit nor desync the table."""
-    codec = JsonCodec(rich=True)
-    driver = Driver(make_session("service", max_subscriptions=limit), codec)
+    codec = SpyJsonCodec(rich=True)
+    driver = Driver(codec, "service", max_subscriptions=limit)
     model: dict[str, Room] = {}
     for msg in msgs:
         request = codec.decode(json.dumps(msg))
@@ -504,10 +555,8 @@ stomp_inputs = st.one_of(stomp_frames(), st.binary(max_size=60), st.text(max_siz
 
 
 def stomp_session(profile: str, cb: bool, framer: bool) -> tuple[StompCodec, Driver]:
-    codec = StompCodec(cb=cb, framer=CBFramer() if framer else None, text=not framer)
-    driver = Driver(make_session(profile), codec)
-    codec.welcome(driver.session.identity, "c1", None)
-    return codec, driver
+    codec = SpyStompCodec(cb=cb, framer=CBFramer() if framer else None, text=not framer)
+    return codec, Driver(codec, profile)
 
 
 def stomp_subscribe(codec: StompCodec, rid: str) -> Any:
@@ -753,14 +802,12 @@ def test_regression_lone_surrogate_data_is_delivered_as_valid_json() -> None:
     data_json.encode("utf-8")
     assert json.loads(data_json) == {"x": "\ud800", "y": "é"}
     assert dump_json({"y": "é"}) == '{"y":"é"}'  # no change for valid text
-    session = make_session("service")
-    step = session.handle(JsonCodec(rich=True).decode(
-        '{"type":"publish","rooms":[{"k":1}],"data":"\\ud800"}'))
-    assert isinstance(step.effect, PublishRooms)
     codec, driver = stomp_session("service", cb=False, framer=False)
     driver.receive(stomp_subscribe(codec, "s1"))
-    room = parse_room(VALID_ROOM)
-    assert len(driver.deliver([room], step.effect.data_json)) == 1
+    reply = driver.receive(codec.decode(encode_frame(Frame(
+        "SEND", {"destination": "/room/" + json.dumps(VALID_ROOM)}, b'"\\ud800"'))))
+    assert isinstance(reply, Success)
+    assert len(driver.frames) == 1 and json.loads(driver.frames[0].body) == "\ud800"
 
 
 def test_regression_stomp_deep_nesting_destination_and_body() -> None:
@@ -789,8 +836,8 @@ def test_regression_number_overflow_is_not_json() -> None:
 
 
 def test_regression_admin_action_of_any_json_type() -> None:
-    """`{"type":"admin","action":[]}` raised TypeError (unhashable) out of Session.handle."""
-    driver = Driver(make_session("admin"), JsonCodec(rich=True))
+    """`{"type":"admin","action":[]}` raised TypeError (unhashable) out of the session."""
+    driver = Driver(SpyJsonCodec(rich=True), "admin")
     for action in ("[]", "{}", '[["stats"]]', "null", "1"):
         reply = driver.receive(driver.codec.decode(f'{{"type":"admin","action":{action}}}'))
         assert isinstance(reply, Error) and reply.code == errors.UNKNOWN_ACTION
