@@ -27,14 +27,17 @@ upgrade shares one store.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .. import errors
+from .. import errors, metrics
 from ..errors import AckRefused
 from ..messages import DirectMessage, from_wire
 from .redis import RedisClient, text
+
+log = logging.getLogger("broker.stores")
 
 PENDING_MAX = 1000  # acknowledged messages handed to one connection when it opens
 # Bytes one stored acknowledged message counts beyond its JSON: the hash, the ledger entries.
@@ -74,9 +77,21 @@ def _stored(message: DirectMessage) -> str:
     return json.dumps(message.to_wire())
 
 
-def _loaded(raw: Any) -> DirectMessage | None:
-    message = from_wire(json.loads(raw))
-    return message if isinstance(message, DirectMessage) else None
+def _loaded(message_id: str, raw: Any) -> DirectMessage | None:
+    """The stored message; None (logged and counted as ``ack-unreadable``) when Redis gives
+    back something that is not one: it must not keep its recipient from connecting."""
+    try:
+        message = from_wire(json.loads(raw))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        message = None
+        reason = f"{type(exc).__name__}: {exc}"[:200]
+    else:
+        reason = "not a direct message"
+    if isinstance(message, DirectMessage):
+        return message
+    metrics.drop("ack-unreadable")
+    log.warning("acknowledged message %s unreadable, skipped: %s", message_id, reason)
+    return None
 
 
 class AckStore(Protocol):
@@ -370,8 +385,8 @@ class RedisAcks:
         for mid in ids:
             pipe.hget(self.client.key("ack", "m", text(mid)), "m")
         out: list[DirectMessage] = []
-        for raw in await self.client.call(pipe.execute()):
-            message = None if raw is None else _loaded(raw)
+        for mid, raw in zip(ids, await self.client.call(pipe.execute())):
+            message = None if raw is None else _loaded(text(mid), raw)
             if message is not None:
                 out.append(message)
         return out

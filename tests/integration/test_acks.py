@@ -285,3 +285,33 @@ async def test_acknowledged_message_quotas(broker_factory, auth_api, redis_serve
     assert await send(s1, bob) == "ack-recipient-quota"
     for ws_ in (ws, s1, s2):
         await ws_.close()
+
+
+async def test_corrupt_stored_message_does_not_lock_its_recipient_out(pair, redis_server,
+                                                                      unique):
+    """A stored acknowledged message Redis gives back unreadable (a bad write by another
+    version, an operator's edit) was raised out of the connection's opening: its recipient
+    could not connect at all until the message expired. It is now skipped, logged and counted
+    (``combroker_drops_total{cause="ack-unreadable"}``); the other messages are still
+    delivered."""
+    a, _ = pair()
+    bob = f"/agent/bob-{unique}"
+    r = redis_server.client()
+    sender, _ = await ws_open(a.ws_url, token="billing", subprotocols=RICH)
+    ids = []
+    for n in range(2):
+        reply = await ask(sender, {"type": "send", "to": bob, "data": n, "ack": True,
+                                   "requestId": n})
+        assert reply["code"] == "success", reply
+        ids.append(reply["id"])
+    r.hset(f"acks-{unique}:ack:m:{ids[0]}", "m", b"\xff{not json")
+    ws, welcome = await ws_open(a.ws_url, token="bob", subprotocols=RICH)
+    assert welcome["type"] == "welcome"
+    got = await recv_json(ws)
+    assert (got["id"], got["data"]) == (ids[1], 1)
+    await expect_nothing(ws, 0.3)
+    metrics = (await asyncio.to_thread(a.get, "/metrics")).text
+    assert 'combroker_drops_total{cause="ack-unreadable"} 1' in metrics, metrics[-3000:]
+    a.wait_for_log(f"acknowledged message {ids[0]} unreadable")
+    await ws.close()
+    await sender.close()
