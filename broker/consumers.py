@@ -3,7 +3,7 @@
 It answers the handshake (HTTP 503 when over capacity, else the accept with the subprotocol
 that chose the codec), hands each message in, writes and closes. ``broker.handshake`` reads
 what the handshake says (the JSON dialects' credentials, the resume token, the Origin);
-``write_now`` steps each ASGI send once, by hand.
+``broker.eagersend`` steps each ASGI send once, by hand.
 
 The codec, by subprotocol: ``v12.stomp``/``v11.stomp`` standard STOMP with heart-beats (its
 credentials in its CONNECT frame), ``stomp`` the Communication Broker's JS client (STOMP
@@ -17,15 +17,15 @@ cleanup per message (it reads the ASGI ``receive`` itself).
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import daphne_ext, serve
 from .codecs.jsoncodec import RICH_SUBPROTOCOL, JsonCodec
 from .codecs.stomp import CB_SUBPROTOCOL, STOMP_SUBPROTOCOLS, StompCodec
 from .conf import conf
+from .eagersend import EagerSend
 from .handshake import Scope, credentials_from_scope, origin_allowed_by, resume_token_from_scope
 
 daphne_ext.patch()  # under daphne: close codes, backpressure, 503 refusals, SIGTERM, redacted log
@@ -33,25 +33,6 @@ daphne_ext.patch()  # under daphne: close codes, backpressure, 503 refusals, SIG
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-async def _finish(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    """Drive a coroutine that ``write_now`` stepped once to its end, as a Task would: wait for
-    what it waits on, then resume it (an awaited future's result or error reaches it on
-    resume). Cancelled: the coroutine is closed (its ``finally`` blocks run)."""
-    while True:
-        try:
-            if waiting_on is None:
-                await asyncio.sleep(0)  # a bare yield
-            else:
-                await asyncio.wait([waiting_on])
-        except asyncio.CancelledError:
-            coro.close()
-            raise
-        try:
-            waiting_on = coro.send(None)
-        except StopIteration:
-            return
 
 
 class BrokerConsumer:
@@ -82,7 +63,7 @@ class BrokerConsumer:
         self.last_write = self.last_read = 0.0  # heartbeat.Link
         self.gone = False  # websocket.disconnect received
         self.closed = False  # websocket.close sent
-        self._sending: asyncio.Future[None] | None = None  # a write that suspended (write_now)
+        self._sending = EagerSend()  # write_now: the ASGI send stepped once, by hand
 
     async def run(self) -> None:
         message = await self._receive()
@@ -149,28 +130,12 @@ class BrokerConsumer:
     # ---- broker.connection.Transport
 
     def write_now(self, frame: str | bytes) -> bool:
-        """Hand ``frame`` to the ASGI server without a task (broker.outbox.Writer).
-
-        The ASGI ``send`` is a coroutine, but under uvicorn and daphne it almost always
-        completes without suspending. So it is stepped once, here, by hand: if it finished, the
-        frame is written and no task was made (one task per delivery was a quarter of the CPU
-        of a broadcast, docs/performance.md). Only a send that suspends (backpressure) goes on
-        in a task, which ``writable`` awaits."""
-        send = self.write(frame)
-        try:
-            waiting_on = send.send(None)
-        except StopIteration:
-            return True
-        except BaseException:
-            send.close()
-            raise
-        self._sending = asyncio.ensure_future(_finish(send, waiting_on))
-        return False
+        """Hand ``frame`` to the ASGI server without a task (broker.outbox.Writer): its send
+        stepped once, finished in a task only if it suspends (``broker.eagersend``)."""
+        return self._sending.step(self.write(frame))
 
     async def writable(self) -> None:
-        sending, self._sending = self._sending, None
-        if sending is not None:
-            await sending
+        await self._sending.wait()
 
     async def write(self, frame: str | bytes) -> None:
         if isinstance(frame, str):
