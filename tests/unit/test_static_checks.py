@@ -17,6 +17,7 @@ STRICT = [
     "tcpgate/apps.py",
     "tcpgate/management",
     "tcpgate/server.py",
+    "tcpgate/transport.py",
 ]
 
 
