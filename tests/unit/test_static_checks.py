@@ -16,6 +16,7 @@ STRICT = [
     "rooms",
     "tcpgate/apps.py",
     "tcpgate/management",
+    "tcpgate/readers.py",
     "tcpgate/server.py",
     "tcpgate/transport.py",
 ]
