@@ -1,9 +1,9 @@
 """The WebSocket transport: an ASGI adapter for the serve loop (``broker.serve``), framing only.
 
-It answers the handshake (HTTP 503 when over capacity, else the accept with the subprotocol
-that chose the codec), hands each message in, writes and closes. ``broker.handshake`` reads
-what the handshake says (the JSON dialects' credentials, the resume token, the Origin);
-``broker.eagersend`` steps each ASGI send once, by hand.
+It answers the handshake (HTTP 503 when refused at once: over capacity, shutting down; else
+the accept with the subprotocol that chose the codec), hands each message in, writes, closes.
+``broker.handshake`` reads what the handshake says (the JSON dialects' credentials, the resume
+token, the Origin); ``broker.eagersend`` steps each ASGI send once, by hand.
 
 The codec, by subprotocol: ``v12.stomp``/``v11.stomp`` standard STOMP with heart-beats (its
 credentials in its CONNECT frame), ``stomp`` the Communication Broker's JS client (STOMP
