@@ -1,94 +1,38 @@
-"""The WebSocket transport: an ASGI adapter for the serve loop (``broker.serve``).
+"""The WebSocket transport: an ASGI adapter for the serve loop (``broker.serve``), framing only.
 
-It does the WebSocket's framing only: it answers the handshake (denied with HTTP 503, or
-accepted with the subprotocol that chose the codec), reads credentials from the handshake for
-the JSON dialects (STOMP reads them from its CONNECT frame), hands each message in, and writes
-and closes. What the connection means is ``broker.serve``'s and below.
+It answers the handshake (HTTP 503 when refused at once: over capacity, shutting down; else
+the accept with the subprotocol that chose the codec), hands each message in, writes, closes.
+``broker.handshake`` reads what the handshake says (the JSON dialects' credentials, the resume
+token, the Origin); ``broker.eagersend`` steps each ASGI send once, by hand.
 
-The codec, by subprotocol: ``v12.stomp``/``v11.stomp`` standard STOMP with heart-beats,
-``stomp`` the Communication Broker's JS client (STOMP without heart-beats), ``combroker.v1``
-the rich JSON dialect, none the plain (High-templar) JSON dialect.
+The codec, by subprotocol: ``v12.stomp``/``v11.stomp`` standard STOMP with heart-beats (its
+credentials in its CONNECT frame), ``stomp`` the Communication Broker's JS client (STOMP
+without heart-beats), ``combroker.v1`` the rich JSON dialect, none the plain (High-templar)
+JSON dialect.
 
-It is a plain ASGI application, not a Channels consumer: it has no channel-layer channel (the
-process's Hub receives from the layer once and fans out in memory), and it reads the ASGI
-``receive`` itself, where a Channels consumer creates a task and closes stale database
-connections for every message.
+A plain ASGI application, not a Channels consumer: no channel-layer channel (the process's hub
+receives from the layer once and fans out in memory), and no task nor stale-database-connection
+cleanup per message (it reads the ASGI ``receive`` itself).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 from . import daphne_ext, serve
-from .credentials import Credentials
 from .codecs.jsoncodec import RICH_SUBPROTOCOL, JsonCodec
 from .codecs.stomp import CB_SUBPROTOCOL, STOMP_SUBPROTOCOLS, StompCodec
 from .conf import conf
-from .limits import origin_allowed
-
-log = logging.getLogger("broker.ws")
+from .eagersend import EagerSend
+from .handshake import Scope, credentials_from_scope, origin_allowed_by, resume_token_from_scope
 
 daphne_ext.patch()  # under daphne: close codes, backpressure, 503 refusals, SIGTERM, redacted log
 
-Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-def credentials_from_scope(scope: Scope) -> Credentials:
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in scope.get("headers", []):
-        name = raw_name.decode("latin-1").lower()
-        # UTF-8 text (a cookie set by another app may be "café"); any other byte survives as
-        # an escape, so broker.auth.wire_value forwards exactly the bytes the client sent.
-        value = raw_value.decode("utf-8", "surrogateescape")
-        if name == "cookie" and name in headers:  # HTTP/2 may split cookies into several
-            value = f"{headers[name]}; {value}"
-        headers[name] = value
-    query: dict[str, list[str]] = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    client = scope.get("client")
-
-    def first(name: str) -> str | None:
-        values = query.get(name)
-        return values[0] if values else None
-
-    # Static-key login (PROTOCOL §2.2) over WebSocket: ?app_key=&login_id=&profile_key=
-    return Credentials(headers=headers, token=first("token"),
-                       remote_addr=client[0] if client else None,
-                       app_key=first("app_key"), login_id=first("login_id"),
-                       profile_key=first("profile_key"))
-
-
-def resume_token_from_scope(scope: Scope) -> str | None:
-    """``?resume=<token>`` (also ``?resume_token=``): an earlier connection's resume token."""
-    query: dict[str, list[str]] = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    values = query.get("resume") or query.get("resume_token")
-    return values[0] if values else None
-
-
-async def _finish(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    """Drive a coroutine that ``write_now`` stepped once to its end, as a Task would: wait for
-    what it waits on, then resume it (an awaited future's result or error reaches it on
-    resume). Cancelled: the coroutine is closed (its ``finally`` blocks run)."""
-    while True:
-        try:
-            if waiting_on is None:
-                await asyncio.sleep(0)  # a bare yield
-            else:
-                await asyncio.wait([waiting_on])
-        except asyncio.CancelledError:
-            coro.close()
-            raise
-        try:
-            waiting_on = coro.send(None)
-        except StopIteration:
-            return
 
 
 class BrokerConsumer:
@@ -119,7 +63,7 @@ class BrokerConsumer:
         self.last_write = self.last_read = 0.0  # heartbeat.Link
         self.gone = False  # websocket.disconnect received
         self.closed = False  # websocket.close sent
-        self._sending: asyncio.Future[None] | None = None  # a write that suspended (write_now)
+        self._sending = EagerSend()  # write_now: the ASGI send stepped once, by hand
 
     async def run(self) -> None:
         message = await self._receive()
@@ -147,7 +91,6 @@ class BrokerConsumer:
         c = conf()
         offered = self.scope.get("subprotocols") or []
         stomp = next((p for p in STOMP_SUBPROTOCOLS if p in offered), None)
-        framing: serve.Framing
         if stomp is not None:
             # Standard STOMP offers heart-beats as the TCP gate does; the Communication
             # Broker's JS client (the ``stomp`` subprotocol) has none.
@@ -164,11 +107,7 @@ class BrokerConsumer:
                                     resume_token=resume_token_from_scope(self.scope))
             stomp = RICH_SUBPROTOCOL if rich else None
         await self._send({"type": "websocket.accept", "subprotocol": stomp})
-        origin = next((v.decode("latin-1") for k, v in self.scope.get("headers", [])
-                       if k.lower() == b"origin"), None)
-        if not origin_allowed(origin, c.BROKER_ALLOWED_ORIGINS):
-            log.warning("origin %r not in BROKER_ALLOWED_ORIGINS", (origin or "")[:200])
-            framing.origin_allowed = False
+        framing.origin_allowed = origin_allowed_by(self.scope, c.BROKER_ALLOWED_ORIGINS)
         return framing
 
     async def receive(self) -> serve.Inbound:
@@ -191,28 +130,12 @@ class BrokerConsumer:
     # ---- broker.connection.Transport
 
     def write_now(self, frame: str | bytes) -> bool:
-        """Hand ``frame`` to the ASGI server without a task (broker.outbox.Writer).
-
-        The ASGI ``send`` is a coroutine, but under uvicorn and daphne it almost always
-        completes without suspending. So it is stepped once, here, by hand: if it finished, the
-        frame is written and no task was made (one task per delivery was a quarter of the CPU
-        of a broadcast, docs/performance.md). Only a send that suspends (backpressure) goes on
-        in a task, which ``writable`` awaits."""
-        send = self.write(frame)
-        try:
-            waiting_on = send.send(None)
-        except StopIteration:
-            return True
-        except BaseException:
-            send.close()
-            raise
-        self._sending = asyncio.ensure_future(_finish(send, waiting_on))
-        return False
+        """Hand ``frame`` to the ASGI server without a task (broker.outbox.Writer): its send
+        stepped once, finished in a task only if it suspends (``broker.eagersend``)."""
+        return self._sending.step(self.write(frame))
 
     async def writable(self) -> None:
-        sending, self._sending = self._sending, None
-        if sending is not None:
-            await sending
+        await self._sending.wait()
 
     async def write(self, frame: str | bytes) -> None:
         if isinstance(frame, str):

@@ -16,7 +16,9 @@ STRICT = [
     "rooms",
     "tcpgate/apps.py",
     "tcpgate/management",
+    "tcpgate/readers.py",
     "tcpgate/server.py",
+    "tcpgate/transport.py",
 ]
 
 
