@@ -1,7 +1,7 @@
 """The serve loop: the life of one connection, whatever carries it.
 
-A transport adapter (``broker.consumers`` for WebSocket, ``tcpgate.server`` for TCP) only does
-its framing: it says who is at the other end, hands in the next frame, writes, closes, and
+A transport adapter (``broker.consumers`` for WebSocket, ``tcpgate.transport`` for TCP) only
+does its framing: it says who is at the other end, hands in the next frame, writes, closes, and
 decides at its start which codec speaks (a subprotocol, a first byte). Everything that makes a
 client connected, and every way it is refused, is decided once, here:
 

@@ -16,7 +16,6 @@ import ssl
 
 from broker import serve
 from broker.conf import conf
-
 from tcpgate.transport import TcpTransport
 
 log = logging.getLogger("tcpgate")

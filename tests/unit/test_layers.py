@@ -1,8 +1,10 @@
 """The layers of the house hold: ``lint-imports`` (import-linter) keeps every contract in
 pyproject.toml's ``[tool.importlinter]`` -- rooms imports nothing of the project, broker never
-imports tcpgate, nothing imports the composition root (combroker), no import cycles inside a
-package, and transports above the driver above fan-out and stores above the core above the
-leaves. Run from the project root, so the checkout (not an installed copy) is what is read."""
+imports tcpgate, the Python client (tcpgate.client) imports nothing of the server nor Django,
+nothing imports the composition root (combroker), no import cycles inside a package,
+transports above the serve loop above the driver above fan-out and stores above the core above
+the leaves, and the TCP gate's own layers (management above server above transport above
+readers). Run from the project root, so the checkout (not an installed copy) is what is read."""
 
 import subprocess
 import sys
