@@ -1,7 +1,7 @@
 """Graceful shutdown (docs/operations.md "Stopping a process"): on SIGTERM the broker stops
 accepting connections, delivers what it already accepted, closes every client with 1001
-``going-away`` and exits within BROKER_SHUTDOWN_GRACE, under uvicorn as production runs it
-and under daphne.
+``going-away`` and exits within BROKER_SHUTDOWN_GRACE, under uvicorn as production runs it,
+under daphne, and under ``runbroker`` (uvicorn and the TCP gate on one loop).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import time
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.harness import (SERVERS, UVICORN_ARGV, close_code, recv_json, send_json, ws_connect,
-                           ws_open)
+from tests.harness import (SERVERS, UVICORN_ARGV, close_code, free_port, recv_json, send_json,
+                           ws_connect, ws_open)
+from tests.integration.gatehelpers import JsonLines, RawStomp
 
 NEWS = {"target": "news"}
 
@@ -108,3 +109,31 @@ async def test_shutdown_without_connections_is_quick(broker_factory, auth_api, s
     await wait_exit(broker, 15)
     assert time.monotonic() - t0 < 5
 
+
+async def test_runbroker_closes_websocket_and_tcp_clients_with_going_away(broker_factory,
+                                                                          auth_api):
+    """``runbroker`` serves uvicorn and the TCP gate on one loop: SIGTERM delivers what was
+    accepted, closes the WebSocket and the TCP clients alike with 1001, and the process exits."""
+    tcp_port = free_port()
+    broker = start(broker_factory, auth_api, None,
+                   ["{python}", "manage.py", "runbroker", "--host", "127.0.0.1",
+                    "--port", "{port}", "--tcp-port", str(tcp_port)])
+    ws = await subscriber(broker)
+    stomp = RawStomp(tcp_port)
+    assert stomp.connect("t").command == "CONNECTED"
+    lines = JsonLines(tcp_port)
+    lines.send({"type": "connect", "token": "t"})
+    assert lines.recv()["type"] == "welcome"
+    r = await broker.atrigger([NEWS], {"last": "words"})
+    assert r.status_code == 202
+    broker.terminate()
+    assert await recv_json(ws, timeout=10) == {"type": "publish", "requestId": 1,
+                                               "data": {"last": "words"}}
+    assert await close_code(ws, timeout=10) == (1001, "going-away")
+    error = await asyncio.to_thread(stomp.recv)
+    assert error.command == "ERROR" and error.headers["message"] == "going-away"
+    assert await asyncio.to_thread(lines.recv) == {"type": "close", "code": 1001,
+                                                   "reason": "going-away"}
+    assert await asyncio.to_thread(broker.wait, 15) == 0
+    log = broker.log()
+    assert "Traceback" not in log, log[-3000:]
