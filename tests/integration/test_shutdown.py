@@ -91,6 +91,7 @@ async def test_grace_bounds_the_wait_for_a_client_that_does_not_read(broker_fact
             pytest.fail(f"connected during shutdown: {await recv_json(late)}")
     except InvalidStatus as exc:
         assert exc.response.status_code == 503
+        assert bytes(exc.response.body) == b"shutting-down"
     except (OSError, TimeoutError):
         pass  # daphne stopped listening
     await wait_exit(broker, 20)
