@@ -1,6 +1,6 @@
 """What daphne lacks for a broker on the public edge, added to it. ``patch()`` applies only
 when daphne serves the application (its modules are loaded before the application is: the
-``daphne`` CLI, ``runbroker``), never imports daphne, and is idempotent.
+``daphne`` CLI, a project's own daphne), never imports daphne, and is idempotent.
 
 - **Backpressure.** daphne's ``send`` never waits: a frame goes straight into Twisted's
   write buffer, which grows without bound when the client stops reading, so the connection's
