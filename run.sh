@@ -11,7 +11,9 @@ VENV="${COMBROKER_VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import broker, daphne, channels' >/dev/null 2>&1 \
+# what runbroker runs: the project, Channels and uvicorn with its loop, parser and WebSockets
+if ! "$VENV/bin/python" -c 'import broker, channels, uvicorn, uvloop, httptools, websockets' \
+        >/dev/null 2>&1 \
    || [ -z "${COMBROKER_VENV:-}" ]; then
     "$VENV/bin/python" -m pip install -q -e . >&2
 fi

@@ -1,6 +1,6 @@
 """What daphne lacks for a broker on the public edge, added to it. ``patch()`` applies only
 when daphne serves the application (its modules are loaded before the application is: the
-``daphne`` CLI, ``runbroker``), never imports daphne, and is idempotent.
+``daphne`` CLI, a project's own daphne), never imports daphne, and is idempotent.
 
 - **Backpressure.** daphne's ``send`` never waits: a frame goes straight into Twisted's
   write buffer, which grows without bound when the client stops reading, so the connection's
@@ -13,7 +13,10 @@ when daphne serves the application (its modules are loaded before the applicatio
 - **Refusing a handshake with a status.** The ASGI ``websocket.http.response`` extension
   (uvicorn has it): ``websocket.http.response.start`` then ``.body`` before the accept answer
   the handshake with that HTTP status (503 over capacity or shutting down), where a plain
-  close before the accept can only give 403.
+  close before the accept can only give 403. The answer is the one uvicorn writes: the
+  status's standard phrase, the application's headers and its body (``over-capacity``), where
+  autobahn's own refusal (``failHandshake``) puts the reason in the status line and sends no
+  header and no body.
 - **Graceful shutdown.** daphne stops on SIGTERM/SIGINT by stopping the reactor, whose
   "before shutdown" trigger ``Server.kill_all_applications`` cancels every application at once.
   That trigger now first stops listening and runs ``broker.shutdown.graceful_shutdown``
@@ -182,13 +185,21 @@ def _patch_protocol(cls: Any) -> None:
             if start is None or not hasattr(self, "handshake_deferred"):
                 return
             status = int(start.get("status", 403))
-            body = bytes(message.get("body") or b"").decode("utf-8", "replace")
+            body = bytes(message.get("body") or b"")
             try:
                 phrase = HTTPStatus(status).phrase
             except ValueError:
                 phrase = "Refused"
+            headers = "".join(
+                f"{bytes(name).decode('latin-1')}: {bytes(value).decode('latin-1')}\r\n"
+                for name, value in start.get("headers") or ()
+                if bytes(name).lower() not in (b"content-length", b"connection"))
+            self._combroker_answer = (
+                f"HTTP/1.1 {status} {phrase}\r\n{headers}Connection: close\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1") + body
             # autobahn is not annotated: its ConnectionDeny(code, reason) is an untyped call.
-            denial = ConnectionDeny(code=status, reason=body or phrase)  # type: ignore[no-untyped-call]
+            # Its failHandshake (patched below) writes the answer above.
+            denial = ConnectionDeny(code=status, reason=phrase)  # type: ignore[no-untyped-call]
             self.handshake_deferred.errback(denial)
             del self.handshake_deferred
             self.server.protocol_disconnected(self)
@@ -198,8 +209,21 @@ def _patch_protocol(cls: Any) -> None:
             return
         handle_reply(self, message)
 
+    fail_handshake = cls.failHandshake
+
+    def fail_handshake_with_answer(self: Any, reason: str, code: int = 400,
+                                   responseHeaders: Any = None) -> None:  # noqa: N803
+        answer = self.__dict__.pop("_combroker_answer", None)
+        if answer is None:
+            fail_handshake(self, reason, code, responseHeaders)
+            return
+        self.wasNotCleanReason = reason
+        self.sendData(answer)
+        self.dropConnection(abort=False)
+
     cls.onOpen = on_open_with_flow
     cls.handle_reply = handle_reply_with_denial
+    cls.failHandshake = fail_handshake_with_answer
     cls._combroker_ext_patched = True
 
 

@@ -22,7 +22,9 @@ Hooks, one per server:
   ``serving_hub()``, the hub as whatever serves clients gets it (the connection's open, the
   health check), installs them once per loop. The hub itself knows nothing of signals: this
   module sits above fan-out and fan-out never imports it.
-- ``runtcpgate`` has its own (``Gate.shutdown``).
+- ``runtcpgate`` has its own (``Gate.shutdown``); ``runbroker`` (uvicorn and the gate on one
+  loop) takes SIGTERM and SIGINT over from uvicorn once it listens and runs ``Gate.shutdown``
+  before letting uvicorn stop: ``install_signal_hooks`` leaves its handlers alone.
 """
 
 from __future__ import annotations

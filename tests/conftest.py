@@ -10,7 +10,7 @@ fresh_redis     function its own RedisServer, free to stop/restart/freeze
 auth_api        function an AuthAPI stub (GET /api/bootstrap/)
 broker_factory  function ``broker_factory(*, auth_api=None, redis=None, port=None, **env)``
                          -> BrokerProcess; every broker is stopped at teardown
-broker          function one in-memory broker wired to ``auth_api``
+broker          function one in-memory broker wired to ``auth_api`` (under uvicorn)
 artifacts_dir   function test-artifacts/<test name>/ (emptied at the start of the test)
 unique          function a short unique string, for room names / login ids
 
@@ -113,7 +113,8 @@ class BrokerFactory:
     - ``redis``: a RedisServer, a URL string, or a list of either (comma-joined, sharding).
       None (default): BROKER_REDIS_URL unset -> in-memory channel layer.
     - ``port``: a fixed port (default: a free one). ``start=False`` returns it unstarted.
-    - ``argv`` / ``start_timeout`` / ``ready_path`` / ``name``: passed to BrokerProcess.
+    - ``server`` (``"uvicorn"``, the default, or ``"daphne"``) / ``argv`` / ``start_timeout``
+      / ``ready_path`` / ``name`` / ``cwd``: passed to BrokerProcess.
     - any other keyword is an env var (``None`` removes it). BROKER_TRIGGER_TOKEN defaults
       to ``"test-token"`` (``broker_factory.trigger_token``).
     """
@@ -128,8 +129,8 @@ class BrokerFactory:
     def __call__(self, *, auth_api: AuthAPI | str | None = None,
                  redis: RedisServer | str | list | None = None, port: int | None = None,
                  start: bool = True, **kw: Any) -> BrokerProcess:
-        proc_kw = {k: kw.pop(k) for k in ("argv", "start_timeout", "ready_path", "name", "cwd")
-                   if k in kw}
+        proc_kw = {k: kw.pop(k) for k in ("server", "argv", "start_timeout", "ready_path", "name",
+                                          "cwd") if k in kw}
         env: dict[str, Any] = {"BROKER_TRIGGER_TOKEN": self.trigger_token}
         if auth_api is not None:
             env["BROKER_AUTH_URL"] = auth_api.url if isinstance(auth_api, AuthAPI) else auth_api

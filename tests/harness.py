@@ -1,15 +1,17 @@
 """Test harness for combroker integration tests.
 
 Plain Python, no Django import: integration tests talk to real subprocesses
-(the broker under daphne, a private redis-server) and real sockets only.
+(the broker under uvicorn or daphne, a private redis-server) and real sockets only.
 
 Contents
 --------
 - ``free_port()``
 - ``RedisServer``  -- a private redis-server on a free port (stop/restart/freeze for outage tests)
 - ``AuthAPI``      -- a real threaded HTTP server standing in for ``GET /api/bootstrap/``
-- ``BrokerProcess``-- the broker (``daphne combroker.asgi:application``) as a subprocess
+- ``BrokerProcess``-- the broker as a subprocess: the production uvicorn command
+  (``UVICORN_ARGV``) by default, daphne (``DAPHNE_ARGV``) with ``server="daphne"``
   (``metric`` / ``until_metric``: a series of its ``GET /metrics``, read or waited for)
+- ``SERVERS``      -- the ASGI servers the broker supports, to parametrize a test over
 - WebSocket helpers on ``websockets.asyncio.client``: ``ws_connect``, ``ws_open``,
   ``recv_json``, ``recv_text``, ``recv_frame``, ``recv_until``, ``expect_nothing``,
   ``send_json``, ``close_code``
@@ -62,6 +64,9 @@ __all__ = [
     "CIDict",
     "BrokerProcess",
     "BrokerStartError",
+    "UVICORN_ARGV",
+    "DAPHNE_ARGV",
+    "SERVERS",
     "ws_connect",
     "ws_open",
     "recv_frame",
@@ -779,6 +784,28 @@ class BrokerStartError(RuntimeError):
     pass
 
 
+# The production command (README "Production", docs/operations.md "Processes"), with two
+# differences, both because the tests' clients talk to the broker directly, with no proxy:
+# - ``--no-proxy-headers`` for ``--proxy-headers`` (which is uvicorn's default anyway): uvicorn
+#   trusts X-Forwarded-For from 127.0.0.1, the address of every test client, so a client could
+#   claim any address (production has nginx there, which sets the header itself);
+# - ``--no-access-log`` is kept: a line per request (every ``/metrics`` poll) would crowd the
+#   broker's own lines out of the output tail a failing test shows. A test of the access log
+#   adds ``--access-log`` (the last of two flags wins).
+UVICORN_ARGV = ["{python}", "-m", "uvicorn", "combroker.asgi:application",
+                "--host", LOCALHOST, "--port", "{port}", "--loop", "uvloop", "--http", "httptools",
+                "--ws", "websockets-sansio", "--no-proxy-headers", "--no-access-log",
+                "--ws-max-size", "1048576", "--timeout-graceful-shutdown", "5",
+                "--timeout-keep-alive", "30"]
+# daphne as a team that mounts the broker into its Channels deployment runs it (no
+# --proxy-headers, for the reason above); broker.daphne_ext patches it on import.
+DAPHNE_ARGV = ["{python}", "-m", "daphne", "-b", LOCALHOST, "-p", "{port}",
+               "combroker.asgi:application"]
+# The servers the broker supports: ``@pytest.mark.parametrize("server", SERVERS)`` and
+# ``BrokerProcess(server=server)`` (or ``broker_factory(server=server)``).
+SERVERS = {"uvicorn": UVICORN_ARGV, "daphne": DAPHNE_ARGV}
+
+
 def _broker_env(overrides: Mapping[str, Any]) -> dict[str, str]:
     # Start from the caller's environment, minus inherited BROKER_* settings, so a
     # developer's shell (say BROKER_REDIS_URL) never leaks into a test.
@@ -801,27 +828,38 @@ def _broker_env(overrides: Mapping[str, Any]) -> dict[str, str]:
 
 
 class BrokerProcess:
-    """The broker as a subprocess: ``daphne -b 127.0.0.1 -p PORT combroker.asgi:application``.
+    """The broker as a subprocess, under the production server by default:
+    ``uvicorn combroker.asgi:application --host 127.0.0.1 --port PORT ...`` (``UVICORN_ARGV``).
 
+    ``server``: ``"uvicorn"`` (the default) or ``"daphne"`` (``DAPHNE_ARGV``), a key of
+    ``SERVERS``. ``argv`` replaces the command altogether (``runbroker``, ``runtcpgate``, a
+    server with other flags); the strings ``{port}`` and ``{python}`` in it are substituted.
     ``env``: settings as env vars (``BROKER_REDIS_URL``, ``BROKER_AUTH_URL``, ...).
     A value of ``None`` removes the variable; bools become "true"/"false", lists/dicts JSON.
-    Inherited ``BROKER_*`` variables are dropped. ``argv`` may replace the command; the
-    strings ``{port}`` and ``{python}`` in it are substituted.
+    Inherited ``BROKER_*`` variables are dropped.
     Ready when the port is open and ``GET /healthz`` gives any HTTP answer
     (``ready_path=None``: port open is enough).
     """
 
-    DEFAULT_ARGV = ["{python}", "-m", "daphne", "-b", LOCALHOST, "-p", "{port}",
-                    "combroker.asgi:application"]
+    DEFAULT_SERVER = "uvicorn"
 
     def __init__(self, env: Mapping[str, Any] | None = None, *, port: int | None = None,
-                 argv: list[str] | None = None, cwd: str | Path | None = None,
-                 start_timeout: float = 20.0, ready_path: str | None = "/healthz",
-                 start: bool = True, name: str = "broker") -> None:
+                 server: str | None = None, argv: list[str] | None = None,
+                 cwd: str | Path | None = None, start_timeout: float = 20.0,
+                 ready_path: str | None = "/healthz", start: bool = True,
+                 name: str = "broker") -> None:
+        if server is not None and argv is not None:
+            raise TypeError("pass server= or argv=, not both")
+        if server is not None and server not in SERVERS:
+            raise ValueError(f"unknown server {server!r}: one of {', '.join(SERVERS)}")
         self.env_overrides: dict[str, Any] = dict(env or {})
         self._fixed_port = port is not None
         self.port: int = port if port is not None else free_port()
-        self.argv_template = list(argv or self.DEFAULT_ARGV)
+        if argv is None:
+            server = server or self.DEFAULT_SERVER
+            argv = SERVERS[server]
+        self.server = server  # None when ``argv`` gave the command
+        self.argv_template = list(argv)
         self.cwd = Path(cwd) if cwd else ROOT
         self.start_timeout = start_timeout
         self.ready_path = ready_path
@@ -887,8 +925,8 @@ class BrokerProcess:
             except BrokerStartError as exc:
                 new_output = self.log_path.read_bytes()[offset:]
                 if (not self._fixed_port and attempt + 1 < attempts
-                        and b"Address already in use" in new_output):
-                    continue  # lost a port race; try another port
+                        and b"address already in use" in new_output.lower()):
+                    continue  # lost a port race (daphne: "Address", uvicorn: "address")
                 raise exc
         raise BrokerStartError(f"{self.name}: could not find a free port")
 

@@ -6,7 +6,7 @@ from tests.harness import BrokerProcess
 
 
 def test_console_and_client_are_served_without_the_demo(broker: BrokerProcess) -> None:
-    # plain daphne, not runbroker: BROKER_DEMO is off
+    # the harness's server, not runbroker: BROKER_DEMO is off
     page = broker.get("/admin-console")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")

@@ -18,11 +18,9 @@ import time
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.harness import close_code, recv_text, ws_connect, ws_open
+from tests.harness import SERVERS, close_code, recv_text, ws_connect, ws_open
 from tests.integration.gatehelpers import JsonLines, RawStomp, start_gate
 
-UVICORN = ["{python}", "-m", "uvicorn", "combroker.asgi:application", "--host", "127.0.0.1",
-           "--port", "{port}", "--no-access-log", "--log-level", "warning"]
 DEADLINE = 1.5
 
 
@@ -32,11 +30,10 @@ def api(auth_api):
     return auth_api
 
 
-@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+@pytest.mark.parametrize("server", SERVERS)
 async def test_websocket_without_connect_is_closed_at_the_deadline(broker_factory, api, server):
-    broker = broker_factory(auth_api=api, BROKER_MAX_CONNECTIONS=2,
-                            BROKER_AUTH_DEADLINE=DEADLINE,
-                            argv=UVICORN if server == "uvicorn" else None)
+    broker = broker_factory(auth_api=api, server=server, BROKER_MAX_CONNECTIONS=2,
+                            BROKER_AUTH_DEADLINE=DEADLINE)
     opened = time.monotonic()
     idle = [await ws_connect(broker.ws_url, subprotocols=["v12.stomp"]) for _ in range(2)]
     # the idle sockets hold both places: alice is refused before the deadline

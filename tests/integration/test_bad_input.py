@@ -1,5 +1,5 @@
 """Bad input that once closed a connection or held memory (issue 11, items 9 and 13), through
-real broker processes: the WebSocket (daphne) and the TCP gate's JSON lines.
+real broker processes: the WebSocket (uvicorn) and the TCP gate's JSON lines.
 
 - Data nested deeper than the codec's depth limit (``broker.jsontext.MAX_JSON_DEPTH``) is
   refused with ``invalid-message``; the connection stays open. Before, ~970 levels parsed but

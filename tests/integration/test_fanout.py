@@ -1,7 +1,8 @@
 """Delivery (PROTOCOL §1): wildcards both ways, exactly once per subscription, across processes.
 
 Single-process tests run twice: on the in-memory layer and on the Redis pub/sub layer. The
-cluster tests run two daphne processes on one (private) Redis, with a key prefix of their own.
+cluster tests run two broker processes (uvicorn) on one (private) Redis, with a key prefix of
+their own.
 """
 
 from __future__ import annotations

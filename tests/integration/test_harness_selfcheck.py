@@ -19,6 +19,8 @@ from websockets.exceptions import InvalidStatus
 
 from tests.harness import (
     ARTIFACTS_ROOT,
+    DAPHNE_ARGV,
+    UVICORN_ARGV,
     AuthAPI,
     BrokerProcess,
     BrokerStartError,
@@ -497,6 +499,25 @@ def test_broker_process_not_ready_times_out():
     with pytest.raises(BrokerStartError, match="not ready"):
         BrokerProcess(argv=argv, start_timeout=1.0)
     assert time.monotonic() - t0 < 10
+
+
+def test_broker_process_picks_the_server():
+    """The production uvicorn command by default, daphne by name, any command by ``argv``."""
+    from tests.integration.test_packaging import _production_command
+
+    default = BrokerProcess(start=False)
+    assert default.server == "uvicorn" and default.argv_template == UVICORN_ARGV
+    daphne = BrokerProcess(server="daphne", start=False)
+    assert daphne.server == "daphne" and daphne.argv_template == DAPHNE_ARGV
+    assert BrokerProcess(argv=FAKE_ARGV, start=False).server is None
+    with pytest.raises(ValueError, match="unknown server"):
+        BrokerProcess(server="hypercorn", start=False)
+    with pytest.raises(TypeError):
+        BrokerProcess(server="daphne", argv=FAKE_ARGV, start=False)
+    # the README's production command, but for the proxy headers (the tests have no proxy)
+    readme = _production_command("uvicorn", "{port}")
+    harness = [a for a in UVICORN_ARGV[2:] if a != "--no-proxy-headers"]
+    assert harness == [a for a in readme if a != "--proxy-headers"], (harness, readme)
 
 
 def test_broker_factory_wiring(broker_factory, auth_api, redis_server, fresh_redis):

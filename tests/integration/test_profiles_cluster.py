@@ -1,7 +1,7 @@
 """Profiles, direct messages, duplicate logins and admin actions over real broker processes.
 
 PROTOCOL §2.2 (static keys), §2.3 (profiles), §3.2 (send/publish/admin), §6 (admin actions).
-Most tests run two daphne processes on one private Redis, each test under its own
+Most tests run two broker processes (uvicorn) on one private Redis, each test under its own
 BROKER_KEY_PREFIX so registries never mix; the last ones run the in-memory layer.
 The request/reply matrix itself is pinned without I/O in tests/unit/test_profiles.py.
 """

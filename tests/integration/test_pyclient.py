@@ -1,5 +1,5 @@
 """The Python client library (tcpgate.client) against a real gate process on a private Redis,
-with a separate daphne broker for triggers: the asyncio ``Client`` and the Communication
+with a separate broker (uvicorn) for triggers: the asyncio ``Client`` and the Communication
 Broker-style synchronous facade ``broker_client``.
 """
 

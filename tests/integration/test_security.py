@@ -19,14 +19,12 @@ import httpx
 import pytest
 
 from tests.harness import (
-    ROOT, close_code, free_port, recv_json, recv_text, send_json, wait_for_port,
-    ws_connect, ws_open,
+    DAPHNE_ARGV, ROOT, SERVERS, UVICORN_ARGV, close_code, free_port, recv_json, recv_text,
+    send_json, wait_for_port, ws_connect, ws_open,
 )
 
 NEWS = {"target": "news"}
 OK = {"login_id": "u1", "allowed_rooms": [NEWS]}
-UVICORN = ["{python}", "-m", "uvicorn", "combroker.asgi:application", "--host", "127.0.0.1",
-           "--port", "{port}"]  # uvicorn's default logging: its access log and INFO lines on
 
 
 def metric(broker, name: str, labels: str = "") -> int:
@@ -128,10 +126,8 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+@pytest.mark.parametrize("server", SERVERS)
 async def test_wss_with_a_verified_certificate(broker_factory, auth_api, tmp_path, server):
-    if server == "uvicorn":
-        pytest.importorskip("uvicorn")
     cert, key = self_signed(tmp_path)
     auth_api.allow(token="t", body=OK)
     if server == "daphne":  # docs/operations.md "TLS"
@@ -139,7 +135,7 @@ async def test_wss_with_a_verified_certificate(broker_factory, auth_api, tmp_pat
                 f"ssl:{{port}}:privateKey={key}:certKey={cert}:interface=127.0.0.1",
                 "combroker.asgi:application"]
     else:
-        argv = [*UVICORN, "--ssl-keyfile", str(key), "--ssl-certfile", str(cert)]
+        argv = [*UVICORN_ARGV, "--ssl-keyfile", str(key), "--ssl-certfile", str(cert)]
     broker = broker_factory(auth_api=auth_api, argv=argv, ready_path=None)
     url = f"wss://localhost:{broker.port}/ws/"
     trusting = ssl.create_default_context(cafile=str(cert))
@@ -178,16 +174,17 @@ SECRETS = {
 }
 
 
-@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+@pytest.mark.parametrize("server", SERVERS)
 async def test_no_credentials_in_the_logs(broker_factory, auth_api, server):
-    if server == "uvicorn":
-        pytest.importorskip("uvicorn")
     s = SECRETS
     auth_api.allow(token=s["token"], body=OK)
     auth_api.allow(authorization=f"Bearer {s['bearer']}", status=500, body=b"<html>boom")
     auth_api.allow_cookie(s["cookie"], body={"allowed_rooms": "not a list"})
+    # with each server's access log on (the harness runs uvicorn without it; daphne writes it
+    # by default) and its INFO lines: uvicorn logs each WebSocket's path with its query string
+    argv = [*UVICORN_ARGV, "--access-log"] if server == "uvicorn" else DAPHNE_ARGV
     broker = broker_factory(
-        auth_api=auth_api, argv=UVICORN if server == "uvicorn" else None,
+        auth_api=auth_api, argv=argv,
         BROKER_TRIGGER_TOKEN=s["trigger"], BROKER_APP_KEY=s["app_key"],
         BROKER_PROFILE_KEYS={"agent": s["profile_key"]}, BROKER_LOG_LEVEL="DEBUG")
     # connects: authorized, refused (500), malformed body, static keys right and wrong
@@ -221,7 +218,7 @@ async def test_no_credentials_in_the_logs(broker_factory, auth_api, server):
     await asyncio.gather(*(w.close() for w in (ws, ws2, ws3, ws4, ws5)))
     await asyncio.sleep(0.5)  # let the last log lines out
     log = broker.log()
-    assert "/ws/" in log or "WebSocket" in log or server == "uvicorn", log[-2000:]
+    assert "/ws/" in log or "WebSocket" in log, log[-2000:]
     leaked = {name: value for name, value in s.items() if value in log}
     assert not leaked, (leaked, log[-4000:])
     # the lines are still there, with the credential replaced

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import BrokerStartError
+from tests.harness import DAPHNE_ARGV, BrokerStartError
 
-UVICORN = ["{python}", "-m", "uvicorn", "combroker.asgi:application", "--host", "127.0.0.1",
-           "--port", "{port}", "--no-access-log"]
 RUNBROKER = ["{python}", "manage.py", "runbroker", "--host", "127.0.0.1", "--port", "{port}",
              "--tcp-port", "0"]
 GATE = ["{python}", "manage.py", "runtcpgate", "--host", "127.0.0.1", "--port", "{port}"]
@@ -36,7 +34,7 @@ MALFORMED = [
 
 @pytest.mark.parametrize("name, value, accepted", MALFORMED,
                          ids=[f"{n}={v[:12]}" for n, v, _ in MALFORMED])
-def test_daphne_names_the_malformed_setting(broker_factory, name, value, accepted):
+def test_the_server_names_the_malformed_setting(broker_factory, name, value, accepted):
     with pytest.raises(BrokerStartError) as failed:
         broker_factory(start_timeout=15, **{name: value})
     message = str(failed.value)
@@ -47,7 +45,7 @@ def test_daphne_names_the_malformed_setting(broker_factory, name, value, accepte
     assert not any(other in line for other in others), line
 
 
-@pytest.mark.parametrize("argv", [UVICORN, RUNBROKER, GATE], ids=["uvicorn", "runbroker", "gate"])
+@pytest.mark.parametrize("argv", [DAPHNE_ARGV, RUNBROKER, GATE], ids=["daphne", "runbroker", "gate"])
 def test_every_command_names_the_malformed_setting(broker_factory, argv):
     with pytest.raises(BrokerStartError) as failed:
         broker_factory(argv=argv, ready_path=None, start_timeout=15,

@@ -1,8 +1,8 @@
 """Slow consumers (DESIGN "Slow clients", docs/operations.md "Slow consumers and the production
 server"): a client that stops reading while 50 MB of triggers are published is closed with
 4008 ``slow``, the drop is counted, other clients are unaffected, and the server's memory
-stays within the documented bound, under daphne (backpressure from broker.daphne_ext) and
-under uvicorn (whose send waits while its buffer is full).
+stays within the documented bound, under uvicorn as production runs it (whose send waits
+while its buffer is full) and under daphne (backpressure from broker.daphne_ext).
 """
 
 from __future__ import annotations
@@ -17,15 +17,11 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.harness import close_code, recv_json, send_json, ws_open
+from tests.harness import SERVERS, close_code, recv_json, send_json, ws_open
 
 NEWS = {"target": "news"}
 OTHER = {"target": "other"}
 TOKEN = "test-token"
-
-UVICORN = ["{python}", "-m", "uvicorn", "combroker.asgi:application", "--host", "127.0.0.1",
-           "--port", "{port}", "--no-access-log", "--log-level", "warning"]
-SERVERS = {"daphne": None, "uvicorn": UVICORN}
 
 TRIGGERS = 100
 SIZE = 500_000  # 100 triggers of 500 KB: 50 MB for each subscriber
@@ -58,10 +54,8 @@ async def subscriber(broker, room, **kw):
 
 @pytest.mark.parametrize("server", SERVERS)
 async def test_slow_client_is_closed_and_memory_stays_bounded(broker_factory, auth_api, server):
-    if server == "uvicorn":
-        pytest.importorskip("uvicorn")
     auth_api.allow(token="t", body={"allowed_rooms": [NEWS, OTHER]})
-    broker = broker_factory(auth_api=auth_api, argv=SERVERS[server])
+    broker = broker_factory(auth_api=auth_api, server=server)
     fast = await subscriber(broker, NEWS)
     # max_queue=1: the client library itself stops reading its socket once a frame waits
     slow = await subscriber(broker, NEWS, max_queue=1)
@@ -147,7 +141,7 @@ async def test_server_side_close_with_queued_frames_logs_no_traceback(broker_fac
     auth_api.allow(token="t", body={"login_id": "bob", "profile": "agent",
                                     "allowed_rooms": [NEWS]})
     auth_api.allow(token="root", body={"login_id": "root", "profile": "admin"})
-    broker = broker_factory(auth_api=auth_api, argv=SERVERS[server],
+    broker = broker_factory(auth_api=auth_api, server=server,
                             BROKER_DUPLICATE_LOGIN="replace", BROKER_RATE_LIMIT=0)
     root, _ = await ws_open(broker.ws_url, token="root", subprotocols=["combroker.v1"])
     payload = secrets.token_urlsafe(200_000)

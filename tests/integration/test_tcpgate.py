@@ -1,4 +1,4 @@
-"""The TCP gate (PROTOCOL §4) against real processes: ``manage.py runtcpgate`` and daphne on one
+"""The TCP gate (PROTOCOL §4) against real processes: ``manage.py runtcpgate`` and uvicorn on one
 private Redis, a real auth API, and real clients: stomp.py (unmodified, over TCP and TLS), a
 Communication Broker framing client written from §4.1/§4.3, raw sockets for JSON lines and
 malformed input.
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def pair(broker_factory, auth_api, redis_server):
-    """A gate and a separate daphne broker on the same Redis: (gate, web)."""
+    """A gate and a separate broker (uvicorn) on the same Redis: (gate, web)."""
     gate = start_gate(broker_factory, auth_api=auth_api, redis=redis_server, **STATIC_KEYS)
     web = broker_factory(auth_api=auth_api, redis=redis_server, name="web")
     return gate, web

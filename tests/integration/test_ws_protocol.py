@@ -1,8 +1,9 @@
 """The WebSocket JSON protocol (PROTOCOL §3.1, §3.2) against a real broker process.
 
 Every frame is compared as a whole object, the way a High-templar 3.x client compares them.
-The broker runs under daphne with the in-memory layer and authenticates against the AuthAPI
-stub (a real HTTP server).
+The broker runs with the in-memory layer and authenticates against the AuthAPI stub (a real
+HTTP server). The tests on the shared broker run under both servers (uvicorn and daphne, whose
+close codes and refusals broker.daphne_ext patches); the others under the default, uvicorn.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pytest
 
 from tests.conftest import _BROKERS as BROKERS_KEY
 from tests.harness import (
-    AuthAPI, BrokerProcess, close_code, expect_nothing, recv_json, recv_many, recv_text,
-    send_json, ws_connect, ws_open,
+    SERVERS, AuthAPI, BrokerProcess, close_code, expect_nothing, recv_json, recv_many,
+    recv_text, send_json, ws_connect, ws_open,
 )
 
 CHAT1 = {"target": "chat", "customer": "1"}
@@ -74,15 +75,15 @@ def api(auth_api):
     return _rules(auth_api)
 
 
-@pytest.fixture(scope="module")
-def shared_broker():
-    """One broker for the tests of this module that need no settings of their own (starting
-    a daphne per test costs more than the tests). Each test closes what it opened."""
+@pytest.fixture(scope="module", params=SERVERS)
+def shared_broker(request):
+    """One broker per server for the tests of this module that need no settings of their own
+    (starting a broker per test costs more than the tests). Each test closes what it opened."""
     with AuthAPI() as api:
         _rules(api)
         with BrokerProcess({"BROKER_AUTH_URL": api.url, "BROKER_TRIGGER_TOKEN": "test-token",
                             "BROKER_MAX_SUBSCRIPTIONS": 3, "BROKER_MAX_MESSAGE_BYTES": 1024},
-                           name="shared-broker") as broker:
+                           server=request.param, name=f"shared-{request.param}") as broker:
             yield broker
 
 

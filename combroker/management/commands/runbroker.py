@@ -1,25 +1,49 @@
-"""``python manage.py runbroker``: the broker in one daphne process, for development and the demo.
+"""``python manage.py runbroker``: the broker in one process, for development and the demo.
+
+It runs the production server, uvicorn, with the options of the production command that change
+what a client sees (docs/operations.md "Processes": uvloop, httptools, ``websockets-sansio``,
+a 1 MiB inbound message cap, 30 s keep-alive, 5 s for uvicorn's own teardown), and the TCP
+gate (``--tcp-port``) on the same asyncio loop, so WebSocket and TCP clients share one hub.
+Its clients reach it directly, so it trusts no proxy headers.
 
 With no BROKER_REDIS_URL it uses the in-memory layer; with no BROKER_AUTH_URL it serves the
 built-in demo auth API and points itself at it; with no BROKER_TRIGGER_TOKEN it generates one
 and prints it.
 
+SIGTERM or SIGINT stops it gracefully (docs/operations.md "Stopping a process"): the TCP gate
+stops accepting, a WebSocket handshake gets 503 ``shutting-down``, every connection (WebSocket
+or TCP) is closed with 1001 ``going-away`` once its outbox is written, within
+BROKER_SHUTDOWN_GRACE (``broker.shutdown.graceful_shutdown``, through ``Gate.shutdown``), and
+then uvicorn stops. A second signal goes to uvicorn at once.
+
 It lives in ``combroker``, the composition root, because it composes both halves: the broker
-(WebSocket + /trigger) and the TCP gate (``--tcp-port``). ``broker`` never imports ``tcpgate``
-(the import-linter contract in pyproject.toml); only this layer above both may.
+(WebSocket + /trigger) and the TCP gate. ``broker`` never imports ``tcpgate`` (the
+import-linter contract in pyproject.toml); only this layer above both may.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import secrets
-from typing import Any
+import signal
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+if TYPE_CHECKING:
+    import uvicorn
+
+    from tcpgate.server import Gate
+
+log = logging.getLogger("combroker.runbroker")
+
 
 class Command(BaseCommand):
-    help = "Run the broker (WebSocket + /trigger) in one daphne process, with demo defaults."
+    help = ("Run the broker (WebSocket + /trigger, and the TCP gate) in one uvicorn process, "
+            "with demo defaults.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
@@ -28,9 +52,8 @@ class Command(BaseCommand):
                             help="TCP gate port (STOMP, Communication Broker, JSON lines); 0 = off")
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        # daphne.server installs the asyncio Twisted reactor on import; it must come first.
-        from daphne.endpoints import build_endpoint_description_strings
-        from daphne.server import Server
+        import uvicorn
+        import uvloop
 
         from broker.conf import conf
 
@@ -66,26 +89,70 @@ class Command(BaseCommand):
             "-d '{\"rooms\":[{\"target\":\"news\"}],\"data\":{\"hello\":\"world\"}}'\n"
         )
         self.stdout.flush()
-        if opts["tcp_port"]:
-            self._start_tcp_gate(host, opts["tcp_port"])
-        Server(
-            application=get_default_application(),
-            endpoints=build_endpoint_description_strings(host=host, port=port),
-            signal_handlers=True,
-        ).run()
+        # The production command's options (README "Production"), but for the proxy headers
+        # and the access log: the server is uvicorn's, its loop uvloop (as ``--loop uvloop``).
+        config = uvicorn.Config(
+            get_default_application(), host=host, port=port, http="httptools",
+            ws="websockets-sansio", ws_max_size=1_048_576, timeout_graceful_shutdown=5,
+            timeout_keep_alive=30, proxy_headers=False, access_log=False)
+        server = uvicorn.Server(config)
+        try:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(self.serve(server, host, opts["tcp_port"]))
+        except KeyboardInterrupt:  # a SIGINT before the server took the signals over
+            pass
 
-    def _start_tcp_gate(self, host: str, port: int) -> None:
-        """Serve the TCP gate on daphne's loop (Twisted's asyncio reactor): same hub as WS."""
-        import asyncio
-
-        from twisted.internet import reactor
-
+    async def serve(self, server: uvicorn.Server, host: str, tcp_port: int) -> None:
+        """Start the TCP gate, then serve with uvicorn until a signal stops both."""
         from tcpgate.server import start_server
 
-        async def start() -> None:
+        gate: Gate | None = None
+        if tcp_port:
             try:
-                await start_server(host, port)
+                gate, _ = await start_server(host, tcp_port)
             except OSError as exc:
-                self.stderr.write(f"TCP gate not started on port {port}: {exc}")
+                self.stderr.write(f"TCP gate not started on port {tcp_port}: {exc}")
+        # uvicorn installs its own SIGTERM/SIGINT handlers as it starts: ours replace them
+        # once it is listening (a signal before that stops uvicorn alone; nothing is open).
+        async def take_signals_once_started() -> None:
+            while not server.started:
+                await asyncio.sleep(0.01)
+            self.take_signals(server, gate)
 
-        reactor.callWhenRunning(lambda: asyncio.get_event_loop().create_task(start()))
+        watcher = asyncio.ensure_future(take_signals_once_started())
+        try:
+            await server.serve()  # uvicorn's sys.exit (say, the port is taken) ends it here
+        finally:
+            watcher.cancel()
+
+    def take_signals(self, server: uvicorn.Server, gate: Gate | None) -> None:
+        """The first SIGTERM/SIGINT runs the graceful shutdown (the gate's, which stops it
+        accepting, when there is one), then lets uvicorn stop; a second goes to uvicorn at once.
+        ``broker.shutdown.serving_hub`` leaves these handlers alone (they are not uvicorn's)."""
+        from broker.shutdown import graceful_shutdown
+
+        loop = asyncio.get_running_loop()
+        signalled = False
+        tasks: list[asyncio.Task[None]] = []  # a reference, so that the task is not collected
+
+        async def stop() -> None:
+            try:
+                if gate is not None:
+                    await gate.shutdown()
+                else:
+                    await graceful_shutdown()
+            except Exception:  # noqa: BLE001 - the server must still stop
+                log.exception("graceful shutdown failed")
+            finally:
+                server.should_exit = True
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            nonlocal signalled
+            if signalled:
+                server.handle_exit(signum, frame)
+                return
+            signalled = True
+            loop.call_soon_threadsafe(lambda: tasks.append(loop.create_task(stop())))
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
