@@ -4,7 +4,8 @@ The session (broker.session) decides which update each acknowledged message need
 (``HoldAck``: owed until the client confirms it; ``CompleteAck``: done at delivery on protocols
 without confirmations) and keeps the owed set; this file runs the updates against the hub's ack
 store (broker.stores.acks) one after another, so a confirmation never overtakes the hold it
-completes, and releases what is still owed when the connection closes. A failed update is
+completes, hands each recorded hold back to the session (``Session.held``), which only then
+shows the message, and releases what is still owed when the connection closes. A failed update is
 logged: the message is then delivered again (the store's hold expires with it).
 """
 
@@ -36,6 +37,8 @@ class Acknowledgements:
             return
         message_id = update.message_id
         if hub is None:
+            if isinstance(update, HoldAck):
+                self._session.held(update)
             self._session.completed(message_id)
             return
         make: Callable[[], Awaitable[Any]] = (
@@ -51,6 +54,8 @@ class Acknowledgements:
                 await make()
             except Exception as exc:  # noqa: BLE001 - the message is then redelivered
                 log.warning("conn %s: acknowledged message update failed: %s", self._id, exc)
+            if isinstance(update, HoldAck):
+                self._session.held(update)  # shown once its hold is recorded
 
         self._last = asyncio.ensure_future(run())
 

@@ -32,8 +32,9 @@ States (``State``), each transition made by one method::
   re-subscribes it (each join carried out by the driver, then ``restored``), and
   ``saved_state(subs)`` what to save at the close.
 - **Acknowledged messages.** ``deliver_message`` dedupes them and says which store update the
-  driver runs (``HoldAck``: owed until confirmed; ``CompleteAck`` on protocols without
-  confirmations); ``completed`` and ``release_owed`` keep the owed set.
+  driver runs (``HoldAck``: owed until confirmed, shown by ``held`` once the hold is recorded;
+  ``CompleteAck`` on protocols without confirmations); ``completed`` and ``release_owed`` keep
+  the owed set.
 
 Invariant: ``self.subscriptions`` maps a request id's canonical JSON text to its Subscription;
 an id is in the table exactly while the hub holds that subscription (the driver adds it to the
@@ -401,18 +402,27 @@ class Session:
 
     def deliver_acked(self, message: DirectMessage) -> AckUpdate | None:
         """An acknowledged message for this connection's login (live, or pending at the
-        open): shown once per connection; returns the store update the driver runs."""
+        open): shown once per connection; returns the store update the driver runs. On a
+        protocol that confirms, it is shown by ``held``, once the driver recorded the hold:
+        a client cannot see (and no one else complete) a message this connection does not
+        hold yet."""
         message_id = message.id
         if message_id in self._acked_ids or self.closing:
             return None  # the live copy and the stored one of a message sent while opening
         self._acked_ids[message_id] = None
         if len(self._acked_ids) > ACKED_REMEMBERED:
             self._acked_ids.popitem(last=False)
-        self.push(self.codec.message(message))
+        frame = self.codec.message(message)
         if self.codec.caps.confirms:
             self._owed.add(message_id)
-            return HoldAck(message_id)
+            return HoldAck(message_id, frame)
+        self.push(frame)
         return CompleteAck(message_id)  # queued for writing counts as confirmed (STOMP)
+
+    def held(self, hold: HoldAck) -> None:
+        """The driver recorded ``hold`` (or could not: shown all the same, logged): show the
+        message (dropped once closing: it is still owed, and released at the close)."""
+        self.push(hold.frame)
 
     def deliver_confirmed(self, event: Confirmed) -> None:
         """To a sender: its acknowledged message was confirmed (protocols that show it)."""

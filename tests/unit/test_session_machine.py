@@ -197,12 +197,31 @@ def test_subscribe_to_a_history_room_replays_then_releases_what_waited():
 
 def test_acknowledged_messages_are_shown_once_and_owed_until_confirmed():
     s, out = opened(BOB, JsonCodec(rich=True))
-    assert s.deliver_acked(acked("m1")) == HoldAck("m1")
+    hold1 = s.deliver_acked(acked("m1"))
+    assert isinstance(hold1, HoldAck) and hold1.message_id == "m1"
     assert s.deliver_message(acked("m1")) is None  # the stored copy of the same message
-    assert s.deliver_acked(acked("m2")) == HoldAck("m2")
+    hold2 = s.deliver_acked(acked("m2"))
+    assert isinstance(hold2, HoldAck) and hold2.message_id == "m2"
+    s.held(hold1)
+    s.held(hold2)
     assert [f["id"] for f in frames(out)[1:]] == ["m1", "m2"]
     s.completed("m1")
     assert s.release_owed() == ["m2"] and s.release_owed() == []
+
+
+def test_an_acknowledged_message_is_shown_once_its_hold_is_recorded():
+    """Found in review of issue 12: the frame was queued before the store recorded this
+    connection's hold, so another connection of the login could confirm in between and
+    complete the message (the sender told ``confirmed``) while this one still owed it."""
+    s, out = opened(BOB, JsonCodec(rich=True))
+    hold = s.deliver_acked(acked("m1"))
+    assert isinstance(hold, HoldAck)
+    assert frames(out)[1:] == []  # not shown before the driver recorded the hold
+    s.held(hold)
+    assert [f["id"] for f in frames(out)[1:]] == ["m1"]
+    s.end(disconnect.GOING_AWAY)
+    late = s.deliver_acked(acked("m2"))
+    assert late is None  # closing: neither shown nor held
 
 
 def test_without_confirmations_queued_counts_as_confirmed():
