@@ -28,19 +28,15 @@ class Acknowledgements:
     def __init__(self, session: Session, connection_id: str) -> None:
         self._session = session
         self._id = connection_id
+        self.hub: Hub | None = None  # set before the connection joins the hub
         self._last: asyncio.Future[None] | None = None  # the latest update, run after the rest
 
-    def update(self, hub: Hub | None, update: AckUpdate | None) -> None:
-        """Run ``update`` after the ones before it (``hub`` None: delivered while joining the
-        hub, so nothing was recorded and nothing is owed)."""
+    def update(self, update: AckUpdate | None) -> None:
+        """Run ``update`` after the ones before it."""
         if update is None:
             return
-        message_id = update.message_id
-        if hub is None:
-            if isinstance(update, HoldAck):
-                self._session.held(update)
-            self._session.completed(message_id)
-            return
+        message_id, hub = update.message_id, self.hub
+        assert hub is not None, "acknowledged messages reach a connection once it joins a hub"
         make: Callable[[], Awaitable[Any]] = (
             (lambda: hub.stores.acks.hold(message_id, self._id)) if isinstance(update, HoldAck)
             else (lambda: self._complete(hub, message_id)))
@@ -59,11 +55,12 @@ class Acknowledgements:
 
         self._last = asyncio.ensure_future(run())
 
-    async def confirm(self, hub: Hub, message_id: str) -> None:
+    async def confirm(self, message_id: str) -> None:
         """The client confirmed ``message_id``: complete it once its hold is recorded. Raises
         what the store raises (``AckRefused``, ``BrokerUnavailable``): the client is told."""
         await self._settled()
-        await self._complete(hub, message_id)
+        assert self.hub is not None
+        await self._complete(self.hub, message_id)
 
     async def release(self, hub: Hub) -> None:
         """The connection closed: what it still owes goes back to be delivered again, and each

@@ -131,6 +131,7 @@ class Connection:
                 and await hub.stores.registry.destination_exists(dest)):
             raise Refused(errors.DUPLICATE_LOGIN)
         session.open(identity)
+        self._acks.hub = hub  # first: what the hub delivers while joining is held in its store
         await hub.attach(self)
         self.hub = hub
         if dest is not None and session.replaces_duplicate:
@@ -145,7 +146,7 @@ class Connection:
                 log.warning("conn %s: pending acknowledged messages not read: %s", self.id, exc)
                 pending = []
             for message in pending:
-                self._acks.update(hub, session.deliver_acked(message))
+                self._acks.update(session.deliver_acked(message))
         return identity
 
     async def _resume(self, hub: Hub, token: str) -> None:
@@ -197,7 +198,7 @@ class Connection:
         assert hub is not None
         try:
             if isinstance(effect, ConfirmMessage):
-                await self._acks.confirm(hub, effect.message_id)
+                await self._acks.confirm(effect.message_id)
                 result = None
             else:
                 result = await carry_out(effect, hub, self)
@@ -221,7 +222,7 @@ class Connection:
         self.session.delivery.deliver(sub, trigger, room_key, offset)
 
     def deliver_message(self, message: DirectMessage) -> None:
-        self._acks.update(self.hub, self.session.deliver_message(message))
+        self._acks.update(self.session.deliver_message(message))
 
     def deliver_watched(self, sub: Subscription, message: DirectMessage) -> None:
         self.session.delivery.deliver_watched(sub, message)
