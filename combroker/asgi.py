@@ -1,4 +1,4 @@
-"""ASGI entry point: ``daphne combroker.asgi:application`` (or any ASGI server)."""
+"""ASGI entry point: ``uvicorn combroker.asgi:application`` (or daphne, or any ASGI server)."""
 
 import os
 

@@ -1,6 +1,6 @@
 """``python manage.py runtcpgate``: the TCP gate (STOMP, Communication Broker, JSON lines).
 
-Production runs M of these next to N daphne processes, all on one BROKER_REDIS_URL: the gate
+Production runs M of these next to N uvicorn processes, all on one BROKER_REDIS_URL: the gate
 shares the hub and the channel layer with them, so triggers and messages cross between
 WebSocket and TCP clients. SIGTERM/SIGINT stop accepting and close every connection with
 ``going-away`` once its outbox is written (``broker.shutdown``, BROKER_SHUTDOWN_GRACE).
