@@ -60,7 +60,7 @@ from .requests import (
     request_id_ok,
     request_id_short,
 )
-from .subscription import DestinationPattern, Subscription
+from .subscription import Subscription
 
 # Regex watches (STOMP destination-type:1) one connection may hold: each may keep its engine's
 # memory (RE2: up to broker.codecs.stomp.PATTERN_MAX_MEM) and is matched against every direct
@@ -110,7 +110,7 @@ def decide(req: Request, s: Requester) -> Step:
                           f"requestId: at most {MAX_REQUEST_ID_CHARS} characters"))
     match req:
         case Subscribe():
-            return _subscribe(req, req.pattern, s)
+            return _subscribe(req, s)
         case Unsubscribe():
             return _unsubscribe(req, s)
         case UnsubscribeAll():
@@ -139,8 +139,9 @@ def decide(req: Request, s: Requester) -> Step:
             return Step(Error(req.code, req.request_id, req.detail))
     return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED))  # pragma: no cover
 
-def _subscribe(req: Subscribe, pattern: DestinationPattern | None, s: Requester) -> Step:
-    rid = req.request_id
+
+def _subscribe(req: Subscribe, s: Requester) -> Step:
+    rid, pattern = req.request_id, req.pattern
     room_value = req.room
     if pattern is not None and room_value is None:
         # A regex watch without a /<profile>/ prefix watches the one profile this identity
@@ -153,8 +154,8 @@ def _subscribe(req: Subscribe, pattern: DestinationPattern | None, s: Requester)
                       "profile": str(watches[0] if watches else Profile.AGENT)}
     if rid is None:
         return Step(Error(errors.NO_REQUEST_ID))
-    if not request_id_ok(rid):
-        return Step(Error(errors.INVALID_MESSAGE, rid, "requestId must be a string or number"))
+    if (bad := _bad_request_id(rid)) is not None:
+        return bad
     if not s.identity.rule.can_subscribe:
         return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
     try:
@@ -162,9 +163,8 @@ def _subscribe(req: Subscribe, pattern: DestinationPattern | None, s: Requester)
     except InvalidRoom as exc:
         return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
     since = req.since
-    if since is not None and not valid_offset(since):
-        return Step(Error(errors.INVALID_MESSAGE, rid,
-                          "since must be an offset (a non-negative integer)"))
+    if (bad := _bad_since(since, rid)) is not None:
+        return bad
     key = dump_json(rid)
     existing = s.subscriptions.get(key)
     if existing is not None:
@@ -175,7 +175,7 @@ def _subscribe(req: Subscribe, pattern: DestinationPattern | None, s: Requester)
         return Step(Error(errors.ROOM_NOT_FOUND, rid))
     if len(s.subscriptions) >= s.settings.max_subscriptions:
         return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid))
-    if pattern is not None and sum(s.pattern is not None for s in
+    if pattern is not None and sum(other.pattern is not None for other in
                                    s.subscriptions.values()) >= MAX_REGEX_WATCHES:
         return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid,
                           f"at most {MAX_REGEX_WATCHES} regular-expression watches"))
@@ -190,16 +190,18 @@ def _subscribe(req: Subscribe, pattern: DestinationPattern | None, s: Requester)
     # The driver answers: it reads the room's offset (and the replay after ``since``).
     return Step(Success(rid), JoinRoom(sub, rule, since))
 
+
 def _unsubscribe(req: Unsubscribe, s: Requester) -> Step:
     rid = req.request_id
     if rid is None:
         return Step(Error(errors.NO_REQUEST_ID))
-    if not request_id_ok(rid):
-        return Step(Error(errors.INVALID_MESSAGE, rid, "requestId must be a string or number"))
+    if (bad := _bad_request_id(rid)) is not None:
+        return bad
     sub = s.subscriptions.pop(dump_json(rid), None)
     if sub is None:
         return Step(Error(errors.NOT_SUBSCRIBED, rid))
     return Step(Success(rid), LeaveRooms([sub]))
+
 
 def _send(req: Send, s: Requester) -> Step:
     rid = req.request_id
@@ -213,6 +215,7 @@ def _send(req: Send, s: Requester) -> Step:
         return Step(Error(errors.INVALID_MESSAGE, rid, "'ack' must be a boolean"))
     return Step(Success(rid), SendDirect(to, dump_json(req.data), req.text, req.ack,
                                          req.content_type))
+
 
 def _publish(req: Publish, s: Requester) -> Step:
     rid = req.request_id
@@ -228,11 +231,12 @@ def _publish(req: Publish, s: Requester) -> Step:
         return Step(Error(errors.INVALID_MESSAGE, rid, "'history' must be a boolean"))
     return Step(Success(rid), PublishRooms(rooms, dump_json(req.data), req.history))
 
+
 def _history(req: History, s: Requester) -> Step:
     """A room's history is readable by whoever may subscribe to that room."""
     rid = req.request_id
-    if rid is not None and not request_id_ok(rid):
-        return Step(Error(errors.INVALID_MESSAGE, rid, "requestId must be a string or number"))
+    if (bad := _bad_request_id(rid)) is not None:
+        return bad
     if not s.identity.rule.can_subscribe:
         return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
     try:
@@ -249,15 +253,15 @@ def _history(req: History, s: Requester) -> Step:
     limit = rule.size if req.limit is None else req.limit
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         return Step(Error(errors.INVALID_MESSAGE, rid, "limit must be a positive integer"))
-    if req.since is not None and not valid_offset(req.since):
-        return Step(Error(errors.INVALID_MESSAGE, rid,
-                          "since must be an offset (a non-negative integer)"))
+    if (bad := _bad_since(req.since, rid)) is not None:
+        return bad
     return Step(None, ReadHistory(room, min(limit, rule.size), req.since))
+
 
 def _confirm(req: Confirm, s: Requester) -> Step:
     rid = req.request_id
-    if rid is not None and not request_id_ok(rid):
-        return Step(Error(errors.INVALID_MESSAGE, rid, "requestId must be a string or number"))
+    if (bad := _bad_request_id(rid)) is not None:
+        return bad
     mid = req.message_id
     if not isinstance(mid, str) or not mid or len(mid) > 128:
         return Step(Error(errors.INVALID_MESSAGE, rid, "'id' must be a message id"))
@@ -284,6 +288,21 @@ def _admin(req: Admin, s: Requester) -> Step:
             return Step(None, Kick(conn_id if isinstance(conn_id, str) else None,
                                    login_id if isinstance(login_id, str) else None))
     return Step(Error(errors.UNKNOWN_ACTION, rid, f"actions: {sorted(ADMIN_ACTIONS)}"))
+
+
+def _bad_request_id(rid: Any) -> Step | None:
+    """A given id that is neither a string nor a number (a missing one is the caller's)."""
+    if rid is None or request_id_ok(rid):
+        return None
+    return Step(Error(errors.INVALID_MESSAGE, rid, "requestId must be a string or number"))
+
+
+def _bad_since(since: Any, rid: Any) -> Step | None:
+    """A ``since`` given that is not an offset."""
+    if since is None or valid_offset(since):
+        return None
+    return Step(Error(errors.INVALID_MESSAGE, rid,
+                      "since must be an offset (a non-negative integer)"))
 
 
 def result_reply(effect: Effect, rid: Any, result: Any) -> Reply | None:
