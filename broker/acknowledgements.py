@@ -4,9 +4,10 @@ The session (broker.session) decides which update each acknowledged message need
 (``HoldAck``: owed until the client confirms it; ``CompleteAck``: done at delivery on protocols
 without confirmations) and keeps the owed set; this file runs the updates against the hub's ack
 store (broker.stores.acks) one after another, so a confirmation never overtakes the hold it
-completes, hands each recorded hold back to the session (``Session.held``), which only then
-shows the message, and releases what is still owed when the connection closes. A failed update is
-logged: the message is then delivered again (the store's hold expires with it).
+completes, hands each recorded hold back to the session (``Session.hold_recorded``), which
+only then shows the message, and releases what is still owed when the connection closes. A
+failed update is logged: the message is then delivered again (the store's hold expires with
+it).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Acknowledgements:
             except Exception as exc:  # noqa: BLE001 - the message is then redelivered
                 log.warning("conn %s: acknowledged message update failed: %s", self._id, exc)
             if isinstance(update, HoldAck):
-                self._session.held(update)  # shown once its hold is recorded
+                self._session.hold_recorded(update)  # shown once its hold is recorded
 
         self._last = asyncio.ensure_future(run())
 

@@ -126,8 +126,9 @@ class Stats:
 @dataclass(frozen=True, slots=True)
 class HoldAck:
     """Record that this connection holds acknowledged message ``message_id`` (it owes a
-    confirmation), then hand ``frame`` back to ``Session.held``: the message is shown only once
-    its hold is recorded, so no other connection's confirmation can complete it meanwhile."""
+    confirmation), then hand ``frame`` back to ``Session.hold_recorded``: the message is shown
+    only once its hold is recorded, so no other connection's confirmation can complete it
+    meanwhile."""
 
     message_id: str
     frame: str | bytes

@@ -32,9 +32,9 @@ States (``State``), each transition made by one method::
   re-subscribes it (each join carried out by the driver, then ``restored``), and
   ``saved_state(subs)`` what to save at the close.
 - **Acknowledged messages.** ``deliver_message`` dedupes them and says which store update the
-  driver runs (``HoldAck``: owed until confirmed, shown by ``held`` once the hold is recorded;
-  ``CompleteAck`` on protocols without confirmations); ``completed`` and ``release_owed`` keep
-  the owed set.
+  driver runs (``HoldAck``: owed until confirmed, shown by ``hold_recorded`` once the hold is
+  recorded; ``CompleteAck`` on protocols without confirmations); ``completed`` and
+  ``release_owed`` keep the owed set.
 
 Invariant: ``self.subscriptions`` maps a request id's canonical JSON text to its Subscription;
 an id is in the table exactly while the hub holds that subscription (the driver adds it to the
@@ -360,15 +360,17 @@ class Session:
         """Queue the reply as the codec shows it (maybe nothing: a STOMP SUBSCRIBE without
         receipt), then the follow-ups; end the connection if the protocol ends it after this
         reply (STOMP: DISCONNECT, or any ERROR on standard framing)."""
-        ending = None
-        if reply is not None:
-            answer = self.codec.answer(reply, request.meta)
-            if answer.frame is not None:
-                self.push(answer.frame)
-            ending = answer.ending
+        ending = self._queue_answer(request, reply) if reply is not None else None
         self._run_follow_ups()
         if ending is not None:
             self.end(ending)
+
+    def _queue_answer(self, request: Request, reply: Reply) -> Disconnect | None:
+        """Queue ``reply`` as the codec shows it; the end the protocol asks after it."""
+        answer = self.codec.answer(reply, request.meta)
+        if answer.frame is not None:
+            self.push(answer.frame)
+        return answer.ending
 
     def _run_follow_ups(self) -> None:
         follow_ups, self._follow_ups = self._follow_ups, []
@@ -384,10 +386,7 @@ class Session:
             log.warning("conn %s: over BROKER_RATE_LIMIT, closing", self._name)
             self.end(disconnect.RATE_LIMITED)
             return
-        answer = self.codec.answer(Error(errors.RATE_LIMITED, request.request_id), request.meta)
-        if answer.frame is not None:
-            self.push(answer.frame)
-        if answer.ending is not None:
+        if self._queue_answer(request, Error(errors.RATE_LIMITED, request.request_id)) is not None:
             self.end(disconnect.RATE_LIMITED)
 
     # ------------------------------------------------------------ deliveries
@@ -403,7 +402,7 @@ class Session:
     def deliver_acked(self, message: DirectMessage) -> AckUpdate | None:
         """An acknowledged message for this connection's login (live, or pending at the
         open): shown once per connection; returns the store update the driver runs. On a
-        protocol that confirms, it is shown by ``held``, once the driver recorded the hold:
+        protocol that confirms, it is shown by ``hold_recorded``, once the driver recorded the hold:
         a client cannot see (and no one else complete) a message this connection does not
         hold yet."""
         message_id = message.id
@@ -419,7 +418,7 @@ class Session:
         self.push(frame)
         return CompleteAck(message_id)  # queued for writing counts as confirmed (STOMP)
 
-    def held(self, hold: HoldAck) -> None:
+    def hold_recorded(self, hold: HoldAck) -> None:
         """The driver recorded ``hold`` (or could not: shown all the same, logged): show the
         message (dropped once closing: it is still owed, and released at the close)."""
         self.push(hold.frame)

@@ -202,8 +202,8 @@ def test_acknowledged_messages_are_shown_once_and_owed_until_confirmed():
     assert s.deliver_message(acked("m1")) is None  # the stored copy of the same message
     hold2 = s.deliver_acked(acked("m2"))
     assert isinstance(hold2, HoldAck) and hold2.message_id == "m2"
-    s.held(hold1)
-    s.held(hold2)
+    s.hold_recorded(hold1)
+    s.hold_recorded(hold2)
     assert [f["id"] for f in frames(out)[1:]] == ["m1", "m2"]
     s.completed("m1")
     assert s.release_owed() == ["m2"] and s.release_owed() == []
@@ -217,7 +217,7 @@ def test_an_acknowledged_message_is_shown_once_its_hold_is_recorded():
     hold = s.deliver_acked(acked("m1"))
     assert isinstance(hold, HoldAck)
     assert frames(out)[1:] == []  # not shown before the driver recorded the hold
-    s.held(hold)
+    s.hold_recorded(hold)
     assert [f["id"] for f in frames(out)[1:]] == ["m1"]
     s.end(disconnect.GOING_AWAY)
     late = s.deliver_acked(acked("m2"))
