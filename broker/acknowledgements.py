@@ -15,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from .effects import AckUpdate, HoldAck
 from .fanout.hub import Hub
 from .session import Session
+from .stores.acks import AckStore
 
 log = logging.getLogger("broker.connection")
 
@@ -36,58 +35,64 @@ class Acknowledgements:
         """Run ``update`` after the ones before it."""
         if update is None:
             return
-        message_id, hub = update.message_id, self.hub
-        assert hub is not None, "acknowledged messages reach a connection once it joins a hub"
-        make: Callable[[], Awaitable[Any]] = (
-            (lambda: hub.stores.acks.hold(message_id, self._id)) if isinstance(update, HoldAck)
-            else (lambda: self._complete(hub, message_id)))
         previous = self._last
 
         async def run() -> None:
-            if previous is not None:
-                with contextlib.suppress(Exception):
-                    await previous
+            await _finished(previous)
+            hold = update if isinstance(update, HoldAck) else None
             try:
-                await make()
+                if hold is not None:
+                    await self._store().hold(hold.message_id, self._id)
+                else:
+                    await self._complete(update.message_id)
             except Exception as exc:  # noqa: BLE001 - the message is then redelivered
                 log.warning("conn %s: acknowledged message update failed: %s", self._id, exc)
-            if isinstance(update, HoldAck):
-                self._session.hold_recorded(update)  # shown once its hold is recorded
+            if hold is not None:
+                self._session.hold_recorded(hold)  # shown once its hold is recorded
 
         self._last = asyncio.ensure_future(run())
 
     async def confirm(self, message_id: str) -> None:
         """The client confirmed ``message_id``: complete it once its hold is recorded. Raises
         what the store raises (``AckRefused``, ``BrokerUnavailable``): the client is told."""
-        await self._settled()
-        assert self.hub is not None
-        await self._complete(self.hub, message_id)
+        await _finished(self._last)
+        await self._complete(message_id)
 
-    async def release(self, hub: Hub) -> None:
+    async def release(self) -> None:
         """The connection closed: what it still owes goes back to be delivered again, and each
         sender whose message is thereby done is told."""
-        await self._settled()
+        await _finished(self._last)
         owed = self._session.release_owed()
         dest = self._session.identity.destination
         if not owed or dest is None:
             return
         try:
-            for message_id, sender in await hub.stores.acks.release(self._id, dest, owed):
-                if sender:
-                    await hub.router.confirmed(sender, message_id, dest)
+            for message_id, sender in await self._store().release(self._id, dest, owed):
+                await self._confirmed(sender, message_id, dest)
         except Exception as exc:  # noqa: BLE001 - holds expire with their messages
             log.warning("conn %s: acknowledged messages not released: %s", self._id, exc)
 
-    async def _settled(self) -> None:
-        if self._last is not None:
-            with contextlib.suppress(Exception):
-                await self._last
+    def _store(self) -> AckStore:
+        assert self.hub is not None, "acknowledged messages reach a connection once it joins a hub"
+        return self.hub.stores.acks
 
-    async def _complete(self, hub: Hub, message_id: str) -> None:
+    async def _complete(self, message_id: str) -> None:
         dest = self._session.identity.destination
         if dest is None:
             return
-        done, sender = await hub.stores.acks.confirm(message_id, dest, self._id)
+        done, sender = await self._store().confirm(message_id, dest, self._id)
         self._session.completed(message_id)
-        if done and sender:
-            await hub.router.confirmed(sender, message_id, dest)
+        if done:
+            await self._confirmed(sender, message_id, dest)
+
+    async def _confirmed(self, sender: str | None, message_id: str, dest: str) -> None:
+        """Tell the sender its message is complete (a sender without a login hears nothing)."""
+        if sender and self.hub is not None:
+            await self.hub.router.confirmed(sender, message_id, dest)
+
+
+async def _finished(update: asyncio.Future[None] | None) -> None:
+    """Until ``update`` has run (its failure was logged where it ran)."""
+    if update is not None:
+        with contextlib.suppress(Exception):
+            await update

@@ -299,4 +299,4 @@ class Connection:
             except Exception as exc:  # noqa: BLE001 - closing goes on; the client re-subscribes
                 log.warning("conn %s: resume state not saved: %s", self.id, exc)
         await hub.detach(self, subs)
-        await self._acks.release(hub)
+        await self._acks.release()
