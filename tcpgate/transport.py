@@ -79,19 +79,19 @@ class TcpTransport:
         bounds = {"max_frame_bytes": self.max_frame, "max_header_bytes": self.max_header}
         if first in b"CS\r\n":
             stomp = StompCodec(heartbeat_ms=self.heartbeat_ms, max_header_bytes=self.max_header)
-            return self._read(FrameReader(self.reader, first, StompParser(**bounds), stomp),
+            return self._framing(FrameReader(self.reader, first, StompParser(**bounds), stomp),
                               stomp, binary=True)
         if first in (b"\x00", b"\x01"):
             framer = CBFramer(**bounds)
             cb = StompCodec(cb=True, framer=framer, max_header_bytes=self.max_header)
-            return self._read(FrameReader(self.reader, first, framer, cb), cb, binary=True)
+            return self._framing(FrameReader(self.reader, first, framer, cb), cb, binary=True)
         if first == b"{":
-            return self._read(LineReader(self.reader, first), JsonCodec(rich=True), binary=False)
+            return self._framing(LineReader(self.reader, first), JsonCodec(rich=True), binary=False)
         self.writer.write(encode_frame(Frame("ERROR", {"message": errors.MALFORMED_FRAME},
                                              b"unknown framing")))
         return None
 
-    def _read(self, reader: Reader, codec: Codec, *, binary: bool) -> serve.Framing:
+    def _framing(self, reader: Reader, codec: Codec, *, binary: bool) -> serve.Framing:
         self._in, self._eol = reader, reader.eol
         # The parsers bound each frame (BROKER_MAX_MESSAGE_BYTES) before buffering it, the
         # stream reader's limit a JSON line (Gate.start): no bound of the serve loop's.
