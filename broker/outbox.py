@@ -58,11 +58,13 @@ class Outbox(Generic[M]):
         self._on_overflow = on_overflow
         self._on_written = on_written
         self._name = name  # for the log
-        self._frames: deque[str | bytes] = deque()
+        # Both queues are made when first needed: an idle connection holds none (a deque is
+        # 600 bytes; bench/memprofile.py).
+        self._frames: deque[str | bytes] | None = None
         self._bytes = 0
         self._pushed = 0  # frames queued so far
         self._written = 0  # frames written so far
-        self._marks: deque[tuple[int, M]] = deque()  # (number of the frame, its mark)
+        self._marks: deque[tuple[int, M]] | None = None  # (number of the frame, its mark)
         self._waiting: asyncio.Task[None] | None = None  # waits for writable(), then writes
         self._writing = False  # inside _write_out (a push from within a write joins its loop)
         self._closed = False
@@ -77,11 +79,23 @@ class Outbox(Generic[M]):
         False: the outbox overflowed (everything queued is dropped), or is closed."""
         if self._closed:
             return False
-        self._frames.append(frame)
-        self._bytes += len(frame)
         self._pushed += 1
         if mark is not None:
+            if self._marks is None:
+                self._marks = deque()
             self._marks.append((self._pushed, mark))
+        size = len(frame)
+        if not self._frames and self._waiting is None and not self._writing \
+                and size <= self._limit:
+            # nothing ahead of it: written at once, never queued (then what was pushed from
+            # within that write, if anything)
+            if self._write(frame) and self._frames:
+                self._write_out()
+            return True
+        if self._frames is None:
+            self._frames = deque()
+        self._frames.append(frame)
+        self._bytes += size
         if self._bytes > self._limit:
             dropped = len(self._frames)
             self._frames.clear()
@@ -96,23 +110,28 @@ class Outbox(Generic[M]):
         """Hand frames to the transport while it takes them; when it is full, leave the rest
         to one task that waits until it is writable."""
         frames = self._frames
-        writer = self._writer
+        while frames and self._waiting is None and not self._closed:
+            frame = frames.popleft()
+            self._bytes -= len(frame)
+            if not self._write(frame):
+                return
+
+    def _write(self, frame: str | bytes) -> bool:
+        """Hand one frame to the transport. True: it takes the next at once; False: it failed
+        or is full (then one task waits for it to be writable)."""
         self._writing = True
         try:
-            while frames:
-                frame = frames.popleft()
-                self._bytes -= len(frame)
-                try:
-                    ready = writer.write_now(frame)
-                except Exception as exc:  # noqa: BLE001 - a dead transport: the close follows
-                    log.info("conn %s: write failed: %s", self._name, type(exc).__name__)
-                    return
-                if not ready:
-                    self._waiting = asyncio.ensure_future(self._wait_then_write())
-                    return
-                self._frame_written()
+            ready = self._writer.write_now(frame)
+        except Exception as exc:  # noqa: BLE001 - a dead transport: the close path follows
+            log.info("conn %s: write failed: %s", self._name, type(exc).__name__)
+            return False
         finally:
             self._writing = False
+        if not ready:
+            self._waiting = asyncio.ensure_future(self._wait_then_write())
+            return False
+        self._frame_written()
+        return True
 
     def _frame_written(self) -> None:
         self._written += 1
@@ -151,7 +170,7 @@ class Outbox(Generic[M]):
         """Queue nothing more, drop what is queued and stop a write that waits (a reader that
         stopped reading must not keep the close waiting)."""
         self._closed = True
-        self._frames.clear()
+        self._frames = None
         self._bytes = 0
         waiting, self._waiting = self._waiting, None
         if waiting is not None:

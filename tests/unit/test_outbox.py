@@ -121,3 +121,32 @@ async def test_a_push_from_within_a_write_keeps_the_order() -> None:
     box.push("a")
     box.push("b")
     assert socket.written == ["a", "c", "b"]
+
+
+async def test_a_frame_over_the_bound_overflows_even_with_nothing_queued() -> None:
+    socket = Socket()
+    box, overflows, _marks = make(socket, limit=10)
+    assert not box.push("x" * 11)  # never handed to the transport, however idle
+    assert socket.written == [] and overflows == [1] and box.queued_bytes == 0
+    assert box.push("y")  # the bound judged that frame, not the outbox
+
+
+async def test_a_close_from_within_a_write_drops_what_is_queued() -> None:
+    socket = Socket()
+    box, _overflows, _marks = make(socket)
+    socket.full = True
+    box.push("a")
+    box.push("b")
+    box.push("c")
+    original = socket.write_now
+
+    def write_now(frame: str | bytes) -> bool:
+        if frame == "b":
+            box.close()  # e.g. the transport's close reached the driver meanwhile
+        return original(frame)
+
+    socket.write_now = write_now  # type: ignore[method-assign]
+    socket.full = False
+    socket.room.set()
+    await box.flush()
+    assert socket.written == ["a", "b"]
