@@ -41,7 +41,7 @@ from typing import Final, Protocol, TypeAlias
 from . import connection, disconnect, errors, heartbeat, logctx, metrics
 from .auth import AuthUnavailable, Refused
 from .credentials import Credentials
-from .codec import BadConnect, Codec, Connecting
+from .codec import BadConnect, Codec, Connecting, Heartbeats
 from .codecs.stompframe import Frame
 from .connection import Connection
 from .disconnect import Disconnect
@@ -237,11 +237,13 @@ class _Serving:
             framing = await transport.start()
             if framing is not None:
                 conn.codec = framing.codec
-                connected = await self._connect(conn, framing)
-                if connected is not None:
+                heartbeats = await self._connect(conn, framing)
+                if heartbeats is not None:
+                    # The auth API had the credentials: nothing holds them while connected.
+                    framing.credentials = framing.resume_token = None
                     beat = framing.codec.heartbeat()
                     if beat is not None:
-                        beats = heartbeat.start(conn, connected.heartbeats, beat, transport)
+                        beats = heartbeat.start(conn, heartbeats, beat, transport)
                     await _receive(conn, transport, framing)
         except asyncio.CancelledError:
             cancelled = True  # the server gave up on the application: no more waiting
@@ -264,9 +266,9 @@ class _Serving:
             self.admitted = False
             admission.release()
 
-    async def _connect(self, conn: Connection, framing: Framing) -> Connecting | None:
-        """Credentials, then open (and welcome) or refuse. Once the connection is open, what
-        opened it (its heart-beats); None when it was not opened."""
+    async def _connect(self, conn: Connection, framing: Framing) -> Heartbeats | None:
+        """Credentials, then open (and welcome) or refuse. Once the connection is open, the
+        heart-beats its connect negotiated; None when it was not opened."""
         transport, codec = self.transport, framing.codec
         explicit = framing.explicit_refusal
         if not framing.origin_allowed:  # PROTOCOL §3: 1008, the auth API is not asked
@@ -304,7 +306,7 @@ class _Serving:
         conn.welcome()  # the welcome, then what waited for it (broker.connection)
         if admission.shutting_down:  # authenticated while graceful_shutdown was closing
             conn.close_soon(disconnect.GOING_AWAY)
-        return connecting
+        return connecting.heartbeats
 
 
 async def _receive(conn: Connection, transport: Transport, framing: Framing) -> None:
