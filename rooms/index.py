@@ -42,6 +42,15 @@ class SubscriptionIndex(Generic[T]):
             self._size += 1
         return False
 
+    def shared(self, room: Room) -> Room:
+        """The Room object this index holds under ``room``'s key when it is ``room`` given
+        alike (``Room.given_alike``), else ``room``: the subscribers of one room can hold one
+        object, not one copy each."""
+        if room.key not in self._subs:
+            return room
+        held = self._shapes[room.shape_key][room.mask][room.key]
+        return held if held.given_alike(room) else room
+
     def discard(self, room: Room, item: T) -> bool:
         """Remove `item` from `room`; True when the room has no items left. Unknown: False."""
         items = self._subs.get(room.key)

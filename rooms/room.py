@@ -33,6 +33,12 @@ _TOO_LARGE = f"room too large (max {MAX_ROOM_BYTES} bytes as canonical JSON)"
 # it first also keeps us clear of Python's int-to-str digit limit.
 _MAX_INT_BITS = 3500
 
+# Rooms of one shape share its key names, encoded, and its shape key (one copy per shape, not
+# per room: a subscription holds its room as long as it lives). The first MAX_SHAPES_SHARED
+# shapes parsed are kept; a room of any other shape has its own copies, as before.
+MAX_SHAPES_SHARED = 4096
+_shapes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...], str]] = {}
+
 
 class InvalidRoom(ValueError):
     """A value is not a valid room; the message says what is wrong."""
@@ -83,10 +89,18 @@ def parse_room(obj: object) -> Room:
         original.append((k, given))
     items = tuple(sorted(normal.items(), key=lambda kv: kv[0]))
     names = tuple(k for k, _ in items)
-    enc_names = tuple(_encode(k) for k in names)
+    shape = _shapes.get(names)
+    if shape is None:
+        enc = tuple(_encode(k) for k in names)
+        shape = (names, enc, "[" + ",".join(enc) + "]")
+        if len(_shapes) < MAX_SHAPES_SHARED:
+            _shapes[names] = shape
+    names, enc_names, shape_key = shape
     vals = tuple(_encode(v) for _, v in items)
-    room = Room._make(items, names, enc_names, vals, "[" + ",".join(enc_names) + "]",
-                      tuple(original))
+    as_given = tuple(original)
+    if as_given == items and all(type(g) is type(n) for (_, g), (_, n) in zip(as_given, items)):
+        as_given = items  # given in the canonical form (sorted keys, normal values): one copy
+    room = Room._make(items, names, enc_names, vals, shape_key, as_given)
     try:
         size = len(room.key.encode("utf-8"))
     except UnicodeEncodeError:
@@ -177,6 +191,12 @@ class Room:
     @property
     def is_concrete(self) -> bool:
         return self._mask == 0
+
+    def given_alike(self, other: Room) -> bool:
+        """``other`` is this room as given alike: the same keys in the same order, the same
+        values as given (``1.0`` and ``1`` are one room, not given alike)."""
+        return self._key == other._key and self._original == other._original and all(
+            type(a) is type(b) for (_, a), (_, b) in zip(self._original, other._original))
 
     @property
     def original(self) -> dict[str, Scalar]:

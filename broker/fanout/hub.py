@@ -145,6 +145,7 @@ class Hub:
 
     async def subscribe(self, sub: Subscription) -> None:
         await self.membership.join_room(sub.room)
+        sub.room = self.index.shared(sub.room)  # one Room object per room, not per subscriber
         self.index.add(sub.room, sub)
         metrics.gauges["subscriptions"] += 1
         self.upkeep.dirty.add(sub.owner.id)

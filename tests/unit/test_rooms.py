@@ -337,3 +337,29 @@ def test_index_contract_examples() -> None:
     assert index.discard(R({"target": "chat", "customer": "7"}), "c7-again")
     assert index.masks('["customer","target"]') == frozenset({1})
     assert len(index) == 1 and index.room_count() == 1
+
+
+def test_the_subscribers_of_one_room_given_alike_share_one_object() -> None:
+    index: SubscriptionIndex[str] = SubscriptionIndex()
+    first = R({"team": "red", "n": 1})
+    index.add(first, "a")
+    assert index.shared(R({"team": "red", "n": 1})) is first
+    # the same room given otherwise keeps its own object: it is shown as it was given
+    other_order = R({"n": 1, "team": "red"})
+    assert index.shared(other_order) is other_order and other_order == first
+    as_float = R({"team": "red", "n": 1.0})
+    assert index.shared(as_float) is as_float and as_float.original == {"team": "red", "n": 1.0}
+    assert type(as_float.original["n"]) is float
+    unheld = R({"team": "blue", "n": 1})
+    assert index.shared(unheld) is unheld
+    index.discard(first, "a")
+    fresh = R({"team": "red", "n": 1})
+    assert index.shared(fresh) is fresh  # nothing held any more
+
+
+def test_rooms_as_given_keep_their_value_types_when_the_canonical_form_is_equal() -> None:
+    # True == 1 and 1.0 == 1 in Python: the room as given must not become the canonical one
+    assert type(R({"a": 1.0}).original["a"]) is float
+    assert R({"a": True}).original == {"a": True} and R({"a": True}) != R({"a": 1})
+    assert R({"b": 2, "a": 1}).original == {"b": 2, "a": 1}
+    assert list(R({"b": 2, "a": 1}).original) == ["b", "a"]
