@@ -128,6 +128,12 @@ class Queue(Protocol):
 
 
 class Session:
+    __slots__ = (
+        "settings", "state", "identity", "subscriptions", "_queue", "_end", "_clock", "_name",
+        "_bucket", "_auth_by", "_held", "_held_bytes", "_follow_ups", "_pending", "resume_token",
+        "resumed", "_restored", "_acked_ids", "_owed", "_codec", "delivery",
+    )
+
     delivery: Delivery  # made once the codec is known
 
     def __init__(self, settings: SessionSettings, codec: Codec | None, queue: Queue, *,
@@ -159,9 +165,10 @@ class Session:
         self.resume_token: str | None = None
         self.resumed: bool | None = None
         self._restored: list[dict[str, Any]] = []
-        # Acknowledged messages delivered here (to drop a second copy), and those still owed.
-        self._acked_ids: OrderedDict[str, None] = OrderedDict()
-        self._owed: set[str] = set()
+        # Acknowledged messages delivered here (to drop a second copy), and those still owed;
+        # made with the first one (most connections never get one).
+        self._acked_ids: OrderedDict[str, None] | None = None
+        self._owed: set[str] | None = None
         self._codec: Codec | None = None
         if codec is not None:
             self.codec = codec
@@ -406,13 +413,18 @@ class Session:
         a client cannot see (and no one else complete) a message this connection does not
         hold yet."""
         message_id = message.id
-        if message_id in self._acked_ids or self.closing:
+        acked = self._acked_ids
+        if acked is None:
+            acked = self._acked_ids = OrderedDict()
+        if message_id in acked or self.closing:
             return None  # the live copy and the stored one of a message sent while opening
-        self._acked_ids[message_id] = None
-        if len(self._acked_ids) > ACKED_REMEMBERED:
-            self._acked_ids.popitem(last=False)
+        acked[message_id] = None
+        if len(acked) > ACKED_REMEMBERED:
+            acked.popitem(last=False)
         frame = self.codec.message(message)
         if self.codec.caps.confirms:
+            if self._owed is None:
+                self._owed = set()
             self._owed.add(message_id)
             return HoldAck(message_id, frame)
         self.push(frame)
@@ -431,11 +443,12 @@ class Session:
 
     def completed(self, message_id: str) -> None:
         """The store has recorded this connection's confirmation of ``message_id``."""
-        self._owed.discard(message_id)
+        if self._owed is not None:
+            self._owed.discard(message_id)
 
     def release_owed(self) -> list[str]:
         """At the close: the acknowledged messages still owed (redelivered elsewhere)."""
-        owed, self._owed = list(self._owed), set()
+        owed, self._owed = list(self._owed or ()), None
         return owed
 
     def hold_live(self) -> None:
