@@ -25,6 +25,8 @@ log = logging.getLogger("broker.connection")
 
 
 class Acknowledgements:
+    __slots__ = ("_session", "_id", "hub", "_last")
+
     def __init__(self, session: Session, connection_id: str) -> None:
         self._session = session
         self._id = connection_id

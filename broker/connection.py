@@ -65,6 +65,11 @@ class Transport(Writer, Protocol):
 
 
 class Connection:
+    __slots__ = (
+        "transport", "id", "hub", "connected_at", "_outbox", "session", "_acks", "_closer",
+        "_auth_timer",
+    )
+
     def __init__(self, transport: Transport, codec: Codec | None = None, *,
                  auth_deadline: float | None = None) -> None:
         """``codec``: None until the transport knows it (set ``codec`` then);

@@ -38,6 +38,9 @@ Send = Callable[[Message], Awaitable[None]]
 class BrokerConsumer:
     """One WebSocket connection: ``serve.Transport`` over ASGI ``receive``/``send``."""
 
+    __slots__ = ("scope", "_receive", "_send", "remote_addr", "flow", "last_write", "last_read",
+                 "gone", "closed", "_sending")
+
     name = "websocket"
     close_codes = True
     over_capacity_grace = None  # over capacity: HTTP 503 before the accept

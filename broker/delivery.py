@@ -49,6 +49,11 @@ AHEAD_MAX = 256
 
 
 class Delivery:
+    __slots__ = (
+        "codec", "_limit", "_push", "_queued_bytes", "_on_slow", "_name", "_recovering",
+        "_holding", "_holding_bytes", "_queued", "_ahead",
+    )
+
     def __init__(self, codec: Codec, limit: int, *, push: Callable[[Frame, Mark | None], None],
                  queued_bytes: Callable[[], int], on_slow: Callable[[], None],
                  name: str = "") -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 class EagerSend:
     """One connection's send in flight: at most one that suspended, awaited by ``wait``."""
+    __slots__ = ("_pending",)
 
     def __init__(self) -> None:
         self._pending: asyncio.Future[None] | None = None  # a send that suspended

@@ -49,6 +49,11 @@ class Writer(Protocol):
 
 
 class Outbox(Generic[M]):
+    __slots__ = (
+        "_writer", "_limit", "_on_overflow", "_on_written", "_name", "_frames", "_bytes",
+        "_pushed", "_written", "_marks", "_waiting", "_writing", "_closed",
+    )
+
     def __init__(self, writer: Writer, limit: int, *, on_overflow: Callable[[int], None],
                  on_written: Callable[[M], None], name: str = "") -> None:
         """``limit``: bytes queued past which the outbox overflows; ``on_overflow(n)``: called

@@ -214,6 +214,8 @@ async def serve(transport: Transport, *, max_connections: int) -> None:
 class _Serving:
     """One connection being served: whether it holds a place, its driver, its heart-beats."""
 
+    __slots__ = ("transport", "max_connections", "admitted")
+
     def __init__(self, transport: Transport, max_connections: int, *, admitted: bool) -> None:
         self.transport = transport
         self.max_connections = max_connections
