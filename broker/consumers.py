@@ -1,14 +1,8 @@
 """The WebSocket transport: an ASGI adapter for the serve loop (``broker.serve``), framing only.
 
 It answers the handshake (HTTP 503 when refused at once: over capacity, shutting down; else
-the accept with the subprotocol that chose the codec), hands each message in, writes, closes.
-``broker.handshake`` reads what the handshake says (the JSON dialects' credentials, the resume
-token, the Origin); ``broker.eagersend`` steps each ASGI send once, by hand.
-
-The codec, by subprotocol: ``v12.stomp``/``v11.stomp`` standard STOMP with heart-beats (its
-credentials in its CONNECT frame), ``stomp`` the Communication Broker's JS client (STOMP
-without heart-beats), ``combroker.v1`` the rich JSON dialect, none the plain (High-templar)
-JSON dialect.
+the accept with the subprotocol that chose the codec: ``broker.wsframing``), hands each message
+in, writes, closes. ``broker.eagersend`` steps each ASGI send once, by hand.
 
 A plain ASGI application, not a Channels consumer: no channel-layer channel (the process's hub
 receives from the layer once and fans out in memory), and no task nor stale-database-connection
@@ -22,11 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import daphne_ext, serve
-from .codecs.jsoncodec import RICH_SUBPROTOCOL, JsonCodec
-from .codecs.stomp import CB_SUBPROTOCOL, STOMP_SUBPROTOCOLS, StompCodec
 from .conf import conf
 from .eagersend import EagerSend
-from .handshake import Scope, credentials_from_scope, origin_allowed_by, resume_token_from_scope
+from .handshake import Scope
+from .wsframing import websocket_framing
 
 daphne_ext.patch()  # under daphne: close codes, backpressure, 503 refusals, SIGTERM, redacted log
 
@@ -91,26 +84,8 @@ class BrokerConsumer:
     async def start(self) -> serve.Framing:
         """Choose the codec by subprotocol, then accept: a slow or failing auth API then gives
         a close code the client can read, never an HTTP 500 during the handshake."""
-        c = conf()
-        offered = self.scope.get("subprotocols") or []
-        stomp = next((p for p in STOMP_SUBPROTOCOLS if p in offered), None)
-        if stomp is not None:
-            # Standard STOMP offers heart-beats as the TCP gate does; the Communication
-            # Broker's JS client (the ``stomp`` subprotocol) has none.
-            cb = stomp == CB_SUBPROTOCOL
-            codec = StompCodec(cb=cb, text=True,
-                               heartbeat_ms=0 if cb else c.BROKER_STOMP_HEARTBEAT_MS)
-            framing = serve.Framing(codec, explicit_refusal=True, binary=True,
-                                    max_bytes=c.BROKER_MAX_MESSAGE_BYTES, connect_frame=True)
-        else:
-            rich = RICH_SUBPROTOCOL in offered
-            framing = serve.Framing(JsonCodec(rich=rich), explicit_refusal=rich,
-                                    max_bytes=c.BROKER_MAX_MESSAGE_BYTES,
-                                    credentials=credentials_from_scope(self.scope),
-                                    resume_token=resume_token_from_scope(self.scope))
-            stomp = RICH_SUBPROTOCOL if rich else None
-        await self._send({"type": "websocket.accept", "subprotocol": stomp})
-        framing.origin_allowed = origin_allowed_by(self.scope, c.BROKER_ALLOWED_ORIGINS)
+        framing, subprotocol = websocket_framing(self.scope, conf())
+        await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
         return framing
 
     async def receive(self) -> serve.Inbound:
