@@ -644,6 +644,29 @@ async def main(cfg: argparse.Namespace) -> dict:
     return res
 
 
+# Every target --targets accepts, and every scenario --only accepts; anything else is an error
+# (a misspelt name used to run nothing, silently).
+TARGETS = ("daphne", "uvicorn", "classic", "prev", "ht", "raw")
+SCENARIOS = ("B1", "B1h", "B2", "B3", "B4", "B5", "B6", "B7")
+# Names people reach for that are spelt otherwise here (the results call High-templar
+# "hightemplar"; the target is "ht").
+ALIAS_HINTS = {"hightemplar": "ht", "high-templar": "ht", "broker": "uvicorn"}
+
+
+def check_names(ap: argparse.ArgumentParser, cfg: argparse.Namespace) -> None:
+    """Exit non-zero (argparse's usage error, status 2) on an unknown target or scenario."""
+    bad = [t for t in cfg.targets if t not in TARGETS]
+    if bad or not cfg.targets:
+        hints = "".join(f" ('{t}': did you mean '{ALIAS_HINTS[t]}'?)" for t in bad
+                        if t in ALIAS_HINTS)
+        ap.error(f"unknown target(s) {', '.join(bad) or '(none given)'}{hints}; valid targets: "
+                 f"{', '.join(TARGETS)}")
+    bad = [s for s in cfg.only if s not in SCENARIOS]
+    if bad or not cfg.only:
+        ap.error(f"unknown scenario(s) {', '.join(bad) or '(none given)'} in --only; valid "
+                 f"scenarios: {', '.join(SCENARIOS)}")
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -654,7 +677,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prev", default="HEAD~1",
                     help="the commit the 'prev' target runs (default HEAD~1), e.g. the one "
                          "before a series of commits")
-    ap.add_argument("--prod", default=PRODUCTION_SERVER,
+    ap.add_argument("--prod", default=PRODUCTION_SERVER, choices=("uvicorn", "daphne"),
                     help="the server the goals are checked on (docs/performance.md)")
     ap.add_argument("--runs", type=int)
     ap.add_argument("--out", help="JSON file (default bench/results/<mode>-<time>.json)")
@@ -662,8 +685,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true",
                     help="seconds, tiny sizes: the scenarios run and deliver everything")
     cfg = ap.parse_args(argv)
-    cfg.only = cfg.only.split(",")
-    cfg.targets = cfg.targets.split(",")
+    cfg.only = [s.strip() for s in cfg.only.split(",") if s.strip()]
+    cfg.targets = [t.strip() for t in cfg.targets.split(",") if t.strip()]
+    check_names(ap, cfg)
     q = cfg.quick
     cfg.runs = cfg.runs or (1 if q else 3)
     cfg.workers = 2

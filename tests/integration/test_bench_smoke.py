@@ -49,3 +49,16 @@ def test_b1_b1h_b2_run_and_deliver_everything(tmp_path: Path) -> None:
         assert b2["delivered_all"], b2
         assert b2["triggers_s"] > 0
     assert "B1" in proc.stdout and "Goals" in proc.stdout  # the table was printed
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--targets", "hightemplar"], "valid targets: daphne, uvicorn"),
+    (["--targets", "uvicorn,nosuch"], "nosuch"),
+    (["--only", "B1,B9"], "valid scenarios: B1, B1h"),
+])
+def test_an_unknown_target_or_scenario_is_an_error(args: list[str], named: str) -> None:
+    """A misspelt target or scenario used to run nothing and exit 0."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "runner.py"), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert named in proc.stderr, proc.stderr
