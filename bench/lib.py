@@ -121,6 +121,7 @@ class HttpTrigger:
         self.extra = "".join(f",{json.dumps(k)}:{json.dumps(v)}"
                              for k, v in (fields or {}).items())
         self.nconns = conns
+        self.ok = 202  # the status of an accepted trigger
         self.pool: asyncio.Queue | None = None
         self.errors = 0
         self._all: list[Any] = []
@@ -134,6 +135,10 @@ class HttpTrigger:
             await self.pool.put((r, w, host, port))
 
     async def post(self, body: bytes, path: str = "/trigger") -> int:
+        return (await self.post_read(body, path))[0]
+
+    async def post_read(self, body: bytes, path: str = "/trigger") -> tuple[int, bytes]:
+        """(status, body of the answer); a status other than ``ok`` counts as an error."""
         assert self.pool is not None
         r, w, host, port = await self.pool.get()
         try:
@@ -150,7 +155,8 @@ class HttpTrigger:
         finally:
             self.pool.put_nowait((r, w, host, port))
 
-    async def _post(self, r: Any, w: Any, host: str, port: int, body: bytes, path: str) -> int:
+    async def _post(self, r: Any, w: Any, host: str, port: int, body: bytes,
+                    path: str) -> tuple[int, bytes]:
         w.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nAuthorization: Bearer %s\r\n"
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                 % (path.encode(), host.encode(), port, self.token.encode(), len(body), body))
@@ -160,11 +166,10 @@ class HttpTrigger:
         for line in head.split(b"\r\n"):
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
-        if length:
-            await r.readexactly(length)
-        if status != 202:
+        answer = await r.readexactly(length) if length else b""
+        if status != self.ok:
             self.errors += 1
-        return status
+        return status, answer
 
     async def send(self, rooms_json: str, data: str) -> None:
         await self.post(f'{{"rooms":{rooms_json},"data":{data}{self.extra}}}'.encode())
@@ -244,6 +249,16 @@ class Target:
         raise NotImplementedError
 
 
+def uvicorn_argv(app: str, *extra: str) -> list[str]:
+    """The production server's command (the README's flags): the broker, and the bare ASGI app
+    of the ``rawtrigger`` target, run under exactly these."""
+    ws_impl = os.environ.get("BENCH_UVICORN_WS", "websockets-sansio")
+    return [PY, "-m", "uvicorn", app, *extra, "--host", "127.0.0.1",
+            "--port", "{port}", "--no-access-log", "--log-level", "warning",
+            "--loop", "uvloop", "--http", "httptools", "--ws", ws_impl,
+            "--backlog", "4096", "--timeout-keep-alive", "30"]
+
+
 def broker_env(redis_url: str, auth_url: str, src: Path) -> dict[str, Any]:
     return {"BROKER_REDIS_URL": redis_url, "BROKER_AUTH_URL": auth_url,
             "BROKER_TRIGGER_TOKEN": TOKEN, "BROKER_LOG_LEVEL": "WARNING",
@@ -269,7 +284,6 @@ class BrokerTarget(Target):
         self.tcpgate = tcpgate
         self.layer = layer
         self.extra_env, self.trigger_fields = dict(env or {}), dict(trigger_fields or {})
-        self.ws_impl = os.environ.get("BENCH_UVICORN_WS", "websockets-sansio")
         self.redis: RedisServer | None = None
         self.procs: list[BrokerProcess] = []
         self.gate: subprocess.Popen | None = None
@@ -279,10 +293,7 @@ class BrokerTarget(Target):
 
     def argv(self) -> list[str]:
         if self.server == "uvicorn":
-            return [PY, "-m", "uvicorn", "combroker.asgi:application", "--host", "127.0.0.1",
-                    "--port", "{port}", "--no-access-log", "--log-level", "warning",
-                    "--loop", "uvloop", "--http", "httptools", "--ws", self.ws_impl,
-                    "--backlog", "4096", "--timeout-keep-alive", "30"]
+            return uvicorn_argv("combroker.asgi:application")
         return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}",
                 "combroker.asgi:application"]
 
@@ -364,6 +375,55 @@ class RawTarget(_Subprocess):
 
     def trigger(self, conns: int = 8):  # noqa: ANN201
         return WsPubTrigger(self.pub_url)
+
+
+class RawAuthTarget(_Subprocess):
+    """B3's Python limit: bench/raw_server.py with ``--auth``, one auth call per connection
+    through a pooled aiohttp session before the welcome."""
+
+    name, kind = "rawauth", "raw"
+
+    def __init__(self, auth_url: str) -> None:
+        super().__init__()
+        self.auth_url = auth_url
+
+    def start(self) -> None:
+        port = free_port()
+        limit = os.environ.get("BENCH_AUTH_MAX_IN_FLIGHT") or "64"
+        self._spawn([PY, str(BENCH / "raw_server.py"), str(port), "--auth", self.auth_url,
+                     "--auth-limit", limit], dict(os.environ), port)
+        self.ws_urls = [f"ws://127.0.0.1:{port}/ws/"]
+        self.pub_url = f"ws://127.0.0.1:{port}/pub"
+
+    def trigger(self, conns: int = 8):  # noqa: ANN201
+        return WsPubTrigger(self.pub_url)
+
+
+class RawTriggerTarget(_Subprocess):
+    """B7's Python limit: bench/raw_trigger.py, a bare ASGI app under the broker's uvicorn
+    flags, on a private redis-server (one PUBLISH per trigger, 202)."""
+
+    name, kind = "rawtrigger", "raw"
+
+    def start(self) -> None:
+        self.redis = RedisServer().start()
+        port = free_port()
+        argv = [a.replace("{port}", str(port))
+                for a in uvicorn_argv("raw_trigger:application", "--app-dir", str(BENCH))]
+        env = dict(os.environ, RAW_TRIGGER_REDIS_URL=self.redis.url,
+                   BROKER_TRIGGER_TOKEN=TOKEN)
+        try:
+            self._spawn(argv, env, port)
+        except Exception:
+            self.redis.close()
+            raise
+        self.base_urls = [f"http://127.0.0.1:{port}"]
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            self.redis.close()
 
 
 class HighTemplarTarget(_Subprocess):
