@@ -44,8 +44,8 @@ import uvloop  # noqa: E402
 
 import lib  # noqa: E402
 from lib import (  # noqa: E402
-    BENCH, PY, ROOT, BrokerTarget, Clients, HighTemplarTarget, RawTarget, cpu_seconds,
-    free_port, loadavg, now_us, payload, wait_for_port,
+    BENCH, PY, ROOT, BrokerTarget, Clients, HighTemplarTarget, RawAuthTarget, RawTarget,
+    RawTriggerTarget, cpu_seconds, free_port, loadavg, now_us, payload, wait_for_port,
 )
 
 B1_ROOM = '[{"bench":"b1"}]'
@@ -192,6 +192,14 @@ async def closed_loop(trig: Any, conc: int, seconds: float, rooms: Any) -> tuple
     return done, time.monotonic() - t0
 
 
+def _g(d: Any, *path: Any) -> Any:
+    for p in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(p)
+    return d
+
+
 def lat_summary(lat_us: list[int]) -> dict:
     return {"p50_ms": round(pct(lat_us, 0.5) / 1000, 2) if lat_us else None,
             "p99_ms": round(pct(lat_us, 0.99) / 1000, 2) if lat_us else None,
@@ -201,7 +209,10 @@ def lat_summary(lat_us: list[int]) -> dict:
 # ------------------------------------------------------------------ B1 / B5 / B6: fan-out
 
 async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
-                 stomp: bool = False) -> dict:
+                 stomp: bool = False, at_rate: float | None = None) -> dict:
+    """Saturation, then latency at half of it. ``at_rate`` (triggers/s): latency at that rate
+    too, in every run (the raw server at the production broker's half-saturation rate: the
+    latency goal compares p99s at the same offered rate)."""
     clients = Clients(target.ws_urls, n, subs="same", workers=cfg.workers, concurrency=64,
                       stomp_port=target.stomp_port if stomp else None)
     t0 = time.monotonic()
@@ -280,9 +291,24 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
                 f"steps (offered, delivered, server cpu, loadgen cpu) {brief}")
             result["runs"].append({"saturation_msgs_s": sat, "latency_rate": round(lat_rate, 2),
                                    **lat, "steps": steps})
+            if at_rate:
+                await m.sync()
+                m.lat = []
+                count = max(5, int(at_rate * cfg.lat_s))
+                sent_total += await paced(trig, at_rate, count)
+                r = await m.drain(sent_total * n)
+                lat = lat_summary(m.lat)
+                result["runs"][-1]["at_rate"] = {"rate": round(at_rate, 2), **lat}
+                log(f"  {target.name} n={n} run {run + 1}: p50 {lat['p50_ms']} ms "
+                    f"p99 {lat['p99_ms']} ms at {at_rate:.1f} trig/s (the given rate)")
         result["saturation_msgs_s"] = med([r["saturation_msgs_s"] for r in result["runs"]])
         result["p50_ms"] = med([r["p50_ms"] for r in result["runs"]])
         result["p99_ms"] = med([r["p99_ms"] for r in result["runs"]])
+        if at_rate:
+            result["at_rate"] = {
+                "rate": round(at_rate, 2),
+                "p50_ms": med([_g(r, "at_rate", "p50_ms") for r in result["runs"]]),
+                "p99_ms": med([_g(r, "at_rate", "p99_ms") for r in result["runs"]])}
         final = await m.sync()
         result["closed_early"] = final["closed_early"]
         result["trigger_errors"] = trig.errors
@@ -450,20 +476,93 @@ print(json.dumps({"calls_s": n / (time.monotonic() - t0)}))
 """
 
 
-async def ingestion(target: BrokerTarget, cfg: argparse.Namespace) -> dict:
+NOBODY = '[{"bench":"nobody"}]'
+B7_BATCH = 100  # triggers per batch (the batch form: POST /trigger with a JSON array)
+
+
+async def ingestion(target: lib.Target, cfg: argparse.Namespace) -> dict:
+    """B7: /trigger closed-loop over 16 keep-alive connections, one trigger per request, to a
+    room nobody holds; then the batch form; then (a broker) publish_sync() in a loop."""
     trig = target.trigger(conns=cfg.trigger_conns)
     await trig.start()
     runs = []
     try:
-        await closed_loop(trig, cfg.trigger_conns, 0.5, '[{"bench":"nobody"}]')
+        await closed_loop(trig, cfg.trigger_conns, 0.5, NOBODY)
         for _ in range(cfg.runs):
             cpu0 = cpu_seconds(target.proc_pids())
-            done, secs = await closed_loop(trig, cfg.trigger_conns, cfg.step_s * 2,
-                                           '[{"bench":"nobody"}]')
+            done, secs = await closed_loop(trig, cfg.trigger_conns, cfg.step_s * 2, NOBODY)
             cpu = (cpu_seconds(target.proc_pids()) - cpu0) / secs
             runs.append({"trigger_req_s": round(done / secs, 1), "server_cpu": round(cpu, 2)})
     finally:
         await trig.close()
+    res = {"trigger_req_s": med([r["trigger_req_s"] for r in runs]),
+           "server_cpu": med([r["server_cpu"] for r in runs]), "runs": runs,
+           "trigger_errors": trig.errors, "answered_all": trig.errors == 0}
+    res["batch"] = await batch_ingestion(target, cfg)
+    if isinstance(target, BrokerTarget):
+        res.update(publish_sync_rate(target, cfg))
+    log(f"  {target.name} ingestion: {res}")
+    return res
+
+
+async def batch_ingestion(target: lib.Target, cfg: argparse.Namespace,
+                          size: int = B7_BATCH) -> dict:
+    """The batch form: ``size`` triggers per POST /trigger (a JSON array), closed-loop over
+    the same 16 keep-alive connections, to the room nobody holds. Each answer must be 202 with
+    one result per entry. A 400 to the first array: the target has no batch form
+    ("unsupported")."""
+    trig = target.trigger(conns=cfg.trigger_conns)
+    await trig.start()
+    entry = f'{{"rooms":{NOBODY},"data":{payload(0)}}}'
+    body = ("[" + ",".join([entry] * size) + "]").encode()
+
+    def complete(status: int, answer: bytes) -> bool:
+        return status == 202 and answer.count(b'"id"') == size
+
+    try:
+        status, answer = await trig.post_read(body)
+        if status == 400:
+            return {"unsupported": True, "status": status,
+                    "answer": answer[:200].decode("utf-8", "replace")}
+        if not complete(status, answer):
+            return {"error": f"a batch of {size} answered {status}: "
+                             f"{answer[:300].decode('utf-8', 'replace')}"}
+        done = bad = 0
+        first_bad: str | None = None
+
+        async def lane(stop_at: float) -> None:
+            nonlocal done, bad, first_bad
+            while time.monotonic() < stop_at:
+                st, ans = await trig.post_read(body)
+                if complete(st, ans):
+                    done += size
+                else:
+                    bad += 1
+                    first_bad = first_bad or f"{st}: {ans[:200].decode('utf-8', 'replace')}"
+
+        async def closed(seconds: float) -> float:
+            t0 = time.monotonic()
+            await asyncio.gather(*(lane(t0 + seconds) for _ in range(cfg.trigger_conns)))
+            return time.monotonic() - t0
+
+        await closed(0.5)  # warm-up
+        runs = []
+        for _ in range(cfg.runs):
+            done = 0
+            cpu0 = cpu_seconds(target.proc_pids())
+            secs = await closed(cfg.step_s * 2)
+            cpu = (cpu_seconds(target.proc_pids()) - cpu0) / secs
+            runs.append({"triggers_s": round(done / secs, 1),
+                         "batches_s": round(done / size / secs, 1), "server_cpu": round(cpu, 2)})
+        return {"batch_size": size, "triggers_s": med([r["triggers_s"] for r in runs]),
+                "server_cpu": med([r["server_cpu"] for r in runs]), "runs": runs,
+                "incomplete_answers": bad, "first_incomplete": first_bad,
+                "answered_all": bad == 0}
+    finally:
+        await trig.close()
+
+
+def publish_sync_rate(target: BrokerTarget, cfg: argparse.Namespace) -> dict:
     env = lib.broker_env(target.redis.url, target.auth_url, target.src)
     from tests.harness import _broker_env
 
@@ -476,12 +575,7 @@ async def ingestion(target: BrokerTarget, cfg: argparse.Namespace) -> dict:
             ps.append(json.loads(out.stdout.strip().splitlines()[-1])["calls_s"])
         except (IndexError, ValueError, KeyError):
             log(f"  publish_sync failed: {out.stderr[-1000:]}")
-    res = {"trigger_req_s": med([r["trigger_req_s"] for r in runs]),
-           "server_cpu": med([r["server_cpu"] for r in runs]),
-           "publish_sync_calls_s": round(med(ps), 1) if ps else None, "runs": runs,
-           "publish_sync_runs": ps}
-    log(f"  {target.name} ingestion: {res}")
-    return res
+    return {"publish_sync_calls_s": round(med(ps), 1) if ps else None, "publish_sync_runs": ps}
 
 
 # ------------------------------------------------------------------ orchestration
@@ -544,29 +638,56 @@ async def main(cfg: argparse.Namespace) -> dict:
             return HighTemplarTarget(auth.api_base)
         if name == "raw":
             return RawTarget()
+        if name == "rawauth":
+            return RawAuthTarget(auth.url)
+        if name == "rawtrigger":
+            return RawTriggerTarget()
         raise ValueError(name)
 
     def want(s: str) -> bool:
         return s in cfg.only
 
-    def brokers(allowed: tuple[str, ...]) -> list[str]:
-        """Targets of B2/B3/B7: quick mode skips the non-production server."""
+    def among(scenario: str, other_server: str = "never") -> list[str]:
+        """The targets of --targets that take part in ``scenario`` (SCENARIO_TARGETS), in
+        their order. The non-production server runs ``other_server``: "always" (B1, B4),
+        "full" (B3: not in quick mode) or "never" (B2, B7)."""
         other = "daphne" if cfg.prod == "uvicorn" else "uvicorn"
-        skip = cfg.quick or allowed[-1] != "ht"  # full mode: both servers in B1, B3, B4
-        return [x for x in cfg.targets if x in allowed and not (skip and x == other)]
+        skip = other_server == "never" or (other_server == "full" and cfg.quick)
+        names = [x for x in cfg.targets if x in SCENARIO_TARGETS[scenario]
+                 and not (skip and x == other)]
+        if not names:
+            log(f"{scenario}: none of --targets {','.join(cfg.targets)} takes part "
+                f"({', '.join(SCENARIO_TARGETS[scenario])} do)")
+        return names
+
+    def raw_at_broker_rate(n: int) -> tuple[float | None, str | None]:
+        """The production broker's half-saturation rate in this run's B1 at ``n`` (triggers/s),
+        or why there is none."""
+        b = _g(res, "B1", cfg.prod, str(n))
+        if not b or "error" in b:
+            return None, (f"the production broker ({cfg.prod}) has no B1 result at n={n} in "
+                          f"this run before raw (--targets runs it first when it is listed "
+                          f"first)")
+        rate = med([r.get("latency_rate") for r in b.get("runs", [])])
+        return rate, None
 
     try:
         if want("B1"):
             res["B1"] = {}
-            for name in cfg.targets:
+            for name in among("B1", "always"):
                 for n in cfg.b1_sizes:
                     if name == "prev" and n > 1000 and not cfg.sizes:
                         continue  # regressions show at 1,000 already; saves minutes
                     t = mk(name)
                     if t is None:
                         continue
-                    res["B1"].setdefault(t.name, {})[str(n)] = await with_target(
-                        t, lambda t, n=n: fanout(t, n, cfg))
+                    at_rate, why = raw_at_broker_rate(n) if name == "raw" else (None, None)
+                    out = await with_target(t, lambda t, n=n, r=at_rate: fanout(t, n, cfg,
+                                                                               at_rate=r))
+                    if why:
+                        out["at_rate"] = {"skipped": why}
+                        log(f"  raw n={n}: no latency at the broker's rate: {why}")
+                    res["B1"].setdefault(t.name, {})[str(n)] = out
         if want("B1h"):
             # plain and history back to back for each size, on the production server
             res["B1h"] = {}
@@ -585,7 +706,7 @@ async def main(cfg: argparse.Namespace) -> dict:
                 res["B1h"][str(n)] = row
         if want("B2"):
             res["B2"] = {}
-            for name in brokers(("daphne", "uvicorn", "classic")):
+            for name in among("B2"):
                 t = mk(name)
                 if t is None:
                     continue
@@ -595,21 +716,18 @@ async def main(cfg: argparse.Namespace) -> dict:
                 res["B2"][t.name] = await with_target(t, b2)
         if want("B3"):
             res["B3"] = {}
-            for name in brokers(("daphne", "uvicorn", "prev", "ht")):
+            for name in among("B3", "full"):
                 t = mk(name)
                 if t is not None:
                     res["B3"][t.name] = await with_target(
                         t, lambda t: storm(t, cfg.b3_clients, auth, cfg))
         if want("B4"):
             res["B4"] = {}
-            for label in [x for x in ("daphne", "uvicorn") if x in cfg.targets]:
-                kw = {"server": label}
-                res["B4"][label] = await with_target(
-                    BrokerTarget(f"broker-{label}", auth.url, src=snap, **kw),
-                    lambda t: idle_memory(t, cfg.b4_conns, cfg))
-            if "ht" in cfg.targets:
-                res["B4"]["hightemplar"] = await with_target(
-                    mk("ht"), lambda t: idle_memory(t, cfg.b4_conns, cfg))
+            for name in among("B4", "always"):
+                t = (BrokerTarget(f"broker-{name}", auth.url, src=snap, server=name)
+                     if name in ("daphne", "uvicorn") else mk(name))
+                res["B4"][name if t.kind == "broker" else t.name] = await with_target(
+                    t, lambda t: idle_memory(t, cfg.b4_conns, cfg))
         if want("B5"):
             if gate_works(snap):
                 res["B5"] = await with_target(
@@ -630,7 +748,7 @@ async def main(cfg: argparse.Namespace) -> dict:
             res["B6"]["procs1"] = b1
         if want("B7"):
             res["B7"] = {}
-            for name in brokers(("daphne", "uvicorn", "prev", "classic")):
+            for name in among("B7"):
                 t = mk(name)
                 if t is not None:
                     res["B7"][t.name] = await with_target(t, lambda t: ingestion(t, cfg))
@@ -646,11 +764,23 @@ async def main(cfg: argparse.Namespace) -> dict:
 
 # Every target --targets accepts, and every scenario --only accepts; anything else is an error
 # (a misspelt name used to run nothing, silently).
-TARGETS = ("daphne", "uvicorn", "classic", "prev", "ht", "raw")
+TARGETS = ("daphne", "uvicorn", "classic", "prev", "ht", "raw", "rawauth", "rawtrigger")
 SCENARIOS = ("B1", "B1h", "B2", "B3", "B4", "B5", "B6", "B7")
 # Names people reach for that are spelt otherwise here (the results call High-templar
 # "hightemplar"; the target is "ht").
 ALIAS_HINTS = {"hightemplar": "ht", "high-templar": "ht", "broker": "uvicorn"}
+
+
+# Which targets take part in which scenario (the others are skipped there): raw is the limit of
+# B1 and B4, rawauth of B3, rawtrigger of B7.
+SCENARIO_TARGETS: dict[str, tuple[str, ...]] = {
+    "B1": ("daphne", "uvicorn", "classic", "prev", "ht", "raw"),
+    "B1h": (), "B5": (), "B6": (),  # the production server, whatever --targets says
+    "B2": ("daphne", "uvicorn", "classic"),
+    "B3": ("daphne", "uvicorn", "prev", "ht", "rawauth"),
+    "B4": ("daphne", "uvicorn", "ht", "raw"),
+    "B7": ("daphne", "uvicorn", "prev", "classic", "rawtrigger"),
+}
 
 
 def check_names(ap: argparse.ArgumentParser, cfg: argparse.Namespace) -> None:
@@ -672,8 +802,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="reduced sizes, one run (< 5 min)")
     ap.add_argument("--only", default="B1,B1h,B2,B3,B4,B5,B6,B7")
-    ap.add_argument("--targets", default="daphne,uvicorn,prev,ht,raw",
-                    help="daphne/uvicorn: this tree under that server; prev: --prev under --prod")
+    ap.add_argument("--targets", default="daphne,uvicorn,prev,ht,raw,rawauth,rawtrigger",
+                    help="daphne/uvicorn: this tree under that server; prev: --prev under "
+                         "--prod; raw, rawauth, rawtrigger: the Python limits (B1/B4, B3, B7)")
     ap.add_argument("--prev", default="HEAD~1",
                     help="the commit the 'prev' target runs (default HEAD~1), e.g. the one "
                          "before a series of commits")
