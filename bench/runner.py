@@ -437,7 +437,7 @@ async def idle_memory(target: lib.Target, n: int, cfg: argparse.Namespace) -> di
     subs = os.environ.get("BENCH_B4_SUBS", "two")  # "none": the cost of a bare connection
     warm = Clients(target.ws_urls, 50, subs=subs, workers=1, concurrency=50)
     await warm.start()
-    await asyncio.sleep(2)
+    await asyncio.sleep(cfg.settle_s)
     rss0 = lib.rss_bytes(target.proc_pids())
     t0 = time.monotonic()
     clients = Clients(target.ws_urls, n, subs=subs, workers=cfg.workers, concurrency=64,
@@ -445,7 +445,7 @@ async def idle_memory(target: lib.Target, n: int, cfg: argparse.Namespace) -> di
     await clients.start()
     ready = clients_ready(clients)
     setup = time.monotonic() - t0
-    await asyncio.sleep(3)
+    await asyncio.sleep(cfg.settle_s * 1.5)
     rss1 = lib.rss_bytes(target.proc_pids())
     await clients.close()
     await warm.close()
@@ -834,11 +834,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     cfg.b4_conns = 600 if q else 10000
     cfg.b5_size = 300 if q else 1000
     cfg.b6_size = 500 if q else 5000
+    cfg.settle_s = 2.0  # B4: the server settles before each RSS reading
     if cfg.smoke:
         cfg.runs, cfg.step_s, cfg.lat_s, cfg.max_steps = 1, 0.5, 0.5, 2
         cfg.start_msgs = 400
         cfg.b1_sizes, cfg.b2_sizes = [20], [20, 40]
         cfg.b3_clients = cfg.b4_conns = cfg.b5_size = cfg.b6_size = 20
+        cfg.settle_s = 0.3
     if cfg.sizes:
         s = int(cfg.sizes)
         cfg.b1_sizes = [s]

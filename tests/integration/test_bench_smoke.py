@@ -62,3 +62,35 @@ def test_an_unknown_target_or_scenario_is_an_error(args: list[str], named: str) 
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert named in proc.stderr, proc.stderr
+
+
+@pytest.mark.timeout(180)
+def test_the_python_limit_baselines_run_and_answer_everything(tmp_path: Path) -> None:
+    """Issue 13's baselines beside the broker: raw (B1, with its latency at the broker's
+    half-saturation rate; B4), rawauth (B3: one auth call per connection), rawtrigger (B7,
+    single and batch form); the broker's batch form answers in full or is "unsupported"."""
+    if not (_have("uvloop") and _have("uvicorn") and _have("aiohttp")):
+        pytest.skip("the [bench] extra is not installed (bench/run installs it)")
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "runner.py"), "--smoke", "--only", "B1,B3,B4,B7",
+         "--targets", "uvicorn,raw,rawauth,rawtrigger", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    raw = res["B1"]["raw"]["20"]
+    assert "error" not in raw, raw
+    assert raw["delivered_all"], raw
+    broker_rate = res["B1"]["uvicorn"]["20"]["runs"][0]["latency_rate"]  # one run in --smoke
+    assert raw["at_rate"]["rate"] == broker_rate, raw["at_rate"]
+    assert raw["at_rate"]["p99_ms"] is not None, raw["at_rate"]
+    storm = res["B3"]["rawauth"]
+    assert storm["all_connected"], storm
+    assert [r["auth_requests"] for r in storm["runs"]] == [20] * len(storm["runs"]), storm
+    assert res["B4"]["raw"]["ok"] == 20, res["B4"]["raw"]
+    ingest = res["B7"]["rawtrigger"]
+    assert ingest["answered_all"] and ingest["trigger_req_s"] > 0, ingest
+    assert ingest["batch"]["answered_all"] and ingest["batch"]["triggers_s"] > 0, ingest
+    broker_batch = res["B7"]["uvicorn"]["batch"]
+    assert broker_batch.get("unsupported") or broker_batch.get("answered_all"), broker_batch
+    assert "Goals (issue 13)" in proc.stdout
