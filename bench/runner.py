@@ -8,10 +8,18 @@ Targets (all measured in the same run, through the same load generator):
   prev     another commit (--prev, default HEAD~1), same venv, same settings: regressions
   ht       High-templar 3.1.0 from PyPI (bench/.venv-ht) under hypercorn, local RabbitMQ
   raw      a minimal websockets broadcast server (bench/raw_server.py): the physical limit
+           of B1 (also its p99 at the production broker's half-saturation rate) and B4
+  rawauth  the same server making the broker's auth call per connection through one pooled
+           aiohttp session (raw_server.py --auth): the limit of B3
+  rawtrigger  a bare ASGI app under the broker's uvicorn flags: parse, one PUBLISH, 202
+           (bench/raw_trigger.py; also the batch form): the limit of B7
 Scenarios: B1 broadcast fan-out, B2 targeted triggers, B3 connect storm, B4 idle memory,
 B5 TCP gate fan-out (STOMP), B6 scale-out (2 broker processes), B7 trigger ingestion,
 B1h what room history costs: B1 on the production server twice, plain triggers then
 BROKER_HISTORY on the B1 room with every trigger posted "history": true (issue 8).
+B7 also posts the batch form (a JSON array of 100 triggers; "unsupported" where it is answered
+400). The goals of issue 13 are each a ratio against the limit measured in the same run
+(bench/report.py). An unknown target or scenario is an error.
 
     bench/run --quick          # ~5 minutes, reduced sizes
     bench/run                  # full sizes, medians over 3 runs (~20 minutes)
