@@ -18,7 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {"uvicorn": "tab:blue", "daphne": "tab:cyan", "prev": "tab:gray",
-          "hightemplar": "tab:red", "raw": "tab:green"}
+          "hightemplar": "tab:red", "raw": "tab:green", "rawauth": "tab:olive",
+          "rawtrigger": "tab:olive", "classic": "tab:purple"}
 
 
 def b1_ramp(res: dict, out: Path) -> None:
@@ -58,11 +59,13 @@ def connect_memory(res: dict, out: Path) -> None:
     b3, b4 = res.get("B3") or {}, res.get("B4") or {}
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     names = [t for t in b3 if b3[t].get("conns_s")]
-    a.bar(names, [b3[t]["conns_s"] for t in names], color=[COLORS.get(t) for t in names])
+    a.bar(names, [b3[t]["conns_s"] for t in names],
+          color=[COLORS.get(t, "tab:gray") for t in names])
     a.set_title(f"B3 connect storm ({res['config'].get('b3_clients')} clients, auth API 5 ms)")
     a.set_ylabel("connections/s")
     names = [t for t in b4 if b4[t].get("kib_per_conn")]
-    b.bar(names, [b4[t]["kib_per_conn"] for t in names], color=[COLORS.get(t) for t in names])
+    b.bar(names, [b4[t]["kib_per_conn"] for t in names],
+          color=[COLORS.get(t, "tab:gray") for t in names])
     b.axhline(30, color="black", ls="--", lw=0.8, label="goal 30 KiB")
     b.set_title(f"B4 idle memory ({res['config'].get('b4_conns')} conns x 2 subscriptions)")
     b.set_ylabel("KiB of server RSS per connection")
