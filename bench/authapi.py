@@ -1,7 +1,8 @@
 """The bench's auth API: a real HTTP server answering ``GET /api/bootstrap/`` after a delay.
 
 aiohttp on uvloop, so it is never the bottleneck of a connect storm. It counts the requests
-it serves and the most that were in flight at once (``GET /stats``, ``POST /reset``).
+it serves, the most that were in flight at once and the distinct credentials (Authorization,
+Cookie) it was asked about (``GET /stats``, ``POST /reset``).
 
     python bench/authapi.py PORT [DELAY_MS]
 """
@@ -17,11 +18,14 @@ from aiohttp import web
 
 BODY = json.dumps({"allowed_rooms": [{"bench": "*"}, {"user": "*"}], "profile": "agent"})
 state = {"count": 0, "in_flight": 0, "max_in_flight": 0}
+credentials: set[tuple[str, str]] = set()
 
 
 def make_app(delay: float) -> web.Application:
     async def bootstrap(request: web.Request) -> web.Response:
         state["count"] += 1
+        credentials.add((request.headers.get("Authorization", ""),
+                         request.headers.get("Cookie", "")))
         state["in_flight"] += 1
         state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
         try:
@@ -32,10 +36,11 @@ def make_app(delay: float) -> web.Application:
             state["in_flight"] -= 1
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response(state)
+        return web.json_response({**state, "distinct_credentials": len(credentials)})
 
     async def reset(request: web.Request) -> web.Response:
         state.update(count=0, max_in_flight=state["in_flight"])
+        credentials.clear()
         return web.json_response(state)
 
     app = web.Application()

@@ -51,7 +51,8 @@ function fail(e) { errors++; if (!firstError) firstError = String(e && e.message
 function openWs(idx) {
   return new Promise((resolve) => {
     const t0 = nowUs();
-    const ws = new WebSocket(cfg.url + (cfg.query || ''), cfg.subprotocol ? [cfg.subprotocol] : [], {
+    // "{i}" in the query: the client's index (distinct credentials per client, B3)
+    const ws = new WebSocket(cfg.url + (cfg.query || '').replace('{i}', idx), cfg.subprotocol ? [cfg.subprotocol] : [], {
       perMessageDeflate: false, handshakeTimeout: 60000,
     });
     const subs = subsFor(idx);

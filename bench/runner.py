@@ -413,12 +413,20 @@ async def targeted(target: lib.Target, n: int, cfg: argparse.Namespace) -> dict:
 
 # ------------------------------------------------------------------ B3: connect storm
 
+def storm_query() -> str:
+    """B3's clients present a token each (``?token=bench-<i>``): a storm of distinct users, so
+    that every connection costs the broker and rawauth one auth call alike (identical
+    concurrent requests may be shared; BENCH_B3_TOKENS=same gives every client one token)."""
+    return "?token=bench" if os.environ.get("BENCH_B3_TOKENS") == "same" else "?token=bench-{i}"
+
+
 async def storm(target: lib.Target, n: int, auth: AuthServer, cfg: argparse.Namespace) -> dict:
     runs = []
     for run in range(min(cfg.runs, 2)):
         auth.reset()
         clients = Clients(target.ws_urls, n, subs="none", workers=cfg.workers,
-                          concurrency=cfg.storm_concurrency, wait_go=True)
+                          concurrency=cfg.storm_concurrency, wait_go=True,
+                          query=storm_query(), offset=run * n)  # new users in each run
         await clients.start()
         await asyncio.sleep(0.3)  # node start-up
         await clients.go()
@@ -428,13 +436,15 @@ async def storm(target: lib.Target, n: int, auth: AuthServer, cfg: argparse.Name
         runs.append({"ok": ready["ok"], "errors": ready["errors"],
                      "conns_s": round(ready["ok"] / secs, 1),
                      "auth_requests": st["count"], "auth_max_in_flight": st["max_in_flight"],
+                     "auth_distinct_credentials": st.get("distinct_credentials"),
                      "connect_p50_ms": ready["connect_p50_ms"],
                      "connect_p99_ms": ready["connect_p99_ms"],
                      "first_error": ready["first_error"]})
         log(f"  {target.name} storm {n} run {run + 1}: {runs[-1]}")
         await clients.close()
         await asyncio.sleep(1.0)  # let the server forget them
-    return {"clients": n, "conns_s": med([r["conns_s"] for r in runs]),
+    return {"clients": n, "tokens": "same" if "{i}" not in storm_query() else "distinct",
+            "conns_s": med([r["conns_s"] for r in runs]),
             "auth_max_in_flight": max(r["auth_max_in_flight"] for r in runs),
             "all_connected": all(r["ok"] == n for r in runs), "runs": runs}
 
