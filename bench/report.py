@@ -168,6 +168,7 @@ def table(res: dict) -> str:
     sizes = sorted({k for t in b1.values() if isinstance(t, dict) for k in t})
     for n in sorted(sizes, key=int):
         for metric, key in (("delivered msgs/s", "saturation_msgs_s"),
+                            ("server CPU us/msg @ sat", "cpu_us_per_msg"),
                             ("p50 ms @ half sat", "p50_ms"), ("p99 ms @ half sat", "p99_ms")):
             row(f"B1 {n} subs", metric, key, {t: _g(b1, t, n, key) for t in b1})
         if _g(b1, "raw", n, "at_rate", "p99_ms") is not None:  # the latency goal's pair
@@ -229,8 +230,12 @@ def table(res: dict) -> str:
     if b7:
         row("B7 ingestion", "/trigger req/s", "",
             limit({t: _g(b7, t, "trigger_req_s") for t in b7}, "rawtrigger"))
+        row("B7 ingestion", "/trigger server CPU us/req", "",
+            limit({t: _g(b7, t, "cpu_us_per_trigger") for t in b7}, "rawtrigger"))
         row("B7 ingestion", "batch of 100: triggers/s", "",
             limit({t: batch(t) for t in b7}, "rawtrigger"))
+        row("B7 ingestion", "batch: server CPU us/trigger", "",
+            limit({t: _g(b7, t, "batch", "cpu_us_per_trigger") for t in b7}, "rawtrigger"))
         row("B7 ingestion", "publish_sync() calls/s", "",
             {t: _g(b7, t, "publish_sync_calls_s") for t in b7})
 

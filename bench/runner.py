@@ -208,6 +208,12 @@ def _g(d: Any, *path: Any) -> Any:
     return d
 
 
+def per_unit_us(cpu_s: float, units: int) -> float | None:
+    """µs of server CPU per delivery (or trigger); None below 5 clock ticks of CPU (50 ms),
+    which /proc cannot tell apart from nothing."""
+    return round(cpu_s / units * 1e6, 2) if units and cpu_s >= 0.05 else None
+
+
 def lat_summary(lat_us: list[int]) -> dict:
     return {"p50_ms": round(pct(lat_us, 0.5) / 1000, 2) if lat_us else None,
             "p99_ms": round(pct(lat_us, 0.99) / 1000, 2) if lat_us else None,
@@ -265,12 +271,16 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
                                         base + 0.95 * count * n)
                 if delivered is None:  # too few samples: fall back to first send..last receipt
                     delivered = got / max((r["last_us"] - first) / 1e6, 1e-6)
-                cpu = (cpu_seconds(target.proc_pids()) - cpu0) / (time.monotonic() - tcpu)
+                cpu_s = cpu_seconds(target.proc_pids()) - cpu0
+                cpu = cpu_s / (time.monotonic() - tcpu)
                 gcpu = (cpu_seconds(clients.pids() + [os.getpid()]) - gcpu0) / (
                     time.monotonic() - tcpu)
                 step = {"rate": round(rate, 2), "offered_msgs_s": round(rate * n),
                         "delivered_msgs_s": round(delivered), "lost": count * n - got,
-                        "server_cpu": round(cpu, 2), "loadgen_cpu": round(gcpu, 2)}
+                        "server_cpu": round(cpu, 2), "loadgen_cpu": round(gcpu, 2),
+                        # the server's CPU per delivery: steadier than msgs/s on a shared
+                        # machine, where the server gets 0.4 to 1.0 of a core from run to run
+                        "server_cpu_us_per_msg": per_unit_us(cpu_s, got)}
                 steps.append(step)
                 if step["lost"]:
                     sent_total = r["recv"] // n  # resync; losses are reported
@@ -284,6 +294,7 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
                 else:
                     rate *= 2
             sat = max(s["delivered_msgs_s"] for s in steps)
+            sat_step = next(s for s in steps if s["delivered_msgs_s"] == sat)
             # latency at half of saturation
             lat_rate = max(0.5, 0.5 * sat / n)
             await m.sync()
@@ -298,6 +309,7 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
                 f"p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms at {lat_rate:.1f} trig/s; "
                 f"steps (offered, delivered, server cpu, loadgen cpu) {brief}")
             result["runs"].append({"saturation_msgs_s": sat, "latency_rate": round(lat_rate, 2),
+                                   "cpu_us_per_msg": sat_step["server_cpu_us_per_msg"],
                                    **lat, "steps": steps})
             if at_rate:
                 await m.sync()
@@ -312,6 +324,7 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
         result["saturation_msgs_s"] = med([r["saturation_msgs_s"] for r in result["runs"]])
         result["p50_ms"] = med([r["p50_ms"] for r in result["runs"]])
         result["p99_ms"] = med([r["p99_ms"] for r in result["runs"]])
+        result["cpu_us_per_msg"] = med([r["cpu_us_per_msg"] for r in result["runs"]])
         if at_rate:
             result["at_rate"] = {
                 "rate": round(at_rate, 2),
@@ -509,12 +522,15 @@ async def ingestion(target: lib.Target, cfg: argparse.Namespace) -> dict:
         for _ in range(cfg.runs):
             cpu0 = cpu_seconds(target.proc_pids())
             done, secs = await closed_loop(trig, cfg.trigger_conns, cfg.step_s * 2, NOBODY)
-            cpu = (cpu_seconds(target.proc_pids()) - cpu0) / secs
-            runs.append({"trigger_req_s": round(done / secs, 1), "server_cpu": round(cpu, 2)})
+            cpu_s = cpu_seconds(target.proc_pids()) - cpu0
+            runs.append({"trigger_req_s": round(done / secs, 1),
+                         "server_cpu": round(cpu_s / secs, 2),
+                         "cpu_us_per_trigger": per_unit_us(cpu_s, done)})
     finally:
         await trig.close()
     res = {"trigger_req_s": med([r["trigger_req_s"] for r in runs]),
-           "server_cpu": med([r["server_cpu"] for r in runs]), "runs": runs,
+           "server_cpu": med([r["server_cpu"] for r in runs]),
+           "cpu_us_per_trigger": med([r["cpu_us_per_trigger"] for r in runs]), "runs": runs,
            "trigger_errors": trig.errors, "answered_all": trig.errors == 0}
     res["batch"] = await batch_ingestion(target, cfg)
     if isinstance(target, BrokerTarget):
@@ -569,11 +585,14 @@ async def batch_ingestion(target: lib.Target, cfg: argparse.Namespace,
             done = 0
             cpu0 = cpu_seconds(target.proc_pids())
             secs = await closed(cfg.step_s * 2)
-            cpu = (cpu_seconds(target.proc_pids()) - cpu0) / secs
+            cpu_s = cpu_seconds(target.proc_pids()) - cpu0
             runs.append({"triggers_s": round(done / secs, 1),
-                         "batches_s": round(done / size / secs, 1), "server_cpu": round(cpu, 2)})
+                         "batches_s": round(done / size / secs, 1),
+                         "server_cpu": round(cpu_s / secs, 2),
+                         "cpu_us_per_trigger": per_unit_us(cpu_s, done)})
         return {"batch_size": size, "triggers_s": med([r["triggers_s"] for r in runs]),
-                "server_cpu": med([r["server_cpu"] for r in runs]), "runs": runs,
+                "server_cpu": med([r["server_cpu"] for r in runs]),
+                "cpu_us_per_trigger": med([r["cpu_us_per_trigger"] for r in runs]), "runs": runs,
                 "incomplete_answers": bad, "first_incomplete": first_bad,
                 "answered_all": bad == 0}
     finally:
