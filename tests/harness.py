@@ -794,7 +794,8 @@ class BrokerStartError(RuntimeError):
 #   adds ``--access-log`` (the last of two flags wins).
 UVICORN_ARGV = ["{python}", "-m", "uvicorn", "combroker.asgi:application",
                 "--host", LOCALHOST, "--port", "{port}", "--loop", "uvloop", "--http", "httptools",
-                "--ws", "websockets-sansio", "--no-proxy-headers", "--no-access-log",
+                "--ws", "broker.wsedge:WebSocketEdge", "--ws-per-message-deflate", "false",
+                "--no-proxy-headers", "--no-access-log",
                 "--ws-max-size", "1048576", "--timeout-graceful-shutdown", "5",
                 "--timeout-keep-alive", "30"]
 # daphne as a team that mounts the broker into its Channels deployment runs it (no

@@ -5,7 +5,7 @@ The project is built into a wheel (from a copy of the working tree, so the check
 from a directory outside the source tree, so nothing of the checkout can be on ``sys.path``:
 
 - the README's production commands (its "Production" block, read from README.md, not copied
-  here): uvicorn with ``--ws websockets-sansio``, and the TCP gate;
+  here): uvicorn with ``--ws broker.wsedge:WebSocketEdge``, and the TCP gate;
 - ``runbroker`` through ``django-admin --settings combroker.settings`` (an installed package has
   no manage.py), with its demo pages and the JS client served from the package's files.
 
@@ -195,9 +195,10 @@ def test_the_installed_package_is_the_one_running(installed: Installed) -> None:
 
 async def test_readme_production_command_serves(installed: Installed, broker_factory, auth_api,
                                                 redis_server, unique) -> None:
-    """README's uvicorn command (``--ws websockets-sansio``, uvloop, httptools) from the venv."""
+    """README's uvicorn command (``--ws broker.wsedge:WebSocketEdge``, uvloop, httptools) from
+    the venv."""
     argv = _production_command("uvicorn", "{port}")
-    assert argv[0] == "uvicorn" and "websockets-sansio" in argv, argv
+    assert argv[0] == "uvicorn" and "broker.wsedge:WebSocketEdge" in argv, argv
     news = {"target": "news", "id": unique}
     auth_api.allow(token=unique, body={"allowed_rooms": [news], "login_id": f"u{unique}"})
     server = broker_factory(

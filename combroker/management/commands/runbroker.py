@@ -1,9 +1,10 @@
 """``python manage.py runbroker``: the broker in one process, for development and the demo.
 
 It runs the production server, uvicorn, with the options of the production command that change
-what a client sees (docs/operations.md "Processes": uvloop, httptools, ``websockets-sansio``,
-a 1 MiB inbound message cap, 30 s keep-alive, 5 s for uvicorn's own teardown), and the TCP
-gate (``--tcp-port``) on the same asyncio loop, so WebSocket and TCP clients share one hub.
+what a client sees (docs/operations.md "Processes": uvloop, httptools, the broker's WebSocket
+edge without compression, a 1 MiB inbound message cap, 30 s keep-alive, 5 s for uvicorn's own
+teardown), and the TCP gate (``--tcp-port``) on the same asyncio loop, so WebSocket and TCP
+clients share one hub.
 Its clients reach it directly, so it trusts no proxy headers.
 
 With no BROKER_REDIS_URL it uses the in-memory layer; with no BROKER_AUTH_URL it serves the
@@ -93,7 +94,8 @@ class Command(BaseCommand):
         # and the access log: the server is uvicorn's, its loop uvloop (as ``--loop uvloop``).
         config = uvicorn.Config(
             get_default_application(), host=host, port=port, http="httptools",
-            ws="websockets-sansio", ws_max_size=1_048_576, timeout_graceful_shutdown=5,
+            ws="broker.wsedge:WebSocketEdge", ws_per_message_deflate=False,
+            ws_max_size=1_048_576, timeout_graceful_shutdown=5,
             timeout_keep_alive=30, proxy_headers=False, access_log=False)
         server = uvicorn.Server(config)
         try:
