@@ -249,13 +249,19 @@ class Target:
         raise NotImplementedError
 
 
-def uvicorn_argv(app: str, *extra: str) -> list[str]:
+def uvicorn_argv(app: str, *extra: str, src: Path = ROOT, ws: str | None = None) -> list[str]:
     """The production server's command (the README's flags): the broker, and the bare ASGI app
-    of the ``rawtrigger`` target, run under exactly these."""
-    ws_impl = os.environ.get("BENCH_UVICORN_WS", "websockets-sansio")
+    of the ``rawtrigger`` target, run under exactly these. The WebSocket implementation is the
+    broker's own edge where the tree ``src`` has one (``broker/wsedge.py``), else uvicorn's
+    ``websockets-sansio`` (a ``prev`` tree from before it); ``ws`` or ``BENCH_UVICORN_WS``
+    choose another."""
+    edge = (Path(src) / "broker" / "wsedge.py").exists()
+    ws_impl = ws or os.environ.get("BENCH_UVICORN_WS") or (
+        "broker.wsedge:WebSocketEdge" if edge else "websockets-sansio")
     return [PY, "-m", "uvicorn", app, *extra, "--host", "127.0.0.1",
             "--port", "{port}", "--no-access-log", "--log-level", "warning",
             "--loop", "uvloop", "--http", "httptools", "--ws", ws_impl,
+            "--ws-per-message-deflate", "false",
             "--backlog", "4096", "--timeout-keep-alive", "30"]
 
 
@@ -275,9 +281,10 @@ class BrokerTarget(Target):
     def __init__(self, name: str, auth_url: str, *, src: Path = ROOT, server: str = "daphne",
                  procs: int = 1, tcpgate: bool = False, layer: str = "pubsub",
                  env: dict[str, str] | None = None,
-                 trigger_fields: dict[str, Any] | None = None) -> None:
+                 trigger_fields: dict[str, Any] | None = None, ws: str | None = None) -> None:
         """``env``: extra settings of the broker processes (e.g. BROKER_HISTORY);
-        ``trigger_fields``: extra members of every /trigger body (e.g. {"history": True})."""
+        ``trigger_fields``: extra members of every /trigger body (e.g. {"history": True});
+        ``ws``: uvicorn's ``--ws`` (default: the tree's production one, ``uvicorn_argv``)."""
         super().__init__()
         self.name, self.kind = name, "broker"
         self.auth_url, self.src, self.server, self.nprocs = auth_url, src, server, procs
@@ -287,13 +294,14 @@ class BrokerTarget(Target):
         self.redis: RedisServer | None = None
         self.procs: list[BrokerProcess] = []
         self.gate: subprocess.Popen | None = None
+        self.ws = ws
 
     def trigger(self, conns: int = 8) -> HttpTrigger:
         return HttpTrigger(self.base_urls, conns=conns, fields=self.trigger_fields)
 
     def argv(self) -> list[str]:
         if self.server == "uvicorn":
-            return uvicorn_argv("combroker.asgi:application")
+            return uvicorn_argv("combroker.asgi:application", src=self.src, ws=self.ws)
         return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}",
                 "combroker.asgi:application"]
 

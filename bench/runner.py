@@ -3,6 +3,8 @@
 Targets (all measured in the same run, through the same load generator):
   uvicorn  this tree under uvicorn (the production server, docs/performance.md), one process,
            private redis-server, pub/sub layer; goals and ratios use it
+  asgi     this tree under uvicorn with uvicorn's own WebSocket implementation
+           (websockets-sansio) and the ASGI adapter (broker/consumers.py), not the edge
   daphne   this tree under daphne
   classic  this tree on channels_redis's classic layer (not in the default targets)
   prev     another commit (--prev, default HEAD~1), same venv, same settings: regressions
@@ -666,6 +668,9 @@ async def main(cfg: argparse.Namespace) -> dict:
     def mk(name: str, **kw: Any) -> lib.Target | None:
         if name in ("daphne", "uvicorn"):
             return BrokerTarget(name, auth.url, src=snap, server=name, **kw)
+        if name == "asgi":  # uvicorn's own WebSocket implementation and the ASGI adapter
+            return BrokerTarget(name, auth.url, src=snap, server="uvicorn",
+                                ws="websockets-sansio", **kw)
         if name == "classic":  # the production server on channels_redis's classic layer
             return BrokerTarget(name, auth.url, src=snap, server=cfg.prod, layer="classic", **kw)
         if name == "prev":
@@ -801,7 +806,8 @@ async def main(cfg: argparse.Namespace) -> dict:
 
 # Every target --targets accepts, and every scenario --only accepts; anything else is an error
 # (a misspelt name used to run nothing, silently).
-TARGETS = ("daphne", "uvicorn", "classic", "prev", "ht", "raw", "rawauth", "rawtrigger")
+TARGETS = ("daphne", "uvicorn", "asgi", "classic", "prev", "ht", "raw", "rawauth",
+           "rawtrigger")
 SCENARIOS = ("B1", "B1h", "B2", "B3", "B4", "B5", "B6", "B7")
 # Names people reach for that are spelt otherwise here (the results call High-templar
 # "hightemplar"; the target is "ht").
@@ -811,11 +817,11 @@ ALIAS_HINTS = {"hightemplar": "ht", "high-templar": "ht", "broker": "uvicorn"}
 # Which targets take part in which scenario (the others are skipped there): raw is the limit of
 # B1 and B4, rawauth of B3, rawtrigger of B7.
 SCENARIO_TARGETS: dict[str, tuple[str, ...]] = {
-    "B1": ("daphne", "uvicorn", "classic", "prev", "ht", "raw"),
+    "B1": ("daphne", "uvicorn", "asgi", "classic", "prev", "ht", "raw"),
     "B1h": (), "B5": (), "B6": (),  # the production server, whatever --targets says
     "B2": ("daphne", "uvicorn", "classic"),
-    "B3": ("daphne", "uvicorn", "prev", "ht", "rawauth"),
-    "B4": ("daphne", "uvicorn", "ht", "raw"),
+    "B3": ("daphne", "uvicorn", "asgi", "prev", "ht", "rawauth"),
+    "B4": ("daphne", "uvicorn", "asgi", "ht", "raw"),
     "B7": ("daphne", "uvicorn", "prev", "classic", "rawtrigger"),
 }
 
