@@ -1,6 +1,6 @@
 """What one idle connection holds in the broker: a tracemalloc diff of N vs 2N connections.
 
-    .venv/bin/python bench/memprofile.py [--conns 1000] [--server uvicorn] [--top 30]
+    .venv/bin/python bench/memprofile.py [--conns 1000] [--server uvicorn] [--ws IMPL] [--top 30]
 
 The broker (this tree, under the bench's uvicorn flags, private Redis, the bench auth API)
 runs with ``PYTHONTRACEMALLOC`` and ``bench/memhook/sitecustomize.py``, which writes a snapshot
@@ -62,7 +62,7 @@ async def main(a: argparse.Namespace) -> None:
     auth = AuthServer(0.0)
     snaps = Path(tempfile.mkdtemp(prefix="memprof-"))
     os.environ["BENCH_EXTRA_PYTHONPATH"] = str(SITE)  # lib.broker_env adds it
-    t = lib.BrokerTarget("mem", auth.url, server=a.server, env={
+    t = lib.BrokerTarget("mem", auth.url, server=a.server, ws=a.ws, env={
         "PYTHONTRACEMALLOC": str(a.depth), "BENCH_SNAPSHOT_DIR": str(snaps)})
     t.start()
     try:
@@ -83,11 +83,12 @@ async def main(a: argparse.Namespace) -> None:
                              offset=1000 + a.conns)
         await second.start()
         after = await snapshot(1)
-        text = f"{a.server}, {a.conns} -> {2 * a.conns} idle connections\n" + report(
+        server = a.server + (f" --ws {a.ws}" if a.ws else "")
+        text = f"{server}, {a.conns} -> {2 * a.conns} idle connections\n" + report(
             before, after, a.conns, a.top)
         await second.close()
         await first.close()
-        dest = lib.BENCH / "results" / f"memprofile-{a.server}.txt"
+        dest = lib.BENCH / "results" / f"memprofile-{a.server}{'-' + a.ws if a.ws else ''}.txt"
         dest.parent.mkdir(exist_ok=True)
         dest.write_text(text + "\n")
         print(text)
@@ -101,6 +102,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--conns", type=int, default=1000)
     ap.add_argument("--server", default="uvicorn")
+    ap.add_argument("--ws", help="uvicorn's --ws (default: the production one, the edge)")
     ap.add_argument("--depth", type=int, default=1, help="frames kept per allocation")
     ap.add_argument("--top", type=int, default=30)
     uvloop.run(main(ap.parse_args()))

@@ -40,6 +40,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from . import serve
 from .conf import conf
@@ -182,19 +183,15 @@ class WebSocketEdge(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
-        if conn is None:  # the upgrade request, as uvicorn re-serialized it
-            if not self._ours(data):
-                return
-            conn = self.conn
-            assert conn is not None
+        if conn is None:  # the upgrade request, whole, as uvicorn re-serialized it
+            self._upgrade(data)
+            return
         self.last_read = time.monotonic()
         self.pinged_at = None  # anything the client sends answers a ping
         conn.receive_data(data)
         for event in conn.events_received():
             if isinstance(event, Frame):
                 self._frame(event)
-            elif isinstance(event, Request):
-                self._request(event)
         self._flush()
         if conn.parser_exc is not None:
             self._end_input()
@@ -233,33 +230,44 @@ class WebSocketEdge(asyncio.Protocol):
 
     # ------------------------------------------------------------ the handshake
 
-    def _ours(self, data: bytes) -> bool:
-        """The upgrade is to the broker's path: served here (True). Else it is handed with
-        its bytes to uvicorn's own implementation, and this object is done."""
-        head = data.split(b" ", 2)
-        path = unquote(head[1].partition(b"?")[0].decode("latin-1")) if len(head) > 2 else ""
+    def _upgrade(self, head: bytes) -> None:
+        """The upgrade request: to the broker's path, answered here (the accept waits for
+        ``start``; a request that is not a valid handshake gets its 4xx). To any other, handed
+        with its bytes to uvicorn's own implementation, and this object is done.
+
+        The request is read here, once, and the frames by a protocol that starts OPEN: one
+        that read the handshake itself would keep the request, headers and all, in its parser
+        for as long as the connection lives (2 KiB each)."""
         transport = self.transport
         assert transport is not None
+        line = head.split(b" ", 2)
+        path = unquote(line[1].partition(b"?")[0].decode("latin-1")) if len(line) > 2 else ""
         if path not in PATHS:
             other = _ws_protocol_class()(config=self.config, server_state=self.server_state,
                                          app_state=self.app_state)
             other.connection_made(transport)
             transport.set_protocol(other)
-            other.data_received(data)
-            return False
+            other.data_received(head)
+            return
         c = self.config
         extensions = [ServerPerMessageDeflateFactory(
             server_max_window_bits=12, client_max_window_bits=12,
             compress_settings={"memLevel": 5})] if c.ws_per_message_deflate else None
-        self.conn = ServerProtocol(extensions=extensions, max_size=c.ws_max_size,
-                                   logger=_protocol_log)
+        conn = self.conn = ServerProtocol(extensions=extensions, max_size=c.ws_max_size,
+                                          logger=_protocol_log, state=State.OPEN)
         self.server_state.connections.add(self)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        return True
-
-    def _request(self, request: Request) -> None:
-        transport, conn = self.transport, self.conn
-        assert transport is not None and conn is not None
+        try:
+            request = _request(head)
+        except Exception as exc:  # noqa: BLE001 - whatever the parser makes of bad input
+            response = conn.reject(400, f"Failed to open a WebSocket connection: {exc}.\n")
+        else:
+            response = conn.accept(request)  # negotiates the extensions, checks the upgrade
+        if response.status_code != 101:  # not a valid WebSocket handshake: its 4xx, closed
+            self.closed = True
+            transport.write(response.serialize())
+            transport.close()
+            return
         raw_path, _, query = request.path.partition("?")
         subprotocols: list[str] = []
         for header in request.headers.get_all("Sec-WebSocket-Protocol"):
@@ -274,13 +282,6 @@ class WebSocketEdge(asyncio.Protocol):
             "client": (peer[0], peer[1]) if isinstance(peer, tuple) else None,
             "subprotocols": subprotocols,
         }
-        response = conn.accept(request)
-        if response.status_code != 101:  # not a valid WebSocket handshake: its 4xx, closed
-            self.closed = True
-            conn.send_response(response)
-            self._flush()
-            transport.close()
-            return
         self._response = response
         self._task = asyncio.ensure_future(self._serve())
         self.server_state.tasks.add(self._task)
@@ -306,9 +307,8 @@ class WebSocketEdge(asyncio.Protocol):
         conn = self.conn
         assert conn is not None
         self.closed = True
-        conn.send_response(conn.reject(503, reason))
-        self._flush()
         if self.transport is not None:
+            self.transport.write(conn.reject(503, reason).serialize())
             self.transport.close()
 
     async def start(self) -> serve.Framing:
@@ -322,9 +322,9 @@ class WebSocketEdge(asyncio.Protocol):
             response.headers[name.decode("latin-1")] = value.decode("latin-1")
         if subprotocol:
             response.headers["Sec-WebSocket-Protocol"] = subprotocol
-        conn.send_response(response)
+        if self.transport is not None:
+            self.transport.write(response.serialize())
         self.compressed = bool(conn.extensions)
-        self._flush()
         Keepalive.join(self, self.config.ws_ping_interval, self.config.ws_ping_timeout)
         return framing
 
@@ -332,6 +332,8 @@ class WebSocketEdge(asyncio.Protocol):
         inbox = self._inbox
         if inbox:
             message = inbox.popleft()
+            if not inbox:
+                self._inbox = None  # an idle connection holds none
             if self._paused and len(inbox) < INBOX_HIGH_WATER // 2 and self.transport:
                 self._paused = False
                 self.transport.resume_reading()
@@ -485,6 +487,20 @@ class WebSocketEdge(asyncio.Protocol):
                 transport.write(data)
             elif not transport.is_closing():
                 transport.close()
+
+
+def _request(head: bytes) -> Request:
+    """The handshake request in ``head`` (websockets' parser; its errors for bad input)."""
+    reader = StreamReader()
+    reader.feed_data(head)
+    reader.feed_eof()
+    parser = Request.parse(reader.read_line)
+    try:
+        while True:
+            next(parser)
+    except StopIteration as done:
+        request: Request = done.value
+        return request
 
 
 async def _proxied(scope: Scope, trusted: Any) -> None:

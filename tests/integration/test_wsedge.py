@@ -163,3 +163,4 @@ async def test_other_paths_are_answered_as_uvicorns_own_implementation_does(
         assert welcome["is_authorized"] is True
         await ws.close()
     assert statuses[0] == statuses[1], statuses
+
