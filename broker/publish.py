@@ -8,27 +8,22 @@ which case the trigger was not delivered.
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 from concurrent.futures import Future
 from typing import Any
 
 from channels.layers import get_channel_layer
 
-from rooms import InvalidRoom, Room, parse_room
+from rooms import Room
 
-from .errors import INVALID_TRIGGER_ID, InvalidTriggerId
 from .fanout.router import Router
 from .fanout.running import fanout_settings, hub_loop, make_stores, running_hub
 from .jsontext import dump_json
+from .triggers import check_trigger_id, parse_rooms
+
+__all__ = ["check_trigger_id", "parse_rooms", "publish", "publish_rooms", "publish_sync"]
 
 _routers: dict[asyncio.AbstractEventLoop, Router] = {}
-
-
-def parse_rooms(rooms: Any) -> list[Room]:
-    if not isinstance(rooms, list) or not rooms:
-        raise InvalidRoom("rooms must be a non-empty list of rooms")
-    return [parse_room(r) for r in rooms]
 
 
 def _router() -> Router:
@@ -42,19 +37,6 @@ def _router() -> Router:
     if router is None:
         router = _routers[loop] = Router(get_channel_layer(), make_stores(), fanout_settings())
     return router
-
-
-_TRIGGER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
-
-def check_trigger_id(value: Any) -> str | None:
-    """None, or a client-supplied trigger id: 1 to 64 characters of A-Z a-z 0-9 . _ : -"""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _TRIGGER_ID.fullmatch(value):
-        raise InvalidTriggerId(f"{INVALID_TRIGGER_ID}: a trigger id is 1 to 64 characters "
-                               "of A-Z a-z 0-9 . _ : -")
-    return value
 
 
 async def publish_rooms(rooms: list[Room], data: Any, history: bool = False,
