@@ -1,0 +1,104 @@
+"""Triggers in batches: ``publish_many()`` / ``publish_many_sync()`` from a Django process of
+its own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+from tests.harness import ROOT, expect_nothing, free_port, recv_json, send_json, ws_open
+
+RICH = ["combroker.v1"]
+CHAT_ANY = {"target": "chat", "customer": "*"}
+
+
+PUBLISHER = r"""
+import asyncio, json, sys
+import django
+django.setup()
+from broker import publish, publish_many, publish_many_sync
+
+room = json.loads(sys.argv[1])
+
+
+def batch(run):
+    return [
+        {"rooms": [room], "data": {"run": run, "n": 1}},
+        {"rooms": [{"bad": None}], "data": 1},
+        {"rooms": [room], "data": {"run": run, "n": 2}, "id": f"{run}-2"},
+        {"rooms": [room], "data": 1, "id": "not ok"},
+        {"rooms": [room]},
+        {"rooms": [room], "data": float("nan")},
+        "not a mapping",
+        {"rooms": [room], "data": {"run": run, "n": 3}, "history": True},
+    ]
+
+
+def show(results):
+    return [r if isinstance(r, str) else [type(r).__name__, str(r)] for r in results]
+
+
+out = {"sync": show(publish_many_sync(batch("sync"))),
+       "async": show(asyncio.run(publish_many(iter(batch("async")))))}
+try:  # broker.publish takes the caller's own id too
+    out["own"] = asyncio.run(publish([room], {"run": "own"}, trigger_id="own-id"))
+except Exception as exc:
+    out["own"] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def run_publisher(env_overrides: dict, room: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update(DJANGO_SETTINGS_MODULE="combroker.settings", PYTHONDONTWRITEBYTECODE="1",
+               **env_overrides)
+    proc = subprocess.run([sys.executable, "-c", PUBLISHER, json.dumps(room)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+async def test_publish_many_answers_each_trigger_in_order(broker_factory, auth_api,
+                                                          redis_server, unique):
+    prefix = f"pubmany-{unique}"
+    room = {"target": "chat", "customer": "9"}
+    auth_api.allow("t", body={"allowed_rooms": [CHAT_ANY]})
+    broker = broker_factory(auth_api=auth_api, redis=redis_server, BROKER_KEY_PREFIX=prefix)
+    ws, _ = await ws_open(broker.ws_url, token="t", subprotocols=RICH)
+    await send_json(ws, {"type": "subscribe", "room": room, "requestId": "s"})
+    assert (await recv_json(ws))["code"] == "success"
+
+    out = await asyncio.to_thread(run_publisher, {"BROKER_REDIS_URL": redis_server.url,
+                                                  "BROKER_KEY_PREFIX": prefix}, room)
+    for run in ("sync", "async"):
+        results = out[run]
+        assert [r[0] for r in results[1:2] + results[3:7]] == [
+            "InvalidRoom", "InvalidTriggerId", "InvalidTrigger", "ValueError",
+            "InvalidTrigger"], results
+        assert results[3][1].startswith("invalid-trigger-id: ")
+        assert results[4][1] == "data missing" and results[6][1] == "body must be a JSON object"
+        assert results[2] == f"{run}-2"
+        ids = [results[0], results[2], results[7]]
+        assert all(isinstance(i, str) for i in ids), results
+        for n, trigger_id in enumerate(ids, start=1):
+            frame = await recv_json(ws)
+            assert (frame["data"], frame["id"]) == ({"run": run, "n": n}, trigger_id), frame
+    frame = await recv_json(ws)
+    assert (frame["data"], frame["id"]) == ({"run": "own"}, "own-id") == (
+        {"run": "own"}, out["own"])
+    await expect_nothing(ws)
+    await ws.close()
+
+
+def test_publish_many_returns_broker_unavailable_per_entry_when_redis_is_down():
+    out = run_publisher({"BROKER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
+                        {"target": "chat", "customer": "9"})
+    for run in ("sync", "async"):
+        names = [r[0] if isinstance(r, list) else r for r in out[run]]
+        assert names == ["BrokerUnavailable", "InvalidRoom", "BrokerUnavailable",
+                         "InvalidTriggerId", "InvalidTrigger", "ValueError", "InvalidTrigger",
+                         "BrokerUnavailable"], out[run]
+    assert out["own"] == "BrokerUnavailable"
