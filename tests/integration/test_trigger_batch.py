@@ -1,5 +1,7 @@
-"""Triggers in batches: ``publish_many()`` / ``publish_many_sync()`` from a Django process of
-its own."""
+"""Triggers in batches: ``POST /trigger`` with an array over a sharded layer whose one shard is
+down (each entry answered for itself), and ``publish_many()`` / ``publish_many_sync()`` from a
+Django process of its own. (The batch form's status codes on both ways the route is served:
+tests/integration/test_trigger.py.)"""
 
 from __future__ import annotations
 
@@ -9,10 +11,46 @@ import os
 import subprocess
 import sys
 
-from tests.harness import ROOT, expect_nothing, free_port, recv_json, send_json, ws_open
+import pytest
+
+from tests.harness import (
+    ROOT, RedisServer, atrigger, expect_nothing, free_port, recv_json, send_json, ws_open,
+)
+from tests.integration.test_trigger_id import room_on_shard
 
 RICH = ["combroker.v1"]
 CHAT_ANY = {"target": "chat", "customer": "*"}
+UNAVAILABLE = {"error": "channel layer unavailable: the trigger was not delivered", "status": 503}
+
+
+@pytest.fixture
+def two_shards(fresh_redis):
+    with RedisServer() as second:
+        yield fresh_redis, second
+
+
+async def test_a_batch_over_a_shard_that_is_down_answers_each_entry(
+        broker_factory, auth_api, two_shards, unique):
+    first, second = two_shards
+    prefix = f"batch-{unique}"
+    auth_api.allow("t", body={"allowed_rooms": [CHAT_ANY]})
+    broker = broker_factory(auth_api=auth_api, redis=[first, second], BROKER_KEY_PREFIX=prefix)
+    a, b = room_on_shard(prefix, 0), room_on_shard(prefix, 1)
+    ws, _ = await ws_open(broker.ws_url, token="t", subprotocols=RICH)
+    await send_json(ws, {"type": "subscribe", "room": a, "requestId": "a"})
+    assert (await recv_json(ws))["code"] == "success"
+
+    second.stop()
+    batch = [{"rooms": [a], "data": 1}, {"rooms": [b], "data": 2},
+             {"rooms": [a], "data": 3, "id": "third"}, {"rooms": [a, b], "data": 4}]
+    r = await atrigger(broker.base_url, "test-token", None, body=batch)
+    assert r.status_code == 207, r.text
+    results = r.json()["results"]
+    assert set(results[0]) == {"id"} and results[2] == {"id": "third"}, results
+    assert results[1] == UNAVAILABLE and results[3] == UNAVAILABLE, results
+    got = [await recv_json(ws, timeout=5) for _ in range(2)]
+    assert [(f["data"], f["id"]) for f in got] == [(1, results[0]["id"]), (3, "third")]
+    await ws.close()
 
 
 PUBLISHER = r"""

@@ -27,7 +27,7 @@ async def subscribe(broker, room, request_id):
     return ws
 
 
-@pytest.mark.parametrize("form", ["single"])
+@pytest.mark.parametrize("form", ["single", "batch"])
 async def test_a_wildcard_mask_new_to_the_posting_process_is_sent_to(
         broker_factory, auth_api, redis_server, unique, form):
     auth_api.allow(token="sub", body={"allowed_rooms": [CHAT, CHAT_ANY]})
