@@ -1,5 +1,9 @@
 """POST /trigger (PROTOCOL §5): every status code, the batch form, and publish()/publish_sync()
-from a Django process of its own reaching a WebSocket subscriber through Redis."""
+from a Django process of its own reaching a WebSocket subscriber through Redis.
+
+The HTTP contract runs against both ways the route is served (``ROUTES``): the sidecar's ASGI
+route in front of Django (``broker.triggerroute``) and the Django view a project that mounts
+``broker.urls`` serves (``tests/viewasgi.py``)."""
 
 from __future__ import annotations
 
@@ -23,8 +27,10 @@ TOKEN = "test-token"
 NEWS = {"target": "news"}
 MAX_BYTES = 300
 MAX_BATCH = 5
-# How POST /trigger is served: "view", Django's request cycle and broker.views.trigger.
-ROUTES = {"view": UVICORN_ARGV}
+# How POST /trigger is served: "route", the sidecar's own ASGI route (combroker.asgi);
+# "view", Django's request cycle and broker.views.trigger (tests/viewasgi.py).
+ROUTES = {"route": UVICORN_ARGV,
+          "view": [a.replace("combroker.asgi:", "tests.viewasgi:") for a in UVICORN_ARGV]}
 
 
 def publish(request_id, data) -> dict:
