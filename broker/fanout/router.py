@@ -130,15 +130,13 @@ class Router:
         ((rooms, message),) = messages
         used = {shape: self.masks.cached(shape) for shape in shapes}
         groups, wire = self.groups_for(rooms, used.__getitem__), message.to_wire()
-        sent, read = await asyncio.gather(self._send([(groups, wire)]),
-                                          self.masks.current(shapes), return_exceptions=True)
-        if isinstance(sent, BaseException):
-            raise sent
-        if isinstance(read, BaseException):
-            if not isinstance(read, Exception):
-                raise read
+        reading = self.masks.current(shapes)  # starts now; awaited once the send is done
+        sent = await self._send([(groups, wire)])
+        try:
+            read = await reading
+        except Exception as exc:  # noqa: BLE001 - BrokerUnavailable, or a bug
             # it may not have reached a subscription whose mask was new: not known delivered
-            return [_unavailable(read)]
+            return [_unavailable(exc)]
         if sent[0] is not None or all(read[shape] <= used[shape] for shape in shapes):
             return sent
         return await self._send([(self.groups_for(rooms, read.__getitem__) - groups, wire)])

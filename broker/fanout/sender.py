@@ -3,9 +3,11 @@
 channels_redis's pub/sub layer makes each ``group_send`` one PUBLISH, awaited alone under a
 lock per shard: a trigger for three groups was three round trips, and concurrent triggers
 queued behind each other's. On that layer the sender serializes each message once and sends
-the PUBLISHes of every (groups, message) pair of a call in one pipeline per shard, in order,
-on the layer's own connection pool, with the layer's serializer and channel names, so a
-receiver (of any version) reads exactly what ``group_send`` would have sent.
+the PUBLISHes of every (groups, message) pair in one pipeline per shard, in order, on the
+layer's own connection pool, with the layer's serializer and channel names, so a receiver (of
+any version) reads exactly what ``group_send`` would have sent. Calls made while a pipeline is
+in flight go together in the next one (``broker.fanout.coalesce``): under load one write to
+Redis carries the PUBLISHes of many triggers, and they leave in the order they were sent.
 
 Any other layer (the in-memory one, channels_redis's classic ``RedisChannelLayer``, a layer a
 project brings) gets ``group_send`` per group, all at once, as before.
@@ -17,19 +19,22 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from .coalesce import Coalesced
+
 Send = tuple[set[str], dict[str, Any]]  # the groups, and the message's wire form
 
 
 class Sender:
     def __init__(self, layer: Any) -> None:
         self.layer = layer
-        self._pipelined = _is_pubsub(layer)
+        self._pipelined: Coalesced[Sequence[Send], list[Exception | None]] | None = (
+            Coalesced(self._pipelines) if _is_pubsub(layer) else None)
 
     async def send(self, sends: Sequence[Send]) -> list[Exception | None]:
         """Send each message to each of its groups; per message, in order, None or the
         exception that failed a send of it (one failure fails every message of its shard)."""
-        if self._pipelined:
-            return await self._pipeline(sends)
+        if self._pipelined is not None:
+            return await self._pipelined(sends)
         return await self._group_sends(sends)
 
     async def _group_sends(self, sends: Sequence[Send]) -> list[Exception | None]:
@@ -41,6 +46,11 @@ class Sender:
         results = await asyncio.gather(*(one(groups, wire) for groups, wire in sends),
                                        return_exceptions=True)
         return [_failure(r) for r in results]
+
+    async def _pipelines(self, calls: list[Sequence[Send]]) -> list[list[Exception | None]]:
+        flat = [send for sends in calls for send in sends]
+        results = iter(await self._pipeline(flat))
+        return [[next(results) for _ in sends] for sends in calls]
 
     async def _pipeline(self, sends: Sequence[Send]) -> list[Exception | None]:
         loop_layer = self.layer._get_layer()  # the layer's state on this event loop
