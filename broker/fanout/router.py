@@ -23,10 +23,9 @@ Every message is a typed value of ``broker.messages``; this module only chooses 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rooms import Room
@@ -175,19 +174,19 @@ class Router:
         s = self.settings
         ids = [trigger_id or uuid.uuid4().hex for _, _, _, trigger_id in triggers]
         offsets: list[dict[str, int] | None | Exception] = [None] * len(triggers)
-        recording: dict[int, Awaitable[dict[str, int]]] = {}
+        down: BrokerUnavailable | None = None  # the history's Redis failed: record no more
         for i, (rooms, data_json, history, own_id) in enumerate(triggers):
             recorded = s.history_policy.recorded(rooms) if history else []
-            if recorded:
-                recording[i] = self.stores.history.append(
-                    [(r.key, rule) for r, rule in recorded], ids[i], data_json,
-                    s.history_meta_ttl, s.trigger_id_ttl if own_id is not None else 0)
-        if recording:
-            done = await asyncio.gather(*recording.values(), return_exceptions=True)
-            for i, outcome in zip(recording, done, strict=True):
-                if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-                    raise outcome
-                offsets[i] = outcome
+            if recorded and down is not None:
+                offsets[i] = down
+            elif recorded:
+                # one at a time, in order: a room's offsets follow the batch's order
+                try:
+                    offsets[i] = await self.stores.history.append(
+                        [(r.key, rule) for r, rule in recorded], ids[i], data_json,
+                        s.history_meta_ttl, s.trigger_id_ttl if own_id is not None else 0)
+                except BrokerUnavailable as exc:
+                    offsets[i] = down = exc
         results: list[str | Exception] = list(ids)
         sending: list[int] = []
         messages: list[tuple[list[Room], Message]] = []

@@ -140,3 +140,29 @@ def test_publish_many_returns_broker_unavailable_per_entry_when_redis_is_down():
                          "InvalidTriggerId", "InvalidTrigger", "ValueError", "InvalidTrigger",
                          "BrokerUnavailable"], out[run]
     assert out["own"] == "BrokerUnavailable"
+
+
+async def test_a_batch_is_recorded_in_history_in_its_order(broker_factory, auth_api,
+                                                            redis_server, unique):
+    room = {"target": "chat", "customer": "5"}
+    auth_api.allow("t", body={"allowed_rooms": [CHAT_ANY]})
+    broker = broker_factory(auth_api=auth_api, redis=redis_server,
+                            BROKER_KEY_PREFIX=f"bhist-{unique}",
+                            BROKER_HISTORY=[{"room": CHAT_ANY, "size": 100, "ttl": 60}])
+    ws, _ = await ws_open(broker.ws_url, token="t", subprotocols=RICH)
+    await send_json(ws, {"type": "subscribe", "room": room, "requestId": "s"})
+    assert (await recv_json(ws))["code"] == "success"
+    batch = [{"rooms": [room], "data": n, "history": n != 3} for n in range(8)]
+    r = await atrigger(broker.base_url, "test-token", None, body=batch)
+    assert r.status_code == 202, r.text
+    ids = [x["id"] for x in r.json()["results"]]
+    live = [await recv_json(ws) for _ in batch]
+    assert [(f["data"], f["id"]) for f in live] == list(zip(range(8), ids))
+    offsets = [f["offset"] for f in live if "offset" in f]
+    assert len(offsets) == 7 and offsets == sorted(offsets), live
+    await send_json(ws, {"type": "history", "room": room, "requestId": "h"})
+    page = await recv_json(ws)
+    assert [(m["data"], m["id"], m["offset"]) for m in page["messages"]] == [
+        (f["data"], f["id"], f["offset"]) for f in live if "offset" in f]
+    await expect_nothing(ws)
+    await ws.close()
