@@ -4,8 +4,9 @@
   and the group of its room's shape (its sorted key set) (``broker.fanout.membership``).
 - A concrete trigger room (no ``*``) goes to the groups of its wildcard variants, but only for
   the wildcard masks that some subscription in the cluster uses for that shape (the registry
-  keeps that set; mask 0, the room itself, is always included). A room with k keys has at most
-  2^k variants; in practice one or two are in use.
+  keeps that set; mask 0, the room itself, is always included; ``broker.fanout.masks`` caches
+  it and checks it after every send). A room with k keys has at most 2^k variants; in practice
+  one or two are in use.
 - A trigger room that holds ``*`` goes to its shape's group; each process that holds rooms of
   that shape matches the trigger against its local index.
 - One channel-layer message per group, never one per connection. Every copy carries the whole
