@@ -55,7 +55,7 @@ class Sender:
     async def _pipeline(self, sends: Sequence[Send]) -> list[Exception | None]:
         loop_layer = self.layer._get_layer()  # the layer's state on this event loop
         serialize = self.layer.serialize
-        shards: dict[int, tuple[Any, list[int]]] = {}  # id(shard) -> its pipeline, messages
+        shards: dict[int, tuple[Any, list[tuple[str, bytes]], list[int]]] = {}
         for i, (groups, wire) in enumerate(sends):
             if not groups:
                 continue
@@ -65,19 +65,40 @@ class Sender:
                 shard = loop_layer._get_shard(channel)
                 entry = shards.get(id(shard))
                 if entry is None:
-                    shard._ensure_redis()
-                    entry = shards[id(shard)] = (shard._redis.pipeline(transaction=False), [])
-                entry[0].publish(channel, body)
-                entry[1].append(i)
+                    entry = shards[id(shard)] = (shard, [], [])
+                entry[1].append((channel, body))
+                entry[2].append(i)
         results: list[Exception | None] = [None] * len(sends)
-        done = await asyncio.gather(*(pipe.execute() for pipe, _ in shards.values()),
-                                    return_exceptions=True)
-        for outcome, (_pipe, members) in zip(done, shards.values(), strict=True):
+        done: list[BaseException | None]
+        if len(shards) == 1:  # the common case: no task to start
+            ((shard, publishes, _),) = shards.values()
+            try:
+                await _publish(shard, publishes)
+                done = [None]
+            except Exception as exc:  # noqa: BLE001 - the layer's errors are not a documented type
+                done = [exc]
+        else:
+            done = await asyncio.gather(*(_publish(shard, publishes)
+                                          for shard, publishes, _ in shards.values()),
+                                        return_exceptions=True)
+        for outcome, (_shard, _publishes, members) in zip(done, shards.values(), strict=True):
             failure = _failure(outcome)
             if failure is not None:
                 for i in members:
                     results[i] = failure
         return results
+
+
+async def _publish(shard: Any, publishes: list[tuple[str, bytes]]) -> None:
+    """PUBLISH each (channel, body) on the shard's connection pool: one round trip."""
+    shard._ensure_redis()
+    if len(publishes) == 1:
+        await shard._redis.publish(*publishes[0])
+        return
+    pipe = shard._redis.pipeline(transaction=False)
+    for channel, body in publishes:
+        pipe.publish(channel, body)
+    await pipe.execute()
 
 
 def _failure(outcome: object) -> Exception | None:
