@@ -10,7 +10,8 @@ in flight go together in the next one (``broker.fanout.coalesce``): under load o
 Redis carries the PUBLISHes of many triggers, and they leave in the order they were sent.
 
 Any other layer (the in-memory one, channels_redis's classic ``RedisChannelLayer``, a layer a
-project brings) gets ``group_send`` per group, all at once, as before.
+project brings) gets ``group_send`` per group: a message's groups at once, as before, and the
+messages of a batch one after another.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ class Sender:
         return await self._group_sends(sends)
 
     async def _group_sends(self, sends: Sequence[Send]) -> list[Exception | None]:
-        layer = self.layer
-
-        async def one(groups: set[str], wire: dict[str, Any]) -> None:
-            await asyncio.gather(*(layer.group_send(g, wire) for g in groups))
-
-        results = await asyncio.gather(*(one(groups, wire) for groups, wire in sends),
-                                       return_exceptions=True)
-        return [_failure(r) for r in results]
+        """One message after another (its groups at once): in order, and a batch never
+        holds more of the layer's connections than one message's groups (channels_redis's
+        classic layer refuses past its pool's size: MaxConnectionsError)."""
+        results: list[Exception | None] = []
+        for groups, wire in sends:
+            done = await asyncio.gather(*(self.layer.group_send(g, wire) for g in groups),
+                                        return_exceptions=True)
+            results.append(next((f for f in map(_failure, done) if f is not None), None))
+        return results
 
     async def _pipelines(self, calls: list[Sequence[Send]]) -> list[list[Exception | None]]:
         flat = [send for sends in calls for send in sends]

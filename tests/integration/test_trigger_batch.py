@@ -23,6 +23,33 @@ CHAT_ANY = {"target": "chat", "customer": "*"}
 UNAVAILABLE = {"error": "channel layer unavailable: the trigger was not delivered", "status": 503}
 
 
+@pytest.mark.parametrize("layer", ["pubsub", "classic", "memory"])
+async def test_a_full_batch_is_delivered_in_order_on_every_layer(broker_factory, auth_api,
+                                                                 redis_server, unique, layer):
+    """1000 triggers (BROKER_MAX_TRIGGER_BATCH) in one POST, on the pub/sub layer (pipelined),
+    channels_redis's classic layer and the in-memory layer (group_send): every one delivered,
+    in order (the classic layer refused a batch sent all at once: MaxConnectionsError)."""
+    auth_api.allow("t", body={"allowed_rooms": [CHAT_ANY]})
+    env = {"BROKER_KEY_PREFIX": f"full-{unique}"}
+    if layer == "classic":
+        env["DJANGO_SETTINGS_MODULE"] = "tests.classiclayer"
+    broker = broker_factory(auth_api=auth_api, redis=None if layer == "memory" else redis_server,
+                            **env)
+    room = {"target": "chat", "customer": "1"}
+    ws, _ = await ws_open(broker.ws_url, token="t", subprotocols=RICH)
+    await send_json(ws, {"type": "subscribe", "room": room, "requestId": "s"})
+    assert (await recv_json(ws))["code"] == "success"
+    others = [{"target": "chat", "customer": str(n)} for n in range(2, 5)]
+    batch = [{"rooms": [room, others[n % 3]], "data": n} for n in range(1000)]
+    r = await atrigger(broker.base_url, "test-token", None, body=batch, timeout=60)
+    assert r.status_code == 202, r.text[:500]
+    ids = [x["id"] for x in r.json()["results"]]
+    got = [await recv_json(ws, timeout=10) for _ in batch]
+    assert [(f["data"], f["id"]) for f in got] == list(enumerate(ids))
+    await expect_nothing(ws)
+    await ws.close()
+
+
 @pytest.fixture
 def two_shards(fresh_redis):
     with RedisServer() as second:
