@@ -427,3 +427,24 @@ async def test_batch_body_checks_are_the_single_triggers(broker):
     assert post(broker, [entry(1)], token="wrong").status_code == 401
     await expect_nothing(ws)
     await ws.close()
+
+
+async def test_a_client_that_leaves_mid_body_is_no_trouble(broker):
+    """A POST whose client goes away before its declared body has arrived is dropped without
+    an answer or an error; the next trigger is served."""
+    ws = await subscriber(broker)
+    before = broker.log()
+    body = json.dumps({"rooms": [NEWS], "data": "never"}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    writer.write(b"POST /trigger HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                 + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                 + str(len(body) + 50).encode() + b"\r\n\r\n" + body)
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    await writer.wait_closed()
+    assert post(broker, {"rooms": [NEWS], "data": "next"}).status_code == 202
+    assert await recv_json(ws) == publish(1, "next")
+    await expect_nothing(ws)
+    assert "Traceback" not in broker.log()[len(before):]
+    await ws.close()
