@@ -45,6 +45,8 @@ class Settings:
     # /trigger (PROTOCOL §5).
     BROKER_TRIGGER_TOKEN: str = ""
     BROKER_MAX_TRIGGER_BYTES: int = 1_048_576
+    # Triggers in one batch (POST /trigger with a JSON array); more is 400.
+    BROKER_MAX_TRIGGER_BATCH: int = 1000
     # Per-connection limits (PROTOCOL §3).
     BROKER_MAX_MESSAGE_BYTES: int = 65_536
     # STOMP (PROTOCOL §4): bytes of one frame's command and headers; the heart-beat period in

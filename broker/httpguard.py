@@ -23,6 +23,7 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -56,9 +57,11 @@ def too_big(limit: int, setting: str) -> str:
     return f"body over {setting} ({limit} bytes)"
 
 
-def _is_trigger(path: str) -> bool:
+@lru_cache(maxsize=256)
+def is_trigger_path(path: str) -> bool:
     """Whether ``path`` is the trigger view, by its route name (broker/urls.py), wherever the
-    project mounts it; the guard does not import the views it stands in front of."""
+    project mounts it; the guard does not import the views it stands in front of. (Cached: a
+    process serves one URL configuration.)"""
     from django.urls import Resolver404, resolve
 
     try:
@@ -78,29 +81,52 @@ class Limit:
         return too_big(self.size, self.setting)
 
 
+def trigger_head(method: str, authorization: str,
+                 content_length: str | None) -> tuple[int, str] | Limit:
+    """Judge a request to the trigger view by its head: a POST without the right token is 401,
+    a declared length over BROKER_MAX_TRIGGER_BYTES 413. Returns the answer to give at once,
+    ``(status, error)``, else the body's limit."""
+    if method == "POST" and not trigger_token_ok(authorization):
+        return 401, UNAUTHORIZED
+    return _declared(content_length, Limit(conf().BROKER_MAX_TRIGGER_BYTES,
+                                           "BROKER_MAX_TRIGGER_BYTES"))
+
+
+def _declared(content_length: str | None, limit: Limit) -> tuple[int, str] | Limit:
+    if content_length is not None:
+        try:
+            length = int(content_length)
+        except ValueError:
+            return 400, "Content-Length is not a number"
+        if length > limit.size:
+            return 413, limit.refusal()
+    return limit
+
+
 def check_head(method: str, path: str, headers: dict[str, str]) -> tuple[int, str] | Limit | None:
     """Judge a request by its head (``headers``: lower-case names). Returns the answer to give
     at once, ``(status, error)``; else the body's limit (None: no cap)."""
     from django.conf import settings
 
-    if _is_trigger(path):
-        if method == "POST" and not trigger_token_ok(headers.get("authorization", "")):
-            return 401, UNAUTHORIZED
-        limit: int | None = conf().BROKER_MAX_TRIGGER_BYTES
-        setting = "BROKER_MAX_TRIGGER_BYTES"
-    elif headers.get("content-type", "").lower().startswith("multipart/form-data"):
+    if is_trigger_path(path):
+        return trigger_head(method, headers.get("authorization", ""),
+                            headers.get("content-length"))
+    if headers.get("content-type", "").lower().startswith("multipart/form-data"):
         return None
-    else:
-        limit, setting = settings.DATA_UPLOAD_MAX_MEMORY_SIZE, "DATA_UPLOAD_MAX_MEMORY_SIZE"
-    declared = headers.get("content-length")
-    if limit is not None and declared is not None:
-        try:
-            length = int(declared)
-        except ValueError:
-            return 400, "Content-Length is not a number"
-        if length > limit:
-            return 413, too_big(limit, setting)
-    return None if limit is None else Limit(limit, setting)
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if limit is None:
+        return None
+    return _declared(headers.get("content-length"),
+                     Limit(limit, "DATA_UPLOAD_MAX_MEMORY_SIZE"))
+
+
+def route_path(scope: Scope) -> str:
+    """The path the URL configuration resolves: the scope's, less its ``root_path``."""
+    path: str = scope["path"]
+    root = scope.get("root_path") or ""
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path
 
 
 def error_body(error: str) -> bytes:
@@ -128,13 +154,9 @@ class BodyGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        root = scope.get("root_path") or ""
-        if root and path.startswith(root):
-            path = path[len(root):]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
-        verdict = check_head(scope["method"], path, headers)
+        verdict = check_head(scope["method"], route_path(scope), headers)
         if isinstance(verdict, tuple):
             await respond(send, *verdict)
             return

@@ -1,34 +1,36 @@
-"""``publish()`` / ``publish_sync()``: triggers from code inside a Django deployment.
+"""``publish()`` / ``publish_sync()``, ``publish_many()`` / ``publish_many_sync()``: triggers
+from code inside a Django deployment.
 
-Same semantics as POST /trigger (PROTOCOL §5), without the HTTP hop: rooms are validated
-(``rooms.InvalidRoom``), and ``BrokerUnavailable`` is raised when the channel layer is down, in
-which case the trigger was not delivered.
+Same semantics as POST /trigger (PROTOCOL §5) and its batch form, without the HTTP hop: a
+trigger is checked by the rules of ``broker.triggers`` (``rooms.InvalidRoom``,
+``InvalidTriggerId``, ``InvalidTrigger``), and ``BrokerUnavailable`` is raised (or, from the
+``_many`` forms, returned for the entry) when the channel layer is down, in which case the
+trigger is not known to be delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
+from collections.abc import Coroutine, Iterable, Mapping
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 from channels.layers import get_channel_layer
 
-from rooms import InvalidRoom, Room, parse_room
+from rooms import Room
 
-from .errors import INVALID_TRIGGER_ID, InvalidTriggerId
 from .fanout.router import Router
 from .fanout.running import fanout_settings, hub_loop, make_stores, running_hub
 from .jsontext import dump_json
+from .triggers import TriggerRequest, check_trigger_id, parse_rooms, parse_trigger
+
+__all__ = ["check_trigger_id", "parse_rooms", "publish", "publish_many", "publish_many_sync",
+           "publish_rooms", "publish_sync"]
+
+T = TypeVar("T")
 
 _routers: dict[asyncio.AbstractEventLoop, Router] = {}
-
-
-def parse_rooms(rooms: Any) -> list[Room]:
-    if not isinstance(rooms, list) or not rooms:
-        raise InvalidRoom("rooms must be a non-empty list of rooms")
-    return [parse_room(r) for r in rooms]
 
 
 def _router() -> Router:
@@ -42,19 +44,6 @@ def _router() -> Router:
     if router is None:
         router = _routers[loop] = Router(get_channel_layer(), make_stores(), fanout_settings())
     return router
-
-
-_TRIGGER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
-
-def check_trigger_id(value: Any) -> str | None:
-    """None, or a client-supplied trigger id: 1 to 64 characters of A-Z a-z 0-9 . _ : -"""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _TRIGGER_ID.fullmatch(value):
-        raise InvalidTriggerId(f"{INVALID_TRIGGER_ID}: a trigger id is 1 to 64 characters "
-                               "of A-Z a-z 0-9 . _ : -")
-    return value
 
 
 async def publish_rooms(rooms: list[Room], data: Any, history: bool = False,
@@ -77,6 +66,39 @@ async def publish(rooms: list[Any], data: Any, *, history: bool = False,
                                check_trigger_id(trigger_id))
 
 
+async def _publish_checked(triggers: list[TriggerRequest | Exception]) -> list[str | Exception]:
+    """Publish the checked triggers in one batch; an exception in ``triggers`` (the entry's
+    refusal) is passed through in its place."""
+    valid = [t for t in triggers if isinstance(t, TriggerRequest)]
+    published = iter(await _router().publish_many(valid) if valid else [])
+    return [t if isinstance(t, Exception) else next(published) for t in triggers]
+
+
+def _check_all(triggers: Iterable[Mapping[str, Any]]) -> list[TriggerRequest | Exception]:
+    checked: list[TriggerRequest | Exception] = []
+    for entry in triggers:
+        try:
+            checked.append(parse_trigger(entry))
+        except ValueError as exc:  # InvalidTrigger, InvalidRoom, InvalidTriggerId
+            checked.append(exc)
+    return checked
+
+
+async def publish_many(triggers: Iterable[Mapping[str, Any]]) -> list[str | Exception]:
+    """Publish several triggers at once: one round trip to Redis for all of them.
+
+    Each trigger is a mapping like a ``POST /trigger`` body: ``{"rooms": [...], "data": ...,
+    "history": bool (optional), "id": str (optional)}``. Returns, per trigger and in order,
+    its trigger id, or the exception that refused it, as ``asyncio.gather(...,
+    return_exceptions=True)`` does: ``InvalidTrigger`` (not a mapping, ``rooms`` or ``data``
+    missing, ``history`` not a boolean), ``rooms.InvalidRoom``, ``InvalidTriggerId``,
+    ``ValueError`` (data that is not JSON), ``BrokerUnavailable`` (not known to be delivered:
+    retry it, with an ``id`` to make the retry idempotent). Each trigger is checked and
+    delivered on its own: one refused trigger never stops the others.
+    """
+    return await _publish_checked(_check_all(triggers))
+
+
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
 
@@ -96,9 +118,19 @@ def publish_sync(rooms: list[Any], data: Any, timeout: float = 10.0, *,
     """Blocking ``publish()`` for sync code (views, signals, management commands)."""
     parsed = parse_rooms(rooms)  # raise InvalidRoom in the caller's thread
     trigger_id = check_trigger_id(trigger_id)
+    return _run(publish_rooms(parsed, data, history, trigger_id), timeout)
+
+
+def publish_many_sync(triggers: Iterable[Mapping[str, Any]],
+                      timeout: float = 10.0) -> list[str | Exception]:
+    """Blocking ``publish_many()`` for sync code; ``TimeoutError`` after ``timeout`` seconds
+    (the triggers may still be published)."""
+    return _run(_publish_checked(_check_all(triggers)), timeout)
+
+
+def _run(coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
     # In a process that runs a hub (runbroker, in-memory layer), publish on the hub's loop:
     # the in-memory layer's queues belong to that loop.
     loop = hub_loop() or _background_loop()
-    future: Future[str] = asyncio.run_coroutine_threadsafe(
-        publish_rooms(parsed, data, history, trigger_id), loop)
+    future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, loop)
     return future.result(timeout)

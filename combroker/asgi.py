@@ -12,9 +12,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 
 from broker.httpguard import BodyGuard
 from broker.routing import websocket_urlpatterns
+from broker.triggerroute import TriggerRoute
 
 application = ProtocolTypeRouter({
-    # A request body is judged by its head before it is read (broker.httpguard).
-    "http": BodyGuard(django_application),
+    # POST /trigger is answered without Django's request cycle (broker.triggerroute); every
+    # other request body is judged by its head before it is read (broker.httpguard).
+    "http": TriggerRoute(BodyGuard(django_application)),
     "websocket": URLRouter(websocket_urlpatterns),
 })

@@ -4,8 +4,9 @@
   and the group of its room's shape (its sorted key set) (``broker.fanout.membership``).
 - A concrete trigger room (no ``*``) goes to the groups of its wildcard variants, but only for
   the wildcard masks that some subscription in the cluster uses for that shape (the registry
-  keeps that set; mask 0, the room itself, is always included). A room with k keys has at most
-  2^k variants; in practice one or two are in use.
+  keeps that set; mask 0, the room itself, is always included; ``broker.fanout.masks`` caches
+  it and checks it after every send). A room with k keys has at most 2^k variants; in practice
+  one or two are in use.
 - A trigger room that holds ``*`` goes to its shape's group; each process that holds rooms of
   that shape matches the trigger against its local index.
 - One channel-layer message per group, never one per connection. Every copy carries the whole
@@ -23,10 +24,9 @@ Every message is a typed value of ``broker.messages``; this module only chooses 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rooms import Room
@@ -37,6 +37,9 @@ from ..identity import client_room, parse_address, public_destination
 from ..messages import Close, Confirmed, DirectMessage, Message, Trigger
 from ..jsontext import dump_json
 from ..stores import Stores
+from ..triggers import TriggerRequest
+from .masks import Masks
+from .sender import Send, Sender
 from .settings import FanoutSettings
 
 CONTROL_GROUP = "cb.ctl"  # every process's channel joins it: closes (kick, replace)
@@ -77,46 +80,131 @@ class Router:
         self.stores = stores
         self.settings = settings
         self.on_failure = on_failure
+        self.sender = Sender(layer)
+        self.masks = Masks(stores.registry)
 
-    async def groups_for(self, rooms: list[Room]) -> set[str]:
-        concrete = {r.shape_key for r in rooms if r.is_concrete}
-        masks = await self.stores.registry.masks(sorted(concrete)) if concrete else {}
+    @staticmethod
+    def groups_for(rooms: list[Room], masks: Callable[[str], frozenset[int]]) -> set[str]:
+        """The groups of ``rooms`` with ``masks(shape_key)`` the masks in use per shape."""
         groups: set[str] = set()
         for r in rooms:
             if r.is_concrete:
-                groups.update(room_group(v.key) for v in r.variants(masks[r.shape_key]))
+                groups.update(room_group(r.masked_key(m)) for m in masks(r.shape_key))
             else:
                 groups.add(shape_group(r.shape_key))
         return groups
 
     async def send(self, groups: set[str], message: Message) -> None:
-        wire = message.to_wire()
+        """Send ``message`` to ``groups`` (``BrokerUnavailable`` if the layer fails)."""
+        failure = (await self._send([(groups, message.to_wire())]))[0]
+        if failure is not None:
+            raise failure
+
+    async def _send(self, sends: list[Send]) -> list[BrokerUnavailable | None]:
+        failures = await self.sender.send(sends)
+        if any(f is not None for f in failures) and self.on_failure is not None:
+            self.on_failure()
+        return [None if f is None else _unavailable(f) for f in failures]
+
+    async def route(self, messages: list[tuple[list[Room], Message]]
+                    ) -> list[BrokerUnavailable | None]:
+        """Send each message to the groups of its rooms; per message, None once every group
+        it needs was sent to, else why not.
+
+        The masks of concrete rooms are read by a read that starts after this call
+        (``broker.fanout.masks``), so every subscription confirmed before the call gets its
+        message. One message is sent at once with the masks last read, while they are read
+        again, and to the groups of any mask that read adds before this returns (a second
+        copy is dropped by id); several wait for the read, so that they arrive in order."""
+        shapes = {r.shape_key for rooms, _ in messages for r in rooms if r.is_concrete}
+        if not shapes:
+            return await self._send([(self.groups_for(rooms, _no_masks), m.to_wire())
+                                     for rooms, m in messages])
+        if len(messages) > 1:
+            try:
+                fresh = await self.masks.current(shapes)
+            except Exception as exc:  # noqa: BLE001 - BrokerUnavailable, or a bug
+                return [_unavailable(exc)] * len(messages)
+            return await self._send([(self.groups_for(rooms, fresh.__getitem__), m.to_wire())
+                                     for rooms, m in messages])
+        ((rooms, message),) = messages
+        used = {shape: self.masks.cached(shape) for shape in shapes}
+        groups, wire = self.groups_for(rooms, used.__getitem__), message.to_wire()
+        reading = self.masks.current(shapes)  # starts now; awaited once the send is done
+        sent = await self._send([(groups, wire)])
         try:
-            await asyncio.gather(*(self.layer.group_send(g, wire) for g in groups))
-        except Exception as exc:  # noqa: BLE001 - the layer's errors are not a documented type
-            if self.on_failure is not None:
-                self.on_failure()
-            raise BrokerUnavailable(f"channel layer: {type(exc).__name__}: {exc}") from None
+            read = await reading
+        except Exception as exc:  # noqa: BLE001 - BrokerUnavailable, or a bug
+            # it may not have reached a subscription whose mask was new: not known delivered
+            return [_unavailable(exc)]
+        if sent[0] is not None or all(read[shape] <= used[shape] for shape in shapes):
+            return sent
+        return await self._send([(self.groups_for(rooms, read.__getitem__) - groups, wire)])
 
     async def publish(self, rooms: list[Room], data_json: str, history: bool = False,
                       trigger_id: str | None = None) -> str:
-        """``trigger_id``: the client's own (checked by ``broker.publish``), which makes a
+        """``trigger_id``: the client's own (checked by ``broker.triggers``), which makes a
         retry idempotent: recorded once (within BROKER_TRIGGER_ID_TTL) and, through the
         receivers' dedupe by id, delivered once to a subscription that had it already."""
+        outcome = (await self._publish([(rooms, data_json, history, trigger_id)]))[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def publish_many(self, triggers: Sequence[TriggerRequest]) -> list[str | Exception]:
+        """Publish each trigger; per trigger, in order, its id or the exception that refused
+        it (``BrokerUnavailable``; ``ValueError`` for data that is not JSON the broker sends).
+        Recorded ones are recorded first; then all are sent in one round trip per shard."""
+        encoded: list[str | Exception] = []
+        for t in triggers:
+            try:
+                encoded.append(dump_json(t.data))
+            except ValueError as exc:
+                encoded.append(exc)
+        valid = [i for i, data in enumerate(encoded) if isinstance(data, str)]
+        outcomes = await self._publish([(triggers[i].rooms, str(encoded[i]),
+                                         triggers[i].history, triggers[i].trigger_id)
+                                        for i in valid])
+        results: list[str | Exception] = list(encoded)
+        for i, outcome in zip(valid, outcomes, strict=True):
+            results[i] = outcome
+        return results
+
+    async def _publish(self, triggers: list[tuple[list[Room], str, bool, str | None]]
+                       ) -> list[str | Exception]:
         s = self.settings
-        once_ttl = s.trigger_id_ttl if trigger_id is not None else 0
-        trigger_id = trigger_id or uuid.uuid4().hex
-        offsets: dict[str, int] | None = None
-        if history:
-            recorded = s.history_policy.recorded(rooms)
-            if recorded:
-                offsets = await self.stores.history.append(
-                    [(r.key, rule) for r, rule in recorded], trigger_id, data_json,
-                    s.history_meta_ttl, once_ttl)
-        trigger = Trigger(trigger_id, [r.key for r in rooms], data_json, offsets)
-        await self.send(await self.groups_for(rooms), trigger)
-        metrics.counters["triggers"] += 1
-        return trigger_id
+        ids = [trigger_id or uuid.uuid4().hex for _, _, _, trigger_id in triggers]
+        offsets: list[dict[str, int] | None | Exception] = [None] * len(triggers)
+        down: BrokerUnavailable | None = None  # the history's Redis failed: record no more
+        for i, (rooms, data_json, history, own_id) in enumerate(triggers):
+            recorded = s.history_policy.recorded(rooms) if history else []
+            if recorded and down is not None:
+                offsets[i] = down
+            elif recorded:
+                # one at a time, in order: a room's offsets follow the batch's order
+                try:
+                    offsets[i] = await self.stores.history.append(
+                        [(r.key, rule) for r, rule in recorded], ids[i], data_json,
+                        s.history_meta_ttl, s.trigger_id_ttl if own_id is not None else 0)
+                except BrokerUnavailable as exc:
+                    offsets[i] = down = exc
+        results: list[str | Exception] = list(ids)
+        sending: list[int] = []
+        messages: list[tuple[list[Room], Message]] = []
+        for i, (rooms, data_json, _, _) in enumerate(triggers):
+            recorded_at = offsets[i]
+            if isinstance(recorded_at, Exception):
+                results[i] = recorded_at
+                continue
+            sending.append(i)
+            messages.append((rooms, Trigger(ids[i], [r.key for r in rooms], data_json,
+                                            recorded_at)))
+        for i, failure in zip(sending, await self.route(messages), strict=True):
+            if failure is not None:
+                results[i] = failure
+            else:
+                metrics.counters["triggers"] += 1
+        return results
 
     async def direct(self, sender: str | None, destination: str, room: Room, data_json: str,
                      text: str | None, ack: bool = False, content_type: str | None = None
@@ -129,7 +217,9 @@ class Router:
             content_type if text is not None else None, ack)
         if ack:
             await self.stores.acks.put(message, self.settings.ack_ttl, self.settings.ack_quota)
-        await self.send(await self.groups_for([room]), message)
+        failure = (await self.route([([room], message)]))[0]
+        if failure is not None:
+            raise failure
         metrics.counters["direct_messages"] += 1
         return message_id
 
@@ -138,9 +228,21 @@ class Router:
         target = parse_address(sender)
         if target is None:
             return
-        await self.send(await self.groups_for([client_room(*target)]),
-                        Confirmed(message_id, sender, recipient))
+        failure = (await self.route([([client_room(*target)],
+                                      Confirmed(message_id, sender, recipient))]))[0]
+        if failure is not None:
+            raise failure
 
     async def close(self, message: Close) -> None:
         """Close the matching connections of every process (kick, duplicate-login replace)."""
         await self.send({CONTROL_GROUP}, message)
+
+
+def _no_masks(shape_key: str) -> frozenset[int]:
+    raise AssertionError(f"no concrete room of shape {shape_key} to route")
+
+
+def _unavailable(exc: Exception) -> BrokerUnavailable:
+    if isinstance(exc, BrokerUnavailable):
+        return exc
+    return BrokerUnavailable(f"channel layer: {type(exc).__name__}: {exc}")

@@ -211,10 +211,14 @@ class RedisRegistry:
         return self.client.key("masks", shape_key)
 
     async def masks(self, shape_keys: list[str]) -> dict[str, set[int]]:
-        pipe = self.client.pipeline(transaction=False)
-        for s in shape_keys:
-            pipe.smembers(self._masks_key(s))
-        found = await self.client.call(pipe.execute())
+        if len(shape_keys) == 1:  # the common case, without a pipeline's cost
+            found = [await self.client.call(
+                self.client.redis.smembers(self._masks_key(shape_keys[0])))]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for s in shape_keys:
+                pipe.smembers(self._masks_key(s))
+            found = await self.client.call(pipe.execute())
         return {s: {int(m) for m in ms} | {0} for s, ms in zip(shape_keys, found, strict=True)}
 
     async def add_mask(self, shape_key: str, mask: int) -> None:

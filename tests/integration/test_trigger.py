@@ -1,5 +1,9 @@
-"""POST /trigger (PROTOCOL §5): every status code, and publish()/publish_sync() from a Django
-process of its own reaching a WebSocket subscriber through Redis."""
+"""POST /trigger (PROTOCOL §5): every status code, the batch form, and publish()/publish_sync()
+from a Django process of its own reaching a WebSocket subscriber through Redis.
+
+The HTTP contract runs against both ways the route is served (``ROUTES``): the sidecar's ASGI
+route in front of Django (``broker.triggerroute``) and the Django view a project that mounts
+``broker.urls`` serves (``tests/viewasgi.py``)."""
 
 from __future__ import annotations
 
@@ -15,12 +19,18 @@ import pytest
 
 from tests.conftest import _BROKERS as BROKERS_KEY
 from tests.harness import (
-    ROOT, AuthAPI, BrokerProcess, expect_nothing, recv_json, send_json, trigger, ws_open,
+    ROOT, UVICORN_ARGV, AuthAPI, BrokerProcess, expect_nothing, recv_json, send_json, trigger,
+    ws_open,
 )
 
 TOKEN = "test-token"
 NEWS = {"target": "news"}
 MAX_BYTES = 300
+MAX_BATCH = 5
+# How POST /trigger is served: "route", the sidecar's own ASGI route (combroker.asgi);
+# "view", Django's request cycle and broker.views.trigger (tests/viewasgi.py).
+ROUTES = {"route": UVICORN_ARGV,
+          "view": [a.replace("combroker.asgi:", "tests.viewasgi:") for a in UVICORN_ARGV]}
 
 
 def publish(request_id, data) -> dict:
@@ -39,13 +49,15 @@ def api_rules(api: AuthAPI) -> AuthAPI:
     return api.allow(token="sub", body={"allowed_rooms": [NEWS, {"target": "chat", "n": "*"}]})
 
 
-@pytest.fixture(scope="module")
-def shared_broker():
+@pytest.fixture(scope="module", params=list(ROUTES))
+def shared_broker(request):
     with AuthAPI() as api:
         api_rules(api)
         with BrokerProcess({"BROKER_AUTH_URL": api.url, "BROKER_TRIGGER_TOKEN": TOKEN,
-                            "BROKER_MAX_TRIGGER_BYTES": MAX_BYTES},
-                           name="shared-broker") as broker:
+                            "BROKER_MAX_TRIGGER_BYTES": MAX_BYTES,
+                            "BROKER_MAX_TRIGGER_BATCH": MAX_BATCH},
+                           argv=ROUTES[request.param],
+                           name=f"shared-broker-{request.param}") as broker:
             yield broker
 
 
@@ -96,7 +108,7 @@ async def test_400_for_each_cause(broker):
     cases = [
         (b"{broken", "body is not JSON"),
         (b"", "body is not JSON"),
-        ("[]", "body must be a JSON object"),
+        ("[]", "batch is empty"),
         ('"rooms"', "body must be a JSON object"),
         ({"data": 1}, "rooms missing"),
         ({"rooms": [NEWS]}, "data missing"),
@@ -136,10 +148,13 @@ async def test_401_without_the_right_token(broker):
     await ws.close()
 
 
-def test_401_for_everyone_without_a_configured_token(broker_factory):
-    broker = broker_factory(BROKER_TRIGGER_TOKEN=None)
+@pytest.mark.parametrize("route", ROUTES)
+def test_401_for_everyone_without_a_configured_token(broker_factory, route):
+    broker = broker_factory(BROKER_TRIGGER_TOKEN=None, argv=ROUTES[route])
     for token in (None, "test-token", "anything"):
         r = broker.trigger([NEWS], 1, token=token)
+        assert r.status_code == 401, (token, r.status_code)
+        r = broker.trigger(None, None, token=token, body=[{"rooms": [NEWS], "data": 1}])
         assert r.status_code == 401, (token, r.status_code)
 
 
@@ -187,10 +202,12 @@ async def test_413_over_the_limit(broker):
 # ---------------------------------------------------------------- 503
 
 
-async def test_503_when_redis_is_down(broker_factory, auth_api, fresh_redis):
+@pytest.mark.parametrize("route", ROUTES)
+async def test_503_when_redis_is_down(broker_factory, auth_api, fresh_redis, route):
     api_rules(auth_api)
-    idle = broker_factory(auth_api=auth_api, redis=fresh_redis)   # no hub running yet
-    busy = broker_factory(auth_api=auth_api, redis=fresh_redis)   # a subscriber: hub running
+    argv = ROUTES[route]
+    idle = broker_factory(auth_api=auth_api, redis=fresh_redis, argv=argv)  # no hub yet
+    busy = broker_factory(auth_api=auth_api, redis=fresh_redis, argv=argv)  # a hub running
     ws = await subscriber(busy)
     assert (await busy.atrigger([NEWS], "before")).status_code == 202
     assert await recv_json(ws) == publish(1, "before")
@@ -199,7 +216,19 @@ async def test_503_when_redis_is_down(broker_factory, auth_api, fresh_redis):
     for b in (idle, busy):
         r = await b.atrigger([NEWS], "during")
         assert r.status_code == 503, (b.name, r.status_code, r.text)
-        assert "not delivered" in error_of(r)
+        assert error_of(r) == "channel layer unavailable: the trigger was not delivered"
+        # a batch none of whose entries could be delivered: 503 as a whole
+        batch = [{"rooms": [NEWS], "data": "during"}, {"rooms": [{"n": "*"}], "data": 2}]
+        r = post(b, batch)
+        assert r.status_code == 503, (b.name, r.status_code, r.text)
+        assert error_of(r) == "channel layer unavailable: the trigger was not delivered"
+        # with an entry refused for itself as well: 207, each entry answered
+        r = post(b, batch + [{"rooms": [NEWS]}])
+        assert r.status_code == 207, (b.name, r.status_code, r.text)
+        assert r.json() == {"results": [
+            {"error": "channel layer unavailable: the trigger was not delivered", "status": 503},
+            {"error": "channel layer unavailable: the trigger was not delivered", "status": 503},
+            {"error": "data missing", "status": 400}]}
     await expect_nothing(ws)
 
 
@@ -308,4 +337,114 @@ async def test_400_for_data_nested_deeper_than_the_broker_reads(broker):
         else:
             assert (await recv_json(ws))["data"] == json.loads("[" * depth + "]" * depth)
     await expect_nothing(ws)
+    await ws.close()
+
+
+# ---------------------------------------------------------------- the batch form
+
+def entry(data, room=NEWS, **fields) -> dict:
+    return {"rooms": [room], "data": data, **fields}
+
+
+async def test_batch_202_answers_each_entry_in_order(broker):
+    ws = await subscriber(broker)
+    before = broker.metric("combroker_triggers_total")
+    r = post(broker, [entry(1), entry(2, id="own-2"), entry(3, history=False)])
+    assert r.status_code == 202, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    results = r.json()["results"]
+    assert len(results) == 3 and all(set(x) == {"id"} for x in results), results
+    assert results[1] == {"id": "own-2"}
+    assert re.fullmatch(r"[0-9a-f]{32}", results[0]["id"]) and results[0] != results[2]
+    for n in (1, 2, 3):
+        assert await recv_json(ws) == publish(1, n)
+    await expect_nothing(ws)
+    assert broker.metric("combroker_triggers_total") == before + 3
+    # one entry is a batch too; /trigger/ takes batches as well
+    r = post(broker, [entry("one")], path="/trigger/")
+    assert r.status_code == 202 and len(r.json()["results"]) == 1, r.text
+    assert await recv_json(ws) == publish(1, "one")
+    await ws.close()
+
+
+async def test_batch_207_refuses_entries_as_a_single_trigger_would(broker):
+    """Each entry is checked on its own: a refused entry gets the very error a single trigger
+    with that body gets, and the others are delivered."""
+    ws = await subscriber(broker)
+    groups = [[{"data": 1}, {"rooms": [NEWS]}],
+              [{"rooms": [{"target": None}], "data": 1}, {"rooms": NEWS, "data": 1}],
+              [entry(1, history="yes"), entry(1, id="not ok"), entry(1, id=None)]]
+    before = broker.metric("combroker_triggers_total")
+    for refused in groups:
+        batch = [entry("first"), *refused, entry("last")]
+        assert len(batch) <= MAX_BATCH
+        r = post(broker, batch)
+        assert r.status_code == 207, r.text
+        results = r.json()["results"]
+        assert len(results) == len(batch)
+        assert set(results[0]) == {"id"} and set(results[-1]) == {"id"}, results
+        for body, result in zip(refused, results[1:-1]):
+            single = post(broker, body)
+            assert single.status_code == 400, single.text
+            assert result == {"error": error_of(single), "status": 400}, (body, result)
+        assert await recv_json(ws) == publish(1, "first")
+        assert await recv_json(ws) == publish(1, "last")
+    await expect_nothing(ws)
+    # triggers are counted per accepted entry, refusals not at all
+    assert broker.metric("combroker_triggers_total") == before + 2 * len(groups)
+    await ws.close()
+
+
+async def test_batch_400_as_a_whole(broker):
+    ws = await subscriber(broker)
+    cases = [
+        ([], "batch is empty: a batch holds 1 to 5 triggers (BROKER_MAX_TRIGGER_BATCH)"),
+        ([entry(n) for n in range(MAX_BATCH + 1)],
+         "batch over BROKER_MAX_TRIGGER_BATCH (5 triggers)"),
+        ([entry(1), 2], "batch entries must be JSON objects"),
+        ([entry(1), [entry(2)]], "batch entries must be JSON objects"),
+        ([None], "batch entries must be JSON objects"),
+    ]
+    for body, expected in cases:
+        r = post(broker, body)
+        assert r.status_code == 400, (body, r.status_code, r.text)
+        assert error_of(r) == expected
+    await expect_nothing(ws)  # nothing of a refused batch is delivered
+    await ws.close()
+
+
+async def test_batch_body_checks_are_the_single_triggers(broker):
+    """A batch is one body: 413 over BROKER_MAX_TRIGGER_BYTES, 400 for bytes that are not
+    JSON, 401 without the token, whatever it holds."""
+    ws = await subscriber(broker)
+    big = json.dumps([entry("x" * 100)] * 3).encode()
+    assert len(big) > MAX_BYTES
+    r = post(broker, big)
+    assert r.status_code == 413, r.text
+    assert error_of(r) == f"body over BROKER_MAX_TRIGGER_BYTES ({MAX_BYTES} bytes)"
+    r = post(broker, b'[{"rooms":[{"target":"news"}],"data":NaN}]')
+    assert (r.status_code, error_of(r)) == (400, "body is not JSON")
+    assert post(broker, [entry(1)], token="wrong").status_code == 401
+    await expect_nothing(ws)
+    await ws.close()
+
+
+async def test_a_client_that_leaves_mid_body_is_no_trouble(broker):
+    """A POST whose client goes away before its declared body has arrived is dropped without
+    an answer or an error; the next trigger is served."""
+    ws = await subscriber(broker)
+    before = broker.log()
+    body = json.dumps({"rooms": [NEWS], "data": "never"}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    writer.write(b"POST /trigger HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                 + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                 + str(len(body) + 50).encode() + b"\r\n\r\n" + body)
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    await writer.wait_closed()
+    assert post(broker, {"rooms": [NEWS], "data": "next"}).status_code == 202
+    assert await recv_json(ws) == publish(1, "next")
+    await expect_nothing(ws)
+    assert "Traceback" not in broker.log()[len(before):]
     await ws.close()
