@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import uvloop  # noqa: E402
 
 import lib  # noqa: E402
+from report import _g  # noqa: E402  (a path into a nested result, or None)
 from lib import (  # noqa: E402
     BENCH, PY, ROOT, BrokerTarget, Clients, HighTemplarTarget, RawAuthTarget, RawTarget,
     RawTriggerTarget, cpu_seconds, free_port, loadavg, now_us, payload, wait_for_port,
@@ -202,12 +203,6 @@ async def closed_loop(trig: Any, conc: int, seconds: float, rooms: Any) -> tuple
     return done, time.monotonic() - t0
 
 
-def _g(d: Any, *path: Any) -> Any:
-    for p in path:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(p)
-    return d
 
 
 def per_unit_us(cpu_s: float, units: int) -> float | None:
