@@ -4,7 +4,7 @@
 Identity or raises ``Refused`` (the client is not allowed in) or ``AuthUnavailable`` (the API is
 down or slower than BROKER_AUTH_TIMEOUT; never an authorization).
 
-One connection pool serves the whole process (per event loop; split into a few httpx clients),
+One pool of kept-alive connections serves the whole process (per event loop: broker.httppool),
 and a semaphore bounds the auth requests in flight; time spent waiting for the semaphore counts
 against the timeout, so a connect storm beyond capacity degrades into ``auth-unavailable``
 instead of an unbounded queue. A request whose turn comes with less time left than the API
@@ -15,26 +15,23 @@ answer, and the API, already the bottleneck, would spend a slot on a client that
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import re
 import time
 import zlib
-import httpx
+
 from django.http.cookie import parse_cookie
 
 from . import errors, metrics
 from .conf import conf
 from .credentials import Credentials
+from .httppool import HttpError, HttpPool
 from .identity import (
     Identity, InvalidIdentity, InvalidLogin, identity_from_api, identity_from_static_keys,
 )
 
 log = logging.getLogger("broker.auth")
-
-
-AUTH_POOL_SHARDS = 8
 
 
 class Refused(Exception):
@@ -81,7 +78,7 @@ def wire_value(value: str) -> bytes:
 def forwarded_headers(creds: Credentials, forward: tuple[str, ...]) -> dict[bytes, bytes]:
     """The headers the auth API receives: only ones the client sent, or derived from them,
     each as the bytes the client sent (``wire_value``; it raises InvalidHeaderValue). Names
-    are ASCII bytes, as httpx would encode them."""
+    are ASCII bytes."""
     out: dict[str, str] = {}
     for name, wire in (("cookie", "Cookie"), ("user-agent", "User-Agent"),
                        ("authorization", "Authorization")):
@@ -110,33 +107,47 @@ class UnreadableAnswer(Exception):
     or in an encoding the broker does not decode: the backend's fault (auth-unavailable)."""
 
 
-# What the broker asks for, and decodes itself (``read_bounded``).
-ACCEPT_ENCODING = "gzip, deflate"
+# What the broker asks for, and decodes itself (``BoundedBody``).
+ACCEPT_ENCODING = b"gzip, deflate"
+# What every request to the auth API says besides the forwarded headers (and Host).
+REQUEST_DEFAULTS = ((b"Accept", b"*/*"), (b"Accept-Encoding", ACCEPT_ENCODING))
 
 
-async def read_bounded(response: httpx.Response, limit: int) -> bytes:
-    """The body, decompressed, and never more than ``limit`` bytes of it: the compressed bytes
-    are inflated here a bounded step at a time (httpx would inflate a whole network chunk, and
-    a few KB of gzip can be hundreds of MB). Raises UnreadableAnswer beyond ``limit``."""
-    encoding = response.headers.get("content-encoding", "").strip().lower()
-    if encoding in ("", "identity"):
-        inflate = None
-    elif encoding in ("gzip", "x-gzip", "deflate"):
-        inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or a zlib header
-    else:
-        raise UnreadableAnswer(f"Content-Encoding {encoding[:40]!r} was not asked for")
-    body = bytearray()
-    async for chunk in response.aiter_raw():
-        if inflate is not None:
-            chunk = inflate.decompress(chunk, limit + 1 - len(body))
-        body += chunk
-        if len(body) > limit:
-            raise UnreadableAnswer(f"answer larger than BROKER_AUTH_MAX_RESPONSE_BYTES ({limit})")
-    if inflate is not None:
-        body += inflate.flush(limit + 1 - len(body))
-        if len(body) > limit or inflate.unconsumed_tail:
-            raise UnreadableAnswer(f"answer larger than BROKER_AUTH_MAX_RESPONSE_BYTES ({limit})")
-    return bytes(body)
+class BoundedBody:
+    """The body of a 200 answer, decompressed, and never more than ``limit`` bytes of it: the
+    compressed bytes are inflated here a bounded step at a time, as they arrive (a few KB of
+    gzip can be hundreds of MB). ``feed`` and ``finish`` raise UnreadableAnswer beyond
+    ``limit``; the constructor raises it for an encoding the broker did not ask for."""
+
+    def __init__(self, encoding: bytes, limit: int) -> None:
+        encoding = encoding.strip().lower()
+        if encoding in (b"", b"identity"):
+            self._inflate = None
+        elif encoding in (b"gzip", b"x-gzip", b"deflate"):
+            self._inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or a zlib header
+        else:
+            raise UnreadableAnswer(
+                f"Content-Encoding {encoding[:40].decode('latin-1')!r} was not asked for")
+        self._limit = limit
+        self._body = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        if self._inflate is not None:
+            chunk = self._inflate.decompress(chunk, self._limit + 1 - len(self._body))
+        self._body += chunk
+        if len(self._body) > self._limit:
+            raise self._too_large()
+
+    def finish(self) -> bytes:
+        if self._inflate is not None:
+            self._body += self._inflate.flush(self._limit + 1 - len(self._body))
+            if len(self._body) > self._limit or self._inflate.unconsumed_tail:
+                raise self._too_large()
+        return bytes(self._body)
+
+    def _too_large(self) -> UnreadableAnswer:
+        return UnreadableAnswer(
+            f"answer larger than BROKER_AUTH_MAX_RESPONSE_BYTES ({self._limit})")
 
 
 class ApiProxy:
@@ -151,22 +162,10 @@ class ApiProxy:
         self.in_flight = 0
         # Seconds the API has recently taken to answer (a moving average of answered requests).
         self.answer_time = 0.0
-        # One pool per process, split into a few small httpx clients used in turn: httpcore
-        # scans every connection against every queued request on each pool event, which made
-        # one 64-connection pool half of the broker's CPU in a connect storm (bench B3). The
-        # semaphore above still bounds the requests in flight across all of them.
-        shards = max(1, min(AUTH_POOL_SHARDS, max_in_flight))
-        per_shard = -(-max_in_flight // shards)  # ceil: shards * per_shard >= max_in_flight
-        self._clients = [httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
-            follow_redirects=False,
-        ) for _ in range(shards)]
-        for client in self._clients:
-            # Only the client's User-Agent is forwarded, never httpx's own (PROTOCOL §2.1).
-            del client.headers["User-Agent"]
-            client.headers["Accept-Encoding"] = ACCEPT_ENCODING
-        self._turn = itertools.cycle(self._clients)
+        # One pool of kept-alive connections per process (broker.httppool): a request is one
+        # write of the forwarded headers' bytes, its answer parsed in C; nothing of a client
+        # library's own is added (PROTOCOL §2.1). Raises ValueError for a URL it cannot ask.
+        self._pool = HttpPool(url, REQUEST_DEFAULTS)
 
     async def authenticate(self, creds: Credentials, budget: float | None = None) -> Identity:
         """The API's answer as an identity. ``budget``: what is left of the connection's
@@ -183,9 +182,9 @@ class ApiProxy:
         by_deadline = budget is not None and budget < self.timeout
         allowed = budget if by_deadline and budget is not None else self.timeout
         try:
-            status, body = await asyncio.wait_for(self._ask(headers, started + allowed, allowed),
-                                                  allowed)
-        except (TimeoutError, httpx.HTTPError, OSError, zlib.error, UnreadableAnswer) as exc:
+            async with asyncio.timeout(allowed):
+                status, body = await self._ask(headers, started + allowed, allowed)
+        except (TimeoutError, HttpError, OSError, zlib.error, UnreadableAnswer) as exc:
             if by_deadline and isinstance(exc, TimeoutError):
                 metrics.auth_outcome("timeout", time.monotonic() - started)
                 log.warning("auth API did not answer within the connection's "
@@ -209,9 +208,13 @@ class ApiProxy:
         metrics.auth_outcome("authorized", elapsed)
         return identity
 
+    def _body_for(self, status: int, encoding: bytes) -> BoundedBody | None:
+        """Only a 200's body is read; any other status is a refusal, whatever its body."""
+        return BoundedBody(encoding, self.max_answer_bytes) if status == 200 else None
+
     async def _ask(self, headers: dict[bytes, bytes], deadline: float,
                    allowed: float) -> tuple[int, bytes]:
-        """The API's status and, for a 200, its body (bounded: ``read_bounded``).
+        """The API's status and, for a 200, its body (bounded: ``BoundedBody``).
 
         Raises TimeoutError without asking when the turn comes too late: less time left before
         ``deadline`` (monotonic) than the API's recent ``answer_time``. Only a request whose
@@ -226,12 +229,7 @@ class ApiProxy:
             self.in_flight += 1
             metrics.auth_in_flight(self.in_flight)
             try:
-                async with next(self._turn).stream("GET", self.url,
-                                                   headers=headers) as response:
-                    if response.status_code != 200:
-                        answer: tuple[int, bytes] = (response.status_code, b"")
-                    else:
-                        answer = (200, await read_bounded(response, self.max_answer_bytes))
+                answer = await self._pool.get(self._pool.head(headers.items()), self._body_for)
                 self.answer_time += (time.monotonic() - sent - self.answer_time) * 0.2
                 return answer
             finally:
