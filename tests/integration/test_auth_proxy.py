@@ -95,6 +95,24 @@ async def test_forwarded_headers(broker_factory, auth_api):
         "user-agent": None, "x-custom": None}
 
 
+async def test_the_api_receives_no_header_of_an_http_client_library(broker_factory, auth_api):
+    """Besides what the client sent (and what is derived from it: Authorization from ?token=,
+    X-Real-IP), the API receives Host, and Accept and Accept-Encoding (what the broker decodes
+    itself): no User-Agent, Connection or other header of an HTTP client library's own."""
+    auth_api.allow(token="t1", body=OK_BODY)
+    broker = broker_factory(auth_api=auth_api)
+    for _ in range(2):  # a new connection to the API, then a kept-alive one: the same request
+        ws, welcome = await ws_open(broker.ws_url, token="t1", user_agent_header=None)
+        assert welcome["is_authorized"] is True
+        await ws.close()
+        rec = auth_api.last
+        assert sorted(rec.headers) == ["accept", "accept-encoding", "authorization", "host",
+                                       "x-real-ip"], rec.headers
+        assert (rec.headers["accept"], rec.headers["accept-encoding"]) == ("*/*", "gzip, deflate")
+        assert rec.headers["host"] == f"127.0.0.1:{auth_api.port}"
+    assert auth_api.connections_opened == 1
+
+
 # ---------------------------------------------------------------- how the answer is read
 
 

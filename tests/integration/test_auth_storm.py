@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import os
 import re
@@ -229,6 +230,40 @@ async def test_api_that_breaks_http_gives_auth_unavailable_at_once(broker_factor
                 assert [json.loads(f) for f in frames] == ([] if first is None else [first]), \
                     (name, frames)
                 assert time.monotonic() - t0 < 2.5, name  # at once, not after the timeout
+    finally:
+        assert api.server is not None
+        api.server.close()
+
+
+async def test_api_answers_that_are_http_but_unusual_are_read_as_http(broker_factory):
+    """A body that ends with the stream (no length: HTTP/1.0), chunked, after an interim
+    100 Continue, gzip in chunks: read. A 204 followed by bytes that are no answer: the 204
+    (a refusal), not an outage."""
+    body = json.dumps(OK).encode()
+    gz = gzip.compress(body)
+    answers = {
+        "no length": b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body,
+        "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   + b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (5, body[:5], len(body) - 5, body[5:]),
+        "100 first": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+        "gzip chunked": b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked"
+                        b"\r\n\r\n%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n"
+                        % (7, gz[:7], len(gz) - 7, gz[7:]),
+    }
+    api = RawAPI()
+    broker = broker_factory(auth_api=await api.start(), BROKER_AUTH_TIMEOUT=3)
+    try:
+        for name, answer in answers.items():
+            api.answer = answer
+            ws, welcome = await ws_open(broker.ws_url, token="t")
+            assert welcome == WELCOME, name
+            await ws.close()
+        api.answer = b"HTTP/1.1 204 No Content\r\n\r\nnot an answer"
+        ws = await ws_connect(broker.ws_url, token="t")
+        frames: list = []
+        assert await close_code(ws, frames=frames) == (1000, "")
+        assert [json.loads(f) for f in frames] == [REFUSED]
     finally:
         assert api.server is not None
         api.server.close()
