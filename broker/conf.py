@@ -38,6 +38,11 @@ class Settings:
     # Bytes of the auth API's 200 answer the broker reads, counted after decompression; a
     # larger answer is the backend's fault: auth-unavailable (docs/operations.md "Security").
     BROKER_AUTH_MAX_RESPONSE_BYTES: int = 1_048_576
+    # Connects whose auth requests would be identical (the same forwarded header bytes, the
+    # client's address included) while one of them is in flight share that one request and
+    # its answer (docs/operations.md "The auth API"). Off: one request per connect, for an
+    # auth API whose answer to the same request may differ (single-use tickets).
+    BROKER_AUTH_SHARE_REQUESTS: bool = True
     # Static-key login (PROTOCOL §2.2).
     BROKER_APP_KEY: str = ""
     BROKER_PROFILE_KEYS: dict[str, str] | None = None
