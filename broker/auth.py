@@ -20,6 +20,7 @@ import logging
 import re
 import time
 import zlib
+from dataclasses import dataclass
 
 from django.http.cookie import parse_cookie
 
@@ -150,14 +151,44 @@ class BoundedBody:
             f"answer larger than BROKER_AUTH_MAX_RESPONSE_BYTES ({self._limit})")
 
 
+# One request's answer, as every connect that waited for it reads it: the status, and for a
+# 200 the identity, or why its body is not one.
+Answer = tuple[int, Identity | None, Exception | None]
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One request to the auth API (``head``: its bytes) and the connects waiting for its
+    answer. ``deadline`` (monotonic) and ``allowed``: the latest of theirs, since the request is
+    worth sending while any of them can still use its answer."""
+
+    head: bytes
+    deadline: float
+    allowed: float
+    task: asyncio.Future[Answer] | None = None
+    waiters: int = 0
+
+    def join(self, deadline: float, allowed: float) -> None:
+        if deadline > self.deadline:
+            self.deadline, self.allowed = deadline, allowed
+
+
 class ApiProxy:
-    """Asks the backend's HTTP API who a client is. One instance per event loop."""
+    """Asks the backend's HTTP API who a client is. One instance per event loop.
+
+    ``share``: connects whose requests would be the same bytes (the same forwarded headers,
+    the client's address included) while one of them is in flight wait for that one request
+    instead of sending their own (BROKER_AUTH_SHARE_REQUESTS); each still reads the answer
+    within its own time and counts its own outcome."""
 
     def __init__(self, url: str, timeout: float, max_in_flight: int,
-                 max_answer_bytes: int) -> None:
+                 max_answer_bytes: int, *, forward: tuple[str, ...] = (),
+                 share: bool = True) -> None:
         self.url = url
         self.timeout = timeout
         self.max_answer_bytes = max_answer_bytes
+        self.forward = forward
+        self.share = share
         self._limit = asyncio.Semaphore(max_in_flight)
         self.in_flight = 0
         # Seconds the API has recently taken to answer (a moving average of answered requests).
@@ -166,13 +197,15 @@ class ApiProxy:
         # write of the forwarded headers' bytes, its answer parsed in C; nothing of a client
         # library's own is added (PROTOCOL §2.1). Raises ValueError for a URL it cannot ask.
         self._pool = HttpPool(url, REQUEST_DEFAULTS)
+        # The requests in flight that a connect may share, by their bytes.
+        self._flights: dict[bytes, _Flight] = {}
 
     async def authenticate(self, creds: Credentials, budget: float | None = None) -> Identity:
         """The API's answer as an identity. ``budget``: what is left of the connection's
         BROKER_AUTH_DEADLINE; an answer later than that is ``Refused(auth-timeout)``, counted
         as the outcome ``timeout`` (the API was slow for this client), not ``unavailable``."""
         try:
-            headers = forwarded_headers(creds, conf().BROKER_AUTH_FORWARD_HEADERS)
+            headers = forwarded_headers(creds, self.forward)
         except InvalidHeaderValue as exc:
             # The client's input, not the API's state: refused by name, the API not asked.
             metrics.auth_outcome("invalid-credentials", 0.0)
@@ -181,9 +214,12 @@ class ApiProxy:
         started = time.monotonic()
         by_deadline = budget is not None and budget < self.timeout
         allowed = budget if by_deadline and budget is not None else self.timeout
+        flight = self._board(self._pool.head(headers.items()), started + allowed, allowed)
+        assert flight.task is not None
+        flight.waiters += 1
         try:
             async with asyncio.timeout(allowed):
-                status, body = await self._ask(headers, started + allowed, allowed)
+                status, identity, malformed = await asyncio.shield(flight.task)
         except (TimeoutError, HttpError, OSError, zlib.error, UnreadableAnswer) as exc:
             if by_deadline and isinstance(exc, TimeoutError):
                 metrics.auth_outcome("timeout", time.monotonic() - started)
@@ -194,42 +230,75 @@ class ApiProxy:
             detail = f": {exc}" if isinstance(exc, UnreadableAnswer) else ""
             log.warning("auth API unavailable: %s%s", type(exc).__name__, detail)
             raise AuthUnavailable(errors.AUTH_UNAVAILABLE) from None
+        finally:
+            flight.waiters -= 1
+            if not flight.waiters and not flight.task.done():
+                flight.task.cancel()  # nobody waits for its answer any more
+                self._landed(flight)
         elapsed = time.monotonic() - started
         if status != 200:
             metrics.auth_outcome("refused", elapsed)
             raise Refused()
-        try:
-            identity = identity_from_api(json.loads(body))
-        except (ValueError, InvalidIdentity) as exc:
+        if malformed is not None:
             metrics.auth_outcome("malformed", elapsed)
-            log.warning("auth API answered a malformed body: %s", exc)
-            raise Refused(errors.INVALID_LOGIN if isinstance(exc, InvalidLogin)
-                          else errors.REFUSED) from None
+            log.warning("auth API answered a malformed body: %s", malformed)
+            raise Refused(errors.INVALID_LOGIN if isinstance(malformed, InvalidLogin)
+                          else errors.REFUSED)
+        assert identity is not None
         metrics.auth_outcome("authorized", elapsed)
         return identity
+
+    def _board(self, head: bytes, deadline: float, allowed: float) -> _Flight:
+        """The flight of the request ``head``: one in flight with the same bytes, shared, or a
+        new one."""
+        flight = self._flights.get(head)
+        if flight is not None:
+            metrics.counters["auth_shared"] += 1
+            flight.join(deadline, allowed)
+            return flight
+        flight = _Flight(head, deadline, allowed)
+        flight.task = asyncio.ensure_future(self._fly(flight))
+        if self.share:
+            self._flights[head] = flight
+            flight.task.add_done_callback(lambda _: self._landed(flight))
+        return flight
+
+    def _landed(self, flight: _Flight) -> None:
+        """``flight`` is over (answered, failed or given up): no connect joins it any more."""
+        if self._flights.get(flight.head) is flight:
+            del self._flights[flight.head]
+
+    async def _fly(self, flight: _Flight) -> Answer:
+        """Ask, and read a 200's body as an identity once for every connect waiting."""
+        status, body = await self._ask(flight)
+        if status != 200:
+            return status, None, None
+        try:
+            return 200, identity_from_api(json.loads(body)), None
+        except (ValueError, RecursionError, InvalidIdentity) as exc:
+            return 200, None, exc
 
     def _body_for(self, status: int, encoding: bytes) -> BoundedBody | None:
         """Only a 200's body is read; any other status is a refusal, whatever its body."""
         return BoundedBody(encoding, self.max_answer_bytes) if status == 200 else None
 
-    async def _ask(self, headers: dict[bytes, bytes], deadline: float,
-                   allowed: float) -> tuple[int, bytes]:
+    async def _ask(self, flight: _Flight) -> tuple[int, bytes]:
         """The API's status and, for a 200, its body (bounded: ``BoundedBody``).
 
         Raises TimeoutError without asking when the turn comes too late: less time left before
-        ``deadline`` (monotonic) than the API's recent ``answer_time``. Only a request whose
+        the flight's ``deadline`` than the API's recent ``answer_time``. Only a request whose
         turn comes in the second half of the ``allowed`` seconds is judged so: requests that
         get their turn early always reach the API, whatever the estimate, and the estimate
         follows the API when it speeds up again."""
         async with self._limit:
             sent = time.monotonic()
-            left = deadline - sent
-            if left < self.answer_time and left < allowed / 2:
+            left = flight.deadline - sent
+            if left < self.answer_time and left < flight.allowed / 2:
                 raise TimeoutError("no time left for the auth API's usual answer time")
             self.in_flight += 1
             metrics.auth_in_flight(self.in_flight)
             try:
-                answer = await self._pool.get(self._pool.head(headers.items()), self._body_for)
+                answer = await self._pool.get(flight.head, self._body_for)
                 self.answer_time += (time.monotonic() - sent - self.answer_time) * 0.2
                 return answer
             finally:
@@ -247,7 +316,8 @@ def api_proxy() -> ApiProxy:
         c = conf()
         proxy = _proxies[loop] = ApiProxy(
             c.BROKER_AUTH_URL, c.BROKER_AUTH_TIMEOUT, c.BROKER_AUTH_MAX_IN_FLIGHT,
-            c.BROKER_AUTH_MAX_RESPONSE_BYTES)
+            c.BROKER_AUTH_MAX_RESPONSE_BYTES, forward=c.BROKER_AUTH_FORWARD_HEADERS,
+            share=c.BROKER_AUTH_SHARE_REQUESTS)
     return proxy
 
 

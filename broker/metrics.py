@@ -52,7 +52,7 @@ def render() -> str:
         lines += [f"# TYPE combroker_{name} gauge", f"combroker_{name} {value}"]
     for name in ("triggers", "triggers_received", "deliveries", "direct_messages",
                  "connections_opened", "connections_refused", "rate_limited",
-                 "subscription_losses"):
+                 "subscription_losses", "auth_shared"):
         lines += [f"# TYPE combroker_{name}_total counter",
                   f"combroker_{name}_total {counters[name]}"]
     lines.append("# TYPE combroker_connections_refused_by_cause_total counter")

@@ -202,13 +202,16 @@ async def test_channel_layer_down_at_connect_is_a_close_not_a_500(broker_factory
 
 
 async def test_auth_requests_in_flight_are_bounded(broker_factory, auth_api):
-    auth_api.allow(token="t", body=OK_BODY)
+    # ten clients, ten credentials: ten requests (identical ones would share one:
+    # test_auth_shared.py)
+    for i in range(10):
+        auth_api.allow(token=f"t{i}", body=OK_BODY)
     broker = broker_factory(auth_api=auth_api, BROKER_AUTH_MAX_IN_FLIGHT=3,
                             BROKER_AUTH_TIMEOUT=10)
     auth_api.pause()
     try:
-        sockets = await asyncio.gather(*(connect_or_fail(broker.ws_url, token="t")
-                                         for _ in range(10)))
+        sockets = await asyncio.gather(*(connect_or_fail(broker.ws_url, token=f"t{i}")
+                                         for i in range(10)))
         await auth_api.await_requests(3)
         await asyncio.to_thread(auth_api.wait_for_in_flight, 3)
         await expect_nothing(sockets[0], within=0.5)  # time for any excess request to arrive

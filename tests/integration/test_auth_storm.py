@@ -114,11 +114,17 @@ async def outcome(port: int, token: str, sem: asyncio.Semaphore) -> tuple:
         writer.close()
 
 
+def token_of(kind: str):
+    """A predicate of AuthAPI.when: the request's token is ``<kind>-<n>``. (Every client of a
+    storm has its own credentials: identical requests would share one, test_auth_shared.py.)"""
+    return lambda rec: (rec.authorization or "").startswith(f"Token {kind}-")
+
+
 async def test_storm_of_2000_connects(broker_factory, auth_api):
     in_flight = 16
-    auth_api.allow(token="good", body=OK, delay=0.01)
-    auth_api.allow(token="bad", status=403, body={"detail": "no"}, delay=0.01)
-    auth_api.allow(token="err", status=503, body=b"<html>overloaded", delay=0.01)
+    auth_api.when(token_of("good"), body=OK, delay=0.01)
+    auth_api.when(token_of("bad"), status=403, body={"detail": "no"}, delay=0.01)
+    auth_api.when(token_of("err"), status=503, body=b"<html>overloaded", delay=0.01)
     auth_api.allow(token="pinger", body=OK)
     broker = broker_factory(auth_api=auth_api, BROKER_AUTH_MAX_IN_FLIGHT=in_flight,
                             BROKER_AUTH_TIMEOUT=60)
@@ -129,7 +135,8 @@ async def test_storm_of_2000_connects(broker_factory, auth_api):
     t0 = time.monotonic()
     pinger.go()
     auth_api.pause()  # answers wait until the broker has its bound of requests out
-    storm = asyncio.gather(*(outcome(broker.port, t, sem) for t in tokens))
+    storm = asyncio.gather(*(outcome(broker.port, f"{t}-{i}", sem)
+                             for i, t in enumerate(tokens)))
     try:
         await asyncio.to_thread(auth_api.wait_for_in_flight, in_flight, 30)
     finally:
@@ -160,11 +167,13 @@ async def test_storm_of_2000_connects(broker_factory, auth_api):
 
 
 async def test_storm_beyond_capacity_degrades_into_auth_unavailable(broker_factory, auth_api):
-    auth_api.allow(token="good", body=OK, delay=0.1)  # 8 in flight: 80 answers per second
+    auth_api.when(token_of("good"), body=OK, delay=0.1)  # 8 in flight: 80 answers per second
+    auth_api.allow(token="good", body=OK, delay=0.1)
     broker = broker_factory(auth_api=auth_api, BROKER_AUTH_MAX_IN_FLIGHT=8,
                             BROKER_AUTH_TIMEOUT=1)
     sem = asyncio.Semaphore(400)
-    results = await asyncio.gather(*(outcome(broker.port, "good", sem) for _ in range(400)))
+    results = await asyncio.gather(*(outcome(broker.port, f"good-{i}", sem)
+                                     for i in range(400)))
     outcomes = {(json.dumps(first), end if end == "open" else tuple(end))
                 for first, end in results}
     assert outcomes <= {(json.dumps(WELCOME), "open"), ("null", (1011, "auth-unavailable"))}, \
