@@ -314,10 +314,15 @@ def api_proxy() -> ApiProxy:
     proxy = _proxies.get(loop)
     if proxy is None:
         c = conf()
-        proxy = _proxies[loop] = ApiProxy(
-            c.BROKER_AUTH_URL, c.BROKER_AUTH_TIMEOUT, c.BROKER_AUTH_MAX_IN_FLIGHT,
-            c.BROKER_AUTH_MAX_RESPONSE_BYTES, forward=c.BROKER_AUTH_FORWARD_HEADERS,
-            share=c.BROKER_AUTH_SHARE_REQUESTS)
+        try:
+            proxy = ApiProxy(
+                c.BROKER_AUTH_URL, c.BROKER_AUTH_TIMEOUT, c.BROKER_AUTH_MAX_IN_FLIGHT,
+                c.BROKER_AUTH_MAX_RESPONSE_BYTES, forward=c.BROKER_AUTH_FORWARD_HEADERS,
+                share=c.BROKER_AUTH_SHARE_REQUESTS)
+        except ValueError as exc:  # a URL the client cannot ask: every connect is refused
+            log.error("BROKER_AUTH_URL: %s; refusing connection", exc)
+            raise AuthUnavailable(errors.AUTH_UNAVAILABLE) from None
+        _proxies[loop] = proxy
     return proxy
 
 

@@ -59,7 +59,9 @@ class HttpPool:
         Raises ValueError for a URL this client cannot ask (not http(s), no host, a user:pass@)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http:// or https:// URL with a host: {url!r}")
+            # (the URL itself is not said: it may hold a password)
+            raise ValueError(f"not an http:// or https:// URL with a host "
+                             f"(scheme {parts.scheme[:20]!r})")
         if "@" in parts.netloc:
             raise ValueError("user:password@ in the URL is not supported")
         self.host = parts.hostname

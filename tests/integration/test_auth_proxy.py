@@ -172,6 +172,15 @@ async def test_auth_unavailable_when_nothing_listens(broker_factory):
     assert await close_code(ws) == (1011, "auth-unavailable")
 
 
+async def test_auth_unavailable_when_the_url_cannot_be_asked(broker_factory):
+    for url in ("ftp://user:secret@127.0.0.1/api/", "http://user:secret@127.0.0.1/api/",
+                "not a url"):
+        broker = broker_factory(auth_api=url)
+        await expect_unavailable(broker.ws_url, token="x")
+        broker.wait_for_log("BROKER_AUTH_URL")
+        assert "Traceback" not in broker.log() and "secret" not in broker.log()
+
+
 async def test_auth_unavailable_when_slower_than_the_timeout(broker_factory, auth_api):
     # The answer would come after 30 s; the close comes within close_code's 5 s: the broker
     # gave up, it did not wait for the answer. (An upper bound of 1.8 s on a 2 s answer, timed
