@@ -141,7 +141,7 @@ class Connection:
         self.hub = hub
         if dest is not None and session.replaces_duplicate:
             await hub.router.close(Close(disconnect.REPLACED, destination=dest,
-                                         except_id=self.id))
+                                         except_id=self.id, opened_before=self.connected_at))
         if resume_token is not None:
             await self._resume(hub, resume_token)
         if dest is not None:

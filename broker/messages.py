@@ -95,25 +95,31 @@ class Confirmed:
 class Close:
     """Close the matching connections of every process (kick, duplicate-login ``replace``):
     the one with id ``conn_id``, those of ``login_id``, those owning ``destination``; never the
-    one with id ``except_id``."""
+    one with id ``except_id``, nor one opened at or after ``opened_before`` (wall-clock
+    seconds: a replace arriving late, behind a newer connect of the same login, closes only
+    the connections older than the one that replaces them)."""
 
     disconnect: Disconnect
     conn_id: str | None = None
     login_id: str | None = None
     destination: str | None = None
     except_id: str | None = None
+    opened_before: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"type": CONTROL, "action": "close",
                                 "code": self.disconnect.code, "reason": self.disconnect.reason}
         for key, value in (("conn_id", self.conn_id), ("login_id", self.login_id),
-                           ("destination", self.destination), ("except", self.except_id)):
+                           ("destination", self.destination), ("except", self.except_id),
+                           ("before", self.opened_before)):
             if value is not None:
                 wire[key] = value
         return wire
 
-    def matches(self, conn_id: str, login_id: str | None, destination: str | None) -> bool:
-        if conn_id == self.except_id:
+    def matches(self, conn_id: str, login_id: str | None, destination: str | None,
+                opened_at: float) -> bool:
+        if conn_id == self.except_id or (self.opened_before is not None
+                                         and opened_at >= self.opened_before):
             return False
         return (conn_id == self.conn_id
                 or (self.login_id is not None and login_id == self.login_id)
@@ -156,8 +162,10 @@ def from_wire(wire: dict[str, Any]) -> Message | None:
     if kind == CONTROL:
         if wire.get("action") != "close":
             return None
+        before = wire.get("before")
         return Close(Disconnect(int(wire["code"]), str(wire["reason"])), _str(wire, "conn_id"),
-                     _str(wire, "login_id"), _str(wire, "destination"), _str(wire, "except"))
+                     _str(wire, "login_id"), _str(wire, "destination"), _str(wire, "except"),
+                     float(before) if isinstance(before, (int, float)) else None)
     if kind == PROBE:
         return Probe(str(wire.get("token", "")))
     return None

@@ -289,5 +289,6 @@ class Hub:
     def _close(self, message: Close) -> None:
         for conn in list(self.conns.values()):
             identity = conn.identity
-            if message.matches(conn.id, identity.login_id, identity.destination):
+            if message.matches(conn.id, identity.login_id, identity.destination,
+                               conn.connected_at):
                 conn.close_soon(message.disconnect)

@@ -19,6 +19,7 @@ from ..subscription import Subscription
 
 class Receiver(Protocol):
     id: str
+    connected_at: float  # wall-clock seconds of its accept
 
     @property
     def identity(self) -> Identity: ...

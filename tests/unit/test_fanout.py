@@ -39,6 +39,7 @@ class Recorder:
 
     def __init__(self, conn_id: str, identity: Identity) -> None:
         self.id = conn_id
+        self.connected_at = 0.0
         self.identity = identity
         self.got: list[tuple[Any, ...]] = []
         self.closed: Disconnect | None = None

@@ -1,6 +1,8 @@
 """broker.messages: every message between processes survives its wire form, and an unknown
 one is recognised as such (a newer process during a rolling upgrade)."""
 
+import json
+
 import pytest
 
 from broker import disconnect
@@ -16,6 +18,7 @@ MESSAGES = [
     Confirmed("m2", "agent/amy", "agent/bob"),
     Close(disconnect.KICKED, conn_id="c1"),
     Close(disconnect.REPLACED, destination="agent/bob", except_id="c2"),
+    Close(disconnect.REPLACED, destination="agent/bob", except_id="c2", opened_before=1.5e9),
     Probe("tok"),
 ]
 
@@ -41,7 +44,17 @@ def test_unknown_messages_are_none() -> None:
 
 def test_close_matches() -> None:
     close = Close(disconnect.REPLACED, destination="agent/bob", except_id="new")
-    assert close.matches("old", "bob", "agent/bob")
-    assert not close.matches("new", "bob", "agent/bob")
-    assert not close.matches("other", "amy", "agent/amy")
-    assert Close(disconnect.KICKED, login_id="bob").matches("x", "bob", None)
+    assert close.matches("old", "bob", "agent/bob", 1.0)
+    assert not close.matches("new", "bob", "agent/bob", 1.0)
+    assert not close.matches("other", "amy", "agent/amy", 1.0)
+    assert Close(disconnect.KICKED, login_id="bob").matches("x", "bob", None, 1.0)
+
+
+def test_a_replace_never_closes_a_connection_newer_than_its_replacer() -> None:
+    """A replace that arrives late, behind a newer connect of the same login (another
+    process's, through Redis), closes only the connections opened before the replacing one."""
+    close = Close(disconnect.REPLACED, destination="agent/bob", except_id="mid",
+                  opened_before=100.0)
+    assert close.matches("old", "bob", "agent/bob", 99.5)
+    assert not close.matches("newer", "bob", "agent/bob", 100.2)
+    assert from_wire(json.loads(json.dumps(close.to_wire()))) == close
