@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
@@ -71,6 +72,18 @@ return known and 1 or 0
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One connection's registry change: registered with ``info``, or gone (``info`` None).
+    ``edge``: it is the first (registered) or the last (gone) connection of this process that
+    owns ``destination``."""
+
+    conn_id: str
+    info: dict[str, Any] | None
+    destination: str | None
+    edge: bool
+
+
 class Registry(Protocol):
     """What the cluster knows of its processes; ``MemoryRegistry`` is the reference."""
 
@@ -82,11 +95,9 @@ class Registry(Protocol):
 
     async def add_mask(self, shape_key: str, mask: int) -> None: ...
 
-    async def register(self, conn_id: str, info: dict[str, Any], destination: str | None,
-                       first_for_destination: bool) -> None: ...
-
-    async def unregister(self, conn_id: str, destination: str | None,
-                         last_for_destination: bool) -> None: ...
+    async def write(self, changes: list[Change]) -> None:
+        """Apply connections' registrations and departures, in order (one round trip)."""
+        ...
 
     async def update(self, infos: dict[str, dict[str, Any]], stats: dict[str, Any]) -> None:
         """Rewrite the given connections' entries and this process's stats."""
@@ -137,19 +148,18 @@ class MemoryRegistry:
     async def add_mask(self, shape_key: str, mask: int) -> None:
         self._masks.setdefault(shape_key, set()).add(mask)
 
-    async def register(self, conn_id: str, info: dict[str, Any], destination: str | None,
-                       first_for_destination: bool) -> None:
-        self._conns[conn_id] = info
-        if destination:
-            self._dests[destination] += 1
-
-    async def unregister(self, conn_id: str, destination: str | None,
-                         last_for_destination: bool) -> None:
-        self._conns.pop(conn_id, None)
-        if destination:
-            self._dests[destination] -= 1
-            if self._dests[destination] <= 0:
-                del self._dests[destination]
+    async def write(self, changes: list[Change]) -> None:
+        for c in changes:
+            if c.info is not None:
+                self._conns[c.conn_id] = c.info
+                if c.destination:
+                    self._dests[c.destination] += 1
+                continue
+            self._conns.pop(c.conn_id, None)
+            if c.destination:
+                self._dests[c.destination] -= 1
+                if self._dests[c.destination] <= 0:
+                    del self._dests[c.destination]
 
     async def update(self, infos: dict[str, dict[str, Any]], stats: dict[str, Any]) -> None:
         for conn_id, info in infos.items():
@@ -224,22 +234,23 @@ class RedisRegistry:
     async def add_mask(self, shape_key: str, mask: int) -> None:
         await self.client.call(self.client.redis.sadd(self._masks_key(shape_key), mask))
 
-    async def register(self, conn_id: str, info: dict[str, Any], destination: str | None,
-                       first_for_destination: bool) -> None:
+    async def write(self, changes: list[Change]) -> None:
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self._k_conns, conn_id, json.dumps(info))
-        pipe.expire(self._k_conns, self._expire)
-        if destination and first_for_destination:
-            pipe.sadd(self._dest_key(destination), self.proc_id)
-            pipe.expire(self._dest_key(destination), self._expire)
-        await self.client.call(pipe.execute())
-
-    async def unregister(self, conn_id: str, destination: str | None,
-                         last_for_destination: bool) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hdel(self._k_conns, conn_id)
-        if destination and last_for_destination:
-            pipe.srem(self._dest_key(destination), self.proc_id)
+        registered = False
+        for c in changes:
+            dest_key = self._dest_key(c.destination) if c.destination and c.edge else None
+            if c.info is not None:
+                registered = True
+                pipe.hset(self._k_conns, c.conn_id, json.dumps(c.info))
+                if dest_key is not None:
+                    pipe.sadd(dest_key, self.proc_id)
+                    pipe.expire(dest_key, self._expire)
+            else:
+                pipe.hdel(self._k_conns, c.conn_id)
+                if dest_key is not None:
+                    pipe.srem(dest_key, self.proc_id)
+        if registered:
+            pipe.expire(self._k_conns, self._expire)
         await self.client.call(pipe.execute())
 
     async def update(self, infos: dict[str, dict[str, Any]], stats: dict[str, Any]) -> None:
