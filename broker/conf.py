@@ -43,6 +43,11 @@ class Settings:
     # its answer (docs/operations.md "The auth API"). Off: one request per connect, for an
     # auth API whose answer to the same request may differ (single-use tickets).
     BROKER_AUTH_SHARE_REQUESTS: bool = True
+    # A serving process runs a full garbage collection (generation 2) at most once every this
+    # many generation-1 collections (CPython's default: 10). Each full one walks every object
+    # of the process, and a connect storm grows the heap fast: at 10 they were half of the
+    # broker's CPU per connect (docs/performance.md). 0 = the interpreter's own setting.
+    BROKER_GC_FULL_EVERY: int = 100
     # Static-key login (PROTOCOL §2.2).
     BROKER_APP_KEY: str = ""
     BROKER_PROFILE_KEYS: dict[str, str] | None = None
