@@ -37,6 +37,7 @@ from types import FrameType
 from typing import Any
 
 from . import disconnect
+from .collector import serve_policy
 from .conf import conf
 from .fanout.hub import Hub
 from .fanout.running import get_hub, running_hub
@@ -50,12 +51,14 @@ _hooked: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()  # loops
 
 async def serving_hub() -> Hub:
     """The running loop's hub, for serving clients: the first call on a loop also installs
-    the signal hooks (under uvicorn; nothing under another server)."""
+    the signal hooks (under uvicorn; nothing under another server) and the garbage
+    collector's serving policy (broker.collector)."""
     hub = await get_hub()
     loop = asyncio.get_running_loop()
     if loop not in _hooked:
         _hooked.add(loop)
         install_signal_hooks()
+        serve_policy(conf().BROKER_GC_FULL_EVERY)
     return hub
 
 
