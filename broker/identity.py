@@ -20,6 +20,7 @@ import hmac
 import unicodedata
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache
 from typing import Any, overload
 
 from rooms import WILDCARD, InvalidRoom, Room, parse_room, permitted
@@ -190,6 +191,12 @@ def validate_login(value: object) -> str:
     return str.__str__(value)
 
 
+@cache
+def _watch_rooms(realm: Realm, profile: Profile) -> tuple[Room, ...]:
+    """The rooms a profile watches in a realm (``{"client": "*", "profile": p}``): made once."""
+    return tuple(client_room(realm, p, WILDCARD) for p in PROFILE_RULES[profile].watches)
+
+
 @dataclass(frozen=True)
 class Identity:
     api_rooms: tuple[Room, ...] = ()
@@ -197,36 +204,33 @@ class Identity:
     profile: Profile = Profile.AGENT
     publish_rooms: tuple[Room, ...] = ()
     realm: Realm = Realm.API
-    # Derived: API rooms plus the profile's watch rooms, de-duplicated, API order first.
+    # Derived, once (the hub, the codecs and the session read them for every connection,
+    # every close and kick): API rooms plus the profile's watch rooms, de-duplicated, API
+    # order first; and for a client with a login, its address (``address_of``: the key of
+    # everything addressed to it), the destination it is shown and others name it by
+    # (``/agent/bob``), and its client room.
     allowed_rooms: tuple[Room, ...] = field(init=False)
+    destination: str | None = field(init=False, compare=False, repr=False)
+    public_destination: str | None = field(init=False, compare=False, repr=False)
+    client_room: Room | None = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         rule = PROFILE_RULES[self.profile]
         rooms: list[Room] = []
         if rule.can_subscribe:
-            extra = [client_room(self.realm, p, WILDCARD) for p in rule.watches]
-            for room in (*self.api_rooms, *extra):
+            for room in (*self.api_rooms, *_watch_rooms(self.realm, self.profile)):
                 if room not in rooms:
                     rooms.append(room)
-        object.__setattr__(self, "allowed_rooms", tuple(rooms))
+        init = object.__setattr__
+        init(self, "allowed_rooms", tuple(rooms))
+        login = self.login_id
+        init(self, "destination", address_of(self.realm, self.profile, login) if login else None)
+        init(self, "public_destination", destination_of(self.profile, login) if login else None)
+        init(self, "client_room", client_room(self.realm, self.profile, login) if login else None)
 
     @property
     def rule(self) -> ProfileRule:
         return PROFILE_RULES[self.profile]
-
-    @property
-    def destination(self) -> str | None:
-        """This client's address (``address_of``): the key of everything addressed to it."""
-        return address_of(self.realm, self.profile, self.login_id) if self.login_id else None
-
-    @property
-    def public_destination(self) -> str | None:
-        """The destination this client is shown and others name it by: ``/agent/bob``."""
-        return destination_of(self.profile, self.login_id) if self.login_id else None
-
-    @property
-    def client_room(self) -> Room | None:
-        return client_room(self.realm, self.profile, self.login_id) if self.login_id else None
 
     @property
     def shown_rooms(self) -> list[dict[str, Any]]:

@@ -281,3 +281,21 @@ def test_static_keys_without_a_configured_app_key_refuse_everyone():
     with pytest.raises(InvalidIdentity) as info:
         identity_from_static_keys("", "bob", "k-agent", expected_app_key="", profile_keys=KEYS)
     assert str(info.value) == errors.INVALID_APP_KEY
+
+
+def test_what_an_identity_derives_is_made_once() -> None:
+    """The hub, the codecs and the session read a connection's address, destination and
+    client room for every connect, close and kick: they are made with the identity, and the
+    watch rooms of a profile once for every identity of it."""
+    from broker.identity import Identity, Profile, client_room, identity_from_api
+
+    bob = identity_from_api({"login_id": "bob", "profile": "super_agent"})
+    assert bob.client_room is bob.client_room
+    assert bob.client_room == client_room("api", Profile.SUPER_AGENT, "bob")
+    assert (bob.destination, bob.public_destination) == ("/super_agent/bob", "/super_agent/bob")
+    amy = identity_from_api({"login_id": "amy", "profile": "super_agent"})
+    assert amy.allowed_rooms[0] is bob.allowed_rooms[0]  # {"client": "*", "profile": "agent"}
+    anon = Identity()
+    assert (anon.destination, anon.public_destination, anon.client_room) == (None, None, None)
+    # derived fields do not take part in equality
+    assert identity_from_api({"login_id": "bob", "profile": "super_agent"}) == bob
