@@ -16,18 +16,29 @@ answer (the server's keep-alive timeout, a restart) is sent once more on a new c
 is safe to repeat.
 
 The pool does not bound its connections: its caller does (broker.auth's semaphore, one
-connection per request in flight). One pool per event loop.
+connection per request in flight). A connection idle for KEEP_ALIVE seconds is closed instead of
+reused. An answer's head is read up to MAX_HEAD_BYTES (the caller's Body bounds the body).
+One pool per event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable, Iterable
 from typing import Protocol, cast
 from urllib.parse import quote, urlsplit
 
 import httptools
+
+
+# Seconds a connection may stay idle in the pool before it is closed rather than reused
+# (httpx's default too): servers close theirs after a few seconds (gunicorn 2, Node 5), and a
+# request sent as they do must be sent again.
+KEEP_ALIVE = 5.0
+# Bytes of an answer's head (status line and headers, 1xx heads included) read at most.
+MAX_HEAD_BYTES = 65_536
 
 
 class HttpError(Exception):
@@ -99,9 +110,15 @@ class HttpPool:
         """Send ``head`` (``head()``) and return the answer's status and body (b"" when
         ``body_for`` wanted none). Raises HttpError, OSError, or what the Body raised."""
         idle = self._idle
+        now = time.monotonic()
+        if idle and now - idle[0].idle_since > KEEP_ALIVE:
+            idle.pop(0).close()  # the longest idle: one each time, none left for ever
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to have timed out
             if conn.closed:
+                continue
+            if now - conn.idle_since > KEEP_ALIVE:
+                conn.close()
                 continue
             try:
                 return await conn.ask(head, body_for)
@@ -114,6 +131,7 @@ class HttpPool:
         return await conn.ask(head, body_for)
 
     def _release(self, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
         self._idle.append(conn)
 
     def _forget(self, conn: _Connection) -> None:
@@ -129,7 +147,9 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self.idle_since = 0.0  # monotonic, when last put back in the pool
         self._reused = False
+        self._head_bytes = 0  # of the answer's head so far
         # The request in progress (None: idle), and what its answer has said so far.
         self._answer: asyncio.Future[tuple[int, bytes]] | None = None
         self._body_for: BodyFor | None = None
@@ -151,7 +171,7 @@ class _Connection(asyncio.Protocol):
         self._answer = answer
         self._body_for = body_for
         self._received = self._complete = self._keep = False
-        self._status, self._error = 0, None
+        self._status, self._error, self._head_bytes = 0, None, 0
         transport.write(head)
         try:
             return await answer
@@ -177,6 +197,10 @@ class _Connection(asyncio.Protocol):
             if not self._complete and self._error is None:
                 self._error = HttpError(f"not an HTTP answer: {exc}")
             self._keep = False  # (after a whole answer: what follows it is not HTTP)
+        if not self._status and not self._complete:  # the head is not whole yet
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES and self._error is None:
+                self._error = HttpError(f"answer head over {MAX_HEAD_BYTES} bytes")
         if self._error is not None:
             self._settle(error=self._error)
         elif self._complete:
@@ -275,6 +299,11 @@ class _Connection(asyncio.Protocol):
             self._pool._release(self)
         else:
             self._close()
+
+    def close(self) -> None:
+        """Close an idle connection (the pool's keep-alive expired)."""
+        self.closed = True
+        self._close()
 
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():

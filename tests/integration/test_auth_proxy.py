@@ -236,6 +236,19 @@ async def test_auth_requests_in_flight_are_bounded(broker_factory, auth_api):
     await asyncio.gather(*(ws.close() for ws in sockets))
 
 
+async def test_an_idle_connection_to_the_api_is_not_kept_for_ever(broker_factory, auth_api):
+    """Reused while it is fresh; after 5 s idle (httppool.KEEP_ALIVE, httpx's default too) a
+    new one is opened: a server closing its idle ones meanwhile is not raced."""
+    auth_api.allow(token="t", body=OK_BODY)
+    broker = broker_factory(auth_api=auth_api)
+    for pause in (0, 0, 5.5):
+        await asyncio.sleep(pause)
+        ws, welcome = await ws_open(broker.ws_url, token="t")
+        assert welcome["is_authorized"] is True
+        await ws.close()
+    assert auth_api.connections_opened == 2
+
+
 # ---------------------------------------------------------------- credentials as header values
 # (issue 11, item 7)
 

@@ -224,6 +224,9 @@ async def test_api_that_breaks_http_gives_auth_unavailable_at_once(broker_factor
         "truncated": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 500\r\n\r\n{\"allowed_rooms\": [",
         "bad chunking": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n",
+        # a head no HTTP client reads whole (httpx stopped at 16 KiB; the broker at 64 KiB)
+        "head of 1 MiB": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (1 << 20)
+                         + b"\r\nContent-Length: 2\r\n\r\n{}",
     }
     api = RawAPI()
     broker = broker_factory(auth_api=await api.start(), BROKER_AUTH_TIMEOUT=3)
