@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -201,9 +202,10 @@ class RawAPI:
         self.answer: bytes | None = None
         self.server: asyncio.Server | None = None
 
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/api/bootstrap/"
+    async def start(self, tls: ssl.SSLContext | None = None) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0, ssl=tls)
+        scheme, host = ("https", "localhost") if tls else ("http", "127.0.0.1")
+        return f"{scheme}://{host}:{self.server.sockets[0].getsockname()[1]}/api/bootstrap/"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -276,6 +278,31 @@ async def test_api_answers_that_are_http_but_unusual_are_read_as_http(broker_fac
         frames: list = []
         assert await close_code(ws, frames=frames) == (1000, "")
         assert [json.loads(f) for f in frames] == [REFUSED]
+    finally:
+        assert api.server is not None
+        api.server.close()
+
+
+async def test_an_https_api_is_asked_over_verified_tls(broker_factory, tmp_path):
+    """https:// is verified against the system's trust store, which SSL_CERT_FILE extends: a
+    certificate it trusts authorizes, one it does not is auth-unavailable."""
+    from tests.integration.test_security import self_signed
+
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    body = json.dumps(OK).encode()
+    api = RawAPI()
+    api.answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    url = await api.start(tls)
+    try:
+        trusting = broker_factory(auth_api=url, SSL_CERT_FILE=str(cert))
+        ws, welcome = await ws_open(trusting.ws_url, token="t")
+        assert welcome == WELCOME
+        await ws.close()
+        untrusting = broker_factory(auth_api=url)
+        ws = await ws_connect(untrusting.ws_url, token="t")
+        assert await close_code(ws) == (1011, "auth-unavailable")
     finally:
         assert api.server is not None
         api.server.close()
