@@ -503,15 +503,25 @@ def _request(head: bytes) -> Request:
         return request
 
 
+# uvicorn's proxy headers middleware, by the trusted hosts it was made for: made once, not at
+# every handshake (it parses the trusted addresses and networks when it is made).
+_proxy_headers: dict[Any, Any] = {}
+
+
 async def _proxied(scope: Scope, trusted: Any) -> None:
     """uvicorn's ``--proxy-headers``: a trusted proxy's ``X-Forwarded-For`` names the client
     (uvicorn's own middleware rewrites ``scope``)."""
-    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+    key = tuple(trusted) if isinstance(trusted, list) else trusted
+    middleware = _proxy_headers.get(key)
+    if middleware is None:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-    async def keep(scope: Any, receive: Any, send: Any) -> None:
-        return None
+        middleware = _proxy_headers[key] = ProxyHeadersMiddleware(_keep, trusted_hosts=trusted)
+    await middleware(cast(Any, scope), _nothing, _nothing)
 
-    await ProxyHeadersMiddleware(keep, trusted_hosts=trusted)(cast(Any, scope), _nothing, _nothing)
+
+async def _keep(scope: Any, receive: Any, send: Any) -> None:
+    return None
 
 
 async def _nothing(*args: Any) -> Any:
