@@ -292,14 +292,19 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
                     rate *= 2
             sat = max(s["delivered_msgs_s"] for s in steps)
             sat_step = next(s for s in steps if s["delivered_msgs_s"] == sat)
+
+            async def latency_at(rate: float) -> dict:
+                """p50/p99 of every delivery of triggers sent at ``rate`` for cfg.lat_s."""
+                nonlocal sent_total
+                await m.sync()
+                m.lat = []
+                sent_total += await paced(trig, rate, max(5, int(rate * cfg.lat_s)))
+                await m.drain(sent_total * n)
+                return lat_summary(m.lat)
+
             # latency at half of saturation
             lat_rate = max(0.5, 0.5 * sat / n)
-            await m.sync()
-            m.lat = []
-            count = max(5, int(lat_rate * cfg.lat_s))
-            sent_total += await paced(trig, lat_rate, count)
-            r = await m.drain(sent_total * n)
-            lat = lat_summary(m.lat)
+            lat = await latency_at(lat_rate)
             brief = [(s["offered_msgs_s"], s["delivered_msgs_s"], s["server_cpu"],
                       s["loadgen_cpu"]) for s in steps]
             log(f"  {target.name} n={n} run {run + 1}: saturation {sat:,} msgs/s, "
@@ -309,12 +314,7 @@ async def fanout(target: lib.Target, n: int, cfg: argparse.Namespace, *,
                                    "cpu_us_per_msg": sat_step["server_cpu_us_per_msg"],
                                    **lat, "steps": steps})
             if at_rate:
-                await m.sync()
-                m.lat = []
-                count = max(5, int(at_rate * cfg.lat_s))
-                sent_total += await paced(trig, at_rate, count)
-                r = await m.drain(sent_total * n)
-                lat = lat_summary(m.lat)
+                lat = await latency_at(at_rate)
                 result["runs"][-1]["at_rate"] = {"rate": round(at_rate, 2), **lat}
                 log(f"  {target.name} n={n} run {run + 1}: p50 {lat['p50_ms']} ms "
                     f"p99 {lat['p99_ms']} ms at {at_rate:.1f} trig/s (the given rate)")
