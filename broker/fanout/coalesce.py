@@ -5,7 +5,8 @@ items of every call made since the last batch started, and answers one result pe
 order. The next batch starts when the one in flight ends, so under load a batch holds all that
 came in during one round trip, and each call waits at most for two. A batch starts after every
 call it holds was made (what ``broker.fanout.masks`` relies on), and batches run in the order
-of their calls (what ``broker.fanout.sender`` relies on).
+of their calls (what ``broker.fanout.sender`` and the registry's group commit,
+``broker.fanout.upkeep``, rely on).
 
 An exception from ``run`` is every caller's of that batch. A caller that goes away (cancelled)
 does not cancel the batch: its item is carried out all the same. ``soon(item)`` puts the item in

@@ -35,6 +35,7 @@ from ..subscription import Subscription
 from ..stores import Stores
 from ..stores.registry import Change
 from .channel import ProcessChannel
+from .coalesce import Coalesced
 from .receiver import Receiver
 from .router import Router
 
@@ -85,9 +86,8 @@ class Upkeep:
         # Connections whose registry entry changed since the last flush.
         self.dirty: set[str] = set()
         self._registry_lock = asyncio.Lock()
-        # Registry changes waiting for the write under way (``_write``), and that write.
-        self._changes: list[tuple[Change, asyncio.Future[None]]] = []
-        self._writer: asyncio.Future[None] | None = None
+        # Registry changes: those made while a write is under way go together in the next.
+        self._writes: Coalesced[Change, None] = Coalesced(self._write_changes)
         # Redis failed a request of this process since the last successful heartbeat.
         self.degraded = False
         # Pub/sub connections watched for reconnects (by id), and whether one lost messages
@@ -110,34 +110,19 @@ class Upkeep:
         """Group commit: the changes queued while a write is under way go together, in order,
         in the next one (a connect storm's registrations in a few round trips to Redis, not
         one each). Raises what the write raised (BrokerUnavailable)."""
-        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._changes.append((change, written))
-        if self._writer is None:
-            self._writer = asyncio.ensure_future(self._write_changes())
-        await written
-
-    async def _write_changes(self) -> None:
-        batch: list[tuple[Change, asyncio.Future[None]]] = []
         try:
-            while self._changes:
-                batch, self._changes = self._changes, []
-                async with self._registry_lock:
-                    try:
-                        await self.stores.registry.write([change for change, _ in batch])
-                    except Exception as exc:  # noqa: BLE001 - each waiter gets it
-                        for _, written in batch:
-                            if not written.done():
-                                written.set_exception(exc)
-                    else:
-                        for _, written in batch:
-                            if not written.done():
-                                written.set_result(None)
-        finally:
-            self._writer = None
-            for _, written in (*batch, *self._changes):  # cancelled: the loop is ending
-                if not written.done():
-                    written.set_exception(BrokerUnavailable("registry write cancelled"))
-            self._changes = []
+            await self._writes(change)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this caller was cancelled
+            # the write was (the loop is ending)
+            raise BrokerUnavailable("registry write cancelled") from None
+
+    async def _write_changes(self, changes: list[Change]) -> list[None]:
+        async with self._registry_lock:
+            await self.stores.registry.write(changes)
+        return [None] * len(changes)
 
     def stats(self) -> dict[str, Any]:
         local = self.local
