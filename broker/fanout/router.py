@@ -96,9 +96,7 @@ class Router:
 
     async def send(self, groups: set[str], message: Message) -> None:
         """Send ``message`` to ``groups`` (``BrokerUnavailable`` if the layer fails)."""
-        failure = (await self._send([(groups, message.to_wire())]))[0]
-        if failure is not None:
-            raise failure
+        _raise((await self._send([(groups, message.to_wire())]))[0])
 
     async def _send(self, sends: list[Send]) -> list[BrokerUnavailable | None]:
         failures = await self.sender.send(sends)
@@ -217,9 +215,7 @@ class Router:
             content_type if text is not None else None, ack)
         if ack:
             await self.stores.acks.put(message, self.settings.ack_ttl, self.settings.ack_quota)
-        failure = (await self.route([([room], message)]))[0]
-        if failure is not None:
-            raise failure
+        _raise((await self.route([([room], message)]))[0])
         metrics.counters["direct_messages"] += 1
         return message_id
 
@@ -228,14 +224,18 @@ class Router:
         target = parse_address(sender)
         if target is None:
             return
-        failure = (await self.route([([client_room(*target)],
-                                      Confirmed(message_id, sender, recipient))]))[0]
-        if failure is not None:
-            raise failure
+        _raise((await self.route([([client_room(*target)],
+                                   Confirmed(message_id, sender, recipient))]))[0])
 
     async def close(self, message: Close) -> None:
         """Close the matching connections of every process (kick, duplicate-login replace)."""
         await self.send({CONTROL_GROUP}, message)
+
+
+def _raise(failure: Exception | None) -> None:
+    """The outcome of a one-message ``route`` or ``_send``: its failure, raised."""
+    if failure is not None:
+        raise failure
 
 
 def _no_masks(shape_key: str) -> frozenset[int]:
