@@ -142,7 +142,7 @@ class WebSocketEdge(asyncio.Protocol):
         "config", "server_state", "app_state", "transport", "conn", "scope", "remote_addr",
         "last_read", "last_write", "pinged_at", "compressed", "closed", "gone", "_inbox",
         "_reader", "_fragments", "_text", "_paused", "_writable", "_lost", "_close_timer",
-        "_task", "_response",
+        "_response",
     )
 
     name = "websocket"
@@ -173,7 +173,6 @@ class WebSocketEdge(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None  # set while writing is paused
         self._lost: asyncio.Future[None] | None = None  # wait_closed() waiting
         self._close_timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
         self._response: Response | None = None  # the accept, sent by start()
 
     # ------------------------------------------------------------ asyncio.Protocol
@@ -283,9 +282,9 @@ class WebSocketEdge(asyncio.Protocol):
             "subprotocols": subprotocols,
         }
         self._response = response
-        self._task = asyncio.ensure_future(self._serve())
-        self.server_state.tasks.add(self._task)
-        self._task.add_done_callback(self.server_state.tasks.discard)
+        task = asyncio.ensure_future(self._serve())  # held by uvicorn's task set, as its own
+        self.server_state.tasks.add(task)
+        task.add_done_callback(self.server_state.tasks.discard)
 
     async def _serve(self) -> None:
         try:
