@@ -577,6 +577,12 @@ async def test_in_memory_layer_one_process(broker_factory, auth_api):
         kicked = await root.ask({"type": "admin", "action": "kick", "login_id": "a"})
         assert kicked["kicked"] == [a.id]
         assert await close_code(a.ws) == (4010, "kicked")
+
+        # the close frame goes out before the connection leaves the registry (as above)
+        async def a_gone():
+            listed = await root.ask({"type": "admin", "action": "connections"})
+            return a.id not in [c["id"] for c in listed["connections"]]
+        await wait_for(a_gone, 3.0, "the kicked connection leaving the registry")
         assert await root.ask({"type": "send", "to": "/agent/a", "data": 1}) == error(
             "destination-not-found")
     finally:
