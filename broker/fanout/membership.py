@@ -14,6 +14,13 @@ processed it, and a PUBLISH from another connection in between is not delivered 
 subscriber told "success" (or a history replay that reads the stream) at that moment would
 miss a trigger. So a probe is published to the group itself, every 50 ms, until one comes
 back.
+
+One probe confirms many joins (``_confirmed``): a shard's SUBSCRIBEs are written on its one
+connection in the order their ``group_add`` calls return (one lock per shard), and Redis
+processes a connection's commands in order, so a probe that comes back through the last group
+joined shows that every group joined on that shard before it is subscribed too. Joins that
+return while a probe is out wait for the next one (``Coalesced``): under a connect storm one
+round trip confirms every join of the storm's last few milliseconds.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from rooms import Room
 from ..errors import BrokerUnavailable
 from ..stores import Registry
 from .channel import ProcessChannel
+from .coalesce import Coalesced
 from .router import room_group, shape_group
+from .sender import shard_of
 
 log = logging.getLogger("broker.hub")
 
@@ -50,6 +59,7 @@ class Membership:
         self.on_joined = on_joined
         self._refs: Counter[str] = Counter()
         self._pending: dict[str, asyncio.Future[None]] = {}
+        self._confirms: dict[object, Coalesced[str, None]] = {}  # by shard_of(group)
 
     # ------------------------------------------------------------ what callers hold
 
@@ -121,10 +131,28 @@ class Membership:
         except Exception as exc:  # noqa: BLE001 - the layer's errors are not a documented type
             raise BrokerUnavailable(f"channel layer: {type(exc).__name__}: {exc}") from None
         self.on_joined()  # the first group on a shard opens its connection
-        if not await self.channel.probe(group=group, timeout=JOIN_CONFIRM_TIMEOUT,
+        await self._confirmed(group)
+
+    async def _confirmed(self, group: str) -> None:
+        """Return once a probe through ``group``, or through a group joined after it on the
+        same shard, came back (the docstring above says why that is enough)."""
+        key = shard_of(self.layer, group)
+        if key is None:  # a layer nobody knows: each join its own probe
+            await self._probe_last([group])
+            return
+        confirm = self._confirms.get(key)
+        if confirm is None:
+            confirm = self._confirms[key] = Coalesced(self._probe_last)
+        await confirm(group)
+
+    async def _probe_last(self, groups: list[str]) -> list[None]:
+        """Probe the last of ``groups`` joined (in the order their joins returned)."""
+        if not await self.channel.probe(group=groups[-1], timeout=JOIN_CONFIRM_TIMEOUT,
                                         resend=0.05):
-            raise BrokerUnavailable(f"joining {group} was not confirmed within "
+            raise BrokerUnavailable(f"joining {groups[-1]} (and {len(groups) - 1} other "
+                                    f"groups) was not confirmed within "
                                     f"{JOIN_CONFIRM_TIMEOUT} s")
+        return [None] * len(groups)
 
     async def _discard(self, group: str) -> None:
         await self.layer.group_discard(group, self.channel.name)

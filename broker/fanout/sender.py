@@ -111,6 +111,20 @@ def _failure(outcome: object) -> Exception | None:
     return None
 
 
+def shard_of(layer: Any, group: str) -> object | None:
+    """What orders ``group``'s join among others: on the pub/sub layer its shard's connection
+    (one lock per shard writes the SUBSCRIBEs in turn); the in-memory and classic Redis layers
+    have joined when ``group_add`` returns (the layer); None for a layer nobody knows."""
+    if _is_pubsub(layer):
+        loop_layer = layer._get_layer()
+        shard: object = loop_layer._get_shard(loop_layer._get_group_channel_name(group))
+        return shard
+    if type(layer).__module__ in ("channels.layers", "channels_redis.core"):
+        known: object = layer
+        return known
+    return None
+
+
 def _is_pubsub(layer: Any) -> bool:
     """channels_redis's pub/sub layer, with the internals the pipeline uses (channels_redis
     4.x); a layer without them is sent to with ``group_send``."""
