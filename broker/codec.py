@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeAlias
 from .credentials import Credentials
 from .disconnect import Disconnect
 from .identity import Identity
-from .messages import Confirmed, DirectMessage
+from .messages import Confirmed, DirectMessage, PresenceEvent
 from .replies import Reply
 from .requests import CodecContext, Request
 from .subscription import Subscription
@@ -140,6 +140,11 @@ class Codec(Protocol):
     def message(self, message: DirectMessage) -> str | bytes: ...
 
     def watched(self, sub: Subscription, message: DirectMessage) -> str | bytes: ...
+
+    def presence(self, sub: Subscription, event: PresenceEvent) -> str | bytes | None:
+        """``event.member`` (``broker.presence``) joined or left the room of ``sub``, which
+        asked to be told; None: the protocol cannot show it."""
+        ...
 
     def confirmed(self, event: Confirmed) -> str | bytes | None:
         """None: the protocol does not tell senders (``caps.confirms`` is False)."""

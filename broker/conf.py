@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .history import HistoryPolicy
+    from .presence import PresencePolicy
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,27 @@ class Settings:
     BROKER_ACK_MAX_PENDING_PER_SENDER: int = 1000
     BROKER_ACK_MAX_BYTES_PER_SENDER: int = 8_388_608
     BROKER_ACK_MAX_TOTAL_BYTES: int = 268_435_456
+    # Presence (README "Presence and lifecycle"): who holds a subscription to each room, its
+    # join/leave frames and queries. Off entirely, or (a JSON list of room patterns, "*"
+    # allowed) for the rooms those patterns permit.
+    BROKER_PRESENCE: bool = True
+    BROKER_PRESENCE_OFF: Any = None
+    # Rooms (a JSON list of patterns) whose first and last member connection the backend hears
+    # of as "joined"/"left" lifecycle events; "online"/"offline" are sent for every login.
+    BROKER_LIFECYCLE_ROOMS: Any = None
 
     @cached_property
     def history_policy(self) -> HistoryPolicy:
         from .history import HistoryPolicy
 
         return HistoryPolicy.from_setting(self.BROKER_HISTORY)
+
+    @cached_property
+    def presence_policy(self) -> PresencePolicy:
+        from .presence import PresencePolicy
+
+        return PresencePolicy.from_settings(self.BROKER_PRESENCE, self.BROKER_PRESENCE_OFF,
+                                            self.BROKER_LIFECYCLE_ROOMS)
 
 
 class SettingError(ValueError):
@@ -191,7 +207,7 @@ def _parse(name: str, raw: Any, default: Any) -> Any:
     Raises SettingError naming the setting and what it accepts."""
     if name == "BROKER_PROFILE_KEYS":
         return _profile_keys(name, raw)
-    if name == "BROKER_HISTORY":
+    if name in ("BROKER_HISTORY", "BROKER_PRESENCE_OFF", "BROKER_LIFECYCLE_ROOMS"):
         return _history(name, raw)
     if isinstance(default, bool):
         if isinstance(raw, bool):
@@ -256,6 +272,12 @@ def conf() -> Settings:
         problem = str(exc).removeprefix("BROKER_HISTORY")
         raise SettingError("BROKER_HISTORY", problem.lstrip(": ") or "malformed",
                            _HISTORY_FORMATS) from None
+    try:
+        _ = settings.presence_policy
+    except ValueError as exc:
+        name, _sep, problem = str(exc).partition(": ")
+        raise SettingError(name, problem or "malformed",
+                           'a JSON list of rooms, e.g. [{"target": "chat", "id": "*"}]') from None
     return settings
 
 

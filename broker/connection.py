@@ -39,7 +39,7 @@ from .errors import AckRefused, BrokerUnavailable
 from .execute import carry_out
 from .fanout.hub import Hub
 from .identity import Identity
-from .messages import Close, Confirmed, DirectMessage, Trigger
+from .messages import Close, Confirmed, DirectMessage, PresenceEvent, Trigger
 from .outbox import Outbox, Writer
 from .requests import Request
 from .session import Session, SessionSettings
@@ -234,6 +234,9 @@ class Connection:
 
     def deliver_confirmed(self, event: Confirmed) -> None:
         self.session.deliver_confirmed(event)
+
+    def deliver_presence(self, sub: Subscription, event: PresenceEvent) -> None:
+        self.session.deliver_presence(sub, event)
 
     def hold_live(self) -> None:
         self.session.hold_live()

@@ -13,6 +13,7 @@ LeaveRooms             None
 PublishRooms           the trigger's id
 SendDirect             the message's id; None: no such destination is connected
 ReadHistory            the history page
+ReadPresence           the room's members and their connections (member -> count)
 ConfirmMessage         None
 QueryStatus            ``Counts``
 ListConnections        the registry's entries
@@ -98,8 +99,14 @@ class Kick:
     login_id: str | None
 
 
+@dataclass(slots=True)
+class ReadPresence:
+    room: Room
+    stats: bool = False
+
+
 Effect = (JoinRoom | LeaveRooms | SendDirect | PublishRooms | QueryStatus | ListConnections
-          | ReadStats | Kick | ReadHistory | ConfirmMessage)
+          | ReadStats | Kick | ReadHistory | ConfirmMessage | ReadPresence)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ DESTINATION_NOT_FOUND = "destination-not-found"
 ROOM_NOT_ALLOWED = "room-not-allowed"
 # Issue 8: a history request for a room no BROKER_HISTORY rule covers (or a wildcard room).
 HISTORY_NOT_ENABLED = "history-not-enabled"
+PRESENCE_NOT_ENABLED = "presence-not-enabled"
 # Not in the contract's list: the channel layer (Redis) is unreachable, so the request could
 # not be carried out. Sent for subscribe/send/publish during an outage (documented).
 SERVICE_UNAVAILABLE = "service-unavailable"

@@ -20,6 +20,7 @@ from .effects import (
     PublishRooms,
     QueryStatus,
     ReadHistory,
+    ReadPresence,
     ReadStats,
     SendDirect,
     Stats,
@@ -66,6 +67,8 @@ async def carry_out(effect: Effect, hub: Hub, owner: Receiver) -> Any:
         case ReadHistory():
             return await hub.stores.history.read(effect.room.key, since=effect.since,
                                                  limit=effect.limit)
+        case ReadPresence():
+            return await hub.stores.presence.members(effect.room.key)
         case QueryStatus():
             connections, rooms = await registry.status()
             return Counts(connections, rooms, hub.started_at)

@@ -23,6 +23,7 @@ DIRECT = "cb.direct"
 CONFIRMED = "cb.confirmed"
 CONTROL = "cb.control"
 PROBE = "cb.probe"
+PRESENCE = "cb.presence"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,22 @@ class Probe:
         return {"type": PROBE, "token": self.token}
 
 
-Message = Trigger | DirectMessage | Confirmed | Close | Probe
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """``member`` joined or left the room ``room_key`` (``broker.presence.Transition``), sent
+    to the room's group: the subscriptions to that room which asked for presence are told."""
+
+    id: str
+    kind: str  # broker.presence.JOIN or LEAVE
+    room_key: str
+    member: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": PRESENCE, "id": self.id, "kind": self.kind, "room": self.room_key,
+                "member": self.member}
+
+
+Message = Trigger | DirectMessage | Confirmed | Close | Probe | PresenceEvent
 
 
 def _str(wire: dict[str, Any], key: str) -> str | None:
@@ -168,4 +184,9 @@ def from_wire(wire: dict[str, Any]) -> Message | None:
                      float(before) if isinstance(before, (int, float)) else None)
     if kind == PROBE:
         return Probe(str(wire.get("token", "")))
+    if kind == PRESENCE:
+        if wire["kind"] not in ("join", "leave"):
+            raise ValueError(f"presence kind {wire['kind']!r}")
+        return PresenceEvent(str(wire["id"]), str(wire["kind"]), str(wire["room"]),
+                             str(wire["member"]))
     return None

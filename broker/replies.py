@@ -43,6 +43,17 @@ class AdminResult:
 
 
 @dataclass(slots=True)
+class PresenceResult:
+    """A room's members and their connection counts (``broker.presence.member_view``;
+    ``ANONYMOUS``: connections without a login); ``stats``: shown as counts only."""
+
+    request_id: Any
+    room: Room
+    members: dict[str, int]
+    stats: bool = False
+
+
+@dataclass(slots=True)
 class HistoryResult:
     """The answer to History: ``top`` is the room's last offset (0: nothing recorded);
     ``recovered`` is set when the request had ``since`` (see broker.history.recovered)."""
@@ -54,4 +65,4 @@ class HistoryResult:
     recovered: bool | None = None
 
 
-Reply = Success | Error | Pong | StatusInfo | AdminResult | HistoryResult
+Reply = Success | Error | Pong | StatusInfo | AdminResult | HistoryResult | PresenceResult

@@ -54,6 +54,8 @@ class Subscribe:
     meta: CodecContext = None  # travels to this request's reply (Codec.answer)
     # The last offset the client has of this (history) room: replay what came after it.
     since: Any = None
+    # Tell this subscription who joins and leaves its room (broker.presence).
+    presence: Any = False
 
 
 @dataclass(slots=True)
@@ -113,6 +115,16 @@ class History:
 
 
 @dataclass(slots=True)
+class PresenceQuery:
+    """``{"type":"presence"|"presence_stats","room":R}``: a room's members (or counts)."""
+
+    request_id: Any
+    room: Any
+    stats: bool = False
+    meta: CodecContext = None
+
+
+@dataclass(slots=True)
 class Confirm:
     """``{"type":"confirm","id":M}``: this connection has processed acknowledged message M."""
 
@@ -148,4 +160,4 @@ class Invalid:
 
 
 Request = (Subscribe | Unsubscribe | UnsubscribeAll | Ping | Status | Send | Publish | Admin
-           | Goodbye | Invalid | History | Confirm)
+           | Goodbye | Invalid | History | Confirm | PresenceQuery)

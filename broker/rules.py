@@ -34,6 +34,7 @@ from .effects import (
     PublishRooms,
     QueryStatus,
     ReadHistory,
+    ReadPresence,
     ReadStats,
     SendDirect,
     Stats,
@@ -41,7 +42,17 @@ from .effects import (
 from .history import HistoryPolicy, recovered, valid_offset
 from .identity import Identity, Profile, resolve_destination
 from .jsontext import dump_json
-from .replies import AdminResult, Error, HistoryResult, Pong, Reply, StatusInfo, Success
+from .presence import PresencePolicy
+from .replies import (
+    AdminResult,
+    Error,
+    HistoryResult,
+    Pong,
+    PresenceResult,
+    Reply,
+    StatusInfo,
+    Success,
+)
 from .requests import (
     MAX_REQUEST_ID_CHARS,
     Admin,
@@ -50,6 +61,7 @@ from .requests import (
     History,
     Invalid,
     Ping,
+    PresenceQuery,
     Publish,
     Request,
     Send,
@@ -80,6 +92,8 @@ class RuleSettings(Protocol):
     def public_status(self) -> bool: ...
     @property
     def history(self) -> HistoryPolicy: ...
+    @property
+    def presence(self) -> PresencePolicy: ...
 
 
 class Requester(Protocol):
@@ -135,6 +149,8 @@ def decide(req: Request, s: Requester) -> Step:
             return _history(req, s)
         case Confirm():
             return _confirm(req, s)
+        case PresenceQuery():
+            return _presence(req, s)
         case Invalid():
             return Step(Error(req.code, req.request_id, req.detail))
     return Step(Error(errors.MESSAGE_TYPE_NOT_ALLOWED))  # pragma: no cover
@@ -165,6 +181,8 @@ def _subscribe(req: Subscribe, s: Requester) -> Step:
     since = req.since
     if (bad := _bad_since(since, rid)) is not None:
         return bad
+    if not isinstance(req.presence, bool):
+        return Step(Error(errors.INVALID_MESSAGE, rid, "'presence' must be a boolean"))
     key = dump_json(rid)
     existing = s.subscriptions.get(key)
     if existing is not None:
@@ -173,13 +191,15 @@ def _subscribe(req: Subscribe, s: Requester) -> Step:
         return Step(Error(errors.REQUEST_ID_IN_USE, rid))
     if not s.identity.may_subscribe(room):
         return Step(Error(errors.ROOM_NOT_FOUND, rid))
+    if req.presence and not s.settings.presence.tracked(room):
+        return Step(Error(errors.PRESENCE_NOT_ENABLED, rid))
     if len(s.subscriptions) >= s.settings.max_subscriptions:
         return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid))
     if pattern is not None and sum(other.pattern is not None for other in
                                    s.subscriptions.values()) >= MAX_REGEX_WATCHES:
         return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid,
                           f"at most {MAX_REGEX_WATCHES} regular-expression watches"))
-    sub = Subscription(rid, key, room, pattern=pattern)
+    sub = Subscription(rid, key, room, pattern=pattern, presence=req.presence)
     s.subscriptions[key] = sub
     rule = s.settings.history.rule_for(room)
     if rule is None:
@@ -258,6 +278,25 @@ def _history(req: History, s: Requester) -> Step:
     return Step(None, ReadHistory(room, min(limit, rule.size), req.since))
 
 
+def _presence(req: PresenceQuery, s: Requester) -> Step:
+    """A room's presence is seen by whoever may subscribe to that room, unless presence is
+    off for it (BROKER_PRESENCE, BROKER_PRESENCE_OFF)."""
+    rid = req.request_id
+    if (bad := _bad_request_id(rid)) is not None:
+        return bad
+    if not s.identity.rule.can_subscribe:
+        return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
+    try:
+        room = s.identity.local_room(parse_room(req.room))
+    except InvalidRoom as exc:
+        return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
+    if not s.identity.may_subscribe(room):
+        return Step(Error(errors.ROOM_NOT_FOUND, rid))
+    if not s.settings.presence.tracked(room):
+        return Step(Error(errors.PRESENCE_NOT_ENABLED, rid))
+    return Step(None, ReadPresence(room, req.stats))
+
+
 def _confirm(req: Confirm, s: Requester) -> Step:
     rid = req.request_id
     if (bad := _bad_request_id(rid)) is not None:
@@ -315,6 +354,8 @@ def result_reply(effect: Effect, rid: Any, result: Any) -> Reply | None:
             if result is None:
                 return Error(errors.DESTINATION_NOT_FOUND, rid)
             return Success(rid, {"id": result})
+        case ReadPresence():
+            return PresenceResult(rid, effect.room, result, effect.stats)
         case ReadHistory():
             return HistoryResult(rid, effect.room, result.top, list(result.entries),
                                  None if effect.since is None

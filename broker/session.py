@@ -68,7 +68,8 @@ from .effects import (
 from .history import HistoryPage, HistoryPolicy
 from .identity import Identity
 from .limits import TokenBucket, Verdict
-from .messages import Confirmed, DirectMessage
+from .messages import Confirmed, DirectMessage, PresenceEvent
+from .presence import PresencePolicy
 from .replies import Error, Reply, Success
 from .requests import Request, Subscribe
 from .rules import Step
@@ -104,6 +105,7 @@ class SessionSettings:
     auth_deadline: float = 0.0  # seconds from the accept to authenticated (0: none)
     duplicate_login: str = "allow"  # "allow", "reject" or "replace"
     resume_ttl: float = 300.0
+    presence: PresencePolicy = field(default_factory=PresencePolicy)
 
     @classmethod
     def from_conf(cls, c: conf.Settings, *, auth_deadline: float | None = None
@@ -114,7 +116,8 @@ class SessionSettings:
                    burst=c.BROKER_RATE_BURST,
                    auth_deadline=(c.BROKER_AUTH_DEADLINE if auth_deadline is None
                                   else auth_deadline),
-                   duplicate_login=c.BROKER_DUPLICATE_LOGIN, resume_ttl=c.BROKER_RESUME_TTL)
+                   duplicate_login=c.BROKER_DUPLICATE_LOGIN, resume_ttl=c.BROKER_RESUME_TTL,
+                   presence=c.presence_policy)
 
 
 class Queue(Protocol):
@@ -434,6 +437,12 @@ class Session:
         """The driver recorded ``hold`` (or could not: shown all the same, logged): show the
         message (dropped once closing: it is still owed, and released at the close)."""
         self.push(hold.frame)
+
+    def deliver_presence(self, sub: Subscription, event: PresenceEvent) -> None:
+        """Someone joined or left the room of ``sub``, which asked to be told."""
+        frame = self.codec.presence(sub, event)
+        if frame is not None:
+            self.push(frame)
 
     def deliver_confirmed(self, event: Confirmed) -> None:
         """To a sender: its acknowledged message was confirmed (protocols that show it)."""

@@ -37,4 +37,6 @@ class Subscription:
     # After a replay: the highest offset it covered. A live copy of a trigger that was read from
     # the history but reaches this process only after the seam was merged is dropped by it.
     replayed: int | None = None
+    # The client asked to be told who joins and leaves the room (broker.presence).
+    presence: bool = False
 

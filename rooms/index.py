@@ -9,11 +9,12 @@ use for its shape: O(distinct masks), independent of the number of subscriptions
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .room import Room, matches
 
 T = TypeVar("T", bound=Hashable)
+_NONE: frozenset[Any] = frozenset()
 
 
 class SubscriptionIndex(Generic[T]):
@@ -69,6 +70,10 @@ class SubscriptionIndex(Generic[T]):
             if not by_mask:
                 del self._shapes[room.shape_key]
         return True
+
+    def exactly(self, room_key: str) -> set[T] | frozenset[T]:
+        """The items subscribed to exactly the room ``room_key`` (do not change it)."""
+        return self._subs.get(room_key, _NONE)
 
     def match(self, trigger: Room) -> set[T]:
         """Every item whose room matches `trigger` (wildcards on either side).

@@ -24,10 +24,20 @@ from typing import Any
 from .. import errors
 from ..credentials import Credentials
 from ..codec import Answer, BadConnect, Capabilities, Connecting, Wire
-from ..identity import Identity, public_destination, public_room_key
-from ..messages import Confirmed, DirectMessage
+from ..identity import Identity, public_destination, public_room, public_room_key
+from ..messages import Confirmed, DirectMessage, PresenceEvent
 from ..jsontext import JsonTooDeep, dump_json, load_json
-from ..replies import AdminResult, Error, HistoryResult, Pong, Reply, StatusInfo, Success
+from ..presence import ANONYMOUS, member_view
+from ..replies import (
+    AdminResult,
+    Error,
+    HistoryResult,
+    Pong,
+    PresenceResult,
+    Reply,
+    StatusInfo,
+    Success,
+)
 from ..requests import (
     Admin,
     CodecContext,
@@ -35,6 +45,7 @@ from ..requests import (
     History,
     Invalid,
     Ping,
+    PresenceQuery,
     Publish,
     Request,
     Send,
@@ -51,7 +62,8 @@ def _decode_request(msg: dict[str, Any]) -> Request:
     kind = msg.get("type")
     rid = msg.get("requestId")
     if kind == "subscribe":
-        return Subscribe(rid, msg.get("room"), since=msg.get("since"))
+        return Subscribe(rid, msg.get("room"), since=msg.get("since"),
+                         presence=msg.get("presence", False))
     if kind == "unsubscribe":
         return Unsubscribe(rid)
     if kind == "ping":
@@ -70,6 +82,8 @@ def _decode_request(msg: dict[str, Any]) -> Request:
         return History(rid, msg.get("room"), msg.get("limit"), msg.get("since"))
     if kind == "confirm":
         return Confirm(rid, msg.get("id"))
+    if kind in ("presence", "presence_stats"):
+        return PresenceQuery(rid, msg.get("room"), stats=kind == "presence_stats")
     if kind == "admin":
         args = {k: v for k, v in msg.items() if k not in ("type", "requestId", "action")}
         return Admin(rid, msg.get("action"), args)
@@ -175,6 +189,8 @@ class JsonCodec:
         frame: dict[str, Any]
         if isinstance(reply, HistoryResult):
             return self._history(reply)
+        if isinstance(reply, PresenceResult):
+            return _presence(reply)
         match reply:
             case Pong(text=True):
                 return "pong"
@@ -223,6 +239,13 @@ class JsonCodec:
         return (f'{{"type":"publish","requestId":{sub.request_id_json},"data":{data_json},'
                 f'"room":{room_key},"id":"{trigger_id}"}}')
 
+    def presence(self, sub: Subscription, event: PresenceEvent) -> str:
+        """A new frame (no High-templar equivalent), the same in both dialects:
+        ``{"type":"join"|"leave","requestId":..,"room":R,"member":{"login":..,"profile":..}}``."""
+        return (f'{{"type":"{event.kind}","requestId":{sub.request_id_json},'
+                f'"room":{public_room_key(sub.room.key)},'
+                f'"member":{dump_json(member_view(event.member))}}}')
+
     def confirmed(self, event: Confirmed) -> str:
         """To the sender of an acknowledged message: every connection that got it confirmed."""
         return dump_json({"type": "confirmed", "id": event.message_id,
@@ -244,3 +267,25 @@ class JsonCodec:
         if not recovered:
             return '{"type":"resync"}'
         return dump_json({"type": "resync", "subscriptions": recovered})
+
+
+def _presence(reply: PresenceResult) -> str:
+    """A new frame, the same in both dialects: the members, or (``presence_stats``) counts."""
+    room = public_room(reply.room).original
+    anonymous = reply.members.get(ANONYMOUS, 0)
+    frame: dict[str, Any]
+    if reply.stats:
+        frame = {"type": "presence_stats", "room": room,
+                 "members": len(reply.members) - (ANONYMOUS in reply.members),
+                 "connections": sum(reply.members.values())}
+    else:
+        members = []
+        for member, count in sorted(reply.members.items()):
+            view = member_view(member)
+            if view is not None:
+                members.append({**view, "connections": count})
+        frame = {"type": "presence", "room": room, "members": members,
+                 "anonymous": anonymous}
+    if reply.request_id is not None:
+        frame["requestId"] = reply.request_id
+    return dump_json(frame)

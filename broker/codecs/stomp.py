@@ -57,7 +57,8 @@ from ..codec import (
 from ..identity import (
     Identity, Profile, parse_address, parse_destination, public_destination, public_room,
 )
-from ..messages import Confirmed, DirectMessage
+from ..messages import Confirmed, DirectMessage, PresenceEvent
+from ..presence import member_view
 from ..jsontext import dump_json, load_json
 from ..replies import AdminResult, Error, Pong, Reply, StatusInfo, Success
 from ..requests import (
@@ -345,7 +346,7 @@ class StompCodec:
             except ValueError:
                 return Invalid(errors.INVALID_ROOM, sid, "/room/ must be followed by a JSON room",
                                meta)
-            return Subscribe(sid, room, meta=meta)
+            return Subscribe(sid, room, meta=meta, presence=_presence_header(h))
         target = parse_destination(dest, wildcard=True)
         if target is None:
             return Invalid(errors.INVALID_ROOM, sid,
@@ -358,7 +359,8 @@ class StompCodec:
             self._inbox = sid
             return Ping(meta=meta)
         profile, login = target
-        return Subscribe(sid, {"client": login, "profile": str(profile)}, meta=meta)
+        return Subscribe(sid, {"client": login, "profile": str(profile)}, meta=meta,
+                         presence=_presence_header(h))
 
     def _subscribe_pattern(self, sid: Any, source: str, meta: StompContext) -> Request:
         """destination-type:1: watch the connected clients whose destination fully matches.
@@ -517,9 +519,31 @@ class StompCodec:
             return f"/{room['profile']}/{room['client']}"
         return ROOM_PREFIX + dump_json(room)
 
+    def presence(self, sub: Subscription, event: PresenceEvent) -> str | bytes:
+        """A MESSAGE on the subscription, with ``presence: join|leave``, ``login`` and
+        ``profile`` headers and the JSON body ``{"type": .., "member": {..}}``."""
+        subscription = str(sub.request_id)
+        view = member_view(event.member) or {}
+        headers = {"subscription": subscription, "message-id": event.id,
+                   "destination": self._destination_of(sub), "presence": event.kind,
+                   **{k: v for k, v in view.items() if k in ("login", "profile")},
+                   "content-type": "application/json"}
+        self._ack_header(headers, subscription)
+        body = dump_json({"type": event.kind, "member": view})
+        return self.encode(Frame("MESSAGE", headers, body.encode("utf-8")))
+
     def confirmed(self, event: Confirmed) -> None:
         """STOMP senders are not told of confirmations (``caps.confirms`` is False)."""
         return None
 
     def resync(self, recovered: list[dict[str, Any]] | None = None) -> None:
         return None
+
+
+def _presence_header(headers: Any) -> Any:
+    """``presence:true`` on a SUBSCRIBE: told who joins and leaves (other text: refused by
+    the rule as not a boolean)."""
+    value = headers.get("presence")
+    if value is None:
+        return False
+    return {"true": True, "false": False}.get(value.strip().lower(), value)

@@ -7,6 +7,9 @@ the live connections. It composes the other nouns of fan-out:
 - ``Router`` (``router.py``): sends typed messages to groups; what the driver calls to publish;
 - ``Membership`` (``membership.py``): the groups this process is in, ref-counted;
 - ``Upkeep`` (``upkeep.py``): the registry, degraded/lost/resync;
+- ``Presence`` (``presence.py``): this process's presence counts in the store; the hub turns
+  their transitions into join/leave events for subscribers (``PresenceEvent``, to the room's
+  group) and lifecycle events for the backend (``broker.lifecycle``);
 - ``Stores`` (``broker.stores``): registry, history, resume states, acknowledged messages.
 
 Dispatch: each channel-layer message becomes a typed value (``messages.from_wire``); the first
@@ -27,20 +30,23 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from rooms import Room, SubscriptionIndex
 
-from .. import disconnect, messages, metrics
+from .. import disconnect, lifecycle, messages, metrics
 from ..errors import BrokerUnavailable
 from ..identity import public_destination
-from ..messages import Close, Confirmed, DirectMessage, Probe, Trigger, from_wire
+from ..messages import Close, Confirmed, DirectMessage, PresenceEvent, Probe, Trigger, from_wire
+from ..presence import ANONYMOUS, ONLINE, Transition, lifecycle_events
 from ..subscription import Subscription
 from ..stores import Stores
 from .channel import ProcessChannel
 from .membership import Membership
+from .presence import Presence
 from .receiver import Receiver
 from .router import CONTROL_GROUP, Router
 from .settings import FanoutSettings
@@ -53,7 +59,7 @@ _SEEN_MAX = 65_536  # message ids remembered for dedupe; copies arrive within mi
 # the watchers' copies are dropped (counted as drops{cause="watch-backlog"}).
 MAX_WATCH_BACKLOG = 1024
 # Messages delivered once per id, whichever group's copy comes first.
-_ONCE = frozenset({messages.TRIGGER, messages.DIRECT, messages.CONFIRMED})
+_ONCE = frozenset({messages.TRIGGER, messages.DIRECT, messages.CONFIRMED, messages.PRESENCE})
 
 
 def now_iso() -> str:
@@ -75,8 +81,11 @@ class Hub:
         self.router.on_failure = self.upkeep.redis_failed
         self.membership = Membership(layer, self.channel, stores.registry,
                                      self.upkeep.watch_layer)
+        self.presence = Presence(stores.presence, settings.presence_policy,
+                                 self._presence_changed)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
+        self._telling: set[asyncio.Future[None]] = set()  # presence and lifecycle sends
         # Regex watches (STOMP destination-type:1) are matched by one worker thread, in order.
         self._matcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="combroker-watch")
         self._watch_backlog = 0
@@ -94,6 +103,11 @@ class Hub:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        try:
+            await self.presence.leave()  # its members leave now, not once found dead
+            await asyncio.wait_for(asyncio.gather(*self._telling, return_exceptions=True), 2.0)
+        except (BrokerUnavailable, TimeoutError) as exc:
+            log.warning("presence not left at stop (%s): swept once found dead", exc)
         self._matcher.shutdown(wait=False, cancel_futures=True)
         await self.stores.close()
 
@@ -107,6 +121,8 @@ class Hub:
     async def attach(self, conn: Receiver) -> None:
         dest = conn.identity.destination
         self.conns[conn.id] = conn
+        if dest:
+            self.presence.change(ONLINE, dest, 1)  # detach counts it out, whatever happens
         try:
             room = conn.identity.client_room
             if dest and room is not None:
@@ -127,6 +143,8 @@ class Hub:
             return
         await self.unsubscribe(subscriptions)
         dest = conn.identity.destination
+        if dest:
+            self.presence.change(ONLINE, dest, -1)
         last = False
         room = conn.identity.client_room
         if dest and room is not None and conn in self.owners.get(dest, ()):
@@ -149,11 +167,17 @@ class Hub:
         self.index.add(sub.room, sub)
         metrics.gauges["subscriptions"] += 1
         self.upkeep.dirty.add(sub.owner.id)
+        if self.presence.policy.tracked(sub.room):
+            # the member is in the room's presence before the client hears "success"
+            await self.presence.change(sub.room.key, _member(sub), 1)
 
     async def unsubscribe(self, subs: list[Subscription]) -> None:
         for sub in subs:
+            counted = sub in self.index.exactly(sub.room.key)
             self.index.discard(sub.room, sub)
             metrics.gauges["subscriptions"] -= 1
+            if counted and self.presence.policy.tracked(sub.room):
+                self.presence.change(sub.room.key, _member(sub), -1)
             await self.membership.leave_room(sub.room)
             if sub.owner is not None and sub.owner.id in self.conns:
                 self.upkeep.dirty.add(sub.owner.id)
@@ -203,6 +227,8 @@ class Hub:
             self._close(message)
         elif isinstance(message, Probe):
             self.channel.answered(message)
+        elif isinstance(message, PresenceEvent):
+            self._deliver_presence(message)
 
     def _deliver_trigger(self, trigger: Trigger) -> None:
         offsets = trigger.offsets
@@ -282,6 +308,37 @@ class Hub:
 
         self._matcher.submit(match).add_done_callback(done)
 
+    def _deliver_presence(self, event: PresenceEvent) -> None:
+        """To the subscriptions of exactly that room that asked for presence."""
+        for sub in self.index.exactly(event.room_key):
+            if sub.presence:
+                sub.owner.deliver_presence(sub, event)
+
+    # ------------------------------------------------------------ presence
+
+    def _presence_changed(self, transitions: list[Transition]) -> None:
+        """Transitions this process was told of (its own changes', or a dead process's
+        sweep): join/leave to the rooms' presence subscribers, lifecycle events to the
+        backend. Each is told to one process only, once."""
+        events = [PresenceEvent(uuid.uuid4().hex, t.kind, t.room_key, t.member)
+                  for t in transitions if t.room_key != ONLINE and t.member != ANONYMOUS]
+        if events:
+            self._tell(self.router.presence(events), "presence events")
+        backend = lifecycle_events(transitions, self.presence.policy, time.time())
+        if backend:
+            self._tell(lifecycle.emit(backend, self.stores), "lifecycle events")
+
+    def _tell(self, sending: Any, what: str) -> None:
+        task: asyncio.Future[None] = asyncio.ensure_future(sending)
+        self._telling.add(task)
+
+        def done(task: asyncio.Future[None]) -> None:
+            self._telling.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s not sent: %s", what, task.exception())
+
+        task.add_done_callback(done)
+
     def _deliver_confirmed(self, event: Confirmed) -> None:
         for conn in self.owners.get(event.to, ()):
             conn.deliver_confirmed(event)
@@ -292,3 +349,8 @@ class Hub:
             if message.matches(conn.id, identity.login_id, identity.destination,
                                conn.connected_at):
                 conn.close_soon(message.disconnect)
+
+
+def _member(sub: Subscription) -> str:
+    """Who a subscription counts as in its room's presence (``broker.presence``)."""
+    return sub.owner.identity.destination or ANONYMOUS

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from ..disconnect import Disconnect
 from ..identity import Identity
-from ..messages import Confirmed, DirectMessage, Trigger
+from ..messages import Confirmed, DirectMessage, PresenceEvent, Trigger
 from ..subscription import Subscription
 
 
@@ -42,6 +42,10 @@ class Receiver(Protocol):
         ...
 
     def deliver_confirmed(self, event: Confirmed) -> None: ...
+
+    def deliver_presence(self, sub: Subscription, event: PresenceEvent) -> None:
+        """Someone joined or left the room of ``sub`` (which asked for presence)."""
+        ...
 
     def hold_live(self) -> None:
         """The process's Redis subscription broke: live deliveries may be missing."""

@@ -34,7 +34,7 @@ from rooms import Room
 from .. import metrics
 from ..errors import BrokerUnavailable
 from ..identity import client_room, parse_address, public_destination
-from ..messages import Close, Confirmed, DirectMessage, Message, Trigger
+from ..messages import Close, Confirmed, DirectMessage, Message, PresenceEvent, Trigger
 from ..jsontext import dump_json
 from ..stores import Stores
 from ..triggers import TriggerRequest
@@ -230,6 +230,12 @@ class Router:
     async def close(self, message: Close) -> None:
         """Close the matching connections of every process (kick, duplicate-login replace)."""
         await self.send({CONTROL_GROUP}, message)
+
+    async def presence(self, events: list[PresenceEvent]) -> None:
+        """Each event to its room's group, in order (``BrokerUnavailable`` if one failed)."""
+        for failure in await self._send([({room_group(e.room_key)}, e.to_wire())
+                                         for e in events]):
+            _raise(failure)
 
 
 def _raise(failure: Exception | None) -> None:

@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..conf import Settings
 from ..history import HistoryPolicy
+from ..presence import PresencePolicy
 from ..stores import AckQuota
 
 
@@ -21,6 +22,8 @@ class FanoutSettings:
     ack_ttl: float  # BROKER_ACK_TTL
     ack_quota: AckQuota  # BROKER_ACK_MAX_*
     registry_ttl: float  # BROKER_REGISTRY_TTL: the heartbeat runs every third of it
+    # BROKER_PRESENCE, BROKER_PRESENCE_OFF, BROKER_LIFECYCLE_ROOMS
+    presence_policy: PresencePolicy = field(default_factory=PresencePolicy)
 
     @classmethod
     def of(cls, c: Settings) -> FanoutSettings:
@@ -30,4 +33,4 @@ class FanoutSettings:
                             c.BROKER_ACK_MAX_BYTES_PER_RECIPIENT,
                             c.BROKER_ACK_MAX_PENDING_PER_SENDER,
                             c.BROKER_ACK_MAX_BYTES_PER_SENDER, c.BROKER_ACK_MAX_TOTAL_BYTES),
-                   c.BROKER_REGISTRY_TTL)
+                   c.BROKER_REGISTRY_TTL, c.presence_policy)

@@ -36,6 +36,7 @@ from ..stores import Stores
 from ..stores.registry import Change
 from .channel import ProcessChannel
 from .coalesce import Coalesced
+from .presence import Presence
 from .receiver import Receiver
 from .router import Router
 
@@ -49,6 +50,7 @@ class Local(Protocol):
     owners: dict[str, set[Receiver]]
     index: SubscriptionIndex[Subscription]
     started_at: str
+    presence: Presence
 
 
 class _SubscriptionWatch:
@@ -164,6 +166,8 @@ class Upkeep:
                 if self.degraded or self._lost or time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + interval
                     known = await self.heartbeat()
+                    if not known:
+                        self.local.presence.forgotten()
                     await self._sweep_acks()
                     if self.degraded or self._lost or not known:
                         # Redis failed us, lost this process's entries (a restart), or dropped
@@ -184,6 +188,7 @@ class Upkeep:
                     await self.stores.registry.update(
                         {cid: conns[cid].info() for cid in dirty if cid in conns},
                         self.stats())
+                await self.local.presence.upkeep()
             except BrokerUnavailable as exc:
                 if not self.degraded:
                     log.error("redis unreachable, fan-out interrupted: %s", exc)

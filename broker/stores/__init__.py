@@ -6,6 +6,8 @@
 - ``resume``: closed connections' subscriptions, kept for their resume tokens
   (``broker.stores.resume``).
 - ``acks``: acknowledged direct messages until confirmed (``broker.stores.acks``).
+- ``presence``: each room's members and connection counts; joins and leaves
+  (``broker.stores.presence``).
 
 Each is a small ``Protocol`` with a memory implementation (the in-memory channel layer: one
 process) and a Redis one. The Redis ones share one ``RedisClient`` (``broker.stores.redis``:
@@ -20,11 +22,17 @@ from dataclasses import dataclass
 
 from .acks import AckQuota, AckStore, MemoryAcks, RedisAcks
 from .history import HistoryStore, MemoryHistory, RedisHistory
+from .presence import MemoryPresence, PresenceStore, RedisPresence
 from .redis import RedisClient
 from .registry import MemoryRegistry, RedisRegistry, Registry
 from .resume import MemoryResume, RedisResume, ResumeStore
 
-__all__ = ["AckQuota", "AckStore", "HistoryStore", "Registry", "ResumeStore", "Stores"]
+__all__ = ["AckQuota", "AckStore", "HistoryStore", "PresenceStore", "Registry", "ResumeStore",
+           "Stores"]
+
+# A process whose heartbeat (every BROKER_REGISTRY_TTL/3) is older than this part of the TTL
+# is dead to presence: swept within the TTL of its last heartbeat by the next upkeep tick.
+PRESENCE_DEAD_AFTER = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +41,13 @@ class Stores:
     history: HistoryStore
     resume: ResumeStore
     acks: AckStore
+    presence: PresenceStore
     client: RedisClient | None = None  # the Redis they share; None in memory
 
     @classmethod
     def memory(cls, proc_id: str) -> Stores:
-        return cls(MemoryRegistry(proc_id), MemoryHistory(), MemoryResume(), MemoryAcks())
+        return cls(MemoryRegistry(proc_id), MemoryHistory(), MemoryResume(), MemoryAcks(),
+                   MemoryPresence())
 
     @classmethod
     def redis(cls, proc_id: str, url: str, prefix: str, registry_ttl: float) -> Stores:
@@ -45,7 +55,8 @@ class Stores:
         (BROKER_REGISTRY_TTL): how long a silent process's entries and holds count."""
         client = RedisClient(url, prefix)
         return cls(RedisRegistry(client, proc_id, registry_ttl), RedisHistory(client),
-                   RedisResume(client), RedisAcks(client, proc_id, registry_ttl), client)
+                   RedisResume(client), RedisAcks(client, proc_id, registry_ttl),
+                   RedisPresence(client, proc_id, registry_ttl * PRESENCE_DEAD_AFTER), client)
 
     async def ping(self) -> bool:
         """Redis answers (always True in memory): /healthz."""
