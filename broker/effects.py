@@ -103,6 +103,7 @@ class Kick:
 class ReadPresence:
     room: Room
     stats: bool = False
+    admin: bool = False  # the admin console's (answered as an admin result)
 
 
 Effect = (JoinRoom | LeaveRooms | SendDirect | PublishRooms | QueryStatus | ListConnections

@@ -62,6 +62,17 @@ def member_view(member: str) -> dict[str, str] | None:
     return view
 
 
+def presence_members(counts: dict[str, int]) -> list[dict[str, Any]]:
+    """A room's members as shown: each login's view with its ``connections``, sorted; the
+    anonymous connections are not a member (counted apart)."""
+    members = []
+    for member, count in sorted(counts.items()):
+        view = member_view(member)
+        if view is not None:
+            members.append({**view, "connections": count})
+    return members
+
+
 def room_of(room_key: str) -> Room | None:
     """The room a key names (None for ``ONLINE`` or a key no room has)."""
     if room_key == ONLINE:

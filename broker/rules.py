@@ -42,7 +42,7 @@ from .effects import (
 from .history import HistoryPolicy, recovered, valid_offset
 from .identity import Identity, Profile, resolve_destination
 from .jsontext import dump_json
-from .presence import PresencePolicy
+from .presence import PresencePolicy, presence_members
 from .replies import (
     AdminResult,
     Error,
@@ -78,7 +78,7 @@ from .subscription import Subscription
 # memory (RE2: up to broker.codecs.stomp.PATTERN_MAX_MEM) and is matched against every direct
 # message to its profile.
 MAX_REGEX_WATCHES = 16
-ADMIN_ACTIONS = ("connections", "kick", "stats")
+ADMIN_ACTIONS = ("connections", "kick", "presence", "stats")
 STATS_TOTALS = ("connections", "triggers_per_s", "deliveries_per_s", "drops_per_s",
                 "triggers", "deliveries", "drops")
 
@@ -319,6 +319,15 @@ def _admin(req: Admin, s: Requester) -> Step:
             return Step(None, ListConnections())
         case "stats":
             return Step(None, ReadStats())
+        case "presence":
+            # any room: the admin console watches the broker, it does not subscribe
+            try:
+                room = parse_room(req.args.get("room"))
+            except InvalidRoom as exc:
+                return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
+            if not s.settings.presence.tracked(room):
+                return Step(Error(errors.PRESENCE_NOT_ENABLED, rid))
+            return Step(None, ReadPresence(room, admin=True))
         case "kick":
             conn_id, login_id = req.args.get("connection_id"), req.args.get("login_id")
             if not isinstance(conn_id, str) and not isinstance(login_id, str):
@@ -354,6 +363,9 @@ def result_reply(effect: Effect, rid: Any, result: Any) -> Reply | None:
             if result is None:
                 return Error(errors.DESTINATION_NOT_FOUND, rid)
             return Success(rid, {"id": result})
+        case ReadPresence(admin=True):
+            return AdminResult(rid, {"action": "presence", "room": effect.room.original,
+                                     "members": presence_members(result)})
         case ReadPresence():
             return PresenceResult(rid, effect.room, result, effect.stats)
         case ReadHistory():

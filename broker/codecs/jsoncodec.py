@@ -27,7 +27,7 @@ from ..codec import Answer, BadConnect, Capabilities, Connecting, Wire
 from ..identity import Identity, public_destination, public_room, public_room_key
 from ..messages import Confirmed, DirectMessage, PresenceEvent
 from ..jsontext import JsonTooDeep, dump_json, load_json
-from ..presence import ANONYMOUS, member_view
+from ..presence import ANONYMOUS, member_view, presence_members
 from ..replies import (
     AdminResult,
     Error,
@@ -279,12 +279,7 @@ def _presence(reply: PresenceResult) -> str:
                  "members": len(reply.members) - (ANONYMOUS in reply.members),
                  "connections": sum(reply.members.values())}
     else:
-        members = []
-        for member, count in sorted(reply.members.items()):
-            view = member_view(member)
-            if view is not None:
-                members.append({**view, "connections": count})
-        frame = {"type": "presence", "room": room, "members": members,
+        frame = {"type": "presence", "room": room, "members": presence_members(reply.members),
                  "anonymous": anonymous}
     if reply.request_id is not None:
         frame["requestId"] = reply.request_id

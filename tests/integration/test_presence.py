@@ -114,7 +114,16 @@ async def test_presence_follows_subscribe_permission_and_settings(cluster, auth_
     await subscribe(ws, ROOM, "e")
     assert (await ask(ws, {"type": "presence", "room": ROOM}, "f"))["members"] == [
         {"login": "w", "profile": "agent", "connections": 1}]
+    # the admin console sees any room's presence, though it may subscribe to none
+    auth_api.allow(token="troot", body={"login_id": "root", "profile": "admin"})
+    root = await connect(p1, "troot")
+    assert await ask(root, {"type": "admin", "action": "presence", "room": ROOM}, "g") == {
+        "code": "success", "type": "admin", "action": "presence", "room": ROOM,
+        "requestId": "g", "members": [{"login": "w", "profile": "agent", "connections": 1}]}
+    assert (await ask(root, {"type": "admin", "action": "presence", "room": QUIET_ROOM},
+                      "h"))["message"] == "presence-not-enabled"
     await ws.close()
+    await root.close()
 
 
 async def test_sigkill_makes_the_members_of_the_dead_process_leave(cluster, auth_api):
