@@ -90,7 +90,13 @@ class Presence:
         may not be ours, then sweep the processes found dead. Raises BrokerUnavailable."""
         if self._stale:
             await self.sync()
-        self._tell(await self.store.sweep())
+        async with self._lock:
+            swept, lost = await self.store.sweep(self._known)
+        self._tell(swept)
+        if lost:
+            log.warning("presence: this process was found dead (a stall): its whole state is "
+                        "sent again")
+            await self.sync()
 
     async def sync(self) -> None:
         async with self._lock:

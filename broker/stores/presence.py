@@ -102,10 +102,12 @@ else redis.call('SREM', prefix .. ':prprocs', proc) end
 return out
 """
 
-# ARGV: prefix, dead_after.
+# ARGV: prefix, dead_after, the caller's proc, known (1: its counts must be here). The first
+# element answered: '1' when the caller's own counts are gone (it was swept while it stalled).
 _SWEEP = _ADD + """
 local prefix = ARGV[1]
-local out = {}
+local lost = ARGV[4] == '1' and redis.call('SISMEMBER', prefix .. ':prprocs', ARGV[3]) == 0
+local out = {lost and '1' or '0'}
 for _, proc in ipairs(redis.call('SMEMBERS', prefix .. ':prprocs')) do
   if not fresh(prefix, proc, tonumber(ARGV[2])) then
     local own = prefix .. ':prp:' .. proc
@@ -137,8 +139,10 @@ class PresenceStore(Protocol):
         leaves); the transitions that made."""
         ...
 
-    async def sweep(self) -> list[Transition]:
-        """Remove the counts of every process found dead; the transitions that made."""
+    async def sweep(self, known: bool) -> tuple[list[Transition], bool]:
+        """Remove the counts of every process found dead; the transitions that made, and
+        whether (``known``: this process has counts stored) this process's were among them
+        earlier (it stalled): then it must ``sync``."""
         ...
 
     async def members(self, room_key: str) -> dict[str, int]:
@@ -179,9 +183,10 @@ class RedisPresence:
                 args += [room, member, count]
         return _transitions(await self.client.call(self._sync(keys=[], args=args)))
 
-    async def sweep(self) -> list[Transition]:
-        return _transitions(await self.client.call(
-            self._sweep(keys=[], args=[self.client.prefix, self.dead_after])))
+    async def sweep(self, known: bool) -> tuple[list[Transition], bool]:
+        flat = await self.client.call(self._sweep(
+            keys=[], args=[self.client.prefix, self.dead_after, self.proc_id, 1 if known else 0]))
+        return _transitions(flat[1:]), text(flat[0]) == "1"
 
     async def members(self, room_key: str) -> dict[str, int]:
         raw = await self.client.call(
@@ -227,8 +232,8 @@ class MemoryPresence:
                 self._add(*key, delta, out)
         return out
 
-    async def sweep(self) -> list[Transition]:
-        return []
+    async def sweep(self, known: bool) -> tuple[list[Transition], bool]:
+        return [], False
 
     async def members(self, room_key: str) -> dict[str, int]:
         return dict(self._rooms.get(room_key, {}))

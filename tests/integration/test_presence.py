@@ -10,6 +10,8 @@ shown by a marker: a later, different event must be the very next frame.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from typing import Any
 
@@ -148,3 +150,26 @@ async def test_sigkill_makes_the_members_of_the_dead_process_leave(cluster, auth
     await watcher.close()
     for ws in victims:
         await asyncio.shield(ws.close())
+
+
+async def test_a_stalled_process_leaves_then_joins_again(cluster, auth_api):
+    """SIGSTOP past the TTL: the stalled process is swept like a dead one (its member
+    leaves); once it runs again it writes its whole state back (its member joins again)
+    rather than staying gone while its connection is open."""
+    p1, p2 = cluster(BROKER_REGISTRY_TTL=str(TTL))
+    watcher = await connect(p1, user(auth_api, "tw", "watcher", [ROOM]))
+    await subscribe(watcher, ROOM, "watch", presence=True)
+    assert await recv_json(watcher) == event("join", "watcher")
+    bob = await connect(p2, user(auth_api, "tb", "bob", [ROOM]))
+    await subscribe(bob, ROOM, "s")
+    assert await recv_json(watcher) == event("join", "bob")
+    os.killpg(p2.proc.pid, signal.SIGSTOP)
+    try:
+        assert await recv_json(watcher, timeout=TTL + 2.0) == event("leave", "bob")
+    finally:
+        os.killpg(p2.proc.pid, signal.SIGCONT)
+    assert await recv_json(watcher, timeout=TTL + 2.0) == event("join", "bob")
+    reply = await ask(watcher, {"type": "presence", "room": ROOM}, "q")
+    assert [m["login"] for m in reply["members"]] == ["bob", "watcher"], reply
+    for ws in (watcher, bob):
+        await ws.close()
