@@ -2,7 +2,9 @@
 
 aiohttp on uvloop, so it is never the bottleneck of a connect storm. It counts the requests
 it serves, the most that were in flight at once and the distinct credentials (Authorization,
-Cookie) it was asked about (``GET /stats``, ``POST /reset``).
+Cookie) it was asked about (``GET /stats``, ``POST /reset``). With ``BENCH_AUTH_LOGINS=1`` in
+its environment each token is a login (``Token bench-7`` is login ``bench-7``), so that a
+broker keeps each connection's client room and online presence; otherwise nobody has a login.
 
     python bench/authapi.py PORT [DELAY_MS]
 """
@@ -11,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 
 import uvloop
 from aiohttp import web
 
-BODY = json.dumps({"allowed_rooms": [{"bench": "*"}, {"user": "*"}], "profile": "agent"})
+ROOMS = [{"bench": "*"}, {"user": "*"}]
+BODY = json.dumps({"allowed_rooms": ROOMS, "profile": "agent"})
+LOGINS = os.environ.get("BENCH_AUTH_LOGINS") == "1"
 state = {"count": 0, "in_flight": 0, "max_in_flight": 0}
 credentials: set[tuple[str, str]] = set()
 
@@ -31,6 +36,10 @@ def make_app(delay: float) -> web.Application:
         try:
             if delay:
                 await asyncio.sleep(delay)
+            if LOGINS:
+                token = request.headers.get("Authorization", "").removeprefix("Token ")
+                return web.json_response({"allowed_rooms": ROOMS, "profile": "agent",
+                                          "login_id": token or "anonymous"})
             return web.Response(text=BODY, content_type="application/json")
         finally:
             state["in_flight"] -= 1

@@ -116,6 +116,23 @@ def issue13_goals(res: dict) -> list[Goal]:
     return out
 
 
+def presence_cost(res: dict) -> list[str]:
+    """What presence costs (issue 14): the production server beside itself with
+    BROKER_PRESENCE=false, same run (B3 means something with BENCH_AUTH_LOGINS=1)."""
+    prod = res.get("production_server", "uvicorn")
+    rows = []
+    for n in sorted(_g(res, "B1", prod) or {}, key=int):
+        off = _sat(res, "nopresence", n)
+        if off:
+            rows.append(f"  B1 {n} subs, delivered msgs/s: {_f(_sat(res, prod, n))} with, "
+                        f"{_f(off)} without: {_x(_sat(res, prod, n) / off)}")
+    on, off = (_g(res, "B3", t, "conns_s") for t in (prod, "nopresence"))
+    if on and off:
+        rows.append(f"  B3 storm, conns/s: {_f(on)} with, {_f(off)} without: {_x(on / off)}"
+                    f" (logins: {'yes' if res.get('auth_logins') else 'no'})")
+    return ["", "Presence cost (issue 14), with / without, same run:", *rows] if rows else []
+
+
 def goals_table(res: dict) -> str:
     rows = [["goal", "broker", "baseline", "ratio", "target", "status"]]
     notes = []
@@ -255,6 +272,7 @@ def table(res: dict) -> str:
                  "(B1, B4), rawauth (B3), rawtrigger (B7)")
     lines.append("")
     lines.append(goals_table(res))
+    lines.extend(presence_cost(res))
     lines.append("")
     lines.append("Earlier goals (issue 6), ratios from this run:")
     for name, val, thr, met in goals(res):

@@ -3,6 +3,9 @@
 Targets (all measured in the same run, through the same load generator):
   uvicorn  this tree under uvicorn (the production server, docs/performance.md), one process,
            private redis-server, pub/sub layer; goals and ratios use it
+  nopresence  this tree on the production server with BROKER_PRESENCE=false: beside uvicorn,
+           what presence costs (B1, B3; run B3 with BENCH_AUTH_LOGINS=1 so that every
+           connection has a login, whose online state presence keeps)
   asgi     this tree under uvicorn with uvicorn's own WebSocket implementation
            (websockets-sansio) and the ASGI adapter (broker/consumers.py), not the edge
   daphne   this tree under daphne
@@ -656,7 +659,9 @@ async def main(cfg: argparse.Namespace) -> dict:
     res: dict[str, Any] = {"mode": "quick" if cfg.quick else "full",
                            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                            "loadavg_start": loadavg(), "cpus": os.cpu_count(),
-                           "prev_rev": prev_rev, "config": {k: v for k, v in vars(cfg).items()}}
+                           "prev_rev": prev_rev,
+                           "auth_logins": os.environ.get("BENCH_AUTH_LOGINS") == "1",
+                           "config": {k: v for k, v in vars(cfg).items()}}
 
     res["production_server"] = cfg.prod
 
@@ -666,6 +671,9 @@ async def main(cfg: argparse.Namespace) -> dict:
         if name == "asgi":  # uvicorn's own WebSocket implementation and the ASGI adapter
             return BrokerTarget(name, auth.url, src=snap, server="uvicorn",
                                 ws="websockets-sansio", **kw)
+        if name == "nopresence":  # the production server with presence off: what it costs
+            return BrokerTarget(name, auth.url, src=snap, server=cfg.prod,
+                                env={"BROKER_PRESENCE": "false"}, **kw)
         if name == "classic":  # the production server on channels_redis's classic layer
             return BrokerTarget(name, auth.url, src=snap, server=cfg.prod, layer="classic", **kw)
         if name == "prev":
@@ -801,8 +809,8 @@ async def main(cfg: argparse.Namespace) -> dict:
 
 # Every target --targets accepts, and every scenario --only accepts; anything else is an error
 # (a misspelt name used to run nothing, silently).
-TARGETS = ("daphne", "uvicorn", "asgi", "classic", "prev", "ht", "raw", "rawauth",
-           "rawtrigger")
+TARGETS = ("daphne", "uvicorn", "asgi", "nopresence", "classic", "prev", "ht", "raw",
+           "rawauth", "rawtrigger")
 SCENARIOS = ("B1", "B1h", "B2", "B3", "B4", "B5", "B6", "B7")
 # Names people reach for that are spelt otherwise here (the results call High-templar
 # "hightemplar"; the target is "ht").
@@ -812,10 +820,10 @@ ALIAS_HINTS = {"hightemplar": "ht", "high-templar": "ht", "broker": "uvicorn"}
 # Which targets take part in which scenario (the others are skipped there): raw is the limit of
 # B1 and B4, rawauth of B3, rawtrigger of B7.
 SCENARIO_TARGETS: dict[str, tuple[str, ...]] = {
-    "B1": ("daphne", "uvicorn", "asgi", "classic", "prev", "ht", "raw"),
+    "B1": ("daphne", "uvicorn", "asgi", "nopresence", "classic", "prev", "ht", "raw"),
     "B1h": (), "B5": (), "B6": (),  # the production server, whatever --targets says
     "B2": ("daphne", "uvicorn", "classic"),
-    "B3": ("daphne", "uvicorn", "asgi", "prev", "ht", "rawauth"),
+    "B3": ("daphne", "uvicorn", "asgi", "nopresence", "prev", "ht", "rawauth"),
     "B4": ("daphne", "uvicorn", "asgi", "ht", "raw"),
     "B7": ("daphne", "uvicorn", "prev", "classic", "rawtrigger"),
 }
