@@ -28,18 +28,23 @@ PROBE = "cb.probe"
 @dataclass(frozen=True, slots=True)
 class Trigger:
     """A trigger for ``rooms`` (canonical keys); ``data_json`` is its data, encoded once.
-    ``offsets``: for a recorded trigger, each recorded room's offset in its history."""
+    ``offsets``: for a recorded trigger, each recorded room's offset in its history.
+    ``exclude``: the id of a connection whose subscriptions do not get it (the sender's own
+    echo); sent only when set, and a process of an earlier version ignores it."""
 
     id: str
     rooms: list[str]
     data_json: str
     offsets: dict[str, int] | None = None
+    exclude: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"type": TRIGGER, "id": self.id, "rooms": self.rooms,
                                 "data": self.data_json}
         if self.offsets is not None:
             wire["offsets"] = self.offsets
+        if self.exclude is not None:
+            wire["exclude"] = self.exclude
         return wire
 
 
@@ -151,7 +156,8 @@ def from_wire(wire: dict[str, Any]) -> Message | None:
     if kind == TRIGGER:
         offsets = wire.get("offsets")
         return Trigger(str(wire["id"]), [str(r) for r in wire["rooms"]], str(wire["data"]),
-                       {str(k): int(v) for k, v in offsets.items()} if offsets else None)
+                       {str(k): int(v) for k, v in offsets.items()} if offsets else None,
+                       _str(wire, "exclude"))
     if kind == DIRECT:
         return DirectMessage(str(wire["id"]), str(wire["room"]), str(wire["to"]),
                              _str(wire, "from"), str(wire["message"]), str(wire["data"]),

@@ -205,13 +205,17 @@ class Hub:
             self.channel.answered(message)
 
     def _deliver_trigger(self, trigger: Trigger) -> None:
-        offsets = trigger.offsets
+        offsets, exclude = trigger.offsets, trigger.exclude
         delivered: set[Subscription] = set()
+        skipped = 0
         for key in trigger.rooms:
             for sub in self.index.match(Room.from_key(key)):
                 if sub in delivered:
                     continue
                 delivered.add(sub)
+                if exclude is not None and sub.owner.id == exclude:
+                    skipped += 1
+                    continue  # the sender's own echo (``publish(..., exclude=)``)
                 if offsets is None:
                     sub.owner.deliver(sub, trigger, key, None)
                     continue
@@ -222,7 +226,7 @@ class Hub:
                     sub.owner.deliver(sub, trigger, own, offsets[own])
                 else:
                     sub.owner.deliver(sub, trigger, key, offsets.get(key))
-        metrics.counters["deliveries"] += len(delivered)
+        metrics.counters["deliveries"] += len(delivered) - skipped
 
     def _deliver_direct(self, message: DirectMessage) -> None:
         n = 0

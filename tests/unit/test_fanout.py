@@ -183,3 +183,17 @@ def test_the_message_frame_is_the_json_dialects():
     assert message_frame("abc", "/service/s", "/agent/bob", "1", True) == (
         '{"type":"message","from":"/service/s","to":"/agent/bob","data":1,"id":"abc",'
         '"ack":true}')
+
+
+async def test_a_trigger_excluding_a_connection_skips_only_its_subscriptions():
+    hub = await started()
+    try:
+        sender, other = await attach(hub, "s1", "bob"), await attach(hub, "o1", "carol")
+        await subscribe(hub, sender, "own", CHAT1)
+        await subscribe(hub, sender, "any", CHAT_ANY)
+        await subscribe(hub, other, "own", CHAT1)
+        k1 = parse_room(CHAT1).key
+        hub.dispatch(Trigger("t1", [k1], "1", exclude="s1").to_wire())
+        assert sender.got == [] and other.got == [("trigger", "own", "t1", k1, None)]
+    finally:
+        await hub.stop()
