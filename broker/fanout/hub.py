@@ -36,7 +36,9 @@ from rooms import Room, SubscriptionIndex
 from .. import disconnect, messages, metrics
 from ..errors import BrokerUnavailable
 from ..identity import public_destination
-from ..messages import Close, Confirmed, DirectMessage, Probe, Trigger, from_wire
+from ..messages import (
+    Close, Confirmed, DirectMessage, DropRooms, Notify, Probe, Recheck, Trigger, from_wire,
+)
 from ..subscription import Subscription
 from ..stores import Stores
 from .channel import ProcessChannel
@@ -203,6 +205,8 @@ class Hub:
             self._close(message)
         elif isinstance(message, Probe):
             self.channel.answered(message)
+        elif isinstance(message, (Notify, DropRooms, Recheck)):
+            self._server_api(message)
 
     def _deliver_trigger(self, trigger: Trigger) -> None:
         offsets, exclude = trigger.offsets, trigger.exclude
@@ -296,3 +300,19 @@ class Hub:
             if message.matches(conn.id, identity.login_id, identity.destination,
                                conn.connected_at):
                 conn.close_soon(message.disconnect)
+
+    def _server_api(self, message: Notify | DropRooms | Recheck) -> None:
+        """The server API's messages (broker.api), on the control group: each local
+        connection it reaches (by login, or every one for a broadcast) is handed it."""
+        n = 0
+        for conn in list(self.conns.values()):
+            if not message.reaches(conn.identity):
+                continue
+            if isinstance(message, Notify):
+                conn.deliver_notice(message)
+                n += 1
+            elif isinstance(message, DropRooms):
+                conn.drop_rooms(message.rooms)
+            else:
+                conn.recheck()
+        metrics.counters["deliveries"] += n
