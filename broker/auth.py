@@ -204,12 +204,23 @@ class ApiProxy:
         """The API's answer as an identity. ``budget``: what is left of the connection's
         BROKER_AUTH_DEADLINE; an answer later than that is ``Refused(auth-timeout)``, counted
         as the outcome ``timeout`` (the API was slow for this client), not ``unavailable``."""
-        return await self.ask(self.request(creds), budget)
+        return await self.ask(self.request(self.forwarded(creds)), budget)
 
-    def request(self, creds: Credentials) -> bytes:
-        """The request the API is asked with for ``creds``: its bytes, all a later re-check
-        needs (``ask``). Raises Refused(invalid-credentials) for a header value no request
-        can carry."""
+    def request(self, forwarded: bytes) -> bytes:
+        """The request the API is asked with: the forwarded headers' lines (``forwarded``),
+        with the request line, the Host and the defaults."""
+        pairs = []
+        for line in forwarded.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b": ")
+                pairs.append((name, value))
+        return self._pool.head(pairs)
+
+    def forwarded(self, creds: Credentials) -> bytes:
+        """The headers the API is asked with for ``creds``, as their request lines
+        (``Name: value\\r\\n`` each): all a later re-check needs, and the least of it a
+        connection can keep. Raises Refused(invalid-credentials) for a header value no
+        request can carry."""
         try:
             headers = forwarded_headers(creds, self.forward)
         except InvalidHeaderValue as exc:
@@ -217,7 +228,7 @@ class ApiProxy:
             metrics.auth_outcome("invalid-credentials", 0.0)
             log.warning("credentials refused: %s in a header value", exc)
             raise Refused(errors.INVALID_CREDENTIALS) from None
-        return self._pool.head(headers.items())
+        return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers.items())
 
     async def ask(self, head: bytes, budget: float | None = None, *,
                   fresh: bool = False) -> Identity:
@@ -362,17 +373,19 @@ async def authenticate(creds: Credentials, budget: float | None = None) -> Ident
 
 async def authenticate_keeping(creds: Credentials, budget: float | None = None
                                ) -> tuple[Identity, bytes | None]:
-    """``authenticate``, and what a later ``reauthenticate`` needs: the bytes of the request
-    the auth API was asked with (None for static keys, which are not asked again). One bytes
-    object per connection is all the credentials a connection keeps (docs/performance.md)."""
+    """``authenticate``, and what a later ``reauthenticate`` needs: the headers the auth API
+    was asked with, as their request lines (None for static keys, which are not asked again).
+    One bytes object per connection is all it keeps of its credentials (docs/performance.md
+    "Memory")."""
     if creds.is_static or not conf().BROKER_AUTH_URL:
         return await authenticate(creds, budget), None
     proxy = api_proxy()
-    head = proxy.request(creds)
-    return await proxy.ask(head, budget), head
+    forwarded = proxy.forwarded(creds)
+    return await proxy.ask(proxy.request(forwarded), budget), forwarded
 
 
-async def reauthenticate(head: bytes) -> Identity:
-    """Ask the auth API again with a connection's request (``authenticate_keeping``), within
+async def reauthenticate(forwarded: bytes) -> Identity:
+    """Ask the auth API again with a connection's headers (``authenticate_keeping``), within
     BROKER_AUTH_TIMEOUT. Raises Refused or AuthUnavailable as at the connect."""
-    return await api_proxy().ask(head, fresh=True)
+    proxy = api_proxy()
+    return await proxy.ask(proxy.request(forwarded), fresh=True)

@@ -97,8 +97,9 @@ class Connection:
         self.session = Session(settings, codec, self._outbox, end=self._ending, name=self.id)
         self._acks = Acknowledgements(self.session, self.id)
         self._closer: asyncio.Future[None] | None = None
-        # The bytes of the request the auth API was asked with (None: static keys), for a
-        # re-check: all a connection keeps of its credentials (docs/performance.md "Memory").
+        # The headers the auth API was asked with, as their request lines (None: static
+        # keys), for a re-check: all a connection keeps of its credentials
+        # (docs/performance.md "Memory").
         self._auth_request: bytes | None = None
         self._auth_timer: asyncio.TimerHandle | None = (
             asyncio.get_running_loop().call_later(settings.auth_deadline,

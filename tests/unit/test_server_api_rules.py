@@ -108,3 +108,16 @@ def test_frames_per_dialect():
     frame = stomp.broadcast("m2", "[1]")
     assert b"destination:/broadcast\n" in frame and b"subscription" not in frame
     assert stomp.unsubscribed(next(iter(s.subscriptions.values())), "server") is None
+
+
+async def test_a_recheck_asks_with_exactly_the_request_the_connect_sent():
+    from broker.auth import ApiProxy, forwarded_headers
+    from broker.credentials import Credentials
+
+    proxy = ApiProxy("http://127.0.0.1:9/api/bootstrap/", 1.0, 4, 65536,
+                     forward=("X-Tenant",))
+    creds = Credentials(headers={"cookie": "sessionid=a: b; csrftoken=t", "x-tenant": "7",
+                                 "user-agent": "ua"}, token="tok", remote_addr="10.0.0.1")
+    kept = proxy.forwarded(creds)
+    assert proxy.request(kept) == proxy._pool.head(forwarded_headers(creds, ("X-Tenant",)).items())
+    assert b"GET" not in kept and b"Host" not in kept  # only what the client sent
