@@ -121,3 +121,37 @@ async def test_a_recheck_asks_with_exactly_the_request_the_connect_sent():
     kept = proxy.forwarded(creds)
     assert proxy.request(kept) == proxy._pool.head(forwarded_headers(creds, ("X-Tenant",)).items())
     assert b"GET" not in kept and b"Host" not in kept  # only what the client sent
+
+
+async def test_bad_http_bodies_are_answered_before_any_io():
+    from broker import serverapi
+
+    async def error(operation: str, raw: bytes) -> tuple[int, str]:
+        answer = await serverapi.answer(operation, raw)
+        return answer.status, answer.body.get("error", "")
+
+    assert await error("reboot", b"{}") == (404, "unknown-operation")
+    assert await error("broadcast", b"\xff") == (400, "invalid-body")
+    assert await error("broadcast", b"[]") == (400, "invalid-body")
+    assert await error("broadcast", b"") == (400, "missing-field")
+    assert await error("publish_to_users", b'{"logins":["a*"],"data":1}') == (400, "invalid-login")
+    assert await error("disconnect", b'{"reason":"x"}') == (400, "no-target")
+    assert await error("history", b'{"room":{"a":"1"},"limit":0}') == (400, "history-not-enabled")
+
+
+def test_python_api_checks():
+    import pytest
+
+    from broker import api
+
+    assert api.check_logins(["bob", "amy", "bob"]) == ["bob", "amy"]
+    assert api.check_reason(None) is None and api.check_reason("bye now") == "bye now"
+    for call, code in ((lambda: api.check_logins([]), "invalid-logins"),
+                       (lambda: api.check_login("a/b"), "invalid-login"),
+                       (lambda: api.check_reason("é"), "invalid-reason"),
+                       (lambda: api.check_rooms("x"), "invalid-rooms"),
+                       (lambda: api.check_data(float("nan")), "invalid-data"),
+                       (lambda: api.disconnect_sync(), "no-target")):
+        with pytest.raises(api.InvalidRequest) as caught:
+            call()
+        assert caught.value.code == code
