@@ -9,6 +9,7 @@ broadcast, which reaches every connection) and check that the marker is the next
 from __future__ import annotations
 
 import asyncio
+import json
 import itertools
 from typing import Any
 
@@ -355,3 +356,29 @@ async def test_a_mounted_project_answers_through_the_django_view(broker_factory,
     assert (await bob.recv())["data"] == 2
     r = await call(broker, "broadcast", {}, prefix="/rt", token="mounted-token")
     assert (r.status_code, r.json()["error"]) == (400, "missing-field")
+
+
+async def test_stomp_clients_get_messages_broadcasts_and_a_revoked_close(cluster, auth_api):
+    from tests.integration.test_stomp_ws import stomp_ws
+
+    p1, p2 = cluster()
+    user(auth_api, "ts", "sam", [NEWS])
+    stomp, connected = await stomp_ws(p2.ws_url, token="ts")
+    assert connected.command == "CONNECTED"
+    await wait_listed(p1, 1, "sam")
+
+    sent = await ok(p1, "publish_to_users", {"logins": ["sam"], "data": {"hi": 1}})
+    frame = await stomp.recv()
+    assert (frame.command, frame.headers["destination"], frame.headers["message-id"]) == (
+        "MESSAGE", "/agent/sam", sent["id"])
+    assert "origin" not in frame.headers and json.loads(frame.body) == {"hi": 1}
+
+    sent = await ok(p1, "broadcast", {"data": [1]})
+    frame = await stomp.recv()
+    assert (frame.command, frame.headers["destination"], frame.body) == (
+        "MESSAGE", "/broadcast", b"[1]")
+    assert "subscription" not in frame.headers
+
+    auth_api.deny("ts")
+    await ok(p1, "recheck", {"login": "sam"})
+    assert await close_code(stomp.ws) == (4003, "revoked")
