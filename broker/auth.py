@@ -204,6 +204,23 @@ class ApiProxy:
         """The API's answer as an identity. ``budget``: what is left of the connection's
         BROKER_AUTH_DEADLINE; an answer later than that is ``Refused(auth-timeout)``, counted
         as the outcome ``timeout`` (the API was slow for this client), not ``unavailable``."""
+        return await self.ask(self.request(self.forwarded(creds)), budget)
+
+    def request(self, forwarded: bytes) -> bytes:
+        """The request the API is asked with: the forwarded headers' lines (``forwarded``),
+        with the request line, the Host and the defaults."""
+        pairs = []
+        for line in forwarded.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b": ")
+                pairs.append((name, value))
+        return self._pool.head(pairs)
+
+    def forwarded(self, creds: Credentials) -> bytes:
+        """The headers the API is asked with for ``creds``, as their request lines
+        (``Name: value\\r\\n`` each): all a later re-check needs, and the least of it a
+        connection can keep. Raises Refused(invalid-credentials) for a header value no
+        request can carry."""
         try:
             headers = forwarded_headers(creds, self.forward)
         except InvalidHeaderValue as exc:
@@ -211,10 +228,16 @@ class ApiProxy:
             metrics.auth_outcome("invalid-credentials", 0.0)
             log.warning("credentials refused: %s in a header value", exc)
             raise Refused(errors.INVALID_CREDENTIALS) from None
+        return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers.items())
+
+    async def ask(self, head: bytes, budget: float | None = None, *,
+                  fresh: bool = False) -> Identity:
+        """The API's answer to the request ``head`` (``request``) as an identity. ``fresh``:
+        never share a request already in flight (a re-check wants an answer asked after it)."""
         started = time.monotonic()
         by_deadline = budget is not None and budget < self.timeout
         allowed = budget if by_deadline and budget is not None else self.timeout
-        flight = self._board(self._pool.head(headers.items()), started + allowed, allowed)
+        flight = self._board(head, started + allowed, allowed, fresh)
         assert flight.task is not None
         flight.waiters += 1
         try:
@@ -248,17 +271,18 @@ class ApiProxy:
         metrics.auth_outcome("authorized", elapsed)
         return identity
 
-    def _board(self, head: bytes, deadline: float, allowed: float) -> _Flight:
+    def _board(self, head: bytes, deadline: float, allowed: float,
+               fresh: bool = False) -> _Flight:
         """The flight of the request ``head``: one in flight with the same bytes, shared, or a
-        new one."""
-        flight = self._flights.get(head)
+        new one (always a new one when ``fresh``, and not shared)."""
+        flight = None if fresh else self._flights.get(head)
         if flight is not None:
             metrics.counters["auth_shared"] += 1
             flight.join(deadline, allowed)
             return flight
         flight = _Flight(head, deadline, allowed)
         flight.task = asyncio.ensure_future(self._fly(flight))
-        if self.share:
+        if self.share and not fresh:
             self._flights[head] = flight
             flight.task.add_done_callback(lambda _: self._landed(flight))
         return flight
@@ -345,3 +369,23 @@ async def authenticate(creds: Credentials, budget: float | None = None) -> Ident
         log.error("BROKER_AUTH_URL is not set; refusing connection")
         raise AuthUnavailable(errors.AUTH_UNAVAILABLE)
     return await api_proxy().authenticate(creds, budget)
+
+
+async def authenticate_keeping(creds: Credentials, budget: float | None = None
+                               ) -> tuple[Identity, bytes | None]:
+    """``authenticate``, and what a later ``reauthenticate`` needs: the headers the auth API
+    was asked with, as their request lines (None for static keys, which are not asked again).
+    One bytes object per connection is all it keeps of its credentials (docs/performance.md
+    "Memory")."""
+    if creds.is_static or not conf().BROKER_AUTH_URL:
+        return await authenticate(creds, budget), None
+    proxy = api_proxy()
+    forwarded = proxy.forwarded(creds)
+    return await proxy.ask(proxy.request(forwarded), budget), forwarded
+
+
+async def reauthenticate(forwarded: bytes) -> Identity:
+    """Ask the auth API again with a connection's headers (``authenticate_keeping``), within
+    BROKER_AUTH_TIMEOUT. Raises Refused or AuthUnavailable as at the connect."""
+    proxy = api_proxy()
+    return await proxy.ask(proxy.request(forwarded), fresh=True)

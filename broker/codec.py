@@ -151,3 +151,19 @@ class Codec(Protocol):
         ...
 
     def resync(self, recovered: list[dict[str, Any]] | None = None) -> str | bytes | None: ...
+
+    # ---- the server API's frames (broker.api)
+
+    def server_message(self, identity: Identity, message_id: str, data_json: str
+                       ) -> str | bytes:
+        """Data the backend sent to this client's login (``publish_to_users``)."""
+        ...
+
+    def broadcast(self, message_id: str, data_json: str) -> str | bytes:
+        """Data the backend sent to every connection (``broadcast``)."""
+        ...
+
+    def unsubscribed(self, sub: Subscription, reason: str) -> str | bytes | None:
+        """The broker ended ``sub`` (the server API's ``unsubscribe``, or a re-check);
+        None: the protocol has no frame for it."""
+        ...

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from . import disconnect, errors, logctx, metrics
 from .acknowledgements import Acknowledgements
-from .auth import Refused, authenticate
+from .auth import AuthUnavailable, Refused, authenticate_keeping, reauthenticate
 from .credentials import Credentials
 from .codec import Codec
 from .conf import conf
@@ -39,7 +39,7 @@ from .errors import AckRefused, BrokerUnavailable
 from .execute import carry_out
 from .fanout.hub import Hub
 from .identity import Identity
-from .messages import Close, Confirmed, DirectMessage, PresenceEvent, Trigger
+from .messages import Close, Confirmed, DirectMessage, Notify, PresenceEvent, Trigger
 from .outbox import Outbox, Writer
 from .requests import Request
 from .session import Session, SessionSettings
@@ -52,6 +52,17 @@ log = logging.getLogger("broker.connection")
 # is given up (its transport may still hold what it buffered): a client that stopped reading
 # must not keep a kick, a replace or a shutdown waiting.
 CLOSE_TIMEOUT = 5.0
+
+
+# Tasks the server API's messages start on a connection (a re-check, leaving the hub), held
+# until done (the event loop keeps only weak references to tasks).
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _background(work: Any) -> None:
+    task = asyncio.ensure_future(work)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 class Transport(Writer, Protocol):
@@ -67,7 +78,7 @@ class Transport(Writer, Protocol):
 class Connection:
     __slots__ = (
         "transport", "id", "hub", "connected_at", "_outbox", "session", "_acks", "_closer",
-        "_auth_timer",
+        "_auth_timer", "_auth_request",
     )
 
     def __init__(self, transport: Transport, codec: Codec | None = None, *,
@@ -86,6 +97,10 @@ class Connection:
         self.session = Session(settings, codec, self._outbox, end=self._ending, name=self.id)
         self._acks = Acknowledgements(self.session, self.id)
         self._closer: asyncio.Future[None] | None = None
+        # The headers the auth API was asked with, as their request lines (None: static
+        # keys), for a re-check: all a connection keeps of its credentials
+        # (docs/performance.md "Memory").
+        self._auth_request: bytes | None = None
         self._auth_timer: asyncio.TimerHandle | None = (
             asyncio.get_running_loop().call_later(settings.auth_deadline,
                                                   self.session.auth_expired)
@@ -128,8 +143,8 @@ class Connection:
         if session.closing:  # the auth deadline passed before the credentials came
             raise Refused(errors.AUTH_TIMEOUT)
         budget = session.authenticating()
-        identity = await (authenticate(creds) if budget is None
-                          else authenticate(creds, budget))
+        identity, self._auth_request = await (authenticate_keeping(creds) if budget is None
+                                              else authenticate_keeping(creds, budget))
         hub = await serving_hub()
         dest = identity.destination
         if (dest is not None and session.refuses_duplicate(identity)
@@ -251,6 +266,48 @@ class Connection:
         pages = await asyncio.gather(*(hub.stores.history.read(
             s.room.key, since=recovering[s], limit=None) for s in subs), return_exceptions=True)
         self.session.resynced([(sub, recovering[sub], page) for sub, page in zip(subs, pages)])
+
+    # ------------------------------------------------------------ the server API (broker.api)
+
+    def deliver_notice(self, notice: Notify) -> None:
+        self.session.notify(notice.id, notice.data_json, broadcast=notice.logins is None)
+
+    def drop_rooms(self, room_keys: list[str]) -> None:
+        subs = self.session.drop_rooms(room_keys)
+        if subs:
+            _background(self._left(subs, errors.UNSUBSCRIBED_BY_SERVER))
+
+    def recheck(self) -> None:
+        if self._auth_request is not None and not self.closing:
+            _background(self._recheck(self._auth_request))
+
+    async def _recheck(self, request: bytes) -> None:
+        """Ask the auth API again; drop what it no longer allows, or close with ``revoked``
+        when it no longer admits the credentials. An API that does not answer changes
+        nothing (logged): only an answer revokes."""
+        logctx.conn_id.set(self.id)
+        try:
+            identity = await reauthenticate(request)
+        except Refused as exc:
+            log.info("conn %s: re-check refused (%s), closing", self.id, exc.reason)
+            self.session.end(disconnect.REVOKED)
+            return
+        except AuthUnavailable:
+            log.warning("conn %s: re-check not done: the auth API is unavailable", self.id)
+            return
+        subs = self.session.rechecked(identity)
+        if subs:
+            await self._left(subs, errors.UNSUBSCRIBED_BY_RECHECK)
+
+    async def _left(self, subs: list[Subscription], reason: str) -> None:
+        """``subs`` were dropped by the session: leave the hub, then tell the client."""
+        hub = self.hub
+        if hub is not None:
+            try:
+                await hub.unsubscribe(subs)
+            except Exception:  # noqa: BLE001 - the upkeep heals the registry and the groups
+                log.exception("conn %s: leaving the hub for an unsubscribe failed", self.id)
+        self.session.unsubscribed(subs, reason)
 
     # ------------------------------------------------------------ outbound and the close
 

@@ -29,4 +29,14 @@ RATE_LIMITED = Disconnect(errors.CLOSE_RATE_LIMITED, errors.RATE_LIMITED)
 AUTH_TIMEOUT = Disconnect(errors.CLOSE_AUTH_TIMEOUT, errors.AUTH_TIMEOUT)
 TOO_BIG = Disconnect(errors.CLOSE_TOO_BIG, "message too big")
 ORIGIN_NOT_ALLOWED = Disconnect(errors.CLOSE_ORIGIN, errors.ORIGIN_NOT_ALLOWED)
+REVOKED = Disconnect(errors.CLOSE_REFUSED, errors.REVOKED)  # a re-check no longer admits it
 INTERNAL = Disconnect(errors.CLOSE_INTERNAL, errors.INTERNAL_ERROR)  # a bug, logged
+
+
+MAX_REASON_BYTES = 123  # a WebSocket close frame's reason (RFC 6455 §5.5: 125 less the code)
+
+
+def told(reason: str | None) -> Disconnect:
+    """The close of a connection the backend disconnects (the server API's ``disconnect``):
+    the admin kick's code, with the backend's reason (``kicked`` when it gives none)."""
+    return Disconnect(errors.CLOSE_KICKED, reason or errors.KICKED)

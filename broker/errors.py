@@ -75,6 +75,12 @@ INVALID_LOGIN = "invalid-login"
 # value: CR, LF, NUL or another control character (broker.auth.wire_value). The client's fault:
 # 4003, the auth API is not asked, and it is not counted as an auth API failure.
 INVALID_CREDENTIALS = "invalid-credentials"
+# 4003: a re-check (the server API's ``recheck``) asked the auth API again and it no longer
+# admits this connection's credentials, or answers another login or profile for them.
+REVOKED = "revoked"
+# The rich dialect's ``unsubscribed`` frame: why the broker ended a subscription.
+UNSUBSCRIBED_BY_SERVER = "server"  # the server API's ``unsubscribe``
+UNSUBSCRIBED_BY_RECHECK = "recheck"  # no longer allowed by the auth API's answer
 
 # WebSocket close codes (PROTOCOL §3 "Close codes").
 CLOSE_NORMAL = 1000

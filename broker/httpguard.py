@@ -4,9 +4,10 @@ Django's ASGI handler reads a request's whole body (spooled to disk past 2.5 MB)
 runs, and daphne's Twisted reads it whole before the application is called. A 200 MB POST to
 ``/trigger`` without a token was read whole, then refused. Here the head decides first:
 
-- a ``/trigger`` route (whatever URL a project mounts ``broker.views.trigger`` at): a POST
-  without the right token is answered 401, and a declared ``Content-Length`` over
-  BROKER_MAX_TRIGGER_BYTES 413, before one byte of the body is read;
+- a ``/trigger`` route (whatever URL a project mounts ``broker.views.trigger`` at), and the
+  server API's ``/api/<operation>``: a POST without the right token is answered 401, and a
+  declared ``Content-Length`` over BROKER_MAX_TRIGGER_BYTES 413, before one byte of the body
+  is read;
 - every other route: a body over Django's DATA_UPLOAD_MAX_MEMORY_SIZE (the sidecar sets 64 KiB:
   none of its other routes takes a body; None = no cap) is 413; ``multipart/form-data`` is left
   to Django's own upload limits, so a project that mounts the broker keeps its uploads;
@@ -49,8 +50,9 @@ def trigger_token_ok(header: str) -> bool:
     return hmac.compare_digest(value.strip().encode(), token.encode())
 
 
-# The route name of POST /trigger in broker/urls.py.
+# The route names of POST /trigger and POST /api/<operation> in broker/urls.py.
 TRIGGER_ROUTE = "broker-trigger"
+API_ROUTE = "broker-api"
 
 
 def too_big(limit: int, setting: str) -> str:
@@ -68,6 +70,20 @@ def is_trigger_path(path: str) -> bool:
         return resolve(path).url_name == TRIGGER_ROUTE
     except Resolver404:
         return False
+
+
+@lru_cache(maxsize=256)
+def api_operation(path: str) -> str | None:
+    """The operation when ``path`` is the server API's route (``/api/<operation>``, by its
+    route name, wherever the project mounts it), else None. The server API is judged as the
+    trigger route is: the same token, the same body limit."""
+    from django.urls import Resolver404, resolve
+
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return None
+    return str(match.kwargs["operation"]) if match.url_name == API_ROUTE else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +124,7 @@ def check_head(method: str, path: str, headers: dict[str, str]) -> tuple[int, st
     at once, ``(status, error)``; else the body's limit (None: no cap)."""
     from django.conf import settings
 
-    if is_trigger_path(path):
+    if is_trigger_path(path) or api_operation(path) is not None:
         return trigger_head(method, headers.get("authorization", ""),
                             headers.get("content-length"))
     if headers.get("content-type", "").lower().startswith("multipart/form-data"):

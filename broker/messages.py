@@ -8,7 +8,9 @@ type or a wire key.
 
 The wire format is the one processes of earlier versions send, so old and new processes can
 share one Redis during an upgrade. An acknowledged ``DirectMessage`` is also what the ack store
-keeps (``to_wire``/``from_wire`` again).
+keeps (``to_wire``/``from_wire`` again). The server API's messages (``Notify``, ``DropRooms``,
+``Recheck``) are new actions of the control message: an earlier process reads them as unknown
+(None) and ignores them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .disconnect import Disconnect
+from .identity import Identity, Realm
 
 TRIGGER = "cb.trigger"
 DIRECT = "cb.direct"
@@ -29,18 +32,23 @@ PRESENCE = "cb.presence"
 @dataclass(frozen=True, slots=True)
 class Trigger:
     """A trigger for ``rooms`` (canonical keys); ``data_json`` is its data, encoded once.
-    ``offsets``: for a recorded trigger, each recorded room's offset in its history."""
+    ``offsets``: for a recorded trigger, each recorded room's offset in its history.
+    ``exclude``: the id of a connection whose subscriptions do not get it (the sender's own
+    echo); sent only when set, and a process of an earlier version ignores it."""
 
     id: str
     rooms: list[str]
     data_json: str
     offsets: dict[str, int] | None = None
+    exclude: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"type": TRIGGER, "id": self.id, "rooms": self.rooms,
                                 "data": self.data_json}
         if self.offsets is not None:
             wire["offsets"] = self.offsets
+        if self.exclude is not None:
+            wire["exclude"] = self.exclude
         return wire
 
 
@@ -127,6 +135,63 @@ class Close:
                 or (self.destination is not None and destination == self.destination))
 
 
+def _api_login(login_id: str, identity: Identity) -> bool:
+    """Whether ``identity`` is the auth API's login ``login_id`` (the backend's users: a
+    static-key login of the same name is another client, broker.identity's realms)."""
+    return identity.login_id == login_id and identity.realm == Realm.API
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Data from the backend (the server API) to every connection of ``logins`` in the auth
+    API's realm, or, with ``logins`` None, to every connection (a broadcast). ``data_json``:
+    its data, encoded once; ``id``: the message id the frames carry."""
+
+    id: str
+    data_json: str
+    logins: list[str] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"type": CONTROL, "action": "notify", "id": self.id,
+                                "data": self.data_json}
+        if self.logins is not None:
+            wire["logins"] = self.logins
+        return wire
+
+    def reaches(self, identity: Identity) -> bool:
+        return self.logins is None or any(_api_login(login, identity) for login in self.logins)
+
+
+@dataclass(frozen=True, slots=True)
+class DropRooms:
+    """Unsubscribe every connection of the auth API's login ``login_id`` from exactly the
+    rooms ``rooms`` (canonical keys): a subscription to one of them ends, others stay."""
+
+    login_id: str
+    rooms: list[str]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": CONTROL, "action": "unsubscribe", "login_id": self.login_id,
+                "rooms": self.rooms}
+
+    def reaches(self, identity: Identity) -> bool:
+        return _api_login(self.login_id, identity)
+
+
+@dataclass(frozen=True, slots=True)
+class Recheck:
+    """Every connection of the auth API's login ``login_id`` asks the auth API again who it
+    is, and drops what its answer no longer allows."""
+
+    login_id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": CONTROL, "action": "recheck", "login_id": self.login_id}
+
+    def reaches(self, identity: Identity) -> bool:
+        return _api_login(self.login_id, identity)
+
+
 @dataclass(frozen=True, slots=True)
 class Probe:
     """Sent through the layer to see it come back (a path works end to end)."""
@@ -152,7 +217,8 @@ class PresenceEvent:
                 "member": self.member}
 
 
-Message = Trigger | DirectMessage | Confirmed | Close | Probe | PresenceEvent
+Message = (Trigger | DirectMessage | Confirmed | Close | Probe | Notify | DropRooms | Recheck
+           | PresenceEvent)
 
 
 def _str(wire: dict[str, Any], key: str) -> str | None:
@@ -167,7 +233,8 @@ def from_wire(wire: dict[str, Any]) -> Message | None:
     if kind == TRIGGER:
         offsets = wire.get("offsets")
         return Trigger(str(wire["id"]), [str(r) for r in wire["rooms"]], str(wire["data"]),
-                       {str(k): int(v) for k, v in offsets.items()} if offsets else None)
+                       {str(k): int(v) for k, v in offsets.items()} if offsets else None,
+                       _str(wire, "exclude"))
     if kind == DIRECT:
         return DirectMessage(str(wire["id"]), str(wire["room"]), str(wire["to"]),
                              _str(wire, "from"), str(wire["message"]), str(wire["data"]),
@@ -176,7 +243,16 @@ def from_wire(wire: dict[str, Any]) -> Message | None:
     if kind == CONFIRMED:
         return Confirmed(str(wire["message_id"]), str(wire["to"]), _str(wire, "by"))
     if kind == CONTROL:
-        if wire.get("action") != "close":
+        action = wire.get("action")
+        if action == "notify":
+            logins = wire.get("logins")
+            return Notify(str(wire["id"]), str(wire["data"]),
+                          None if logins is None else [str(x) for x in logins])
+        if action == "unsubscribe":
+            return DropRooms(str(wire["login_id"]), [str(r) for r in wire["rooms"]])
+        if action == "recheck":
+            return Recheck(str(wire["login_id"]))
+        if action != "close":
             return None
         before = wire.get("before")
         return Close(Disconnect(int(wire["code"]), str(wire["reason"])), _str(wire, "conn_id"),

@@ -388,3 +388,28 @@ def result_reply(effect: Effect, rid: Any, result: Any) -> Reply | None:
                 return Error(errors.CONNECTION_NOT_FOUND, rid)
             return AdminResult(rid, {"action": "kick", "kicked": result})
     return None
+
+
+# ---------------------------------------------------------------- the server API (broker.api)
+
+
+def in_rooms(subscriptions: list[Subscription], room_keys: list[str]) -> list[Subscription]:
+    """The subscriptions the server API's ``unsubscribe`` ends: those to exactly one of these
+    rooms (canonical keys; a wildcard subscription ends only when its own wildcard room is
+    named, never because a concrete room it matches is)."""
+    keys = set(room_keys)
+    return [sub for sub in subscriptions if sub.room.key in keys]
+
+
+def no_longer_allowed(subscriptions: list[Subscription], identity: Identity
+                      ) -> list[Subscription]:
+    """The subscriptions a re-check ends: those ``identity`` (the auth API's new answer) may
+    no longer subscribe to, by the rule a subscribe is checked with."""
+    return [sub for sub in subscriptions if not identity.may_subscribe(sub.room)]
+
+
+def same_client(before: Identity, after: Identity) -> bool:
+    """A re-check's answer still names the client that connected (its login, profile and
+    realm: what the hub and the registry keyed it by). Otherwise the connection is closed."""
+    return (before.login_id == after.login_id and before.profile == after.profile
+            and before.realm == after.realm)

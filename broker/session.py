@@ -470,6 +470,55 @@ class Session:
         driver reads them and calls ``resynced`` (even with none: the client is told)."""
         return self.delivery.recovering()
 
+    # ------------------------------------------------------------ the server API
+
+    def notify(self, message_id: str, data_json: str, broadcast: bool) -> None:
+        """Data from the backend (broker.api): to this login, or to every connection."""
+        codec = self.codec
+        self.push(codec.broadcast(message_id, data_json) if broadcast
+                  else codec.server_message(self.identity, message_id, data_json))
+
+    def drop(self, subs: list[Subscription]) -> list[Subscription]:
+        """End ``subs`` (the server API's ``unsubscribe``, a re-check): out of the table at
+        once, so no request names them any more; the driver leaves the hub with what this
+        returns, then ``unsubscribed`` tells the client. A subscription whose join the driver
+        is carrying out is kept (the request's own reply is still to come)."""
+        pending = self._pending[1].effect if self._pending is not None else None
+        joining = pending.subscription if isinstance(pending, JoinRoom) else None
+        dropped = []
+        for sub in subs:
+            if sub is joining or self.subscriptions.get(sub.request_id_json) is not sub:
+                continue
+            del self.subscriptions[sub.request_id_json]
+            self.delivery.forget(sub)
+            dropped.append(sub)
+        return dropped
+
+    def drop_rooms(self, room_keys: list[str]) -> list[Subscription]:
+        """The server API's ``unsubscribe``: the subscriptions to exactly these rooms."""
+        if self.state is not State.OPEN:
+            return []
+        return self.drop(rules.in_rooms(list(self.subscriptions.values()), room_keys))
+
+    def rechecked(self, identity: Identity) -> list[Subscription]:
+        """The auth API's new answer for this connection's credentials: the identity is
+        replaced (later requests are checked against it), and the subscriptions it no longer
+        allows are dropped (returned). An answer naming another client ends the connection."""
+        if self.state is not State.OPEN:
+            return []
+        if not rules.same_client(self.identity, identity):
+            self.end(disconnect.REVOKED)
+            return []
+        self.identity = identity
+        return self.drop(rules.no_longer_allowed(list(self.subscriptions.values()), identity))
+
+    def unsubscribed(self, subs: list[Subscription], reason: str) -> None:
+        """Tell the client each of ``subs`` ended (the hub no longer delivers to them)."""
+        for sub in subs:
+            frame = self.codec.unsubscribed(sub, reason)
+            if frame is not None:
+                self.push(frame)
+
     def resynced(self, pages: list[tuple[Subscription, int, HistoryPage | BaseException]]
                  ) -> None:
         self.delivery.resynced(

@@ -47,7 +47,7 @@ class TriggerRoute:
         if isinstance(verdict, tuple):
             await respond(send, *verdict)
             return
-        raw = await _read(receive, verdict)
+        raw = await read_limited(receive, verdict)
         if raw is None:
             return  # the client went away
         if isinstance(raw, Limit):
@@ -64,7 +64,7 @@ class TriggerRoute:
         await send({"type": "http.response.body", "body": content})
 
 
-async def _read(receive: Receive, limit: Limit) -> bytes | Limit | None:
+async def read_limited(receive: Receive, limit: Limit) -> bytes | Limit | None:
     """The body; ``limit`` once it passes it (what is left is not read); None when the client
     disconnected."""
     chunks: list[bytes] = []

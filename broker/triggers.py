@@ -7,6 +7,7 @@ docs/protocol.md). A trigger that breaks one raises, naming the rule:
 - ``InvalidTrigger``: not a mapping, ``rooms`` or ``data`` missing, ``history`` not a boolean;
 - ``rooms.InvalidRoom``: ``rooms`` not a non-empty list of valid rooms;
 - ``InvalidTriggerId``: an ``id`` that is not 1 to 64 characters of A-Z a-z 0-9 . _ : -
+- ``InvalidTrigger``: an ``exclude`` that is not a connection id (1 to 64 such characters too)
 
 Each message is the text ``/trigger`` answers with 400 (``refusal``).
 """
@@ -36,6 +37,7 @@ class TriggerRequest:
     data: Any
     history: bool = False
     trigger_id: str | None = None
+    exclude: str | None = None  # a connection whose subscriptions do not get it
 
 
 def parse_rooms(rooms: Any) -> list[Room]:
@@ -57,9 +59,21 @@ def check_trigger_id(value: Any) -> str | None:
     return value
 
 
+def check_exclude(value: Any) -> str | None:
+    """None, or the id of the connection a trigger is not delivered to (the sender's own
+    echo): what a welcome's ``connection_id`` is, 1 to 64 characters of A-Z a-z 0-9 . _ : -"""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _TRIGGER_ID.fullmatch(value):
+        raise InvalidTrigger("exclude must be a connection id (1 to 64 characters of "
+                             "A-Z a-z 0-9 . _ : -)")
+    return value
+
+
 def parse_trigger(entry: Any) -> TriggerRequest:
     """A trigger given as a mapping ``{"rooms": [...], "data": ..., "history"?: bool,
-    "id"?: str}`` (the body of ``POST /trigger``, an entry of a batch), checked in this order."""
+    "id"?: str, "exclude"?: str}`` (the body of ``POST /trigger``, an entry of a batch), checked
+    in this order."""
     if not isinstance(entry, Mapping):
         raise InvalidTrigger("body must be a JSON object")
     if "rooms" not in entry:
@@ -73,7 +87,8 @@ def parse_trigger(entry: Any) -> TriggerRequest:
     trigger_id = entry.get("id")
     if "id" in entry and trigger_id is None:
         raise InvalidTriggerId(f"{INVALID_TRIGGER_ID}: id must be a string")
-    return TriggerRequest(rooms, entry["data"], history, check_trigger_id(trigger_id))
+    return TriggerRequest(rooms, entry["data"], history, check_trigger_id(trigger_id),
+                          check_exclude(entry.get("exclude")))
 
 
 def refusal(exc: Exception) -> str:

@@ -1,11 +1,12 @@
-"""HTTP endpoints: POST /trigger (PROTOCOL §5), /healthz, /metrics."""
+"""HTTP endpoints: POST /trigger (PROTOCOL §5), POST /api/<operation> (the server API),
+/healthz, /metrics."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import ingest, metrics
+from . import ingest, metrics, serverapi
 from .errors import BrokerUnavailable
 from .httpguard import trigger_head
 from .shutdown import serving_hub
@@ -35,6 +36,26 @@ async def trigger(request: HttpRequest) -> HttpResponse:
     if len(raw) > verdict.size:
         return _error(413, verdict.refusal())
     answer = await ingest.answer(raw)
+    return JsonResponse(answer.body, status=answer.status)
+
+
+@csrf_exempt
+async def server_api(request: HttpRequest, operation: str) -> HttpResponse:
+    """POST /api/<operation> where a project serves it through Django (``broker.urls``); the
+    sidecar answers it in front of Django (``broker.apiroute``). Both are ``broker.serverapi``,
+    judged by the trigger token and BROKER_MAX_TRIGGER_BYTES as /trigger is."""
+    if request.method != "POST":
+        response = _error(405, "method not allowed: use POST")
+        response["Allow"] = "POST"
+        return response
+    verdict = trigger_head("POST", request.headers.get("Authorization", ""),
+                           request.headers.get("Content-Length"))
+    if isinstance(verdict, tuple):
+        return _error(*verdict)
+    raw = request.read(verdict.size + 1)
+    if len(raw) > verdict.size:
+        return _error(413, verdict.refusal())
+    answer = await serverapi.answer(operation, raw)
     return JsonResponse(answer.body, status=answer.status)
 
 

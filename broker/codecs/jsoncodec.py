@@ -268,6 +268,28 @@ class JsonCodec:
             return '{"type":"resync"}'
         return dump_json({"type": "resync", "subscriptions": recovered})
 
+    # ---- the server API's frames
+
+    def server_message(self, identity: Identity, message_id: str, data_json: str) -> str:
+        """Data from the backend to this login: a direct message's frame (the same in both
+        dialects), ``from`` null (the backend has no destination)."""
+        return (f'{{"type":"message","from":null,'
+                f'"to":{dump_json(identity.public_destination)},"data":{data_json},'
+                f'"id":"{message_id}"}}')
+
+    def broadcast(self, message_id: str, data_json: str) -> str:
+        """Data from the backend to every connection: a new frame, the same in both dialects
+        (as ``history`` and ``confirmed``)."""
+        return f'{{"type":"broadcast","data":{data_json},"id":"{message_id}"}}'
+
+    def unsubscribed(self, sub: Subscription, reason: str) -> str | None:
+        """Rich dialect: the subscription ``requestId`` ended (``reason``: ``server`` or
+        ``recheck``). High-templar has no such frame: nothing."""
+        if not self.rich:
+            return None
+        return (f'{{"type":"unsubscribed","requestId":{sub.request_id_json},'
+                f'"room":{public_room(sub.room).key},"reason":{dump_json(reason)}}}')
+
 
 def _presence(reply: PresenceResult) -> str:
     """A new frame, the same in both dialects: the members, or (``presence_stats``) counts."""

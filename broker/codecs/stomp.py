@@ -80,6 +80,7 @@ SERVER = "combroker/0.1"
 STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "stomp")  # in order of preference
 CB_SUBPROTOCOL = "stomp"  # the Communication Broker's JS client
 ROOM_PREFIX = "/room/"
+BROADCAST_DESTINATION = "/broadcast"  # the server API's broadcast (``broadcast``)
 MAX_PATTERN = 512  # characters of a destination-type:1 regular expression
 ACK_MODES = frozenset({"auto", "client", "client-individual"})
 
@@ -537,6 +538,29 @@ class StompCodec:
         return None
 
     def resync(self, recovered: list[dict[str, Any]] | None = None) -> None:
+        return None
+
+    # ------------------------------------------------------------ the server API's frames
+
+    def server_message(self, identity: Identity, message_id: str, data_json: str
+                       ) -> str | bytes:
+        """Data from the backend to this login: a MESSAGE to the client's own destination,
+        as a direct message without a sender (no ``origin``)."""
+        to = identity.destination or ""
+        return self._message(DirectMessage(message_id, "", to, None, "", data_json),
+                             self._inbox)
+
+    def broadcast(self, message_id: str, data_json: str) -> str | bytes:
+        """Data from the backend to every connection: a MESSAGE with destination
+        ``/broadcast`` and no ``subscription`` (as a direct message to a client that did not
+        subscribe to its own destination)."""
+        headers = {"message-id": message_id, "destination": BROADCAST_DESTINATION,
+                   "content-type": "application/json"}
+        return self.encode(Frame("MESSAGE", headers, data_json.encode("utf-8", "replace")))
+
+    def unsubscribed(self, sub: Subscription, reason: str) -> None:
+        """STOMP has no frame for a subscription the server ends (an ERROR would close a
+        standard connection): nothing; the subscription's MESSAGEs stop."""
         return None
 
 

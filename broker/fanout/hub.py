@@ -40,7 +40,10 @@ from rooms import Room, SubscriptionIndex
 from .. import disconnect, lifecycle, messages, metrics
 from ..errors import BrokerUnavailable
 from ..identity import public_destination
-from ..messages import Close, Confirmed, DirectMessage, PresenceEvent, Probe, Trigger, from_wire
+from ..messages import (
+    Close, Confirmed, DirectMessage, DropRooms, Notify, PresenceEvent, Probe, Recheck, Trigger,
+    from_wire,
+)
 from ..presence import ANONYMOUS, ONLINE, Transition, lifecycle_events
 from ..subscription import Subscription
 from ..stores import Stores
@@ -229,15 +232,21 @@ class Hub:
             self.channel.answered(message)
         elif isinstance(message, PresenceEvent):
             self._deliver_presence(message)
+        elif isinstance(message, (Notify, DropRooms, Recheck)):
+            self._server_api(message)
 
     def _deliver_trigger(self, trigger: Trigger) -> None:
-        offsets = trigger.offsets
+        offsets, exclude = trigger.offsets, trigger.exclude
         delivered: set[Subscription] = set()
+        skipped = 0
         for key in trigger.rooms:
             for sub in self.index.match(Room.from_key(key)):
                 if sub in delivered:
                     continue
                 delivered.add(sub)
+                if exclude is not None and sub.owner.id == exclude:
+                    skipped += 1
+                    continue  # the sender's own echo (``publish(..., exclude=)``)
                 if offsets is None:
                     sub.owner.deliver(sub, trigger, key, None)
                     continue
@@ -248,7 +257,7 @@ class Hub:
                     sub.owner.deliver(sub, trigger, own, offsets[own])
                 else:
                     sub.owner.deliver(sub, trigger, key, offsets.get(key))
-        metrics.counters["deliveries"] += len(delivered)
+        metrics.counters["deliveries"] += len(delivered) - skipped
 
     def _deliver_direct(self, message: DirectMessage) -> None:
         n = 0
@@ -349,6 +358,22 @@ class Hub:
             if message.matches(conn.id, identity.login_id, identity.destination,
                                conn.connected_at):
                 conn.close_soon(message.disconnect)
+
+    def _server_api(self, message: Notify | DropRooms | Recheck) -> None:
+        """The server API's messages (broker.api), on the control group: each local
+        connection it reaches (by login, or every one for a broadcast) is handed it."""
+        n = 0
+        for conn in list(self.conns.values()):
+            if not message.reaches(conn.identity):
+                continue
+            if isinstance(message, Notify):
+                conn.deliver_notice(message)
+                n += 1
+            elif isinstance(message, DropRooms):
+                conn.drop_rooms(message.rooms)
+            else:
+                conn.recheck()
+        metrics.counters["deliveries"] += n
 
 
 def _member(sub: Subscription) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from ..disconnect import Disconnect
 from ..identity import Identity
-from ..messages import Confirmed, DirectMessage, PresenceEvent, Trigger
+from ..messages import Confirmed, DirectMessage, Notify, PresenceEvent, Trigger
 from ..subscription import Subscription
 
 
@@ -56,6 +56,23 @@ class Receiver(Protocol):
         ...
 
     def close_soon(self, why: Disconnect) -> None: ...
+
+    # ---- the server API (broker.api)
+
+    def deliver_notice(self, notice: Notify) -> None:
+        """Data from the backend: to this connection's login (``notice.logins``), or to every
+        connection (a broadcast)."""
+        ...
+
+    def drop_rooms(self, room_keys: list[str]) -> None:
+        """End this connection's subscriptions to exactly these rooms (canonical keys), and
+        tell the client."""
+        ...
+
+    def recheck(self) -> None:
+        """Ask the auth API again with this connection's credentials; drop what it no longer
+        allows (or close it when it no longer admits them)."""
+        ...
 
     def info(self) -> dict[str, Any]:
         """The registry entry (the monitor console's connection list)."""

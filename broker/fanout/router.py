@@ -140,11 +140,12 @@ class Router:
         return await self._send([(self.groups_for(rooms, read.__getitem__) - groups, wire)])
 
     async def publish(self, rooms: list[Room], data_json: str, history: bool = False,
-                      trigger_id: str | None = None) -> str:
+                      trigger_id: str | None = None, exclude: str | None = None) -> str:
         """``trigger_id``: the client's own (checked by ``broker.triggers``), which makes a
         retry idempotent: recorded once (within BROKER_TRIGGER_ID_TTL) and, through the
-        receivers' dedupe by id, delivered once to a subscription that had it already."""
-        outcome = (await self._publish([(rooms, data_json, history, trigger_id)]))[0]
+        receivers' dedupe by id, delivered once to a subscription that had it already.
+        ``exclude``: a connection id whose subscriptions do not get it (the hub skips them)."""
+        outcome = (await self._publish([(rooms, data_json, history, trigger_id, exclude)]))[0]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -161,20 +162,22 @@ class Router:
                 encoded.append(exc)
         valid = [i for i, data in enumerate(encoded) if isinstance(data, str)]
         outcomes = await self._publish([(triggers[i].rooms, str(encoded[i]),
-                                         triggers[i].history, triggers[i].trigger_id)
+                                         triggers[i].history, triggers[i].trigger_id,
+                                         triggers[i].exclude)
                                         for i in valid])
         results: list[str | Exception] = list(encoded)
         for i, outcome in zip(valid, outcomes, strict=True):
             results[i] = outcome
         return results
 
-    async def _publish(self, triggers: list[tuple[list[Room], str, bool, str | None]]
+    async def _publish(self, triggers: list[tuple[list[Room], str, bool, str | None,
+                                                  str | None]]
                        ) -> list[str | Exception]:
         s = self.settings
-        ids = [trigger_id or uuid.uuid4().hex for _, _, _, trigger_id in triggers]
+        ids = [trigger_id or uuid.uuid4().hex for _, _, _, trigger_id, _ in triggers]
         offsets: list[dict[str, int] | None | Exception] = [None] * len(triggers)
         down: BrokerUnavailable | None = None  # the history's Redis failed: record no more
-        for i, (rooms, data_json, history, own_id) in enumerate(triggers):
+        for i, (rooms, data_json, history, own_id, _) in enumerate(triggers):
             recorded = s.history_policy.recorded(rooms) if history else []
             if recorded and down is not None:
                 offsets[i] = down
@@ -189,14 +192,14 @@ class Router:
         results: list[str | Exception] = list(ids)
         sending: list[int] = []
         messages: list[tuple[list[Room], Message]] = []
-        for i, (rooms, data_json, _, _) in enumerate(triggers):
+        for i, (rooms, data_json, _, _, exclude) in enumerate(triggers):
             recorded_at = offsets[i]
             if isinstance(recorded_at, Exception):
                 results[i] = recorded_at
                 continue
             sending.append(i)
             messages.append((rooms, Trigger(ids[i], [r.key for r in rooms], data_json,
-                                            recorded_at)))
+                                            recorded_at, exclude)))
         for i, failure in zip(sending, await self.route(messages), strict=True):
             if failure is not None:
                 results[i] = failure

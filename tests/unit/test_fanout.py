@@ -20,7 +20,9 @@ from broker.fanout.router import CONTROL_GROUP, message_frame
 from broker.fanout.settings import FanoutSettings
 from broker.history import HistoryPolicy
 from broker.identity import Identity, client_room, identity_from_api
-from broker.messages import Close, Confirmed, DirectMessage, Trigger
+from broker.messages import (
+    Close, Confirmed, DirectMessage, DropRooms, Notify, Recheck, Trigger,
+)
 from broker.subscription import Subscription
 from broker.stores import AckQuota, Stores
 from rooms import Room, parse_room
@@ -56,6 +58,15 @@ class Recorder:
 
     def deliver_confirmed(self, event: Confirmed) -> None:
         self.got.append(("confirmed", event.message_id, event.by))
+
+    def deliver_notice(self, notice: Notify) -> None:
+        self.got.append(("notice", notice.id))
+
+    def drop_rooms(self, room_keys: list[str]) -> None:
+        self.got.append(("drop", room_keys))
+
+    def recheck(self) -> None:
+        self.got.append(("recheck",))
 
     def hold_live(self) -> None:
         self.got.append(("hold_live",))
@@ -183,3 +194,33 @@ def test_the_message_frame_is_the_json_dialects():
     assert message_frame("abc", "/service/s", "/agent/bob", "1", True) == (
         '{"type":"message","from":"/service/s","to":"/agent/bob","data":1,"id":"abc",'
         '"ack":true}')
+
+
+async def test_a_trigger_excluding_a_connection_skips_only_its_subscriptions():
+    hub = await started()
+    try:
+        sender, other = await attach(hub, "s1", "bob"), await attach(hub, "o1", "carol")
+        await subscribe(hub, sender, "own", CHAT1)
+        await subscribe(hub, sender, "any", CHAT_ANY)
+        await subscribe(hub, other, "own", CHAT1)
+        k1 = parse_room(CHAT1).key
+        hub.dispatch(Trigger("t1", [k1], "1", exclude="s1").to_wire())
+        assert sender.got == [] and other.got == [("trigger", "own", "t1", k1, None)]
+    finally:
+        await hub.stop()
+
+
+async def test_the_server_apis_messages_reach_the_logins_they_name_or_everyone():
+    hub = await started()
+    try:
+        bob, bob2, carol = (await attach(hub, "b1", "bob"), await attach(hub, "b2", "bob"),
+                            await attach(hub, "c1", "carol"))
+        k = parse_room(CHAT1).key
+        for message in (Notify("n1", "1", ["bob"]), DropRooms("bob", [k]), Recheck("bob"),
+                        Notify("n2", "2")):
+            hub.dispatch(message.to_wire())
+        expected = [("notice", "n1"), ("drop", [k]), ("recheck",), ("notice", "n2")]
+        assert bob.got == bob2.got == expected
+        assert carol.got == [("notice", "n2")]
+    finally:
+        await hub.stop()

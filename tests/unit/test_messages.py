@@ -11,6 +11,7 @@ from broker.messages import Close, Confirmed, DirectMessage, Probe, Trigger, fro
 MESSAGES = [
     Trigger("t1", ['{"a":"1"}'], '{"x":1}'),
     Trigger("t2", ['{"a":"1"}', '{"b":"*"}'], "null", {'{"a":"1"}': 7}),
+    Trigger("t3", ['{"a":"1"}'], "1", exclude="0123abcd0123abcd"),
     DirectMessage("m1", '{"client":"bob","profile":"agent"}', "agent/bob", None,
                   '{"type":"message"}', '"hi"'),
     DirectMessage("m2", '{"client":"bob","profile":"agent"}', "agent/bob", "agent/amy",
@@ -37,6 +38,14 @@ def test_wire_form_is_what_earlier_versions_send() -> None:
     assert Confirmed("m", "a", "b").to_wire()["id"] == "confirmed.m"
 
 
+def test_a_trigger_without_exclude_is_sent_as_before_and_an_old_reader_ignores_it() -> None:
+    assert "exclude" not in Trigger("t", ["r"], "1").to_wire()
+    wire = Trigger("t", ["r"], "1", exclude="c1").to_wire()
+    assert wire["exclude"] == "c1"
+    # an earlier version read only type, id, rooms, data and offsets: nothing else changed
+    assert {k: v for k, v in wire.items() if k != "exclude"} == Trigger("t", ["r"], "1").to_wire()
+
+
 def test_unknown_messages_are_none() -> None:
     assert from_wire({"type": "cb.future"}) is None
     assert from_wire({"type": "cb.control", "action": "reboot"}) is None
@@ -58,3 +67,14 @@ def test_a_replace_never_closes_a_connection_newer_than_its_replacer() -> None:
     assert close.matches("old", "bob", "agent/bob", 99.5)
     assert not close.matches("newer", "bob", "agent/bob", 100.2)
     assert from_wire(json.loads(json.dumps(close.to_wire()))) == close
+
+
+def test_a_trigger_body_names_the_connection_it_excludes() -> None:
+    from broker.triggers import InvalidTrigger, parse_trigger
+
+    rooms = [{"target": "news"}]
+    assert parse_trigger({"rooms": rooms, "data": 1}).exclude is None
+    assert parse_trigger({"rooms": rooms, "data": 1, "exclude": "ab12"}).exclude == "ab12"
+    for bad in (7, "", "a b", "x" * 65):
+        with pytest.raises(InvalidTrigger, match="exclude must be a connection id"):
+            parse_trigger({"rooms": rooms, "data": 1, "exclude": bad})
