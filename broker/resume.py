@@ -57,11 +57,13 @@ class SavedSubscription:
     request_id: Any
     room: Room
     offset: int | None  # history rooms: the last offset written to the client
+    presence: bool = False  # the subscription asked for join/leave frames
 
 
 def encode_state(subs: list[SavedSubscription]) -> str:
     return json.dumps({"v": 1, "subs": [
-        {"rid": s.request_id, "room": s.room.original, "offset": s.offset} for s in subs]},
+        {"rid": s.request_id, "room": s.room.original, "offset": s.offset,
+         **({"presence": True} if s.presence else {})} for s in subs]},
         separators=(",", ":"))
 
 
@@ -79,5 +81,6 @@ def decode_state(text: str | bytes) -> list[SavedSubscription]:
             continue
         offset = item.get("offset")
         out.append(SavedSubscription(item.get("rid"), room,
-                                     offset if isinstance(offset, int) else None))
+                                     offset if isinstance(offset, int) else None,
+                                     item.get("presence") is True))
     return out

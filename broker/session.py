@@ -266,7 +266,7 @@ class Session:
         steps = []
         for saved in resume.decode_state(state):
             step = self.handle(Subscribe(saved.request_id, saved.room.original,
-                                         since=saved.offset))
+                                         since=saved.offset, presence=saved.presence))
             if isinstance(step.effect, JoinRoom):  # else no longer allowed, or invalid
                 self._begin(step.effect)
                 steps.append(step)
@@ -293,8 +293,9 @@ class Session:
         """What to save at the close for a later resume (None: nothing to take back)."""
         if self.resume_token is None or not subs:
             return None
-        state = resume.encode_state([resume.SavedSubscription(s.request_id, s.room, s.offset)
-                                     for s in subs if s.pattern is None])
+        state = resume.encode_state([
+            resume.SavedSubscription(s.request_id, s.room, s.offset, s.presence)
+            for s in subs if s.pattern is None])
         return SaveResume(resume.token_key(self.resume_token),
                           resume.fingerprint(self.identity), state, self.settings.resume_ttl)
 

@@ -12,6 +12,11 @@ request carries a ``requestId`` and its reply echoes it, so each call awaits its
         async for message in client:
             print(message.kind, message.data)
 
+Presence: ``subscribe(room, presence=True)`` also delivers ``join`` and ``leave`` Messages
+(``member``: ``{"login", "profile"}``, plus ``realm`` for static-key logins), this client's own
+join included; ``presence(room)`` and ``presence_stats(room)`` ask who is there. Joins and
+leaves while disconnected are not replayed: after a reconnect (``on_connected``), ask again.
+
 Reconnection: when the connection drops (not when the client disconnects, nor after a
 refusal, ``kicked`` or ``replaced``), the client reconnects with full-jitter exponential
 backoff and subscribes again to everything it was subscribed to, under the same ids.
@@ -71,9 +76,10 @@ class Refused(BrokerError):
 @dataclass
 class Message:
     """One delivery: ``kind`` is ``publish`` (a trigger, or a watched client's message),
-    ``message`` (a direct message to this client; ``ack``: confirm it with ``confirm(id)``)
-    or ``confirmed`` (every recipient connection confirmed the acknowledged message ``id``
-    this client sent to ``to``)."""
+    ``message`` (a direct message to this client; ``ack``: confirm it with ``confirm(id)``),
+    ``confirmed`` (every recipient connection confirmed the acknowledged message ``id``
+    this client sent to ``to``), or ``join`` / ``leave`` (a subscription made with
+    ``presence=True``: ``member``'s first connection in ``room``, or its last one gone)."""
 
     kind: str
     data: Any
@@ -85,6 +91,7 @@ class Message:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     offset: int | None = None  # publish: a recorded trigger's offset in ``room``'s history
     ack: bool = False  # message: the sender waits for ``confirm(id)``
+    member: dict[str, Any] | None = None  # join/leave: {"login", "profile"[, "realm"]}
 
 
 def _message(frame: dict[str, Any]) -> Message:
@@ -94,6 +101,11 @@ def _message(frame: dict[str, Any]) -> Message:
                        ack=frame.get("ack") is True)
     if frame.get("type") == "confirmed":
         return Message("confirmed", None, id=frame.get("id"), to=frame.get("to"), raw=frame)
+    if frame.get("type") in ("join", "leave"):
+        member = frame.get("member")
+        return Message(str(frame["type"]), None, subscription=frame.get("requestId"),
+                       room=frame.get("room"), raw=frame,
+                       member=member if isinstance(member, dict) else None)
     return Message("publish", frame.get("data"), subscription=frame.get("requestId"),
                    room=frame.get("room"), id=frame.get("id"), raw=frame,
                    offset=frame.get("offset"))
@@ -136,6 +148,7 @@ class Client:
         # request id -> the last offset received in its (history) room: the ``since`` of a
         # re-subscription
         self.offsets: dict[Any, int] = {}
+        self.presence_subscriptions: set[Any] = set()  # request ids made with presence=True
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (rid, trigger id)
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -251,11 +264,14 @@ class Client:
             body: dict[str, Any] = {"type": "subscribe", "room": room}
             if rid in self.offsets:
                 body["since"] = self.offsets[rid]
+            if rid in self.presence_subscriptions:
+                body["presence"] = True
             try:
                 await self._request(body, rid)
             except BrokerError as exc:  # no longer allowed: forget it
                 log.warning("re-subscribe %r failed: %s", rid, exc)
                 self.subscriptions.pop(rid, None)
+                self.presence_subscriptions.discard(rid)
             except (TimeoutError, ConnectionError):
                 return  # the connection went again; the next reconnect re-subscribes
 
@@ -280,7 +296,9 @@ class Client:
                 if self._duplicate(message):
                     continue
                 self._deliver(message)
-            elif kind in ("message", "confirmed"):
+            elif kind in ("message", "confirmed") or (
+                    kind in ("join", "leave") and "code" not in frame):
+                # join/leave carry the subscription's requestId: never a reply
                 self._deliver(_message(frame))
             elif kind == "close":
                 return str(frame.get("reason", "closed"))
@@ -356,15 +374,23 @@ class Client:
             raise BrokerError(str(reply.get("message")), reply.get("detail"))
         return reply
 
-    async def subscribe(self, target: dict[str, Any] | str, request_id: Any = None) -> Any:
+    async def subscribe(self, target: dict[str, Any] | str, request_id: Any = None, *,
+                        presence: bool = False) -> Any:
         """Subscribe to a room, or watch a client destination (``/agent/bob``, ``/agent/*``).
 
+        ``presence=True``: ``join`` and ``leave`` Messages for the room's members follow
+        (``presence-not-enabled`` where presence is off for the room).
         Returns the subscription's request id; raises BrokerError (``room-not-found``, ...).
         """
         room = destination_room(target) if isinstance(target, str) else target
         rid = request_id if request_id is not None else f"s{next(self._ids)}"
-        reply = await self._request({"type": "subscribe", "room": room}, rid)
+        body: dict[str, Any] = {"type": "subscribe", "room": room}
+        if presence:
+            body["presence"] = True
+        reply = await self._request(body, rid)
         self.subscriptions[rid] = room
+        if presence:
+            self.presence_subscriptions.add(rid)
         if isinstance(reply.get("offset"), int):  # a history room: where this one starts
             self.offsets.setdefault(rid, reply["offset"])
         return rid
@@ -375,6 +401,7 @@ class Client:
         for rid in rids:
             self.subscriptions.pop(rid, None)
             self.offsets.pop(rid, None)
+            self.presence_subscriptions.discard(rid)
             await self._request({"type": "unsubscribe"}, rid)
 
     async def send(self, to: str, data: Any, *, ack: bool = False) -> str | None:
@@ -413,6 +440,18 @@ class Client:
         if since is not None:
             body["since"] = since
         return await self._request(body)
+
+    async def presence(self, room: dict[str, Any]) -> dict[str, Any]:
+        """Who holds a subscription to ``room``: the ``presence`` frame, ``members`` (sorted
+        ``{"login", "profile", "connections"}``, plus ``realm`` for static-key logins) and
+        ``anonymous`` (connections without a login). Raises BrokerError ``room-not-found``
+        (one may not subscribe to it) or ``presence-not-enabled``."""
+        return await self._request({"type": "presence", "room": room})
+
+    async def presence_stats(self, room: dict[str, Any]) -> dict[str, Any]:
+        """The counts only: the ``presence_stats`` frame, ``members`` (logins) and
+        ``connections`` (anonymous ones included)."""
+        return await self._request({"type": "presence_stats", "room": room})
 
     async def ping(self) -> None:
         await self._request({"type": "ping"})
@@ -551,6 +590,8 @@ class broker_client:  # noqa: N801 - the Communication Broker's name
     async def _deliveries(self, client: Client) -> None:
         try:
             async for m in client:
+                if m.kind in ("join", "leave"):
+                    continue  # this interface never asks for presence
                 if m.kind == "message":
                     sender, text, dest = m.sender, _text(m.data), m.to
                 elif isinstance(m.data, dict) and m.data.get("type") == "message":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -215,3 +216,47 @@ def test_admin_console_refuses_a_non_admin(open_page: Any) -> None:
     page = open_page("/admin-console?token=alice")
     expect(page.get_by_test_id("notice")).to_contain_text("not an admin")
     expect(page.get_by_test_id("connection")).to_have_count(0)
+
+
+def test_who_is_here_live_on_the_demo_page_and_in_the_console(open_page: Any,
+                                                               artifacts_dir: Any) -> None:
+    news = json.dumps(NEWS, separators=(",", ":"))
+
+    def member(page: Any, login: str) -> Any:
+        return page.locator(f"[data-testid=subscription][data-room='{news}'] "
+                            f"[data-testid=member][data-login={login}]")
+
+    alice, alice2, bob = open_page(), open_page(), open_page()
+    for page, user in ((alice, "alice"), (alice2, "alice"), (bob, "bob")):
+        connect_as(page, user)
+    subscribe_to(alice, NEWS)
+    expect(member(alice, "alice")).to_contain_text("you")  # its own join
+    subscribe_to(alice2, NEWS)  # alice's second tab: one member, two connections
+
+    # bob's first list is the presence snapshot, with the connection counts
+    subscribe_to(bob, NEWS)
+    expect(member(bob, "alice")).to_have_attribute("data-connections", "2")
+    expect(member(bob, "alice")).to_contain_text("alice (agent) · 2 connections")
+    expect(member(bob, "bob")).to_have_attribute("data-connections", "1")
+    # alice's list took bob in live, from his join
+    expect(member(alice, "bob")).to_contain_text("bob (agent) · 1 connection")
+    expect(entries(alice, "presence", "bob (agent)").filter(has_text="joined")).to_have_count(1)
+
+    # the console lists the room's members (the room typed in, here from the URL)
+    rooms = urllib.parse.quote(json.dumps([NEWS]))
+    admin = open_page(f"/admin-console?token=root&rooms={rooms}")
+    row = admin.locator(f"[data-testid=presence-room][data-room='{news}']")
+    expect(row.locator("[data-testid=presence-member][data-login=alice]")
+           ).to_have_attribute("data-connections", "2")
+    expect(row.locator("[data-testid=presence-member][data-login=bob]")).to_have_count(1)
+    admin.screenshot(path=str(artifacts_dir / "admin-presence.png"), full_page=True)
+
+    # bob closes his page: he leaves alice's list, and the console's at its next refresh
+    bob.close()
+    expect(member(alice, "bob")).to_have_count(0)
+    expect(member(alice, "alice")).to_have_count(1)
+    expect(entries(alice, "presence", "bob (agent)").filter(has_text="left")).to_have_count(1)
+    expect(row.locator("[data-testid=presence-member][data-login=bob]")).to_have_count(0)
+    expect(row.locator("[data-testid=presence-member]")).to_have_count(1)
+    alice.screenshot(path=str(artifacts_dir / "demo-presence.png"), full_page=True)
+    assert alice.errors == [] and alice2.errors == [] and admin.errors == []

@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import time
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -173,3 +174,23 @@ async def test_a_stalled_process_leaves_then_joins_again(cluster, auth_api):
     assert [m["login"] for m in reply["members"]] == ["bob", "watcher"], reply
     for ws in (watcher, bob):
         await ws.close()
+
+
+async def test_a_resumed_subscription_still_hears_joins_and_leaves(cluster, auth_api):
+    p1, p2 = cluster()
+    ws, welcome = await ws_open(p1.ws_url, token=user(auth_api, "tw", "watcher", [ROOM]),
+                                subprotocols=RICH)
+    await subscribe(ws, ROOM, "watch", presence=True)
+    assert await recv_json(ws) == event("join", "watcher")
+    await ws.close()
+    resume = urllib.parse.urlencode({"resume": welcome["resume_token"]})
+    ws, welcome = await ws_open(f"{p2.ws_url}?{resume}", token="tw", subprotocols=RICH)
+    assert welcome["resumed"] is True, welcome
+    assert [s["requestId"] for s in welcome["subscriptions"]] == ["watch"]
+    assert await recv_json(ws) == event("join", "watcher")  # back in the room, told so
+    bob = await connect(p1, user(auth_api, "tb", "bob", [ROOM]))
+    await subscribe(bob, ROOM, "s")
+    assert await recv_json(ws) == event("join", "bob")
+    await bob.close()
+    assert await recv_json(ws) == event("leave", "bob")
+    await ws.close()

@@ -112,6 +112,54 @@ async def test_reconnects_and_resubscribes(broker_factory, auth_api, redis_serve
         await client.__anext__()
 
 
+async def test_presence(broker_factory, auth_api, redis_server, unique):
+    """join/leave Messages, the presence queries, and a subscription that keeps its presence
+    across a reconnect (the gate restarts: the client resumes, or subscribes again)."""
+    room = {"target": "presence", "id": unique}
+    for login in ("alice", "bob"):
+        auth_api.allow(f"{login}{unique}", {"allowed_rooms": [room], "login_id": login})
+    gate = start_gate(broker_factory, auth_api=auth_api, redis=redis_server)
+    ups: list[str] = []
+    alice = Client("127.0.0.1", gate.port, token=f"alice{unique}", backoff=(0.1, 0.5),
+                   on_connected=lambda w: ups.append("up"))
+    await alice.connect()
+    sub = await alice.subscribe(room, presence=True)
+
+    async def next_presence(kind: str, login: str) -> None:
+        m = await alice.receive(10)
+        assert (m.kind, m.subscription, m.room, m.member) == (
+            kind, sub, room, {"login": login, "profile": "agent"}), m
+
+    await next_presence("join", "alice")  # its own
+    async with Client("127.0.0.1", gate.port, token=f"bob{unique}") as bob, \
+            Client("127.0.0.1", gate.port, token=f"bob{unique}") as bob2:
+        await bob.subscribe(room)
+        await next_presence("join", "bob")
+        await bob2.subscribe(room)  # bob's second connection: no event
+        reply = await alice.presence(room)
+        assert isinstance(reply.pop("requestId"), str)
+        assert reply == {
+            "type": "presence", "room": room, "anonymous": 0,
+            "members": [{"login": "alice", "profile": "agent", "connections": 1},
+                        {"login": "bob", "profile": "agent", "connections": 2}]}
+        stats = await alice.presence_stats(room)
+        assert (stats["type"], stats["members"], stats["connections"]) == (
+            "presence_stats", 2, 3)
+    await next_presence("leave", "bob")  # once both of bob's connections are gone
+    with pytest.raises(BrokerError) as err:
+        await alice.presence({"target": "elsewhere"})
+    assert err.value.code == "room-not-found"
+
+    await asyncio.to_thread(gate.restart)
+    await asyncio.wait_for(_until(lambda: ups.count("up") == 2), 15)
+    await next_presence("join", "alice")  # back in the room, and told so
+    async with Client("127.0.0.1", gate.port, token=f"bob{unique}") as bob:
+        await bob.subscribe(room)
+        await next_presence("join", "bob")
+    await next_presence("leave", "bob")
+    await alice.disconnect()
+
+
 async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0.05)

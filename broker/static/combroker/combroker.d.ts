@@ -123,6 +123,59 @@ export interface HistoryFrame<T = Json> {
   messages: Array<{ offset: number; id: string; data: T }>;
 }
 
+/** A member of a room's presence: a login (with its realm for static-key logins). */
+export interface PresenceMember {
+  login: string;
+  profile: "agent" | "super_agent" | "service" | "admin";
+  /** Only for static-key logins: "static". */
+  realm?: string;
+}
+
+/** A member with its connections holding a subscription to the room. */
+export interface PresenceCount extends PresenceMember {
+  /** From the last snapshot; 1 for a member that joined since (a join is its first). */
+  connections: number;
+}
+
+/** A join (the member's first connection in the room) or a leave (its last one gone). */
+export interface PresenceEvent {
+  type: "join" | "leave";
+  requestId: RequestId;
+  room: Room;
+  member: PresenceMember;
+}
+
+export interface PresenceReply {
+  type: "presence";
+  requestId: RequestId;
+  room: Room;
+  /** Sorted; anonymous connections are not members. */
+  members: PresenceCount[];
+  /** Connections without a login. */
+  anonymous: number;
+}
+
+export interface PresenceStatsReply {
+  type: "presence_stats";
+  requestId: RequestId;
+  room: Room;
+  /** Members (logins), anonymous connections not counted. */
+  members: number;
+  /** Every connection, anonymous ones included. */
+  connections: number;
+}
+
+export interface SubscribeOptions {
+  /** Be told who holds a subscription to the room (`presence-not-enabled` where it is off). */
+  presence?: boolean;
+  /** A join frame, applied to `sub.members` (this client's own join included). */
+  onJoin?: (member: PresenceMember, frame: PresenceEvent) => void;
+  /** A leave frame, applied to `sub.members`. */
+  onLeave?: (member: PresenceMember, frame: PresenceEvent) => void;
+  /** A snapshot (after every subscribe, re-subscribe and resume) replaced `sub.members`. */
+  onPresence?: (members: PresenceCount[], reply: PresenceReply) => void;
+}
+
 export interface SuccessReply {
   code: "success";
   requestId: RequestId;
@@ -139,6 +192,8 @@ export interface AdminConnection {
   remote_addr: string | null;
   connected_at: string;
   subscriptions: number;
+  /** api or static */
+  realm?: string;
 }
 
 export interface AdminStats {
@@ -159,6 +214,9 @@ export interface AdminReply extends SuccessReply {
   stats?: AdminStats;
   processes?: Array<Record<string, unknown>>;
   kicked?: string[];
+  /** action "presence": the room asked about and its members. */
+  room?: Room;
+  members?: PresenceCount[];
 }
 
 export interface StatusReply {
@@ -204,6 +262,15 @@ export declare class Subscription<T = Json> {
   deliveries: number;
   /** History rooms: the last offset received, sent as `since` when subscribing again. */
   offset: number | null;
+  /** Asked with `presence: true`. */
+  readonly presence: boolean;
+  onJoin?: SubscribeOptions["onJoin"];
+  onLeave?: SubscribeOptions["onLeave"];
+  onPresence?: SubscribeOptions["onPresence"];
+  /** Presence: the room's members by memberKey(). */
+  members: Map<string, PresenceCount>;
+  /** Presence: anonymous connections in the last snapshot. */
+  anonymous: number;
   /** Resolves with this subscription once the broker accepted it; rejects with its error. */
   readonly ready: Promise<Subscription<T>>;
   /** Stop receiving; resolves once the broker confirmed (at once when disconnected). */
@@ -240,6 +307,10 @@ export interface ClientEvents {
   reconnecting: ReconnectingEvent;
   /** Every delivery frame (also handed to its subscription's onData). */
   publish: DeliveryFrame;
+  /** Every join frame (also applied to its subscription). */
+  join: PresenceEvent;
+  /** Every leave frame (also applied to its subscription). */
+  leave: PresenceEvent;
   /** Every inbound frame, parsed. */
   frame: Record<string, unknown>;
 }
@@ -272,13 +343,18 @@ export declare class CombrokerClient {
   /** Close for good (no reconnect); pending requests reject with code "closed". */
   close(code?: number, reason?: string): void;
 
-  subscribe<T = Json>(room: Room, onData?: (data: T, frame: DeliveryFrame<T>) => void): Subscription<T>;
+  subscribe<T = Json>(room: Room, onData?: (data: T, frame: DeliveryFrame<T>) => void,
+    options?: SubscribeOptions): Subscription<T>;
+  /** A room's members (`room-not-found` unless one may subscribe to it). */
+  presence(room: Room): Promise<PresenceReply>;
+  /** A room's member and connection counts. */
+  presenceStats(room: Room): Promise<PresenceStatsReply>;
   send(destination: string, data: Json, options?: { ack?: boolean }): Promise<SuccessReply>;
   /** Confirm an acknowledged message by its id. */
   confirm(id: string): Promise<SuccessReply>;
   publish(rooms: Room | Room[], data: Json, options?: { history?: boolean }): Promise<SuccessReply>;
   history<T = Json>(room: Room, options?: { limit?: number; since?: number }): Promise<HistoryFrame<T>>;
-  admin(action: "connections" | "stats" | "kick" | string, args?: Record<string, Json>): Promise<AdminReply>;
+  admin(action: "connections" | "stats" | "kick" | "presence" | string, args?: Record<string, Json>): Promise<AdminReply>;
   status(): Promise<StatusReply>;
   /** Resolves with the round trip in ms. */
   ping(timeout?: number): Promise<number>;
@@ -286,6 +362,8 @@ export declare class CombrokerClient {
 
 export declare function backoffDelay(attempt: number, options?: ClientOptions,
   random?: () => number): number;
+/** A member's key in `Subscription.members`: its realm, profile and login. */
+export declare function memberKey(member: PresenceMember): string;
 export declare function websocketUrl(url: string, query?: Record<string, unknown>): string;
 export declare function createClient(url: string, options?: ClientOptions): CombrokerClient;
 /** Connect; resolves at the first welcome. Transient failures are retried with backoff. */
@@ -298,6 +376,7 @@ declare const _default: {
   CombrokerError: typeof CombrokerError;
   Subscription: typeof Subscription;
   backoffDelay: typeof backoffDelay;
+  memberKey: typeof memberKey;
   websocketUrl: typeof websocketUrl;
   SUBPROTOCOL: typeof SUBPROTOCOL;
   CLOSE_CODES: typeof CLOSE_CODES;

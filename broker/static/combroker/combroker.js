@@ -22,6 +22,10 @@
 //   trigger delivered twice to one subscription (same id) reaches `onData` once.
 // - Acknowledged messages: `send(to, data, { ack: true })`; the recipient gets the message
 //   event with `ack: true` and calls `confirm(id)`; the sender gets a "confirmed" event.
+// - Presence: `subscribe(room, onData, { presence: true, onJoin, onLeave, onPresence })` keeps
+//   `sub.members` (who holds a subscription to the room) up to date: a snapshot (the
+//   `presence` query) after every (re)subscribe and resume, then the join/leave frames.
+//   `presence(room)` and `presenceStats(room)` ask once.
 // - Node 20 has no global WebSocket: pass one, e.g. `connect(url, { WebSocket: require("ws") })`.
 
 export const SUBPROTOCOL = "combroker.v1";
@@ -110,13 +114,32 @@ export function websocketUrl(url, query = {}) {
   return u.toString();
 }
 
+/**
+ * A presence member's identity: realm (static-key logins only), profile and login. Members of
+ * `sub.members` are keyed by it.
+ */
+export function memberKey(member) {
+  return JSON.stringify([member.realm || "", member.profile, member.login]);
+}
+
 /** A subscription: `ready` settles with the broker's answer; `unsubscribe()` ends it. */
 export class Subscription {
-  constructor(client, id, room, onData) {
+  constructor(client, id, room, onData, options = {}) {
     this.client = client;
     this.id = id;
     this.room = room;
     this.onData = onData;
+    // Presence (asked with `presence: true`): the room's members, memberKey -> {login, profile,
+    // realm?, connections}. `connections` is the snapshot's count (1 for a member that joined
+    // since: a join is a member's first connection); `anonymous` the snapshot's anonymous count.
+    this.presence = options.presence === true;
+    this.onJoin = options.onJoin;
+    this.onLeave = options.onLeave;
+    this.onPresence = options.onPresence;
+    this.members = new Map();
+    this.anonymous = 0;
+    this._presenceGen = 0; // the snapshot request whose answer counts
+    this._presenceBuffer = null; // join/leave frames held while a snapshot is asked for
     this.active = false; // the broker holds it on the current connection
     this.closed = false; // unsubscribed, or refused by the broker
     this.deliveries = 0;
@@ -387,6 +410,13 @@ export class CombrokerClient {
       case "resync":
         this._restoreSubscriptions();
         return;
+      case "join":
+      case "leave":
+        if (!("code" in frame)) {
+          this._onPresenceEvent(frame);
+          return;
+        }
+        break;
       case "publish":
         if (!("code" in frame)) {
           this._onDelivery(frame);
@@ -462,6 +492,8 @@ export class CombrokerClient {
     return Promise.all(subs.map((sub) => {
       if (restored.has(JSON.stringify(sub.id))) {
         sub.active = true;
+        // the broker kept its presence flag; who came and went meanwhile is read again
+        if (sub.presence) this._refreshPresence(sub);
         return { ok: true, sub };
       }
       return this._sendSubscribe(sub)
@@ -480,11 +512,15 @@ export class CombrokerClient {
   _sendSubscribe(sub) {
     const frame = { type: "subscribe", room: sub.room, requestId: sub.id };
     if (typeof sub.offset === "number") frame.since = sub.offset; // replay what was missed
+    if (sub.presence) frame.presence = true;
     const p = this._request(frame, { timeout: 0, queue: false });
     return p.then((reply) => {
       if (sub.offset === null && typeof reply.offset === "number") sub.offset = reply.offset;
       if (!sub.closed) {
         sub.active = true;
+        // Before any later frame is read (this runs as a microtask): join/leave frames that
+        // follow are held until the snapshot is in, then applied on top of it.
+        if (sub.presence) this._refreshPresence(sub);
         sub._resolve(sub);
       }
       return reply;
@@ -522,6 +558,70 @@ export class CombrokerClient {
         this._emit("error", err);
       }
     }
+  }
+
+  // ------------------------------------------------------------------ presence
+
+  _onPresenceEvent(frame) {
+    this._emit(frame.type, frame);
+    const sub = this._subs.get(frame.requestId);
+    if (!sub || sub.closed || !sub.presence) return;
+    if (sub._presenceBuffer) sub._presenceBuffer.push(frame);
+    else this._applyPresenceEvent(sub, frame);
+  }
+
+  // Joins and leaves are set operations, so applying one the snapshot already reflects changes
+  // nothing: holding them until the snapshot is in and applying them after it is right
+  // whichever was read first.
+  _applyPresenceEvent(sub, frame) {
+    const member = frame.member;
+    if (!member || typeof member !== "object") return;
+    const key = memberKey(member);
+    if (frame.type === "join") {
+      if (!sub.members.has(key)) sub.members.set(key, { ...member, connections: 1 });
+    } else {
+      sub.members.delete(key);
+    }
+    const fn = frame.type === "join" ? sub.onJoin : sub.onLeave;
+    if (typeof fn === "function") {
+      try {
+        fn(member, frame);
+      } catch (err) {
+        this._emit("error", err);
+      }
+    }
+  }
+
+  // Ask for the room's members (after a subscribe, a re-subscribe or a resume): the snapshot
+  // replaces `sub.members`, then the join/leave frames held meanwhile are applied.
+  _refreshPresence(sub) {
+    const gen = ++sub._presenceGen;
+    if (!sub._presenceBuffer) sub._presenceBuffer = [];
+    const release = () => {
+      const held = sub._presenceBuffer || [];
+      sub._presenceBuffer = null;
+      for (const frame of held) this._applyPresenceEvent(sub, frame);
+    };
+    this._request({ type: "presence", room: sub.room }, { queue: false }).then((reply) => {
+      if (sub._presenceGen !== gen || sub.closed) return;
+      sub.members = new Map((reply.members || []).map((m) => [memberKey(m), m]));
+      sub.anonymous = reply.anonymous || 0;
+      if (typeof sub.onPresence === "function") {
+        try {
+          sub.onPresence([...sub.members.values()], reply);
+        } catch (err) {
+          this._emit("error", err);
+        }
+      }
+      release();
+    }, (err) => {
+      if (sub._presenceGen !== gen || sub.closed) return;
+      release(); // best effort; the next (re)subscribe asks again
+      if (!["disconnected", "not-open", "closed"].includes(err.code)) {
+        err.subscription = sub;
+        this._emit("error", err);
+      }
+    });
   }
 
   // ------------------------------------------------------------------ requests
@@ -581,15 +681,22 @@ export class CombrokerClient {
    * Subscribe to a room. `onData(data, frame)` gets every delivery. Returns a Subscription at
    * once: `await sub.ready` for the broker's answer, `sub.unsubscribe()` to end it. Made while
    * disconnected, it is sent when the connection opens, and restored after every reconnect.
+   *
+   * Options: `presence: true` also tells who holds a subscription to the room: `sub.members`
+   * (memberKey -> {login, profile, realm?, connections}) is filled from a `presence` query
+   * after every (re)subscribe or resume, `onPresence(members, reply)` is called then, and
+   * `onJoin(member, frame)` / `onLeave(member, frame)` for every join/leave frame after it
+   * (this client's own join included). A room with presence off refuses the subscription with
+   * `presence-not-enabled`.
    */
-  subscribe(room, onData) {
+  subscribe(room, onData, options = {}) {
     if (this.state === "closed" || this._stopped) {
-      const sub = new Subscription(this, null, room, onData);
+      const sub = new Subscription(this, null, room, onData, options);
       sub.closed = true;
       sub._reject(new CombrokerError("closed", "the client is closed"));
       return sub;
     }
-    const sub = new Subscription(this, this._nextId++, room, onData);
+    const sub = new Subscription(this, this._nextId++, room, onData, options);
     this._subs.set(sub.id, sub);
     if (this.state === "open") this._sendSubscribe(sub).catch(() => {});
     return sub;
@@ -598,6 +705,7 @@ export class CombrokerClient {
   async _unsubscribe(sub) {
     if (sub.closed) return;
     sub.closed = true;
+    sub._presenceBuffer = null;
     const wasActive = sub.active;
     sub.active = false;
     this._subs.delete(sub.id);
@@ -645,7 +753,21 @@ export class CombrokerClient {
     return this._request(frame);
   }
 
-  /** An admin action (`connections`, `kick`, `stats`); resolves with the whole reply. */
+  /**
+   * Who holds a subscription to `room` (one may subscribe to it): resolves with
+   * {type:"presence", room, members:[{login, profile, realm?, connections}], anonymous}.
+   * Rejects with `room-not-found` or `presence-not-enabled`.
+   */
+  presence(room) {
+    return this._request({ type: "presence", room });
+  }
+
+  /** The counts only: {type:"presence_stats", room, members, connections}. */
+  presenceStats(room) {
+    return this._request({ type: "presence_stats", room });
+  }
+
+  /** An admin action (`connections`, `kick`, `stats`, `presence`); resolves with the reply. */
   admin(action, args = {}) {
     return this._request({ ...args, type: "admin", action });
   }
@@ -715,4 +837,4 @@ export function connect(url, options = {}) {
 }
 
 export default { connect, createClient, CombrokerClient, CombrokerError, Subscription,
-  backoffDelay, websocketUrl, SUBPROTOCOL, CLOSE_CODES, CLOSE_REASONS, DEFAULTS };
+  backoffDelay, memberKey, websocketUrl, SUBPROTOCOL, CLOSE_CODES, CLOSE_REASONS, DEFAULTS };
