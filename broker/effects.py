@@ -17,6 +17,7 @@ ReadPresence           the room's members and their connections (member -> count
 ConfirmMessage         None
 QueryStatus            ``Counts``
 ListConnections        the registry's entries
+ListRooms              (room keys, whether there were more)
 ReadStats              ``Stats``
 Kick                   the ids of the connections told to close (empty: none matched)
 =====================  =============================================================
@@ -87,6 +88,13 @@ class ListConnections:
 
 
 @dataclass(slots=True)
+class ListRooms:
+    """Up to ``limit`` rooms with a subscription anywhere in the cluster (admin ``rooms``)."""
+
+    limit: int
+
+
+@dataclass(slots=True)
 class ReadStats:
     pass
 
@@ -107,6 +115,7 @@ class ReadPresence:
 
 
 Effect = (JoinRoom | LeaveRooms | SendDirect | PublishRooms | QueryStatus | ListConnections
+          | ListRooms
           | ReadStats | Kick | ReadHistory | ConfirmMessage | ReadPresence)
 
 

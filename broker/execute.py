@@ -17,6 +17,7 @@ from .effects import (
     Kick,
     LeaveRooms,
     ListConnections,
+    ListRooms,
     PublishRooms,
     QueryStatus,
     ReadHistory,
@@ -74,6 +75,8 @@ async def carry_out(effect: Effect, hub: Hub, owner: Receiver) -> Any:
             return Counts(connections, rooms, hub.started_at)
         case ListConnections():
             return await registry.connections()
+        case ListRooms(limit=limit):
+            return await registry.rooms(limit)
         case ReadStats():
             processes = await registry.stats()
             connections, rooms = await registry.status()

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rooms import InvalidRoom, parse_room
+from rooms import InvalidRoom, Room, parse_room
 
 from . import errors
 from .effects import (
@@ -31,6 +31,7 @@ from .effects import (
     Kick,
     LeaveRooms,
     ListConnections,
+    ListRooms,
     PublishRooms,
     QueryStatus,
     ReadHistory,
@@ -78,7 +79,8 @@ from .subscription import Subscription
 # memory (RE2: up to broker.codecs.stomp.PATTERN_MAX_MEM) and is matched against every direct
 # message to its profile.
 MAX_REGEX_WATCHES = 16
-ADMIN_ACTIONS = ("connections", "kick", "presence", "stats")
+ADMIN_ACTIONS = ("connections", "kick", "presence", "rooms", "stats")
+MAX_ADMIN_ROOMS = 1000  # rooms one admin ``rooms`` answer lists at most
 STATS_TOTALS = ("connections", "triggers_per_s", "deliveries_per_s", "drops_per_s",
                 "triggers", "deliveries", "drops")
 
@@ -319,6 +321,13 @@ def _admin(req: Admin, s: Requester) -> Step:
             return Step(None, ListConnections())
         case "stats":
             return Step(None, ReadStats())
+        case "rooms":
+            limit = req.args.get("limit", 100)
+            if (not isinstance(limit, int) or isinstance(limit, bool)
+                    or not 1 <= limit <= MAX_ADMIN_ROOMS):
+                return Step(Error(errors.INVALID_MESSAGE, rid,
+                                  f"limit must be an integer from 1 to {MAX_ADMIN_ROOMS}"))
+            return Step(None, ListRooms(limit))
         case "presence":
             # any room: the admin console watches the broker, it does not subscribe
             try:
@@ -377,6 +386,12 @@ def result_reply(effect: Effect, rid: Any, result: Any) -> Reply | None:
             return StatusInfo(rid, counts.connections, counts.rooms, counts.online_since)
         case ListConnections():
             return AdminResult(rid, {"action": "connections", "connections": result})
+        case ListRooms():
+            keys, more = result
+            return AdminResult(rid, {"action": "rooms", "more": more,
+                                     # as stored (a static-realm room keeps its realm
+                                     # key): what the admin ``presence`` action takes
+                                     "rooms": [Room.from_key(k).original for k in keys]})
         case ReadStats():
             stats: Stats = result
             totals = {k: sum(p.get(k, 0) for p in stats.processes) for k in STATS_TOTALS}

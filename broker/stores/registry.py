@@ -52,6 +52,30 @@ if #roomkeys > 0 then rooms = #redis.call('SUNION', unpack(roomkeys)) end
 return {conns, rooms}
 """
 
+# ARGV: TTL, prefix, limit. Up to ``limit`` distinct room keys of live processes, and 1 when
+# there were more (SSCAN, so a large set is read a page at a time).
+_ROOMS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local limit = tonumber(ARGV[3])
+local seen, out = {}, {}
+for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')) do
+  local cursor = '0'
+  repeat
+    local page = redis.call('SSCAN', ARGV[2] .. ':rooms:' .. p, cursor, 'COUNT', 100)
+    cursor = page[1]
+    for _, key in ipairs(page[2]) do
+      if not seen[key] then
+        if #out >= limit then return {out, 1} end
+        seen[key] = true
+        table.insert(out, key)
+      end
+    end
+  until cursor == '0'
+end
+return {out, 0}
+"""
+
 _DEST_EXISTS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -116,6 +140,11 @@ class Registry(Protocol):
         ...
 
     async def connections(self) -> list[dict[str, Any]]: ...
+
+    async def rooms(self, limit: int) -> tuple[list[str], bool]:
+        """Up to ``limit`` keys of rooms with a subscription in the cluster, and whether there
+        were more."""
+        ...
 
     async def heartbeat(self, infos: dict[str, dict[str, Any]], rooms: list[str],
                         destinations: list[str], stats: dict[str, Any],
@@ -184,6 +213,9 @@ class MemoryRegistry:
     async def connections(self) -> list[dict[str, Any]]:
         return list(self._conns.values())
 
+    async def rooms(self, limit: int) -> tuple[list[str], bool]:
+        return sorted(self._rooms)[:limit], len(self._rooms) > limit
+
     async def heartbeat(self, infos: dict[str, dict[str, Any]], rooms: list[str],
                         destinations: list[str], stats: dict[str, Any],
                         masks: list[tuple[str, int]]) -> bool:
@@ -210,6 +242,7 @@ class RedisRegistry:
         self._k_stats = client.key("stats")
         self._live = client.script(_LIVE_PROCS)
         self._status = client.script(_STATUS)
+        self._rooms = client.script(_ROOMS)
         self._dest_exists = client.script(_DEST_EXISTS)
         self._heartbeat = client.script(_HEARTBEAT)
         self._expire = max(int(ttl * 2), 2)
@@ -278,6 +311,11 @@ class RedisRegistry:
         conns, rooms = await self.client.call(self._status(
             keys=[self._k_procs], args=[self.ttl, self.client.prefix]))
         return int(conns), int(rooms)
+
+    async def rooms(self, limit: int) -> tuple[list[str], bool]:
+        keys, more = await self.client.call(self._rooms(
+            keys=[self._k_procs], args=[self.ttl, self.client.prefix, limit]))
+        return sorted(text(k) for k in keys), bool(more)
 
     async def _live_procs(self) -> list[str]:
         procs = await self.client.call(self._live(keys=[self._k_procs], args=[self.ttl]))

@@ -125,6 +125,13 @@ async def test_presence_follows_subscribe_permission_and_settings(cluster, auth_
         "requestId": "g", "members": [{"login": "w", "profile": "agent", "connections": 1}]}
     assert (await ask(root, {"type": "admin", "action": "presence", "room": QUIET_ROOM},
                       "h"))["message"] == "presence-not-enabled"
+    # ... and finds the rooms with a subscription itself, a bounded page at a time
+    assert await ask(root, {"type": "admin", "action": "rooms"}, "i") == {
+        "code": "success", "type": "admin", "action": "rooms", "requestId": "i",
+        "more": False, "rooms": [ROOM, QUIET_ROOM]}
+    assert (await ask(root, {"type": "admin", "action": "rooms", "limit": 1}, "j"))["more"]
+    assert (await ask(root, {"type": "admin", "action": "rooms", "limit": 0},
+                      "k"))["message"] == "invalid-message"
     await ws.close()
     await root.close()
 
