@@ -112,6 +112,22 @@ class Settings:
     BROKER_ACK_MAX_PENDING_PER_SENDER: int = 1000
     BROKER_ACK_MAX_BYTES_PER_SENDER: int = 8_388_608
     BROKER_ACK_MAX_TOTAL_BYTES: int = 268_435_456
+    # webhooks (issue 14): lifecycle events POSTed to the backend, signed (docs/webhooks.md).
+    # The URL ("" = none: no dispatcher runs) and the HMAC secret (required with a URL).
+    BROKER_WEBHOOK_URL: str = ""
+    BROKER_WEBHOOK_SECRET: str = ""
+    # Events per POST at most; seconds one POST may take (connect included).
+    BROKER_WEBHOOK_BATCH: int = 100
+    BROKER_WEBHOOK_TIMEOUT: float = 5.0
+    # Events waiting at most (cluster-wide with Redis); more are refused and counted.
+    BROKER_WEBHOOK_MAX_PENDING: int = 100_000
+    # Seconds an event is retried for (from its "at"); older ones are dropped and counted.
+    BROKER_WEBHOOK_MAX_AGE: float = 86_400.0
+    # The longest wait between two attempts (the backoff doubles from 0.5 s up to it).
+    BROKER_WEBHOOK_RETRY_MAX: float = 30.0
+    # Seconds the sending process's lease lasts unless renewed: a process that dies is
+    # replaced by another after it. At least twice BROKER_WEBHOOK_TIMEOUT.
+    BROKER_WEBHOOK_LEASE_TTL: float = 15.0
 
     @cached_property
     def history_policy(self) -> HistoryPolicy:
