@@ -6,6 +6,8 @@
 - ``resume``: closed connections' subscriptions, kept for their resume tokens
   (``broker.stores.resume``).
 - ``acks``: acknowledged direct messages until confirmed (``broker.stores.acks``).
+- ``webhooks``: lifecycle events waiting to be POSTed to the backend, and the sender's lease
+  (``broker.stores.webhooks``).
 
 Each is a small ``Protocol`` with a memory implementation (the in-memory channel layer: one
 process) and a Redis one. The Redis ones share one ``RedisClient`` (``broker.stores.redis``:
@@ -16,15 +18,17 @@ built from the settings (``broker.fanout.running``); nothing below reads setting
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .acks import AckQuota, AckStore, MemoryAcks, RedisAcks
 from .history import HistoryStore, MemoryHistory, RedisHistory
 from .redis import RedisClient
 from .registry import MemoryRegistry, RedisRegistry, Registry
 from .resume import MemoryResume, RedisResume, ResumeStore
+from .webhooks import MemoryWebhookQueue, RedisWebhookQueue, WebhookQueue
 
-__all__ = ["AckQuota", "AckStore", "HistoryStore", "Registry", "ResumeStore", "Stores"]
+__all__ = ["AckQuota", "AckStore", "HistoryStore", "Registry", "ResumeStore", "Stores",
+           "WebhookQueue"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,18 +38,23 @@ class Stores:
     resume: ResumeStore
     acks: AckStore
     client: RedisClient | None = None  # the Redis they share; None in memory
+    webhooks: WebhookQueue = field(default_factory=MemoryWebhookQueue)
 
     @classmethod
-    def memory(cls, proc_id: str) -> Stores:
-        return cls(MemoryRegistry(proc_id), MemoryHistory(), MemoryResume(), MemoryAcks())
+    def memory(cls, proc_id: str, webhook_max_pending: int = 100_000) -> Stores:
+        return cls(MemoryRegistry(proc_id), MemoryHistory(), MemoryResume(), MemoryAcks(),
+                   webhooks=MemoryWebhookQueue(webhook_max_pending))
 
     @classmethod
-    def redis(cls, proc_id: str, url: str, prefix: str, registry_ttl: float) -> Stores:
+    def redis(cls, proc_id: str, url: str, prefix: str, registry_ttl: float,
+              webhook_max_pending: int = 100_000) -> Stores:
         """Every store on one client: ``url``'s Redis, keys under ``prefix``; ``registry_ttl``
-        (BROKER_REGISTRY_TTL): how long a silent process's entries and holds count."""
+        (BROKER_REGISTRY_TTL): how long a silent process's entries and holds count;
+        ``webhook_max_pending`` (BROKER_WEBHOOK_MAX_PENDING): the webhook queue's bound."""
         client = RedisClient(url, prefix)
         return cls(RedisRegistry(client, proc_id, registry_ttl), RedisHistory(client),
-                   RedisResume(client), RedisAcks(client, proc_id, registry_ttl), client)
+                   RedisResume(client), RedisAcks(client, proc_id, registry_ttl), client,
+                   webhooks=RedisWebhookQueue(client, webhook_max_pending))
 
     async def ping(self) -> bool:
         """Redis answers (always True in memory): /healthz."""
