@@ -272,7 +272,28 @@ def conf() -> Settings:
         problem = str(exc).removeprefix("BROKER_HISTORY")
         raise SettingError("BROKER_HISTORY", problem.lstrip(": ") or "malformed",
                            _HISTORY_FORMATS) from None
+    _check_webhooks(settings)
     return settings
+
+
+def _check_webhooks(s: Settings) -> None:
+    """With BROKER_WEBHOOK_URL set, what the webhook dispatcher needs (broker.webhooks)."""
+    url = s.BROKER_WEBHOOK_URL.strip()
+    if not url:
+        return
+    if not url.lower().startswith(("http://", "https://")) or "@" in url:
+        raise SettingError("BROKER_WEBHOOK_URL", "not an http(s) URL without user:password@",
+                           "http://host[:port]/path or https://...")
+    if not s.BROKER_WEBHOOK_SECRET:
+        raise SettingError("BROKER_WEBHOOK_SECRET", "empty while BROKER_WEBHOOK_URL is set "
+                           "(webhooks are signed)", "the secret shared with the backend")
+    if s.BROKER_WEBHOOK_BATCH < 1:
+        raise SettingError("BROKER_WEBHOOK_BATCH", f"{s.BROKER_WEBHOOK_BATCH}",
+                           "an integer of at least 1")
+    if s.BROKER_WEBHOOK_LEASE_TTL < 2 * s.BROKER_WEBHOOK_TIMEOUT:
+        raise SettingError("BROKER_WEBHOOK_LEASE_TTL", "shorter than twice "
+                           "BROKER_WEBHOOK_TIMEOUT (the lease must outlast a POST)",
+                           "a number of seconds of at least 2 x BROKER_WEBHOOK_TIMEOUT")
 
 
 def redis_urls() -> list[str]:
