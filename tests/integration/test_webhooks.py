@@ -57,6 +57,7 @@ class Receiver:
         self._statuses: list[int] = []
         self._lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
+        self.before_answer: Callable[[Received], None] | None = None  # in the server's thread
 
     def answer(self, *statuses: int) -> None:
         with self._lock:
@@ -72,7 +73,10 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver._lock:
                     status = receiver._statuses.pop(0) if receiver._statuses else 200
-                    receiver.requests.append(Received(dict(self.headers), body, status))
+                    received = Received(dict(self.headers), body, status)
+                    receiver.requests.append(received)
+                if receiver.before_answer is not None:
+                    receiver.before_answer(received)
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -295,6 +299,32 @@ async def test_a_dead_holder_loses_the_lease_and_another_takes_over(
         await second.stop()
     # in order after dedupe by id (a batch acknowledged just as the first died may come again)
     assert first_seen(receiver.acked_ids()) == ids(range(200))
+
+
+async def test_a_2xx_whose_removal_found_the_lease_lost_is_not_sent_again(
+        redis_prefix: Any, redis_server: Any, receiver: Receiver) -> None:
+    """The lease vanishes while a batch is in flight (as after a Redis restart): the removal
+    after the 2xx is refused; once the lease is taken again the acknowledged batch at the head
+    is removed, not sent again."""
+    queue = redis_prefix()
+    await queue.push(events(range(10)))
+    lease = queue.client.key("hooks", "lease")
+    sync = redis_server.client()
+
+    def lose_the_lease(r: Received) -> None:
+        if len(receiver.requests) == 1:
+            sync.delete(lease)
+
+    receiver.before_answer = lose_the_lease
+    dispatcher = WebhookDispatcher(queue, receiver.url, SECRET, batch=4, **FAST)
+    dispatcher.start()
+    try:
+        await until(lambda: len(receiver.acked_ids()) >= 10, what="all 10")
+        await until_async(lambda: _empty(queue), what="the queue drained")
+    finally:
+        await dispatcher.stop()
+        sync.close()
+    assert receiver.acked_ids() == ids(range(10))
 
 
 # ------------------------------------------------------------------------ (d) two at once
