@@ -151,8 +151,8 @@ class WebhookDispatcher:
             self._failures = 0
             return self.poll
         if self._acked and [_id(e) for e in events[:len(self._acked)]] == self._acked:
-            await self._remove(len(self._acked), "acknowledged")  # its 2xx came already
-            self._acked = []
+            if await self._remove(len(self._acked), "acknowledged"):  # its 2xx came already
+                self._acked = []
             return 0
         self._acked = []
         now = time.time()
@@ -171,13 +171,13 @@ class WebhookDispatcher:
                 return self._backoff()
             self._failures = 0
             metrics.gauges["webhook_last_success_timestamp_seconds"] = time.time()
+            metrics.counters["webhook_delivered"] += len(fresh)
             if not await self._remove(len(events), "delivered"):
                 ids = [_id(e) for e in events]
                 self._acked = ids if all(isinstance(i, str) for i in ids) else []
                 log.warning("webhook lease lost between a 2xx and the removal of its %d "
                             "events: another process may send them again", len(events))
                 return 0
-            metrics.counters["webhook_delivered"] += len(fresh)
         elif not await self._remove(len(events), "dropped"):
             return 0
         if expired:
