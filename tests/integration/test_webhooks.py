@@ -195,11 +195,16 @@ def check_signed(r: Received) -> None:
 async def test_delivered_in_order_in_signed_batches(any_queue: Any, receiver: Receiver) -> None:
     queue = any_queue(100_000)
     assert await queue.push(events(range(250))) == 250
+    delivered = metrics.counters["webhook_delivered"]
+    started = time.time()
     dispatcher = WebhookDispatcher(queue, receiver.url, SECRET, batch=100, **FAST)
     dispatcher.start()
     try:
         await until(lambda: len(receiver.acked_ids()) >= 250, what="250 events")
         await until_async(lambda: _empty(queue), what="the queue drained")
+        await until(lambda: metrics.gauges["webhook_pending"] == 0, what="the gauge at 0")
+        assert metrics.counters["webhook_delivered"] == delivered + 250
+        assert metrics.gauges["webhook_last_success_timestamp_seconds"] >= started
         await queue.push(events(range(250, 260)))
         await until(lambda: len(receiver.acked_ids()) >= 260, what="10 more")
     finally:
