@@ -125,7 +125,12 @@ class WebhookDispatcher:
     # ---- the loop
 
     async def _run(self) -> None:
+        task = asyncio.current_task()
         while not self._stopping.is_set():
+            if task is not None and task.cancelling():
+                # A cancellation was swallowed below (seen in a Redis call, redis-py 8.1, when
+                # it lands as the reply arrives): end as cancelled all the same.
+                raise asyncio.CancelledError
             try:
                 wait = await self._step()
             except BrokerUnavailable as exc:
@@ -212,8 +217,10 @@ class WebhookDispatcher:
                    (b"X-Combroker-Signature", sign(body, self._secret, stamp).encode()),
                    (b"X-Combroker-Delivery", delivery.encode())]
         try:
-            status, _ = await asyncio.wait_for(
-                self._pool.post(headers, body, lambda status, encoding: None), self.timeout)
+            # (asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # comes as the answer does, and a cancelled dispatcher would go on)
+            async with asyncio.timeout(self.timeout):
+                status, _ = await self._pool.post(headers, body, lambda status, encoding: None)
         except (HttpError, OSError, TimeoutError) as exc:
             log.warning("webhook delivery %s of %d events failed: %s", delivery, len(events),
                         type(exc).__name__ if isinstance(exc, TimeoutError)
@@ -240,7 +247,8 @@ class WebhookDispatcher:
             if left <= 0:
                 return
             try:
-                await asyncio.wait_for(self._stopping.wait(), min(left, self.lease_ttl / 3))
+                async with asyncio.timeout(min(left, self.lease_ttl / 3)):
+                    await self._stopping.wait()
                 return
             except TimeoutError:
                 pass
