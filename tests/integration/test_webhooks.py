@@ -293,7 +293,9 @@ async def test_a_dead_holder_loses_the_lease_and_another_takes_over(
     # the process dies: its task ends where it stands, the lease is not given back
     assert first._task is not None
     first._task.cancel()
-    await asyncio.gather(first._task, return_exceptions=True)
+    dying = first._task
+    await until(dying.done, timeout=10, what="the cancelled dispatcher to end")
+    assert dying.cancelled()
     first._task = None
     second = WebhookDispatcher(redis_prefix(), receiver.url, SECRET, batch=20, **FAST)
     second.start()
