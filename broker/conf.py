@@ -121,6 +121,22 @@ class Settings:
     # Rooms (a JSON list of patterns) whose first and last member connection the backend hears
     # of as "joined"/"left" lifecycle events; "online"/"offline" are sent for every login.
     BROKER_LIFECYCLE_ROOMS: Any = None
+    # webhooks (issue 14): lifecycle events POSTed to the backend, signed (docs/webhooks.md).
+    # The URL ("" = none: no dispatcher runs) and the HMAC secret (required with a URL).
+    BROKER_WEBHOOK_URL: str = ""
+    BROKER_WEBHOOK_SECRET: str = ""
+    # Events per POST at most; seconds one POST may take (connect included).
+    BROKER_WEBHOOK_BATCH: int = 100
+    BROKER_WEBHOOK_TIMEOUT: float = 5.0
+    # Events waiting at most (cluster-wide with Redis); more are refused and counted.
+    BROKER_WEBHOOK_MAX_PENDING: int = 100_000
+    # Seconds an event is retried for (from its "at"); older ones are dropped and counted.
+    BROKER_WEBHOOK_MAX_AGE: float = 86_400.0
+    # The longest wait between two attempts (the backoff doubles from 0.5 s up to it).
+    BROKER_WEBHOOK_RETRY_MAX: float = 30.0
+    # Seconds the sending process's lease lasts unless renewed: a process that dies is
+    # replaced by another after it. At least twice BROKER_WEBHOOK_TIMEOUT.
+    BROKER_WEBHOOK_LEASE_TTL: float = 15.0
 
     @cached_property
     def history_policy(self) -> HistoryPolicy:
@@ -278,7 +294,28 @@ def conf() -> Settings:
         name, _sep, problem = str(exc).partition(": ")
         raise SettingError(name, problem or "malformed",
                            'a JSON list of rooms, e.g. [{"target": "chat", "id": "*"}]') from None
+    _check_webhooks(settings)
     return settings
+
+
+def _check_webhooks(s: Settings) -> None:
+    """With BROKER_WEBHOOK_URL set, what the webhook dispatcher needs (broker.webhooks)."""
+    url = s.BROKER_WEBHOOK_URL.strip()
+    if not url:
+        return
+    if not url.lower().startswith(("http://", "https://")) or "@" in url:
+        raise SettingError("BROKER_WEBHOOK_URL", "not an http(s) URL without user:password@",
+                           "http://host[:port]/path or https://...")
+    if not s.BROKER_WEBHOOK_SECRET:
+        raise SettingError("BROKER_WEBHOOK_SECRET", "empty while BROKER_WEBHOOK_URL is set "
+                           "(webhooks are signed)", "the secret shared with the backend")
+    if s.BROKER_WEBHOOK_BATCH < 1:
+        raise SettingError("BROKER_WEBHOOK_BATCH", f"{s.BROKER_WEBHOOK_BATCH}",
+                           "an integer of at least 1")
+    if s.BROKER_WEBHOOK_LEASE_TTL < 2 * s.BROKER_WEBHOOK_TIMEOUT:
+        raise SettingError("BROKER_WEBHOOK_LEASE_TTL", "shorter than twice "
+                           "BROKER_WEBHOOK_TIMEOUT (the lease must outlast a POST)",
+                           "a number of seconds of at least 2 x BROKER_WEBHOOK_TIMEOUT")
 
 
 def redis_urls() -> list[str]:

@@ -11,9 +11,19 @@ User-Agent, no decompression (the ``Body`` decodes), no redirect followed (a 3xx
 like any other). A connection is reused only after a whole answer that lets it be
 (``Connection: close``, HTTP/1.0 and a body read to the end of the stream do not); a refusal's
 body is not waited for: its head is the answer, and its connection is closed unless the body came
-with it. A request that finds its reused connection closed by the server before any byte of an
-answer (the server's keep-alive timeout, a restart) is sent once more on a new connection: a GET
-is safe to repeat.
+with it. A GET that finds its reused connection closed by the server before any byte of an answer
+(the server's keep-alive timeout, a restart) is sent once more on a new connection: a GET is
+safe to repeat.
+
+A POST (``post``: a body with its Content-Length, written with the head in one write) is not
+safe to repeat: once any byte of it is written, the server may have read and acted on it
+whatever comes back, and a close before the answer does not tell a server that timed the
+connection out from one that acted and then died. So a POST is sent again on a new connection
+only when nothing of it was written: its reused connection was already known closed (the event
+loop had reported the close, or the transport was closing) before the write. Any later failure
+(a close before the whole answer, a reset) is the caller's HttpError or OSError, and the
+caller's own retry policy decides (broker.webhooks: retried, so a receiver may see a request
+twice when its answer was lost).
 
 The pool does not bound its connections: its caller does (broker.auth's semaphore, one
 connection per request in flight). A connection idle for KEEP_ALIVE seconds is closed instead of
@@ -63,7 +73,7 @@ BodyFor = Callable[[int, bytes], Body | None]
 
 
 class HttpPool:
-    """Kept-alive HTTP/1.1 connections to the origin of one URL, asked with GET."""
+    """Kept-alive HTTP/1.1 connections to the origin of one URL, asked with GET or POST."""
 
     def __init__(self, url: str, defaults: Iterable[tuple[bytes, bytes]] = ()) -> None:
         """``defaults``: headers every request carries unless its own headers name them.
@@ -86,7 +96,8 @@ class HttpPool:
         target = quote(parts.path or "/", safe="!$%&'()*+,/:;=@~")
         if parts.query:
             target += "?" + quote(parts.query, safe="!$%&'()*+,/:;=?@~")
-        self._request_line = b"GET %s HTTP/1.1\r\n" % target.encode("ascii")
+        self._target = target.encode("ascii")
+        self._request_line = b"GET %s HTTP/1.1\r\n" % self._target
         self._defaults = [(b"host", b"Host", host),
                           *((name.lower(), name, value) for name, value in defaults)]
         self._ssl = ssl.create_default_context() if tls else None
@@ -95,7 +106,10 @@ class HttpPool:
     def head(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
         """The request: ``headers`` as they are (names and values are the caller's bytes,
         already valid), then each default they do not name."""
-        lines = [self._request_line]
+        return self._head(self._request_line, headers)
+
+    def _head(self, request_line: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+        lines = [request_line]
         named = set()
         for name, value in headers:
             named.add(name.lower())
@@ -109,6 +123,21 @@ class HttpPool:
     async def get(self, head: bytes, body_for: BodyFor) -> tuple[int, bytes]:
         """Send ``head`` (``head()``) and return the answer's status and body (b"" when
         ``body_for`` wanted none). Raises HttpError, OSError, or what the Body raised."""
+        return await self._send(head, body_for, repeatable=True)
+
+    async def post(self, headers: Iterable[tuple[bytes, bytes]], body: bytes,
+                   body_for: BodyFor) -> tuple[int, bytes]:
+        """POST ``body`` with ``headers`` (as ``head()`` takes them, without Content-Length,
+        which is added) and return the answer as ``get`` does. Sent again on a new connection
+        only if nothing of it was written (the module's docstring)."""
+        length = (b"Content-Length", b"%d" % len(body))
+        request = self._head(b"POST %s HTTP/1.1\r\n" % self._target, [*headers, length])
+        return await self._send(request + body, body_for, repeatable=False)
+
+    async def _send(self, request: bytes, body_for: BodyFor,
+                    repeatable: bool) -> tuple[int, bytes]:
+        """``repeatable``: the request may be sent again after a reused connection closed
+        without a byte of answer (GET); else only if nothing of it was written (POST)."""
         idle = self._idle
         now = time.monotonic()
         if idle and now - idle[0].idle_since > KEEP_ALIVE:
@@ -121,14 +150,14 @@ class HttpPool:
                 conn.close()
                 continue
             try:
-                return await conn.ask(head, body_for)
+                return await conn.ask(request, body_for, repeatable)
             except _Stale:
                 break  # closed by the server as it was asked: once more, on a new connection
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(
             lambda: _Connection(self), self.host, self.port, ssl=self._ssl,
             server_hostname=self.host if self._ssl is not None else None)
-        return await conn.ask(head, body_for)
+        return await conn.ask(request, body_for, repeatable)
 
     def _release(self, conn: _Connection) -> None:
         conn.idle_since = time.monotonic()
@@ -149,6 +178,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0  # monotonic, when last put back in the pool
         self._reused = False
+        self._repeatable = True  # the request in progress may be sent again once written
         self._head_bytes = 0  # of the answer's head so far
         # The request in progress (None: idle), and what its answer has said so far.
         self._answer: asyncio.Future[tuple[int, bytes]] | None = None
@@ -163,16 +193,18 @@ class _Connection(asyncio.Protocol):
         self._keep = False
         self._error: BaseException | None = None
 
-    async def ask(self, head: bytes, body_for: BodyFor) -> tuple[int, bytes]:
+    async def ask(self, request: bytes, body_for: BodyFor,
+                  repeatable: bool = True) -> tuple[int, bytes]:
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing():  # nothing written: any may go again
             raise _Stale("closed") if self._reused else HttpError("closed")
+        self._repeatable = repeatable
         answer: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         self._answer = answer
         self._body_for = body_for
         self._received = self._complete = self._keep = False
         self._status, self._error, self._head_bytes = 0, None, 0
-        transport.write(head)
+        transport.write(request)
         try:
             return await answer
         except BaseException:
@@ -218,7 +250,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._status and self._body is not None and not self._framed and not self._error:
             self._finish()  # a body without a length ends with the stream
-        elif not self._received and self._reused:
+        elif not self._received and self._reused and self._repeatable:
             self._settle(error=_Stale("closed by the server before answering"))
         else:
             self._settle(error=HttpError("connection closed before the answer was whole"))

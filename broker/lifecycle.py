@@ -19,13 +19,30 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import signals
+from . import metrics, signals
+from .errors import BrokerUnavailable
 from .stores import Stores
 
 log = logging.getLogger("broker.lifecycle")
 
 
-async def emit(events: list[dict[str, Any]], stores: Stores) -> None:
+def wanted(webhooks: bool) -> bool:
+    """Does anyone listen: webhooks configured, or a receiver of the Django signal?"""
+    return webhooks or signals.lifecycle.has_listeners()
+
+
+async def emit(events: list[dict[str, Any]], stores: Stores, webhooks: bool) -> None:
+    """Hand ``events`` to the backend: queued for the webhook dispatcher (``webhooks``:
+    BROKER_WEBHOOK_URL is set), and sent to the Django signal's receivers. Events the queue
+    cannot take (Redis down) are counted (``webhook_dropped{cause="unavailable"}``) and logged;
+    the queue counts and logs those over its bound itself."""
+    if webhooks:
+        try:
+            await stores.webhooks.push(events)
+        except BrokerUnavailable as exc:
+            metrics.webhook_dropped("unavailable", len(events))
+            log.error("%d lifecycle events not queued for the webhook (%s): %s", len(events),
+                      exc, ", ".join(f"{e['type']} {e['login']}" for e in events[:10]))
     if signals.lifecycle.has_listeners():
         for event in events:
             for receiver, outcome in await signals.lifecycle.asend_robust(sender=None,

@@ -9,7 +9,8 @@ from collections import Counter
 
 counters: Counter[str] = Counter()
 gauges: dict[str, float] = {"connections": 0, "subscriptions": 0, "auth_in_flight": 0,
-                            "auth_in_flight_max": 0}
+                            "auth_in_flight_max": 0, "webhook_pending": 0,
+                            "webhook_last_success_timestamp_seconds": 0}
 drops: Counter[str] = Counter()  # deliveries dropped, by cause
 # Connections refused, by cause (auth refusal, auth-unavailable, over-capacity, origin, ...);
 # counters["connections_refused"] stays their total.
@@ -18,6 +19,13 @@ auth_outcomes: Counter[str] = Counter()
 AUTH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 auth_latency = [0] * (len(AUTH_BUCKETS) + 1)
 auth_latency_sum = 0.0
+# Webhooks (broker.webhooks): events refused or dropped, by cause ("full": over
+# BROKER_WEBHOOK_MAX_PENDING at the push; "expired": older than BROKER_WEBHOOK_MAX_AGE;
+# "malformed": an entry that is not a JSON object; "unavailable": Redis refused the push,
+# broker.lifecycle). The others are counters
+# ("webhook_delivered": events, "webhook_failed": attempts) and gauges ("webhook_pending",
+# "webhook_last_success_timestamp_seconds": unix time of the last 2xx).
+webhook_drops: Counter[str] = Counter()
 
 
 def auth_outcome(outcome: str, seconds: float) -> None:
@@ -40,6 +48,10 @@ def drop(cause: str, n: int = 1) -> None:
     drops[cause] += n
 
 
+def webhook_dropped(cause: str, n: int = 1) -> None:
+    webhook_drops[cause] += n
+
+
 def refused(cause: str) -> None:
     """Count one refused connection (any transport) under ``cause``."""
     counters["connections_refused"] += 1
@@ -52,7 +64,7 @@ def render() -> str:
         lines += [f"# TYPE combroker_{name} gauge", f"combroker_{name} {value}"]
     for name in ("triggers", "triggers_received", "deliveries", "direct_messages",
                  "connections_opened", "connections_refused", "rate_limited",
-                 "subscription_losses", "auth_shared"):
+                 "subscription_losses", "auth_shared", "webhook_delivered", "webhook_failed"):
         lines += [f"# TYPE combroker_{name}_total counter",
                   f"combroker_{name}_total {counters[name]}"]
     lines.append("# TYPE combroker_connections_refused_by_cause_total counter")
@@ -61,6 +73,9 @@ def render() -> str:
     lines.append("# TYPE combroker_drops_total counter")
     for cause, n in sorted(drops.items()):
         lines.append(f'combroker_drops_total{{cause="{cause}"}} {n}')
+    lines.append("# TYPE combroker_webhook_dropped_total counter")
+    for cause, n in sorted(webhook_drops.items()):
+        lines.append(f'combroker_webhook_dropped_total{{cause="{cause}"}} {n}')
     lines.append("# TYPE combroker_auth_total counter")
     for outcome, n in sorted(auth_outcomes.items()):
         lines.append(f'combroker_auth_total{{outcome="{outcome}"}} {n}')

@@ -10,7 +10,8 @@
 3. every connection is closed with 1001 ``going-away`` once its outbox is written out
    (``Connection.close_soon``, each close bounded by ``connection.CLOSE_TIMEOUT``);
 4. it waits for the connections to be gone, at most BROKER_SHUTDOWN_GRACE seconds in all,
-   then stops the hub (the process leaves the cluster registry at once, not after its TTL).
+   then stops the webhook dispatcher (broker.webhooks, if one runs) and the hub (the process
+   leaves the cluster registry at once, not after its TTL).
 
 Hooks, one per server:
 
@@ -42,6 +43,7 @@ from .conf import conf
 from .fanout.hub import Hub
 from .fanout.running import get_hub, running_hub
 from .limits import admission
+from .webhooks import start_dispatcher, stop_dispatcher
 
 log = logging.getLogger("broker.shutdown")
 
@@ -51,14 +53,16 @@ _hooked: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()  # loops
 
 async def serving_hub() -> Hub:
     """The running loop's hub, for serving clients: the first call on a loop also installs
-    the signal hooks (under uvicorn; nothing under another server) and the garbage
-    collector's serving policy (broker.collector)."""
+    the signal hooks (under uvicorn; nothing under another server), the garbage collector's
+    serving policy (broker.collector) and, with BROKER_WEBHOOK_URL, starts the webhook
+    dispatcher on the hub's stores (broker.webhooks; stopped by ``graceful_shutdown``)."""
     hub = await get_hub()
     loop = asyncio.get_running_loop()
     if loop not in _hooked:
         _hooked.add(loop)
         install_signal_hooks()
         serve_policy(conf().BROKER_GC_FULL_EVERY)
+        start_dispatcher(hub.stores.webhooks, conf())
     return hub
 
 
@@ -97,6 +101,8 @@ async def _shutdown(grace: float) -> None:
         if hub.conns:
             log.warning("%d connections still open after BROKER_SHUTDOWN_GRACE",
                         len(hub.conns))
+    # Before the stores close; what it has not sent stays in Redis (lost in memory).
+    await stop_dispatcher(max(deadline - loop.time(), 0.5))
     try:
         await asyncio.wait_for(hub.stop(), max(deadline - loop.time(), 0.5))
     except Exception as exc:  # noqa: BLE001 - the registry forgets us after its TTL anyway

@@ -86,6 +86,7 @@ class Hub:
                                      self.upkeep.watch_layer)
         self.presence = Presence(stores.presence, settings.presence_policy,
                                  self._presence_changed)
+        self.webhooks = settings.webhooks  # lifecycle events are queued for the webhook
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._telling: set[asyncio.Future[None]] = set()  # presence and lifecycle sends
@@ -333,9 +334,11 @@ class Hub:
                   for t in transitions if t.room_key != ONLINE and t.member != ANONYMOUS]
         if events:
             self._tell(self.router.presence(events), "presence events")
+        if not lifecycle.wanted(self.webhooks):
+            return
         backend = lifecycle_events(transitions, self.presence.policy, time.time())
         if backend:
-            self._tell(lifecycle.emit(backend, self.stores), "lifecycle events")
+            self._tell(lifecycle.emit(backend, self.stores, self.webhooks), "lifecycle events")
 
     def _tell(self, sending: Any, what: str) -> None:
         task: asyncio.Future[None] = asyncio.ensure_future(sending)

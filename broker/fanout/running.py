@@ -34,8 +34,9 @@ def make_stores() -> Stores:
     urls = redis_urls()
     c = conf()
     if urls:
-        return Stores.redis(proc_id, urls[0], c.BROKER_KEY_PREFIX, c.BROKER_REGISTRY_TTL)
-    return Stores.memory(proc_id)
+        return Stores.redis(proc_id, urls[0], c.BROKER_KEY_PREFIX, c.BROKER_REGISTRY_TTL,
+                            c.BROKER_WEBHOOK_MAX_PENDING)
+    return Stores.memory(proc_id, c.BROKER_WEBHOOK_MAX_PENDING)
 
 
 async def get_hub() -> Hub:

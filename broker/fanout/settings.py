@@ -24,6 +24,7 @@ class FanoutSettings:
     registry_ttl: float  # BROKER_REGISTRY_TTL: the heartbeat runs every third of it
     # BROKER_PRESENCE, BROKER_PRESENCE_OFF, BROKER_LIFECYCLE_ROOMS
     presence_policy: PresencePolicy = field(default_factory=PresencePolicy)
+    webhooks: bool = False  # BROKER_WEBHOOK_URL is set: lifecycle events go to its queue
 
     @classmethod
     def of(cls, c: Settings) -> FanoutSettings:
@@ -33,4 +34,4 @@ class FanoutSettings:
                             c.BROKER_ACK_MAX_BYTES_PER_RECIPIENT,
                             c.BROKER_ACK_MAX_PENDING_PER_SENDER,
                             c.BROKER_ACK_MAX_BYTES_PER_SENDER, c.BROKER_ACK_MAX_TOTAL_BYTES),
-                   c.BROKER_REGISTRY_TTL, c.presence_policy)
+                   c.BROKER_REGISTRY_TTL, c.presence_policy, bool(c.BROKER_WEBHOOK_URL))

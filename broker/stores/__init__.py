@@ -8,6 +8,8 @@
 - ``acks``: acknowledged direct messages until confirmed (``broker.stores.acks``).
 - ``presence``: each room's members and connection counts; joins and leaves
   (``broker.stores.presence``).
+- ``webhooks``: lifecycle events waiting to be POSTed to the backend, and the sender's lease
+  (``broker.stores.webhooks``).
 
 Each is a small ``Protocol`` with a memory implementation (the in-memory channel layer: one
 process) and a Redis one. The Redis ones share one ``RedisClient`` (``broker.stores.redis``:
@@ -18,7 +20,7 @@ built from the settings (``broker.fanout.running``); nothing below reads setting
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .acks import AckQuota, AckStore, MemoryAcks, RedisAcks
 from .history import HistoryStore, MemoryHistory, RedisHistory
@@ -26,9 +28,10 @@ from .presence import MemoryPresence, PresenceStore, RedisPresence
 from .redis import RedisClient
 from .registry import MemoryRegistry, RedisRegistry, Registry
 from .resume import MemoryResume, RedisResume, ResumeStore
+from .webhooks import MemoryWebhookQueue, RedisWebhookQueue, WebhookQueue
 
 __all__ = ["AckQuota", "AckStore", "HistoryStore", "PresenceStore", "Registry", "ResumeStore",
-           "Stores"]
+           "Stores", "WebhookQueue"]
 
 # A process whose heartbeat (every BROKER_REGISTRY_TTL/3) is older than this part of the TTL
 # is dead to presence: swept within the TTL of its last heartbeat by the next upkeep tick.
@@ -43,20 +46,24 @@ class Stores:
     acks: AckStore
     presence: PresenceStore
     client: RedisClient | None = None  # the Redis they share; None in memory
+    webhooks: WebhookQueue = field(default_factory=MemoryWebhookQueue)
 
     @classmethod
-    def memory(cls, proc_id: str) -> Stores:
+    def memory(cls, proc_id: str, webhook_max_pending: int = 100_000) -> Stores:
         return cls(MemoryRegistry(proc_id), MemoryHistory(), MemoryResume(), MemoryAcks(),
-                   MemoryPresence())
+                   MemoryPresence(), webhooks=MemoryWebhookQueue(webhook_max_pending))
 
     @classmethod
-    def redis(cls, proc_id: str, url: str, prefix: str, registry_ttl: float) -> Stores:
+    def redis(cls, proc_id: str, url: str, prefix: str, registry_ttl: float,
+              webhook_max_pending: int = 100_000) -> Stores:
         """Every store on one client: ``url``'s Redis, keys under ``prefix``; ``registry_ttl``
-        (BROKER_REGISTRY_TTL): how long a silent process's entries and holds count."""
+        (BROKER_REGISTRY_TTL): how long a silent process's entries and holds count;
+        ``webhook_max_pending`` (BROKER_WEBHOOK_MAX_PENDING): the webhook queue's bound."""
         client = RedisClient(url, prefix)
         return cls(RedisRegistry(client, proc_id, registry_ttl), RedisHistory(client),
                    RedisResume(client), RedisAcks(client, proc_id, registry_ttl),
-                   RedisPresence(client, proc_id, registry_ttl * PRESENCE_DEAD_AFTER), client)
+                   RedisPresence(client, proc_id, registry_ttl * PRESENCE_DEAD_AFTER), client,
+                   webhooks=RedisWebhookQueue(client, webhook_max_pending))
 
     async def ping(self) -> bool:
         """Redis answers (always True in memory): /healthz."""
