@@ -48,6 +48,7 @@ from ..presence import ANONYMOUS, ONLINE, Transition, lifecycle_events
 from ..subscription import Subscription
 from ..stores import Stores
 from .channel import ProcessChannel
+from .coalesce import Coalesced
 from .membership import Membership
 from .presence import Presence
 from .receiver import Receiver
@@ -87,6 +88,8 @@ class Hub:
         self.presence = Presence(stores.presence, settings.presence_policy,
                                  self._presence_changed)
         self.webhooks = settings.webhooks  # lifecycle events are queued for the webhook
+        # lifecycle events leave in the order of their transitions, a batch at a time
+        self._lifecycle: Coalesced[list[dict[str, Any]], None] = Coalesced(self._emit)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._telling: set[asyncio.Future[None]] = set()  # presence and lifecycle sends
@@ -338,7 +341,11 @@ class Hub:
             return
         backend = lifecycle_events(transitions, self.presence.policy, time.time())
         if backend:
-            self._tell(lifecycle.emit(backend, self.stores, self.webhooks), "lifecycle events")
+            self._tell(self._lifecycle.soon(backend), "lifecycle events")
+
+    async def _emit(self, batches: list[list[dict[str, Any]]]) -> list[None]:
+        await lifecycle.emit([e for batch in batches for e in batch], self.stores, self.webhooks)
+        return [None] * len(batches)
 
     def _tell(self, sending: Any, what: str) -> None:
         task: asyncio.Future[None] = asyncio.ensure_future(sending)
