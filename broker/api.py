@@ -12,7 +12,9 @@ answers are ``broker.serverapi``'s, from these functions), async and, for sync c
   answer no longer allows (closed with ``revoked`` when it no longer admits them);
 - ``history(room, limit=None, since=None)``: a room's history, as the client request reads it,
   with no permission check;
-- ``connections(login=None)``: the cluster's connections (the admin console's list).
+- ``connections(login=None)``: the cluster's connections (the admin console's list);
+- ``presence(room)``, ``presence_stats(room)``: a room's members (docs/protocol.md
+  "Presence"), with no permission check; ``presence-not-enabled`` where presence is off.
 
 Logins are the auth API's (the backend's users): a static-key login of the same name is
 another client and is not reached, except by ``disconnect``, which closes a login in every
@@ -41,10 +43,12 @@ from .history import HistoryPage, recovered, valid_offset
 from .identity import InvalidIdentity, validate_login
 from .jsontext import dump_json
 from .messages import Close, DropRooms, Message, Notify, Recheck
+from .presence import presence_counts
 from .publish import _router, _run
 
 __all__ = ["InvalidRequest", "broadcast", "broadcast_sync", "connections", "connections_sync",
-           "disconnect", "disconnect_sync", "history", "history_sync", "publish_to_users",
+           "disconnect", "disconnect_sync", "history", "history_sync", "presence",
+           "presence_stats", "presence_stats_sync", "presence_sync", "publish_to_users",
            "publish_to_users_sync", "recheck", "recheck_sync", "unsubscribe",
            "unsubscribe_sync"]
 
@@ -71,6 +75,7 @@ NO_TARGET = "no-target"
 INVALID_LIMIT = "invalid-limit"
 INVALID_SINCE = "invalid-since"
 HISTORY_NOT_ENABLED = errors.HISTORY_NOT_ENABLED
+PRESENCE_NOT_ENABLED = errors.PRESENCE_NOT_ENABLED
 
 MAX_REASON_CHARS = 100  # within a WebSocket close frame's 123 bytes for any ASCII reason
 
@@ -267,6 +272,29 @@ async def _history(room: Room, limit: int, since: int | None) -> dict[str, Any]:
     return answer
 
 
+async def presence(room: Any) -> dict[str, Any]:
+    """``{"room", "members": [{"login", "profile", "connections"}, ...], "anonymous"}``."""
+    return await _presence(check_presence(room), stats=False)
+
+
+async def presence_stats(room: Any) -> dict[str, Any]:
+    """``{"room", "members": <how many>, "connections": <how many, anonymous included>}``."""
+    return await _presence(check_presence(room), stats=True)
+
+
+def check_presence(room: Any) -> Room:
+    parsed = check_room(room)
+    if not conf().presence_policy.tracked(parsed):
+        raise InvalidRequest(PRESENCE_NOT_ENABLED, "presence is off for this room "
+                             "(BROKER_PRESENCE, BROKER_PRESENCE_OFF)")
+    return parsed
+
+
+async def _presence(room: Room, stats: bool) -> dict[str, Any]:
+    counts = await _router().stores.presence.members(room.key)
+    return {"room": room.original, **presence_counts(counts, stats)}
+
+
 async def connections(login: str | None = None) -> list[dict[str, Any]]:
     """The cluster's connections as the registry lists them (the admin console's list:
     id, login_id, profile, realm, transport, remote_addr, connected_at, subscriptions), or
@@ -302,6 +330,14 @@ def recheck_sync(login: str, timeout: float = 10.0) -> list[str]:
 def history_sync(room: Any, limit: int | None = None, since: int | None = None,
                  timeout: float = 10.0) -> dict[str, Any]:
     return _run(_history(*check_history(room, limit, since)), timeout)
+
+
+def presence_sync(room: Any, timeout: float = 10.0) -> dict[str, Any]:
+    return _run(_presence(check_presence(room), stats=False), timeout)
+
+
+def presence_stats_sync(room: Any, timeout: float = 10.0) -> dict[str, Any]:
+    return _run(_presence(check_presence(room), stats=True), timeout)
 
 
 def connections_sync(login: str | None = None, timeout: float = 10.0) -> list[dict[str, Any]]:

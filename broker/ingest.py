@@ -1,7 +1,7 @@
 """Trigger ingestion: the body of a ``POST /trigger`` in, its answer out (PROTOCOL §5,
 docs/protocol.md "POST /trigger").
 
-The one implementation behind both ways the route is served: ``broker.triggerroute`` (the
+The one implementation behind both ways the route is served: ``broker.backendroute`` (the
 sidecar's ASGI application answers it without Django's request cycle) and ``broker.views``
 (a project that mounts ``broker.urls``). The request's head (405, 401, a declared length over
 BROKER_MAX_TRIGGER_BYTES) was judged before the body was read (``broker.httpguard``); here

@@ -73,6 +73,16 @@ def presence_members(counts: dict[str, int]) -> list[dict[str, Any]]:
     return members
 
 
+def presence_counts(counts: dict[str, int], stats: bool) -> dict[str, Any]:
+    """A room's presence as clients and the backend are shown it: ``members`` (each login's
+    view with its ``connections``) and ``anonymous`` (connections without a login); or, for
+    ``stats``, how many ``members`` and ``connections`` (anonymous ones included)."""
+    if stats:
+        return {"members": len(counts) - (ANONYMOUS in counts),
+                "connections": sum(counts.values())}
+    return {"members": presence_members(counts), "anonymous": counts.get(ANONYMOUS, 0)}
+
+
 def room_of(room_key: str) -> Room | None:
     """The room a key names (None for ``ONLINE`` or a key no room has)."""
     if room_key == ONLINE:

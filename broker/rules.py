@@ -257,16 +257,9 @@ def _publish(req: Publish, s: Requester) -> Step:
 def _history(req: History, s: Requester) -> Step:
     """A room's history is readable by whoever may subscribe to that room."""
     rid = req.request_id
-    if (bad := _bad_request_id(rid)) is not None:
-        return bad
-    if not s.identity.rule.can_subscribe:
-        return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
-    try:
-        room = s.identity.local_room(parse_room(req.room))
-    except InvalidRoom as exc:
-        return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
-    if not s.identity.may_subscribe(room):
-        return Step(Error(errors.ROOM_NOT_FOUND, rid))
+    room = _readable(req.room, rid, s)
+    if isinstance(room, Step):
+        return room
     rule = s.settings.history.rule_for(room)
     if rule is None:
         detail = ("history is kept per concrete room" if not room.is_concrete
@@ -284,16 +277,9 @@ def _presence(req: PresenceQuery, s: Requester) -> Step:
     """A room's presence is seen by whoever may subscribe to that room, unless presence is
     off for it (BROKER_PRESENCE, BROKER_PRESENCE_OFF)."""
     rid = req.request_id
-    if (bad := _bad_request_id(rid)) is not None:
-        return bad
-    if not s.identity.rule.can_subscribe:
-        return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
-    try:
-        room = s.identity.local_room(parse_room(req.room))
-    except InvalidRoom as exc:
-        return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
-    if not s.identity.may_subscribe(room):
-        return Step(Error(errors.ROOM_NOT_FOUND, rid))
+    room = _readable(req.room, rid, s)
+    if isinstance(room, Step):
+        return room
     if not s.settings.presence.tracked(room):
         return Step(Error(errors.PRESENCE_NOT_ENABLED, rid))
     return Step(None, ReadPresence(room, req.stats))
@@ -345,6 +331,22 @@ def _admin(req: Admin, s: Requester) -> Step:
             return Step(None, Kick(conn_id if isinstance(conn_id, str) else None,
                                    login_id if isinstance(login_id, str) else None))
     return Step(Error(errors.UNKNOWN_ACTION, rid, f"actions: {sorted(ADMIN_ACTIONS)}"))
+
+
+def _readable(room_value: Any, rid: Any, s: Requester) -> Room | Step:
+    """The room a history or presence request names, read in the client's realm, when the
+    client may subscribe to it (what it may read); else the refusal."""
+    if (bad := _bad_request_id(rid)) is not None:
+        return bad
+    if not s.identity.rule.can_subscribe:
+        return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
+    try:
+        room = s.identity.local_room(parse_room(room_value))
+    except InvalidRoom as exc:
+        return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
+    if not s.identity.may_subscribe(room):
+        return Step(Error(errors.ROOM_NOT_FOUND, rid))
+    return room
 
 
 def _bad_request_id(rid: Any) -> Step | None:

@@ -2,7 +2,7 @@
 "Server API").
 
 The one implementation behind both ways the routes are served, as ``broker.ingest`` is for
-``/trigger``: ``broker.apiroute`` (the sidecar answers them in front of Django) and
+``/trigger``: ``broker.backendroute`` (the sidecar answers them in front of Django) and
 ``broker.views.server_api`` (a project that mounts ``broker.urls``). The head was judged
 before the body was read (``broker.httpguard``: the trigger token, 401; the body's size, 413);
 here the body is read as a JSON object and handed to ``broker.api``:
@@ -66,6 +66,14 @@ async def _history(body: dict[str, Any]) -> dict[str, Any]:
     return await api.history(_need(body, "room"), body.get("limit"), body.get("since"))
 
 
+async def _presence(body: dict[str, Any]) -> dict[str, Any]:
+    return await api.presence(_need(body, "room"))
+
+
+async def _presence_stats(body: dict[str, Any]) -> dict[str, Any]:
+    return await api.presence_stats(_need(body, "room"))
+
+
 async def _connections(body: dict[str, Any]) -> dict[str, Any]:
     return {"connections": await api.connections(body.get("login"))}
 
@@ -78,6 +86,8 @@ OPERATIONS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "recheck": _recheck,
     "history": _history,
     "connections": _connections,
+    "presence": _presence,
+    "presence_stats": _presence_stats,
 }
 
 

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import functools
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from . import ingest, metrics, serverapi
+from .backendroute import Answerer
 from .errors import BrokerUnavailable
 from .httpguard import trigger_head
 from .shutdown import serving_hub
@@ -19,7 +22,20 @@ def _error(status: int, message: str) -> JsonResponse:
 @csrf_exempt
 async def trigger(request: HttpRequest) -> HttpResponse:
     """POST /trigger where a project serves it through Django (``broker.urls``); the sidecar
-    answers it in front of Django (``broker.triggerroute``). Both are ``broker.ingest``."""
+    answers it in front of Django (``broker.backendroute``). Both are ``broker.ingest``."""
+    return await _backend_post(request, ingest.answer)
+
+
+@csrf_exempt
+async def server_api(request: HttpRequest, operation: str) -> HttpResponse:
+    """POST /api/<operation> where a project serves it through Django (``broker.urls``); the
+    sidecar answers it in front of Django (``broker.backendroute``). Both are
+    ``broker.serverapi``, judged by the trigger token and BROKER_MAX_TRIGGER_BYTES as /trigger
+    is."""
+    return await _backend_post(request, functools.partial(serverapi.answer, operation))
+
+
+async def _backend_post(request: HttpRequest, answer_body: Answerer) -> HttpResponse:
     if request.method != "POST":
         response = _error(405, "method not allowed: use POST")
         response["Allow"] = "POST"
@@ -35,27 +51,7 @@ async def trigger(request: HttpRequest) -> HttpResponse:
     raw = request.read(verdict.size + 1)
     if len(raw) > verdict.size:
         return _error(413, verdict.refusal())
-    answer = await ingest.answer(raw)
-    return JsonResponse(answer.body, status=answer.status)
-
-
-@csrf_exempt
-async def server_api(request: HttpRequest, operation: str) -> HttpResponse:
-    """POST /api/<operation> where a project serves it through Django (``broker.urls``); the
-    sidecar answers it in front of Django (``broker.apiroute``). Both are ``broker.serverapi``,
-    judged by the trigger token and BROKER_MAX_TRIGGER_BYTES as /trigger is."""
-    if request.method != "POST":
-        response = _error(405, "method not allowed: use POST")
-        response["Allow"] = "POST"
-        return response
-    verdict = trigger_head("POST", request.headers.get("Authorization", ""),
-                           request.headers.get("Content-Length"))
-    if isinstance(verdict, tuple):
-        return _error(*verdict)
-    raw = request.read(verdict.size + 1)
-    if len(raw) > verdict.size:
-        return _error(413, verdict.refusal())
-    answer = await serverapi.answer(operation, raw)
+    answer = await answer_body(raw)
     return JsonResponse(answer.body, status=answer.status)
 
 

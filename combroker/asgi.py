@@ -10,15 +10,14 @@ django_application = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter
 
-from broker.apiroute import ApiRoute
+from broker.backendroute import BackendRoute
 from broker.httpguard import BodyGuard
 from broker.routing import websocket_urlpatterns
-from broker.triggerroute import TriggerRoute
 
 application = ProtocolTypeRouter({
     # POST /trigger and the server API's POST /api/<operation> are answered without Django's
-    # request cycle (broker.triggerroute, broker.apiroute); every other request body is judged
-    # by its head before it is read (broker.httpguard).
-    "http": TriggerRoute(ApiRoute(BodyGuard(django_application))),
+    # request cycle (broker.backendroute); every other request body is judged by its head
+    # before it is read (broker.httpguard).
+    "http": BackendRoute(BodyGuard(django_application)),
     "websocket": URLRouter(websocket_urlpatterns),
 })

@@ -1,6 +1,6 @@
 """The sidecar served the way a project that mounts the broker serves ``/trigger``: through
 Django's request cycle and ``broker.views.trigger`` (behind ``BodyGuard``), without
-``broker.triggerroute``. tests/integration/test_trigger*.py run the trigger contract against
+``broker.backendroute``. tests/integration/test_trigger*.py run the trigger contract against
 both: ``uvicorn tests.viewasgi:application``."""
 
 import os

@@ -27,7 +27,7 @@ from ..codec import Answer, BadConnect, Capabilities, Connecting, Wire
 from ..identity import Identity, public_destination, public_room, public_room_key
 from ..messages import Confirmed, DirectMessage, PresenceEvent
 from ..jsontext import JsonTooDeep, dump_json, load_json
-from ..presence import ANONYMOUS, member_view, presence_members
+from ..presence import member_view, presence_counts
 from ..replies import (
     AdminResult,
     Error,
@@ -293,16 +293,9 @@ class JsonCodec:
 
 def _presence(reply: PresenceResult) -> str:
     """A new frame, the same in both dialects: the members, or (``presence_stats``) counts."""
-    room = public_room(reply.room).original
-    anonymous = reply.members.get(ANONYMOUS, 0)
-    frame: dict[str, Any]
-    if reply.stats:
-        frame = {"type": "presence_stats", "room": room,
-                 "members": len(reply.members) - (ANONYMOUS in reply.members),
-                 "connections": sum(reply.members.values())}
-    else:
-        frame = {"type": "presence", "room": room, "members": presence_members(reply.members),
-                 "anonymous": anonymous}
+    frame = {"type": "presence_stats" if reply.stats else "presence",
+             "room": public_room(reply.room).original,
+             **presence_counts(reply.members, reply.stats)}
     if reply.request_id is not None:
         frame["requestId"] = reply.request_id
     return dump_json(frame)

@@ -28,7 +28,7 @@ CHAT_ANY = {"target": "chat", "customer": "*"}
 NEWS = {"target": "news"}
 HISTORY = [{"room": CHAT_ANY, "size": 100, "ttl": 60}]
 OPERATIONS = ("publish_to_users", "broadcast", "disconnect", "unsubscribe", "recheck",
-              "history", "connections")
+              "history", "connections", "presence", "presence_stats")
 _marks = itertools.count(1)
 
 
@@ -336,6 +336,27 @@ async def test_history_and_connections(cluster, auth_api):
             "subscriptions"} <= set(listed[0])
     only = await ok(p2, "connections", {"login": "amy"})
     assert [c["id"] for c in only["connections"]] == [amy.id]
+
+
+async def test_presence_sees_the_cluster(cluster, auth_api):
+    p1, p2 = cluster(BROKER_PRESENCE_OFF='[{"target": "news"}]')
+    tabs = [await connect(p, user(auth_api, "tb", "bob", [CHAT_ANY])) for p in (p1, p2)]
+    amy = await connect(p2, user(auth_api, "ta", "amy", [CHAT_ANY]))
+    for client in (*tabs, amy):
+        await client.subscribe("c1", CHAT1)
+    # no permission check: the backend asks for any room (here, from a third login's process)
+    assert await ok(p1, "presence", {"room": CHAT1}) == {
+        "room": CHAT1, "anonymous": 0,
+        "members": [{"login": "amy", "profile": "agent", "connections": 1},
+                    {"login": "bob", "profile": "agent", "connections": 2}]}
+    assert await ok(p2, "presence_stats", {"room": CHAT1}) == {
+        "room": CHAT1, "members": 2, "connections": 3}
+    assert await ok(p1, "presence", {"room": CHAT2}) == {
+        "room": CHAT2, "members": [], "anonymous": 0}
+    r = await call(p1, "presence", {"room": NEWS})
+    assert (r.status_code, r.json()["error"]) == (400, "presence-not-enabled")
+    r = await call(p1, "presence_stats", {})
+    assert (r.status_code, r.json()["error"]) == (400, "missing-field")
 
 
 MOUNT_ARGV = ["{python}", "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}",

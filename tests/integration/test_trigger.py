@@ -2,7 +2,7 @@
 from a Django process of its own reaching a WebSocket subscriber through Redis.
 
 The HTTP contract runs against both ways the route is served (``ROUTES``): the sidecar's ASGI
-route in front of Django (``broker.triggerroute``) and the Django view a project that mounts
+route in front of Django (``broker.backendroute``) and the Django view a project that mounts
 ``broker.urls`` serves (``tests/viewasgi.py``)."""
 
 from __future__ import annotations

@@ -1,39 +1,57 @@
-"""``POST /trigger`` answered in front of Django: the sidecar's ASGI route for trigger ingestion.
+"""The backend's POSTs answered in front of Django: ``POST /trigger`` and the server API's
+``POST /api/<operation>``, the sidecar's ASGI route for both.
 
 Django's ASGI handler runs each request's signals in a thread of its own (a thread started and
-joined per request) and builds the whole request/response cycle around a view that needs none
-of it: under load, /trigger spent its time handing requests between threads. ``TriggerRoute``
-wraps the HTTP application (``combroker.asgi``): a POST to the trigger view's path (found by
-its route name, wherever the URL configuration mounts it: ``httpguard.is_trigger_path``) is
-answered here, every other request goes to the wrapped application as before.
+joined per request) and builds the whole request/response cycle around views that need none of
+it: under load, /trigger spent its time handing requests between threads. ``BackendRoute``
+wraps the HTTP application (``combroker.asgi``): a POST to the trigger view's or the server
+API's path (found by their route names, wherever the URL configuration mounts them:
+``httpguard.is_trigger_path``, ``httpguard.api_operation``) is answered here, every other
+request goes to the wrapped application as before.
 
-What it does is what the view does, from the same code: the head is judged before the body is
-read (``httpguard.trigger_head``: 401, 413 and the answer closes the connection), the body is
-read up to BROKER_MAX_TRIGGER_BYTES (413 as soon as a chunked body passes it), and
-``broker.ingest`` answers it. Other methods reach the view (405).
+What it does is what the views do (``broker.views``), from the same code: the head is judged
+before the body is read (``httpguard.trigger_head``: the trigger token, 401; a declared length
+over BROKER_MAX_TRIGGER_BYTES, 413; the answer closes the connection), the body is read up to
+that limit (413 as soon as a chunked body passes it), and ``broker.ingest`` (a trigger or a
+batch) or ``broker.serverapi`` (an operation) answers it. Other methods reach the views (405).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
-from . import ingest
-from .httpguard import Limit, Receive, Scope, Send, is_trigger_path, respond, route_path, \
-    trigger_head
+from . import ingest, serverapi
+from .httpguard import Limit, Receive, Scope, Send, api_operation, is_trigger_path, respond, \
+    route_path, trigger_head
+from .ingest import Answer
 
 log = logging.getLogger("broker.trigger")
 
 _JSON = (b"content-type", b"application/json")
 
+Answerer = Callable[[bytes], Awaitable[Answer]]  # a body, accepted by its head -> the answer
 
-class TriggerRoute:
+
+def answerer(path: str) -> Answerer | None:
+    """What answers a POST to ``path``: the trigger route's or a server API operation's."""
+    if is_trigger_path(path):
+        return ingest.answer
+    operation = api_operation(path)
+    if operation is not None:
+        return functools.partial(serverapi.answer, operation)
+    return None
+
+
+class BackendRoute:
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope["method"] != "POST"
-                or not is_trigger_path(route_path(scope))):
+        path = route_path(scope) if scope["type"] == "http" and scope["method"] == "POST" else ""
+        answer_body = answerer(path) if path else None
+        if answer_body is None:
             await self.app(scope, receive, send)
             return
         authorization, length = "", None
@@ -54,10 +72,10 @@ class TriggerRoute:
             await respond(send, 413, raw.refusal())
             return
         try:
-            answer = await ingest.answer(raw)
+            answer = await answer_body(raw)
         except Exception:
-            log.exception("POST /trigger failed")
-            answer = ingest.Answer(500, {"error": "internal error"})
+            log.exception("POST %s failed", path)
+            answer = Answer(500, {"error": "internal error"})
         content = answer.content()
         await send({"type": "http.response.start", "status": answer.status,
                     "headers": [_JSON, (b"content-length", str(len(content)).encode())]})
