@@ -130,6 +130,9 @@ def presence_cost(res: dict) -> list[str]:
     if on and off:
         rows.append(f"  B3 storm, conns/s: {_f(on)} with, {_f(off)} without: {_x(on / off)}"
                     f" (logins: {'yes' if res.get('auth_logins') else 'no'})")
+    on, off = (_g(res, "B4", t, "kib_per_conn") for t in (prod, "nopresence"))
+    if on and off:
+        rows.append(f"  B4 idle, KiB/conn: {_f(on)} with, {_f(off)} without: {_x(on / off)}")
     return ["", "Presence cost (issue 14), with / without, same run:", *rows] if rows else []
 
 

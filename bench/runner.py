@@ -4,7 +4,7 @@ Targets (all measured in the same run, through the same load generator):
   uvicorn  this tree under uvicorn (the production server, docs/performance.md), one process,
            private redis-server, pub/sub layer; goals and ratios use it
   nopresence  this tree on the production server with BROKER_PRESENCE=false: beside uvicorn,
-           what presence costs (B1, B3; run B3 with BENCH_AUTH_LOGINS=1 so that every
+           what presence costs (B1, B3, B4; run with BENCH_AUTH_LOGINS=1 so that every
            connection has a login, whose online state presence keeps)
   asgi     this tree under uvicorn with uvicorn's own WebSocket implementation
            (websockets-sansio) and the ASGI adapter (broker/consumers.py), not the edge
@@ -824,7 +824,7 @@ SCENARIO_TARGETS: dict[str, tuple[str, ...]] = {
     "B1h": (), "B5": (), "B6": (),  # the production server, whatever --targets says
     "B2": ("daphne", "uvicorn", "classic"),
     "B3": ("daphne", "uvicorn", "asgi", "nopresence", "prev", "ht", "rawauth"),
-    "B4": ("daphne", "uvicorn", "asgi", "ht", "raw"),
+    "B4": ("daphne", "uvicorn", "asgi", "nopresence", "ht", "raw"),
     "B7": ("daphne", "uvicorn", "prev", "classic", "rawtrigger"),
 }
 

@@ -88,6 +88,9 @@ class Hub:
         self.presence = Presence(stores.presence, settings.presence_policy,
                                  self._presence_changed)
         self.webhooks = settings.webhooks  # lifecycle events are queued for the webhook
+        # Who is online serves only the lifecycle events: counted when someone listens (the
+        # webhook, or a receiver of the Django signal connected before the first connection).
+        self.track_online = settings.presence_policy.enabled and lifecycle.wanted(self.webhooks)
         # lifecycle events leave in the order of their transitions, a batch at a time
         self._lifecycle: Coalesced[list[dict[str, Any]], None] = Coalesced(self._emit)
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -128,7 +131,7 @@ class Hub:
     async def attach(self, conn: Receiver) -> None:
         dest = conn.identity.destination
         self.conns[conn.id] = conn
-        if dest:
+        if dest and self.track_online:
             self.presence.change(ONLINE, dest, 1)  # detach counts it out, whatever happens
         try:
             room = conn.identity.client_room
@@ -150,7 +153,7 @@ class Hub:
             return
         await self.unsubscribe(subscriptions)
         dest = conn.identity.destination
-        if dest:
+        if dest and self.track_online:
             self.presence.change(ONLINE, dest, -1)
         last = False
         room = conn.identity.client_room

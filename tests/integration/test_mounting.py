@@ -7,6 +7,10 @@ its own view; its asgi.py routes WebSockets to ``broker.routing.websocket_urlpat
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+
 from tests.harness import expect_nothing, recv_json, send_json, trigger, ws_open
 
 MOUNT_ARGV = ["{python}", "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}",
@@ -47,3 +51,31 @@ async def test_mounted_broker(broker_factory, auth_api, redis_server, unique):
                    ).status_code == 401
     assert trigger(broker.base_url, "env-token", [NEWS], 0, path="/rt/trigger/"
                    ).status_code == 202
+
+
+async def test_the_host_project_hears_lifecycle_events_by_django_signal(
+        broker_factory, auth_api, redis_server, unique, tmp_path):
+    """No webhook: a receiver of ``broker.signals.lifecycle`` in the project's own app
+    (tests/mountproject/notes/apps.py) hears online, joined, left and offline, once each."""
+    log = tmp_path / "lifecycle.jsonl"
+    auth_api.allow(token="t", body={"login_id": "bob", "allowed_rooms": [NEWS]})
+    broker = broker_factory(
+        argv=MOUNT_ARGV, ready_path="/rt/healthz", auth_api=auth_api, redis=redis_server,
+        BROKER_KEY_PREFIX=f"mount-{unique}", DJANGO_SETTINGS_MODULE="tests.mountproject.settings",
+        BROKER_LIFECYCLE_ROOMS=json.dumps([NEWS]), MOUNTPROJECT_LIFECYCLE_LOG=str(log))
+    ws, welcome = await ws_open(broker.ws_url, token="t")
+    assert welcome["is_authorized"] is True
+    await send_json(ws, {"type": "subscribe", "room": NEWS, "requestId": "n"})
+    assert await recv_json(ws) == {"code": "success"}
+    await ws.close()
+
+    def heard() -> list[dict]:
+        return [json.loads(line) for line in log.read_text().splitlines()] \
+            if log.exists() else []
+    deadline = time.monotonic() + 10
+    while len(heard()) < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    events = heard()
+    assert [(e["type"], e["login"]) for e in events] == [
+        ("online", "bob"), ("joined", "bob"), ("left", "bob"), ("offline", "bob")], events
+    assert events[1]["room"] == NEWS and len({e["id"] for e in events}) == 4

@@ -17,3 +17,18 @@ class NotesConfig(AppConfig):
             rooms=lambda note: [{"target": "notes", "board": note.board}],
             serializer=lambda note: {"title": note.title, "board": note.board},
         )
+
+        # What a host project writes to hear who comes online, goes offline, joins and leaves
+        # (broker.signals.lifecycle); here each event is appended to a file the test reads.
+        import json
+        import os
+
+        from broker.signals import lifecycle
+
+        path = os.environ.get("MOUNTPROJECT_LIFECYCLE_LOG")
+        if path:
+            def on_lifecycle(sender, event, **kwargs):
+                with open(path, "a") as log:
+                    log.write(json.dumps(event) + "\n")
+
+            lifecycle.connect(on_lifecycle, weak=False)
