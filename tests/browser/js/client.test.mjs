@@ -17,37 +17,16 @@ import {
   CLOSE_CODES, CombrokerClient, CombrokerError, backoffDelay, connect, websocketUrl,
 } from "../../../broker/static/combroker/combroker.js";
 
+import { FakeWS, nextEvent, uid, waitFor } from "./support.mjs";
+
 const WS_URL = process.env.COMBROKER_WS_URL;
 const BASE_URL = process.env.COMBROKER_BASE_URL;
 const TRIGGER_TOKEN = process.env.COMBROKER_TRIGGER_TOKEN;
 const noBroker = !WS_URL || !BASE_URL || !TRIGGER_TOKEN;
 const NEWS = { target: "news" };
 const CHAT1 = { target: "chat", customer: "1" };
-const uid = () => Math.random().toString(36).slice(2, 10);
+FakeWS.welcomed = { allowed_rooms: [NEWS], resume_token: null };
 
-// Generous: the machine running this may be loaded.
-const WAIT = 15000;
-
-function waitFor(predicate, what, timeout = WAIT) {
-  return new Promise((resolve, reject) => {
-    const t0 = Date.now();
-    const tick = () => {
-      let value;
-      try { value = predicate(); } catch (err) { reject(err); return; }
-      if (value) { resolve(value); return; }
-      if (Date.now() - t0 > timeout) { reject(new Error(`timed out waiting for ${what}`)); return; }
-      setTimeout(tick, 10);
-    };
-    tick();
-  });
-}
-
-function nextEvent(client, type, timeout = WAIT) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { off(); reject(new Error(`no ${type} event`)); }, timeout);
-    const off = client.once(type, (ev) => { clearTimeout(timer); resolve(ev); });
-  });
-}
 
 async function trigger(rooms, data) {
   const r = await fetch(`${BASE_URL}/trigger`, {
@@ -106,37 +85,6 @@ describe("backoff", () => {
     assert.ok(seen.size > 10, `only ${seen.size} distinct delays`);
   });
 });
-
-// A scripted stand-in for WebSocket: `FakeWS.server(ws)` decides what each socket does.
-class FakeWS {
-  static instances = [];
-  static server = () => {};
-  constructor(url, protocol) {
-    this.url = url;
-    this.protocol = protocol;
-    this.readyState = 0;
-    this.sent = [];
-    FakeWS.instances.push(this);
-    setTimeout(() => FakeWS.server(this), 0);
-  }
-  send(text) { this.sent.push(JSON.parse(text)); if (this.onsend) this.onsend(JSON.parse(text)); }
-  close(code = 1000, reason = "") {
-    if (this.readyState === 3) return;
-    this.readyState = 3;
-    setTimeout(() => this.onclose && this.onclose({ code, reason }), 0);
-  }
-  serverSend(frame) { this.onmessage && this.onmessage({ data: JSON.stringify(frame) }); }
-  serverClose(code, reason = "") {
-    this.readyState = 3;
-    this.onclose && this.onclose({ code, reason });
-  }
-  welcome(extra = {}) {
-    this.readyState = 1;
-    this.serverSend({ type: "welcome", is_authorized: true, allowed_rooms: [NEWS],
-      connection_id: `c${FakeWS.instances.length}`, login_id: "x", profile: "agent",
-      destination: "/agent/x", resume_token: null, ...extra });
-  }
-}
 
 describe("client logic (scripted socket)", () => {
   test("replies are matched by requestId, whatever their order", async () => {

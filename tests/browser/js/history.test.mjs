@@ -9,51 +9,21 @@ import WS from "ws";
 
 import { connect } from "../../../broker/static/combroker/combroker.js";
 
+import { FakeWS, WAIT, nextEvent, tick } from "./support.mjs";
+
 const WS_URL = process.env.COMBROKER_WS_URL;
 const BASE_URL = process.env.COMBROKER_BASE_URL;
 const TRIGGER_TOKEN = process.env.COMBROKER_TRIGGER_TOKEN;
 const noBroker = !WS_URL || !BASE_URL || !TRIGGER_TOKEN;
 const CHAT1 = { target: "chat", customer: "1" };
-const WAIT = 15000;
-
-function nextEvent(client, type, timeout = WAIT) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { off(); reject(new Error(`no ${type} event`)); }, timeout);
-    const off = client.once(type, (ev) => { clearTimeout(timer); resolve(ev); });
-  });
-}
-
-const tick = (ms = 5) => new Promise((r) => setTimeout(r, ms));
-
-class FakeWS {
-  static instances = [];
-  static server = () => {};
-  constructor(url, protocol) {
-    this.url = url;
-    this.protocol = protocol;
-    this.readyState = 0;
-    this.sent = [];
-    FakeWS.instances.push(this);
-    setTimeout(() => FakeWS.server(this), 0);
+FakeWS.welcomed = { allowed_rooms: [CHAT1], connection_id: "c" };
+// answer subscribes like the broker does for a history room
+FakeWS.answer = (ws, frame) => {
+  if (frame.type === "subscribe") {
+    ws.serverSend({ code: "success", requestId: frame.requestId, offset: 100 });
   }
-  send(text) {
-    const frame = JSON.parse(text);
-    this.sent.push(frame);
-    // answer subscribes like the broker does for a history room
-    if (frame.type === "subscribe") {
-      this.serverSend({ code: "success", requestId: frame.requestId, offset: 100 });
-    }
-  }
-  close() { this.readyState = 3; setTimeout(() => this.onclose && this.onclose({ code: 1000 }), 0); }
-  serverSend(frame) { this.onmessage && this.onmessage({ data: JSON.stringify(frame) }); }
-  serverClose(code) { this.readyState = 3; this.onclose && this.onclose({ code, reason: "" }); }
-  welcome(extra = {}) {
-    this.readyState = 1;
-    this.serverSend({ type: "welcome", is_authorized: true, allowed_rooms: [CHAT1],
-      connection_id: "c", login_id: "x", profile: "agent", destination: "/agent/x",
-      resume_token: `rt-${FakeWS.instances.length}`, ...extra });
-  }
-}
+};
+
 
 const options = { WebSocket: FakeWS, minDelay: 1, maxDelay: 5, pingInterval: 0 };
 

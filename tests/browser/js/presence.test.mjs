@@ -11,49 +11,12 @@ import WS from "ws";
 
 import { connect, memberKey } from "../../../broker/static/combroker/combroker.js";
 
+import { FakeWS, uid, waitFor } from "./support.mjs";
+
 const WS_URL = process.env.COMBROKER_WS_URL;
 const noBroker = !WS_URL;
 const ROOM = { target: "chat", customer: "1" };
-const WAIT = 15000;
-const uid = () => Math.random().toString(36).slice(2, 10);
-
-function waitFor(predicate, what, timeout = WAIT) {
-  return new Promise((resolve, reject) => {
-    const t0 = Date.now();
-    const tick = () => {
-      let value;
-      try { value = predicate(); } catch (err) { reject(err); return; }
-      if (value) { resolve(value); return; }
-      if (Date.now() - t0 > timeout) { reject(new Error(`timed out waiting for ${what}`)); return; }
-      setTimeout(tick, 10);
-    };
-    tick();
-  });
-}
-
-class FakeWS {
-  static instances = [];
-  static server = () => {};
-  constructor(url, protocol) {
-    this.url = url;
-    this.protocol = protocol;
-    this.readyState = 0;
-    this.sent = [];
-    FakeWS.instances.push(this);
-    setTimeout(() => FakeWS.server(this), 0);
-  }
-  send(text) { this.sent.push(JSON.parse(text)); }
-  close() { this.readyState = 3; setTimeout(() => this.onclose && this.onclose({ code: 1000 }), 0); }
-  serverSend(frame) { this.onmessage && this.onmessage({ data: JSON.stringify(frame) }); }
-  serverClose(code) { this.readyState = 3; this.onclose && this.onclose({ code, reason: "" }); }
-  welcome(extra = {}) {
-    this.readyState = 1;
-    this.serverSend({ type: "welcome", is_authorized: true, allowed_rooms: [ROOM],
-      connection_id: `c${FakeWS.instances.length}`, login_id: "x", profile: "agent",
-      destination: "/agent/x", resume_token: `rt-${FakeWS.instances.length}`, ...extra });
-  }
-  last(type) { return [...this.sent].reverse().find((f) => f.type === type); }
-}
+FakeWS.welcomed = { allowed_rooms: [ROOM] };
 
 const options = { WebSocket: FakeWS, minDelay: 1, maxDelay: 5, pingInterval: 0 };
 const member = (login) => ({ login, profile: "agent" });
