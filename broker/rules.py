@@ -172,14 +172,9 @@ def _subscribe(req: Subscribe, s: Requester) -> Step:
                       "profile": str(watches[0] if watches else Profile.AGENT)}
     if rid is None:
         return Step(Error(errors.NO_REQUEST_ID))
-    if (bad := _bad_request_id(rid)) is not None:
-        return bad
-    if not s.identity.rule.can_subscribe:
-        return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
-    try:
-        room = s.identity.local_room(parse_room(room_value))
-    except InvalidRoom as exc:
-        return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
+    room = _named_room(room_value, rid, s)
+    if isinstance(room, Step):
+        return room
     since = req.since
     if (bad := _bad_since(since, rid)) is not None:
         return bad
@@ -333,18 +328,24 @@ def _admin(req: Admin, s: Requester) -> Step:
     return Step(Error(errors.UNKNOWN_ACTION, rid, f"actions: {sorted(ADMIN_ACTIONS)}"))
 
 
-def _readable(room_value: Any, rid: Any, s: Requester) -> Room | Step:
-    """The room a history or presence request names, read in the client's realm, when the
-    client may subscribe to it (what it may read); else the refusal."""
+def _named_room(room_value: Any, rid: Any, s: Requester) -> Room | Step:
+    """The room a subscribe, history or presence request names, read in the client's realm;
+    else the refusal (a bad request id, a profile that cannot subscribe, an invalid room)."""
     if (bad := _bad_request_id(rid)) is not None:
         return bad
     if not s.identity.rule.can_subscribe:
         return Step(Error(errors.PROFILE_CANNOT_SUBSCRIBE, rid))
     try:
-        room = s.identity.local_room(parse_room(room_value))
+        return s.identity.local_room(parse_room(room_value))
     except InvalidRoom as exc:
         return Step(Error(errors.INVALID_ROOM, rid, str(exc)))
-    if not s.identity.may_subscribe(room):
+
+
+def _readable(room_value: Any, rid: Any, s: Requester) -> Room | Step:
+    """The room a history or presence request names, when the client may subscribe to it
+    (what it may read); else the refusal."""
+    room = _named_room(room_value, rid, s)
+    if not isinstance(room, Step) and not s.identity.may_subscribe(room):
         return Step(Error(errors.ROOM_NOT_FOUND, rid))
     return room
 
