@@ -163,23 +163,10 @@ async def redis_prefix(redis_server: Any) -> AsyncIterator[Callable[[int], Redis
 
 
 @pytest.fixture(params=["redis", "memory"])
-async def any_queue(request: pytest.FixtureRequest,
-                    redis_server: Any) -> AsyncIterator[Callable[[int], Any]]:
+def any_queue(request: pytest.FixtureRequest,
+              redis_prefix: Callable[[int], RedisWebhookQueue]) -> Callable[[int], Any]:
     """A queue maker: a Redis one (under a fresh prefix) or the memory twin."""
-    if request.param == "memory":
-        yield MemoryWebhookQueue
-        return
-    prefix = f"hooks-{uuid.uuid4().hex[:8]}"
-    clients: list[RedisClient] = []
-
-    def make(max_pending: int = 100_000) -> RedisWebhookQueue:
-        client = RedisClient(redis_server.url, prefix)
-        clients.append(client)
-        return RedisWebhookQueue(client, max_pending)
-
-    yield make
-    for client in clients:
-        await client.close()
+    return MemoryWebhookQueue if request.param == "memory" else redis_prefix
 
 
 def check_signed(r: Received) -> None:
