@@ -30,7 +30,6 @@ from typing import Protocol
 from ..presence import JOIN, LEAVE, Transition
 from .redis import RedisClient, text
 
-SEP = "\x1f"
 STALE = None  # what ``apply`` answers when the process must ``sync`` first
 
 Key = tuple[str, str]  # (room key, member)
@@ -47,6 +46,11 @@ local function add(prefix, room, member, delta, out)
   elseif before > 0 and total <= 0 then
     table.insert(out, 'leave'); table.insert(out, room); table.insert(out, member)
   end
+end
+-- The same, for one of a process's own fields ("<room> <US> <member>").
+local function add_field(prefix, field, delta, out)
+  local sep = string.find(field, '\\31', 1, true)
+  add(prefix, string.sub(field, 1, sep - 1), string.sub(field, sep + 1), delta, out)
 end
 local function fresh(prefix, proc, dead_after)
   local t = redis.call('TIME')
@@ -93,10 +97,7 @@ for i = 3, #ARGV, 3 do
   redis.call('HSET', own, field, count)
   if delta ~= 0 then add(prefix, room, member, delta, out) end
 end
-for field, count in pairs(old) do
-  local sep = string.find(field, '\\31', 1, true)
-  add(prefix, string.sub(field, 1, sep - 1), string.sub(field, sep + 1), -count, out)
-end
+for field, count in pairs(old) do add_field(prefix, field, -count, out) end
 if #ARGV > 2 then redis.call('SADD', prefix .. ':prprocs', proc)
 else redis.call('SREM', prefix .. ':prprocs', proc) end
 return out
@@ -112,12 +113,7 @@ for _, proc in ipairs(redis.call('SMEMBERS', prefix .. ':prprocs')) do
   if not fresh(prefix, proc, tonumber(ARGV[2])) then
     local own = prefix .. ':prp:' .. proc
     local flat = redis.call('HGETALL', own)
-    for i = 1, #flat, 2 do
-      local field = flat[i]
-      local sep = string.find(field, '\\31', 1, true)
-      add(prefix, string.sub(field, 1, sep - 1), string.sub(field, sep + 1),
-          -tonumber(flat[i + 1]), out)
-    end
+    for i = 1, #flat, 2 do add_field(prefix, flat[i], -tonumber(flat[i + 1]), out) end
     redis.call('DEL', own)
     redis.call('SREM', prefix .. ':prprocs', proc)
   end
