@@ -47,6 +47,7 @@ from .eagersend import EagerSend
 from .handshake import credentials_from_scope, origin_allowed_by
 from .httpguard import Limit, Receive, Scope, Send, route_path
 from .jsontext import dump_json, load_json
+from .limits import origin_allowed
 from .replies import Error
 
 # The paths SseRoute serves.
@@ -57,6 +58,10 @@ STREAM_HEADERS: Final = [(b"content-type", b"text/event-stream; charset=utf-8"),
 # The transport's own heart-beat frame (no codec frame is empty), written as a comment.
 HEARTBEAT: Final = ""
 _COMMENT: Final = b":\n\n"
+# The answer to a preflight (a page POSTing its subscribe list, or sending Last-Event-ID).
+_PREFLIGHT: Final = [(b"access-control-allow-methods", b"GET, POST"),
+                     (b"access-control-allow-headers", b"content-type, last-event-id"),
+                     (b"access-control-max-age", b"600")]
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what ends a line of an event stream (and only that)
 
 
@@ -153,6 +158,18 @@ def _loaded(raw: str | bytes, c: Settings) -> Any:
         raise BadRequest(400, errors.INVALID_SUBSCRIBE_LIST, "not JSON") from None
 
 
+def cors_headers(scope: Scope, allowed: tuple[str, ...]) -> list[tuple[bytes, bytes]]:
+    """What lets a page of another origin read the stream (EventSource ``withCredentials``:
+    with its cookies): its Origin echoed when BROKER_ALLOWED_ORIGINS allows it, as a
+    WebSocket handshake from that page would be. None without an Origin (same origin, or
+    not a browser)."""
+    origin = next((v for k, v in scope.get("headers", []) if k.lower() == b"origin"), None)
+    if origin is None or not origin_allowed(origin.decode("latin-1"), allowed):
+        return []
+    return [(b"access-control-allow-origin", origin),
+            (b"access-control-allow-credentials", b"true"), (b"vary", b"origin")]
+
+
 def _refusal_status(code: int, reason: str) -> int:
     """The HTTP status of a close before the stream opened (serve's refusal table)."""
     if code in (errors.CLOSE_REFUSED, errors.CLOSE_ORIGIN):
@@ -169,7 +186,7 @@ class SseStream:
 
     __slots__ = ("scope", "_receive", "_send", "remote_addr", "last_write", "last_read",
                  "_codec", "_frames", "_started", "_closed", "_over", "_listening",
-                 "_refusal", "_positions", "_id_due", "_sending")
+                 "_refusal", "_positions", "_id_due", "_sending", "_cors")
 
     name = "sse"
     close_codes = True  # the last event says the code
@@ -203,9 +220,15 @@ class SseStream:
         self._positions: dict[str, int] = {}
         self._id_due = False
         self._sending = EagerSend()
+        self._cors = cors_headers(scope, conf().BROKER_ALLOWED_ORIGINS)
 
     async def run(self) -> None:
         c = conf()
+        if self.scope.get("method") == "OPTIONS":  # a page's preflight before a POST
+            await self._send({"type": "http.response.start", "status": 204,
+                              "headers": [*self._cors, *_PREFLIGHT]})
+            await self._send({"type": "http.response.body", "body": b""})
+            return
         try:
             self._frames.extend(await self._read_request(c))
         except BadRequest as exc:
@@ -318,7 +341,7 @@ class SseStream:
         if not self._started:  # the welcome: the connection is open
             self._started = True
             await self._send({"type": "http.response.start", "status": 200,
-                              "headers": STREAM_HEADERS})
+                              "headers": [*STREAM_HEADERS, *self._cors]})
         await self._send({"type": "http.response.body", "body": body, "more_body": True})
         self.last_write = time.monotonic()
 
@@ -356,7 +379,7 @@ class SseStream:
         await self._send({"type": "http.response.start", "status": status,
                           "headers": [(b"content-type", b"application/json"),
                                       (b"content-length", str(len(content)).encode()),
-                                      (b"cache-control", b"no-store")]})
+                                      (b"cache-control", b"no-store"), *self._cors]})
         await self._send({"type": "http.response.body", "body": content})
         self._over.set()
 

@@ -295,6 +295,17 @@ async def test_refusals_and_bad_requests_are_http_statuses(broker_factory, auth_
         assert (await get(sse_url(broker, one, token="bob"),
                           headers={"Origin": "https://evil.example.com"})) == (403, {
             "type": "refused", "is_authorized": False, "reason": "origin-not-allowed"})
+        # a page of an allowed origin may read what it is told (CORS, with its cookies)
+        app = {"Origin": "https://app.example.com"}
+        r = await http.get(sse_url(broker, one, token="nobody"), headers=app)
+        assert r.status_code == 403
+        assert r.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert r.headers["access-control-allow-credentials"] == "true"
+        r = await http.options(sse_url(broker), headers=app)
+        assert r.status_code == 204 and "last-event-id" in r.headers[
+            "access-control-allow-headers"]
+        r = await http.options(sse_url(broker), headers={"Origin": "https://evil.example.com"})
+        assert "access-control-allow-origin" not in r.headers
         for url, kw, status, check in [
             (sse_url(broker, "[1", token="bob"), {}, 400, error("invalid-subscribe-list")),
             (sse_url(broker, [1, 2], token="bob"), {}, 400, error("invalid-subscribe-list")),
