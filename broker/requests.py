@@ -56,6 +56,8 @@ class Subscribe:
     since: Any = None
     # Tell this subscription who joins and leaves its room (broker.presence).
     presence: Any = False
+    # The event filter (a JSON value; broker.filters compiles it): None = every trigger.
+    filter: Any = None
 
 
 @dataclass(slots=True)

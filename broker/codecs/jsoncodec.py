@@ -63,7 +63,7 @@ def _decode_request(msg: dict[str, Any]) -> Request:
     rid = msg.get("requestId")
     if kind == "subscribe":
         return Subscribe(rid, msg.get("room"), since=msg.get("since"),
-                         presence=msg.get("presence", False))
+                         presence=msg.get("presence", False), filter=msg.get("filter"))
     if kind == "unsubscribe":
         return Unsubscribe(rid)
     if kind == "ping":
