@@ -103,6 +103,7 @@ class Publish:
     data: Any
     meta: CodecContext = None
     history: Any = False  # record the trigger in its rooms' history (BROKER_HISTORY)
+    tags: Any = None  # the trigger's tags (broker.filters.check_tags)
 
 
 @dataclass(slots=True)

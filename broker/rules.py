@@ -40,7 +40,7 @@ from .effects import (
     SendDirect,
     Stats,
 )
-from .filters import InvalidFilter, compile_filter
+from .filters import InvalidFilter, InvalidTags, check_tags, compile_filter
 from .history import HistoryPolicy, recovered, valid_offset
 from .identity import Identity, Profile, resolve_destination
 from .jsontext import dump_json
@@ -254,7 +254,11 @@ def _publish(req: Publish, s: Requester) -> Step:
         return Step(Error(errors.ROOM_NOT_ALLOWED, rid))
     if not isinstance(req.history, bool):
         return Step(Error(errors.INVALID_MESSAGE, rid, "'history' must be a boolean"))
-    return Step(Success(rid), PublishRooms(rooms, dump_json(req.data), req.history))
+    try:
+        tags = check_tags(req.tags)
+    except InvalidTags as exc:
+        return Step(Error(errors.INVALID_TAGS, rid, exc.detail))
+    return Step(Success(rid), PublishRooms(rooms, dump_json(req.data), req.history, tags))
 
 
 def _history(req: History, s: Requester) -> Step:

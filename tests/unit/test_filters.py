@@ -243,3 +243,55 @@ def _reference(source: Any, tags: dict[str, Any]) -> bool:
 @given(_valid, st.dictionaries(_operand, _literal, max_size=2))
 def test_fuzz_valid_filters_agree_with_the_grammar(source: Any, tags: dict[str, Any]) -> None:
     assert compile_filter(source).matches(tags) is _reference(source, tags)
+
+
+# ---------------------------------------------------------------- the session's rules
+
+
+def _rules(profile: str = "agent") -> Any:
+    from broker.identity import identity_from_api
+    from tests.unit.sessions import rules
+
+    return rules(identity_from_api({"allowed_rooms": [{"target": "chat", "customer": "*"}],
+                                    "login_id": "bob", "profile": profile}))
+
+
+def test_a_subscribe_compiles_its_filter_once_and_refuses_a_bad_one_by_name() -> None:
+    from broker.codecs.jsoncodec import JsonCodec
+    from broker.effects import JoinRoom
+    from broker.replies import Error
+
+    codec = JsonCodec(rich=True)
+    room = {"target": "chat", "customer": "1"}
+    s = _rules()
+    step = s.handle(codec.decode(json.dumps({"type": "subscribe", "requestId": 1, "room": room,
+                                             "filter": {"eq": ["status", "paid"]}})))
+    assert isinstance(step.effect, JoinRoom)
+    sub = step.effect.subscription
+    assert sub.filter is not None and sub.filter.matches({"status": "paid"})
+    assert not sub.filter.matches({"status": "open"})
+    plain = s.handle(codec.decode(json.dumps({"type": "subscribe", "requestId": 2,
+                                              "room": room})))
+    assert isinstance(plain.effect, JoinRoom) and plain.effect.subscription.filter is None
+    for bad, code in (({"eq": "x"}, errors.INVALID_FILTER),
+                      ({"in": ["a", list(range(MAX_IN_VALUES + 1))]}, errors.FILTER_TOO_LARGE)):
+        step = s.handle(codec.decode(json.dumps({"type": "subscribe", "requestId": 3,
+                                                 "room": room, "filter": bad})))
+        assert isinstance(step.reply, Error) and step.reply.code == code and step.reply.detail
+        assert step.effect is None and '3' not in s.subscriptions
+
+
+def test_a_client_publish_carries_its_tags_and_bad_tags_are_refused_by_name() -> None:
+    from broker.codecs.jsoncodec import JsonCodec
+    from broker.effects import PublishRooms
+    from broker.replies import Error
+
+    codec = JsonCodec(rich=True)
+    s = _rules("service")
+    frame = {"type": "publish", "requestId": 1, "rooms": [{"target": "x"}], "data": 1,
+             "tags": {"status": "paid"}}
+    step = s.handle(codec.decode(json.dumps(frame)))
+    assert isinstance(step.effect, PublishRooms) and step.effect.tags == {"status": "paid"}
+    step = s.handle(codec.decode(json.dumps({**frame, "tags": {"status": ["paid"]}})))
+    assert isinstance(step.reply, Error) and step.reply.code == errors.INVALID_TAGS
+    assert step.effect is None
