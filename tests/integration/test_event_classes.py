@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.harness import ROOT, recv_json, recv_many, send_json, ws_open
-from tests.integration.test_model_events import MOUNT_ARGV, SETTINGS, migrate
+from tests.integration.test_model_events import SETTINGS, mounted
 
 RICH = ["combroker.v1"]
 
@@ -34,13 +34,8 @@ async def test_a_saved_model_reaches_subscribers_as_its_event_class_declares(
         broker_factory, auth_api, redis_server, unique, tmp_path):
     board = f"b-{unique}"
     room = {"target": "note-events", "board": board}
-    auth_api.allow(token="t", body={"allowed_rooms": [{"target": "note-events", "board": "*"}]})
-    db = str(tmp_path / "notes.sqlite3")
-    migrate(db)
-    broker = broker_factory(
-        argv=MOUNT_ARGV, ready_path="/rt/healthz", auth_api=auth_api, redis=redis_server,
-        BROKER_KEY_PREFIX=f"events-{unique}", DJANGO_SETTINGS_MODULE=SETTINGS,
-        MOUNTPROJECT_DB=db, BROKER_TRIGGER_TOKEN=None)
+    broker = mounted(broker_factory, auth_api, redis_server, f"events-{unique}", tmp_path,
+                     "note-events")
 
     ws, _ = await ws_open(broker.ws_url, token="t", subprotocols=RICH)
     for rid, extra in (("all", {}), ("paid", {"filter": {"eq": ["status", "paid"]}})):
