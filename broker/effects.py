@@ -33,6 +33,7 @@ from typing import Any
 
 from rooms import Room
 
+from .filters import Scalar
 from .history import HistoryRule
 from .subscription import Subscription
 
@@ -63,6 +64,7 @@ class PublishRooms:
     rooms: list[Room]
     data_json: str
     history: bool = False
+    tags: dict[str, Scalar] | None = None  # what subscriptions' filters match
 
 
 @dataclass(slots=True)

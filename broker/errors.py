@@ -48,6 +48,12 @@ INVALID_TRIGGER_ID = "invalid-trigger-id"
 ACK_RECIPIENT_QUOTA = "ack-recipient-quota"
 ACK_SENDER_QUOTA = "ack-sender-quota"
 ACK_STORE_FULL = "ack-store-full"
+# Event filters and tags (broker.filters, docs/protocol.md "Event filters"): a subscription's
+# ``filter`` that is not the grammar, one over a bound (operators, nesting, an ``in`` list, a
+# literal's length), and a trigger's ``tags`` that are not an object of bounded scalars.
+INVALID_FILTER = "invalid-filter"
+FILTER_TOO_LARGE = "filter-too-large"
+INVALID_TAGS = "invalid-tags"
 # Over BROKER_RATE_LIMIT: the request was not carried out (repeated, the close reason of 4029).
 RATE_LIMITED = "rate-limited"
 

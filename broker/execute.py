@@ -55,7 +55,7 @@ async def carry_out(effect: Effect, hub: Hub, owner: Receiver) -> Any:
             return None
         case PublishRooms():
             return await hub.router.publish(effect.rooms, effect.data_json,
-                                            history=effect.history)
+                                            history=effect.history, tags=effect.tags)
         case SendDirect():
             # An acknowledged message waits for a recipient that is not connected yet.
             if not effect.ack and not await registry.destination_exists(effect.destination):

@@ -40,6 +40,7 @@ from .effects import (
     SendDirect,
     Stats,
 )
+from .filters import InvalidFilter, InvalidTags, check_tags, compile_filter
 from .history import HistoryPolicy, recovered, valid_offset
 from .identity import Identity, Profile, resolve_destination
 from .jsontext import dump_json
@@ -190,13 +191,20 @@ def _subscribe(req: Subscribe, s: Requester) -> Step:
         return Step(Error(errors.ROOM_NOT_FOUND, rid))
     if req.presence and not s.settings.presence.tracked(room):
         return Step(Error(errors.PRESENCE_NOT_ENABLED, rid))
+    event_filter = None
+    if req.filter is not None:
+        try:
+            event_filter = compile_filter(req.filter)  # once per subscription
+        except InvalidFilter as exc:
+            return Step(Error(exc.code, rid, exc.detail))
     if len(s.subscriptions) >= s.settings.max_subscriptions:
         return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid))
     if pattern is not None and sum(other.pattern is not None for other in
                                    s.subscriptions.values()) >= MAX_REGEX_WATCHES:
         return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid,
                           f"at most {MAX_REGEX_WATCHES} regular-expression watches"))
-    sub = Subscription(rid, key, room, pattern=pattern, presence=req.presence)
+    sub = Subscription(rid, key, room, pattern=pattern, presence=req.presence,
+                       filter=event_filter)
     s.subscriptions[key] = sub
     rule = s.settings.history.rule_for(room)
     if rule is None:
@@ -246,7 +254,11 @@ def _publish(req: Publish, s: Requester) -> Step:
         return Step(Error(errors.ROOM_NOT_ALLOWED, rid))
     if not isinstance(req.history, bool):
         return Step(Error(errors.INVALID_MESSAGE, rid, "'history' must be a boolean"))
-    return Step(Success(rid), PublishRooms(rooms, dump_json(req.data), req.history))
+    try:
+        tags = check_tags(req.tags)
+    except InvalidTags as exc:
+        return Step(Error(errors.INVALID_TAGS, rid, exc.detail))
+    return Step(Success(rid), PublishRooms(rooms, dump_json(req.data), req.history, tags))
 
 
 def _history(req: History, s: Requester) -> Step:

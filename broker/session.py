@@ -266,7 +266,8 @@ class Session:
         steps = []
         for saved in resume.decode_state(state):
             step = self.handle(Subscribe(saved.request_id, saved.room.original,
-                                         since=saved.offset, presence=saved.presence))
+                                         since=saved.offset, presence=saved.presence,
+                                         filter=saved.filter))
             if isinstance(step.effect, JoinRoom):  # else no longer allowed, or invalid
                 self._begin(step.effect)
                 steps.append(step)
@@ -294,7 +295,8 @@ class Session:
         if self.resume_token is None or not subs:
             return None
         state = resume.encode_state([
-            resume.SavedSubscription(s.request_id, s.room, s.offset, s.presence)
+            resume.SavedSubscription(s.request_id, s.room, s.offset, s.presence,
+                                     s.filter.source if s.filter is not None else None)
             for s in subs if s.pattern is None])
         return SaveResume(resume.token_key(self.resume_token),
                           resume.fingerprint(self.identity), state, self.settings.resume_ttl)

@@ -63,7 +63,7 @@ def _decode_request(msg: dict[str, Any]) -> Request:
     rid = msg.get("requestId")
     if kind == "subscribe":
         return Subscribe(rid, msg.get("room"), since=msg.get("since"),
-                         presence=msg.get("presence", False))
+                         presence=msg.get("presence", False), filter=msg.get("filter"))
     if kind == "unsubscribe":
         return Unsubscribe(rid)
     if kind == "ping":
@@ -77,7 +77,8 @@ def _decode_request(msg: dict[str, Any]) -> Request:
     if kind == "publish":
         if "data" not in msg:
             return Invalid(errors.INVALID_MESSAGE, rid, "publish needs 'rooms' and 'data'")
-        return Publish(rid, msg.get("rooms"), msg["data"], history=msg.get("history", False))
+        return Publish(rid, msg.get("rooms"), msg["data"], history=msg.get("history", False),
+                       tags=msg.get("tags"))
     if kind == "history":
         return History(rid, msg.get("room"), msg.get("limit"), msg.get("since"))
     if kind == "confirm":

@@ -341,13 +341,17 @@ class StompCodec:
             meta = replace(meta, ack_added=sid)
         if h.get("destination-type", "").strip() == "1":
             return self._subscribe_pattern(sid, dest, meta)
+        event_filter = _filter_header(h)
+        if event_filter is _NOT_JSON:
+            return Invalid(errors.INVALID_FILTER, sid, "the filter header is not JSON", meta)
         if dest.startswith(ROOM_PREFIX):
             try:
                 room = _rooms_of(dest)
             except ValueError:
                 return Invalid(errors.INVALID_ROOM, sid, "/room/ must be followed by a JSON room",
                                meta)
-            return Subscribe(sid, room, meta=meta, presence=_presence_header(h))
+            return Subscribe(sid, room, meta=meta, presence=_presence_header(h),
+                             filter=event_filter)
         target = parse_destination(dest, wildcard=True)
         if target is None:
             return Invalid(errors.INVALID_ROOM, sid,
@@ -361,7 +365,7 @@ class StompCodec:
             return Ping(meta=meta)
         profile, login = target
         return Subscribe(sid, {"client": login, "profile": str(profile)}, meta=meta,
-                         presence=_presence_header(h))
+                         presence=_presence_header(h), filter=event_filter)
 
     def _subscribe_pattern(self, sid: Any, source: str, meta: StompContext) -> Request:
         """destination-type:1: watch the connected clients whose destination fully matches.
@@ -571,3 +575,18 @@ def _presence_header(headers: Any) -> Any:
     if value is None:
         return False
     return {"true": True, "false": False}.get(value.strip().lower(), value)
+
+
+_NOT_JSON = object()
+
+
+def _filter_header(headers: Any) -> Any:
+    """A SUBSCRIBE's ``filter:<json>`` header (docs/protocol.md "Event filters"): its JSON
+    value (None: no header), or _NOT_JSON. The session compiles and bounds it."""
+    raw = headers.get("filter")
+    if raw is None:
+        return None
+    try:
+        return load_json(raw)
+    except ValueError:
+        return _NOT_JSON

@@ -16,6 +16,10 @@ INSTALLED_APPS = [
     # The project's own app, whose model changes reach the broker (broker.model_events).
     "tests.mountproject.notes.apps.NotesConfig",
 ]
+# tests/integration/test_event_classes.py: an app whose event classes are declared wrong
+# (MOUNTPROJECT_BAD_EVENTS names how), which must stop the process at start.
+if os.environ.get("MOUNTPROJECT_BAD_EVENTS"):
+    INSTALLED_APPS.append("tests.mountproject.badevents")
 MIDDLEWARE: list[str] = []
 
 ROOT_URLCONF = "tests.mountproject.urls"
