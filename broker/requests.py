@@ -56,6 +56,9 @@ class Subscribe:
     since: Any = None
     # Tell this subscription who joins and leaves its room (broker.presence).
     presence: Any = False
+    # Keep it for the login: every later connection of that login gets it back
+    # (broker.persistent).
+    persistent: Any = False
 
 
 @dataclass(slots=True)

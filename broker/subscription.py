@@ -39,4 +39,6 @@ class Subscription:
     replayed: int | None = None
     # The client asked to be told who joins and leaves the room (broker.presence).
     presence: bool = False
+    # Kept for the login (broker.persistent): an unsubscribe forgets it there too.
+    persistent: bool = False
 
