@@ -45,16 +45,24 @@ def _ms(ttl: float) -> int:
     return max(int(ttl * 1000), 1)
 
 
+# Seconds between two sweeps of the memory store's expired logins (every open reads it).
+SWEEP_EVERY = 60.0
+
+
 class MemoryPersistent:
     def __init__(self) -> None:
         self._logins: dict[str, tuple[dict[str, str], float]] = {}  # entries, expiry
+        self._next_sweep = 0.0
 
     def _entries(self, owner: str, ttl: float) -> dict[str, str]:
         """``owner``'s entries (made if none), kept ``ttl`` from now."""
         now = time.monotonic()
-        for gone in [k for k, (_, expiry) in self._logins.items() if expiry <= now]:
-            del self._logins[gone]
-        entries = self._logins.get(owner, ({}, 0.0))[0]
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY
+            for gone in [k for k, (_, expiry) in self._logins.items() if expiry <= now]:
+                del self._logins[gone]
+        found = self._logins.get(owner)
+        entries = found[0] if found is not None and found[1] > now else {}
         self._logins[owner] = (entries, now + ttl)
         return entries
 

@@ -198,3 +198,17 @@ def test_stomp_sets_it_with_a_header_and_any_transport_gets_it_back(broker_facto
         await ws.close()
 
     asyncio.run(on_websocket())
+
+
+async def test_the_in_memory_broker_keeps_them_too(broker, auth_api, unique):
+    room = news(unique)
+    auth_api.allow(token="fay", body={"login_id": f"fay{unique}", "allowed_rooms": [room]})
+    ws, _ = await ws_open(broker.ws_url, token="fay", subprotocols=RICH)
+    assert (await ask(ws, {"type": "subscribe", "room": room, "requestId": 1,
+                           "persistent": True}))["code"] == "success"
+    await ws.close()
+    ws, welcome = await ws_open(broker.ws_url, token="fay", subprotocols=RICH)
+    assert welcome["persistent"] == [{"requestId": 1, "room": room}]
+    assert (await broker.atrigger([room], "m")).status_code == 202
+    assert (await recv_json(ws))["data"] == "m"
+    await ws.close()
