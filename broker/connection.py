@@ -25,6 +25,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import disconnect, errors, logctx, metrics
@@ -39,10 +40,12 @@ from .effects import ConfirmMessage
 from .errors import AckRefused, BrokerUnavailable, PersistentRefused
 from .execute import carry_out
 from .fanout.hub import Hub
+from .history import HistoryPage
 from .identity import Identity
 from .messages import Close, Confirmed, DirectMessage, Notify, PresenceEvent, Trigger
 from .outbox import Outbox, Writer
 from .requests import Request
+from .rules import Step
 from .session import Session, SessionSettings
 from .shutdown import serving_hub
 from .subscription import Subscription
@@ -181,13 +184,7 @@ class Connection:
         except BrokerUnavailable as exc:
             log.warning("conn %s: resume state not read: %s", self.id, exc)
             return
-        for step in self.session.restore(state):
-            assert step.effect is not None
-            try:
-                result = await carry_out(step.effect, hub, self)
-            except Exception as exc:  # noqa: BLE001 - one subscription must not fail the rest
-                result = exc
-            self.session.restored(step, result)
+        await self._rejoin(hub, self.session.restore(state), self.session.restored)
 
     async def _restore_persistent(self, hub: Hub) -> None:
         """Take back the login's persistent subscriptions (broker.persistent), after a resume
@@ -202,19 +199,25 @@ class Connection:
             log.warning("conn %s: persistent subscriptions not read: %s", self.id, exc)
             return
         steps, forget = self.session.restore_persistent(entries)
-        for step in steps:
-            assert step.effect is not None
-            try:
-                result = await carry_out(step.effect, hub, self)
-            except Exception as exc:  # noqa: BLE001 - one subscription must not fail the rest
-                result = exc
-            self.session.restored_persistent(step, result)
+        await self._rejoin(hub, steps, self.session.restored_persistent)
         if forget is not None:
             try:
                 await store.forget(forget.owner, forget.request_ids_json)
             except BrokerUnavailable as exc:  # refused again at the next open
                 log.warning("conn %s: refused persistent subscriptions not forgotten: %s",
                             self.id, exc)
+
+    async def _rejoin(self, hub: Hub, steps: list[Step],
+                      done: Callable[[Step, HistoryPage | None | BaseException], None]) -> None:
+        """Carry out each restored subscription's join, one at a time, handing ``done`` its
+        result (or what it failed with: one subscription must not fail the rest)."""
+        for step in steps:
+            assert step.effect is not None
+            try:
+                result = await carry_out(step.effect, hub, self)
+            except Exception as exc:  # noqa: BLE001 - one subscription must not fail the rest
+                result = exc
+            done(step, result)
 
     def welcome(self) -> None:
         """Queue the welcome, then every frame that waited for it, then the replays."""
