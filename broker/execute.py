@@ -27,9 +27,9 @@ from .effects import (
     SendDirect,
     Stats,
 )
+from .errors import PersistentRefused
 from .fanout.hub import Hub
 from .fanout.receiver import Receiver
-from .errors import PersistentRefused
 from .identity import client_room, parse_address
 from .messages import Close
 
