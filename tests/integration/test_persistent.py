@@ -43,8 +43,8 @@ def pair(broker_factory, auth_api, redis_server, unique):
 
 
 async def test_a_persistent_subscription_comes_back_on_the_other_process(pair, auth_api,
-                                                                         unique):
-    a, b = pair()
+                                                                         redis_server, unique):
+    a, b = pair(BROKER_PERSISTENT_TTL=600)
     room = news(unique)
     auth_api.allow(token="bob", body={"login_id": f"bob{unique}", "allowed_rooms": [room]})
     ws, welcome = await ws_open(a.ws_url, token="bob", subprotocols=RICH)
@@ -55,6 +55,10 @@ async def test_a_persistent_subscription_comes_back_on_the_other_process(pair, a
         "success"  # not persistent: it does not come back
     await ws.close()
     await a.until_metric("combroker_connections", 0)
+    # one hash per login, by its address, kept BROKER_PERSISTENT_TTL from its last use
+    key = f"persist-{unique}:persist:/agent/bob{unique}"
+    r = redis_server.client()
+    assert r.hkeys(key) == ['"n"'] and 0 < r.pttl(key) <= 600_000
 
     ws, welcome = await ws_open(b.ws_url, token="bob", subprotocols=RICH)
     assert welcome["persistent"] == [{"requestId": "n", "room": room}]
@@ -75,6 +79,7 @@ async def test_a_persistent_subscription_comes_back_on_the_other_process(pair, a
     assert (await ask(ws, {"type": "unsubscribe", "requestId": "n"}))["code"] == "success"
     await ws.close()
     await ht.close()
+    assert r.exists(key) == 0
     ws, welcome = await ws_open(b.ws_url, token="bob", subprotocols=RICH)
     assert "persistent" not in welcome
     assert (await b.atrigger([room], {"k": 2})).status_code == 202
