@@ -102,6 +102,11 @@ class Settings:
     BROKER_TRIGGER_ID_TTL: float = 3600.0
     # Seconds a closed connection's resume token keeps its subscriptions and positions.
     BROKER_RESUME_TTL: float = 300.0
+    # Persistent subscriptions ("persistent": true on subscribe): how many one login keeps
+    # (more are refused: too-many-persistent-subscriptions), and the seconds a login's kept
+    # subscriptions outlive their last use (a save, or a connection of that login restoring them).
+    BROKER_MAX_PERSISTENT_SUBSCRIPTIONS: int = 32
+    BROKER_PERSISTENT_TTL: float = 2_592_000.0
     # Seconds an acknowledged direct message ("ack": true) waits for its confirmations.
     BROKER_ACK_TTL: float = 86_400.0
     # Bounds on stored acknowledged messages (0 = no limit). Each message counts its stored

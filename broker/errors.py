@@ -56,6 +56,14 @@ FILTER_TOO_LARGE = "filter-too-large"
 INVALID_TAGS = "invalid-tags"
 # Over BROKER_RATE_LIMIT: the request was not carried out (repeated, the close reason of 4029).
 RATE_LIMITED = "rate-limited"
+# Persistent subscriptions ("persistent": true on subscribe, broker.persistent): only a client
+# with a login may make one; one login keeps at most BROKER_MAX_PERSISTENT_SUBSCRIPTIONS; a
+# kept entry is at most broker.persistent.MAX_ENTRY_CHARS; a regular-expression watch cannot
+# be one (its pattern is the STOMP codec's, compiled per connection).
+PERSISTENT_NEEDS_LOGIN = "persistent-needs-login"
+TOO_MANY_PERSISTENT = "too-many-persistent-subscriptions"
+PERSISTENT_TOO_LARGE = "persistent-too-large"
+PERSISTENT_NOT_ALLOWED = "persistent-not-allowed"
 
 # Refusal reasons and close reasons.
 AUTH_UNAVAILABLE = "auth-unavailable"
@@ -114,6 +122,16 @@ class InvalidTriggerId(ValueError):
 class AckRefused(Exception):
     """An acknowledged message was not stored (so not sent): ``code`` is one of the ACK_* names
     above, ``detail`` says which bound."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class PersistentRefused(Exception):
+    """A persistent subscription was not kept (so not made): ``code`` is TOO_MANY_PERSISTENT,
+    ``detail`` says which bound."""
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)

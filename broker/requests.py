@@ -58,6 +58,9 @@ class Subscribe:
     presence: Any = False
     # The event filter (a JSON value; broker.filters compiles it): None = every trigger.
     filter: Any = None
+    # Keep it for the login: every later connection of that login gets it back
+    # (broker.persistent).
+    persistent: Any = False
 
 
 @dataclass(slots=True)

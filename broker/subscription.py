@@ -44,4 +44,6 @@ class Subscription:
     # Triggers whose tags it does not match are not delivered, live or replayed
     # (broker.filters); None = every trigger.
     filter: Filter | None = None
+    # Kept for the login (broker.persistent): an unsubscribe forgets it there too.
+    persistent: bool = False
 

@@ -63,7 +63,8 @@ def _decode_request(msg: dict[str, Any]) -> Request:
     rid = msg.get("requestId")
     if kind == "subscribe":
         return Subscribe(rid, msg.get("room"), since=msg.get("since"),
-                         presence=msg.get("presence", False), filter=msg.get("filter"))
+                         presence=msg.get("presence", False), filter=msg.get("filter"),
+                         persistent=msg.get("persistent", False))
     if kind == "unsubscribe":
         return Unsubscribe(rid)
     if kind == "ping":
@@ -159,8 +160,8 @@ class JsonCodec:
     # ---- outbound
 
     def welcome(self, identity: Identity, connection_id: str, resume_token: str | None,
-                resumed: bool | None = None, restored: list[dict[str, Any]] | None = None
-                ) -> str:
+                resumed: bool | None = None, restored: list[dict[str, Any]] | None = None,
+                persistent: list[dict[str, Any]] | None = None) -> str:
         rooms = identity.shown_rooms
         if not self.rich:
             return dump_json({"is_authorized": True, "allowed_rooms": rooms})
@@ -174,6 +175,8 @@ class JsonCodec:
             frame["resumed"] = resumed
             if resumed:  # what came back: requestId, and for history rooms offset, recovered
                 frame["subscriptions"] = restored or []
+        if persistent:  # the login's persistent subscriptions (High-templar: not shown)
+            frame["persistent"] = persistent
         return dump_json(frame)
 
     def refused(self, reason: str, detail: str | None = None) -> str:
