@@ -1,7 +1,7 @@
 """``{% combroker_ticket %}``: a connection ticket for the page's user (``broker.tickets``).
 
 ``broker`` in INSTALLED_APPS and a template rendered with its request (``render(request,
-...)``, the ``request`` context processor, or a ``request`` variable) is all it needs::
+...)``, ``template.render(context, request)``, or a ``request`` variable) is all it needs::
 
     {% load combroker %}
     <script type="module">
@@ -28,9 +28,10 @@ register = template.Library()
 
 @register.simple_tag(takes_context=True)
 def combroker_ticket(context: template.Context, ttl: float | None = None) -> str:
-    """A fresh ticket for ``context["request"]`` (``ttl``: seconds, BROKER_TICKET_TTL by
-    default). Raises MintRefused without a request in the context."""
-    request: Any = context.get("request")
+    """A fresh ticket for the template's request (``ttl``: seconds, BROKER_TICKET_TTL by
+    default): the one a ``RequestContext`` was made with, else the ``request`` variable.
+    Raises MintRefused without a request."""
+    request: Any = getattr(context, "request", None) or context.get("request")
     if request is None:
         raise MintRefused("{% combroker_ticket %} needs the request in the template context")
     return mint(request, ttl=ttl)
