@@ -19,6 +19,7 @@ from tests.harness import atrigger, close_code, recv_json, send_json, ws_open
 from tests.integration.gatehelpers import JsonLines, RawStomp, start_gate
 from tests.integration.test_identity_boundary import metric
 from tests.integration.test_mounting import MOUNT_ARGV
+from tests.integration.test_server_api import ok, wait_listed
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -191,3 +192,28 @@ async def test_the_template_tag_renders_a_ticket_that_connects(broker_factory, s
         ("welcome", "carol", [NEWS]), welcome
     await ws.close()
     assert await refused_with(host, ticket) == "ticket-replayed"
+
+
+async def test_a_recheck_asks_the_auth_api_with_the_ticket_connections_headers(broker_factory,
+                                                                               auth_api):
+    """The connect asked nothing; the server API's ``recheck`` asks the auth API with the
+    headers the handshake carried (its cookie), as for a connection the API admitted."""
+    broker = broker_factory(auth_api=auth_api, BROKER_TICKET_SECRET=SECRET)
+    bob = {"login_id": "bob", "allowed_rooms": [NEWS, {"target": "chat"}]}
+    ws, welcome = await ws_open(ticket_url(broker, encode(bob, SECRET, 60)), subprotocols=RICH,
+                                cookie={"sessionid": "s1"})
+    assert welcome["type"] == "welcome", welcome
+    for rid, room in (("n", NEWS), ("c", {"target": "chat"})):
+        await send_json(ws, {"type": "subscribe", "room": room, "requestId": rid})
+        assert (await recv_json(ws))["code"] == "success"
+    await wait_listed(broker, 1, "bob")
+    assert auth_api.count == 0  # the connect asked nothing
+
+    auth_api.allow_cookie("s1", body={"login_id": "bob", "allowed_rooms": [NEWS]})
+    await ok(broker, "recheck", {"login": "bob"})
+    assert await recv_json(ws) == {"type": "unsubscribed", "requestId": "c",
+                                   "room": {"target": "chat"}, "reason": "recheck"}
+    assert "sessionid=s1" in auth_api.last.headers["cookie"]
+    auth_api.allow_cookie("s1", status=403, body={"detail": "logged out"})
+    await ok(broker, "recheck", {"login": "bob"})
+    assert await close_code(ws) == (4003, "revoked")
