@@ -3,8 +3,8 @@
 - ``credentials_from_scope``: the ``Credentials`` the JSON dialects log in with (the auth API's
   cookie and headers, ``?token=``, a static key: ``?app_key=&login_id=&profile_key=``,
   PROTOCOL §2.2, or a connection ticket: ``?ticket=``, broker.tickets), and the client's
-  address. STOMP over WebSocket reads its credentials from
-  its CONNECT frame instead (``Codec.connect``).
+  address. STOMP over WebSocket reads its credentials from its CONNECT frame instead
+  (``Codec.connect``).
 - ``resume_token_from_scope``: ``?resume=`` (or ``?resume_token=``), an earlier connection's
   resume token.
 - ``origin_allowed_by``: the ``Origin`` header, judged by ``limits.origin_allowed`` against

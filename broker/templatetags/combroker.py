@@ -9,10 +9,11 @@
       const client = await connect("/ws/", { params: { ticket: "{% combroker_ticket %}" } });
     </script>
 
-A ticket opens one connection: a client that reconnects later fetches a fresh one from a view
-of the backend that returns ``broker.tickets.mint(request)`` (docs/protocol.md "Connection
-tickets"). The ticket is base64url and digits around two dots: nothing in it needs escaping
-in HTML, JavaScript or a URL. A request without an identity raises ``MintRefused``.
+A ticket opens one connection: a reconnect needs a fresh one, from a view of the backend that
+returns ``broker.tickets.mint(request)``, or another credential (combroker.js presents its
+``params`` again as they are: docs/protocol.md "Connection tickets"). The ticket is base64url
+and digits around two dots: nothing in it needs escaping in HTML, JavaScript or a URL. A
+request without an identity raises ``MintRefused``.
 """
 
 from __future__ import annotations
