@@ -217,3 +217,29 @@ async def test_a_recheck_asks_the_auth_api_with_the_ticket_connections_headers(b
     auth_api.allow_cookie("s1", status=403, body={"detail": "logged out"})
     await ok(broker, "recheck", {"login": "bob"})
     assert await close_code(ws) == (4003, "revoked")
+
+
+async def test_with_redis_down_a_ticket_is_refused_and_stays_unspent(
+        broker_factory, stopped_auth_api, fresh_redis):
+    broker = broker_factory(auth_api=stopped_auth_api, redis=fresh_redis,
+                            BROKER_TICKET_SECRET=SECRET)
+    ws, welcome = await ws_open(ticket_url(broker, encode(BOB, SECRET, 60)), subprotocols=RICH)
+    assert welcome["type"] == "welcome", welcome  # the hub runs
+    await ws.close()
+    fresh_redis.stop()
+    ticket = encode(BOB, SECRET, 60)
+    ws, first = await ws_open(ticket_url(broker, ticket), subprotocols=RICH)
+    assert first == {"type": "refused", "is_authorized": False, "reason": "service-unavailable"}
+    assert (await close_code(ws))[0] == 1011
+    fresh_redis.restart()
+    for _ in range(100):  # until the process serves again (fresh tickets: each may be spent)
+        ws, first = await ws_open(ticket_url(broker, encode(BOB, SECRET, 60)),
+                                  subprotocols=RICH)
+        await ws.close()
+        if first["type"] == "welcome":
+            break
+        await asyncio.sleep(0.1)
+    # never used: it opens a connection now that Redis answers again
+    ws, welcome = await ws_open(ticket_url(broker, ticket), subprotocols=RICH)
+    assert welcome["type"] == "welcome", welcome
+    await ws.close()

@@ -149,3 +149,10 @@ async def test_the_memory_store_says_yes_once() -> None:
     assert await store.use("a", 60) is False
     assert await store.use("b", 0) is True
     assert await store.use("b", 60) is True  # forgotten once its ticket expired
+
+
+def test_a_ticket_in_a_url_is_redacted_from_logs() -> None:
+    from broker.logctx import redact
+
+    assert redact("GET /ws/?resume=r&ticket=1700000000.eyJ2.abc HTTP/1.1") == \
+        "GET /ws/?resume=***&ticket=*** HTTP/1.1"
