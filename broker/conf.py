@@ -49,6 +49,14 @@ class Settings:
     # of the process, and a connect storm grows the heap fast: at 10 they were half of the
     # broker's CPU per connect (docs/performance.md). 0 = the interpreter's own setting.
     BROKER_GC_FULL_EVERY: int = 100
+    # Connection tickets (broker.tickets, docs/protocol.md "Connection tickets"): the HMAC
+    # secret(s) shared with the backend, comma-separated to rotate (tickets are minted with the
+    # first and accepted with any; empty = tickets off); the seconds a minted ticket lives; and
+    # the dotted path of the callable ``mint(request)`` asks for the identity (the auth API's
+    # answer for that request) when none is given.
+    BROKER_TICKET_SECRET: tuple[str, ...] = ()
+    BROKER_TICKET_TTL: float = 60.0
+    BROKER_TICKET_IDENTITY: str = ""
     # Static-key login (PROTOCOL §2.2).
     BROKER_APP_KEY: str = ""
     BROKER_PROFILE_KEYS: dict[str, str] | None = None

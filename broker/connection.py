@@ -147,8 +147,9 @@ class Connection:
         if session.closing:  # the auth deadline passed before the credentials came
             raise Refused(errors.AUTH_TIMEOUT)
         budget = session.authenticating()
-        identity, self._auth_request = await (authenticate_keeping(creds) if budget is None
-                                              else authenticate_keeping(creds, budget))
+        # a ticket is used up in the cluster's ticket store: the hub holds it
+        tickets = (await serving_hub()).stores.tickets if creds.ticket is not None else None
+        identity, self._auth_request = await authenticate_keeping(creds, budget, tickets)
         hub = await serving_hub()
         dest = identity.destination
         if (dest is not None and session.refuses_duplicate(identity)

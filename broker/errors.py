@@ -92,6 +92,12 @@ INVALID_CREDENTIALS = "invalid-credentials"
 # 4003: a re-check (the server API's ``recheck``) asked the auth API again and it no longer
 # admits this connection's credentials, or answers another login or profile for them.
 REVOKED = "revoked"
+# Connection tickets (broker.tickets, docs/protocol.md "Connection tickets"), refused 4003:
+# oversize, malformed, tampered, signed by no secret of BROKER_TICKET_SECRET, or unreadable;
+# past its expiry (and the clock-skew allowance); already used once, on any process.
+TICKET_INVALID = "ticket-invalid"
+TICKET_EXPIRED = "ticket-expired"
+TICKET_REPLAYED = "ticket-replayed"
 # The rich dialect's ``unsubscribed`` frame: why the broker ended a subscription.
 UNSUBSCRIBED_BY_SERVER = "server"  # the server API's ``unsubscribe``
 UNSUBSCRIBED_BY_RECHECK = "recheck"  # no longer allowed by the auth API's answer

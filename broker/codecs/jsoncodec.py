@@ -106,7 +106,7 @@ def credentials_from_connect(msg: dict[str, Any], remote_addr: str | None) -> Cr
         headers.update({str(k).lower(): v for k, v in extra.items() if isinstance(v, str)})
     return Credentials(headers=headers, token=text("token"), remote_addr=remote_addr,
                        app_key=text("app_key"), login_id=text("login_id"),
-                       profile_key=text("profile_key"))
+                       profile_key=text("profile_key"), ticket=text("ticket"))
 
 
 class JsonCodec:

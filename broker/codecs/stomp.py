@@ -85,7 +85,7 @@ MAX_PATTERN = 512  # characters of a destination-type:1 regular expression
 ACK_MODES = frozenset({"auto", "client", "client-individual"})
 
 # CONNECT headers that are credentials, never forwarded to the auth API as headers.
-_SECRET_HEADERS = frozenset({"passcode", "secret-key", "login"})
+_SECRET_HEADERS = frozenset({"passcode", "secret-key", "login", "ticket"})
 _PROFILE_PREFIX = re.compile(r"\^?/(\w+)/")
 _PROFILES = frozenset(p.value for p in Profile)
 
@@ -236,7 +236,7 @@ class StompCodec:
             headers={k: v for k, v in h.items() if k not in _SECRET_HEADERS},
             token=h.get("token") or None, remote_addr=remote_addr,
             app_key=h.get("secret-key"), login_id=h.get("login"),
-            profile_key=h.get("passcode"),
+            profile_key=h.get("passcode"), ticket=h.get("ticket") or None,
         )
         return Connecting(credentials, heartbeats=self._heartbeats)
 

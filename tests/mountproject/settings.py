@@ -36,3 +36,8 @@ CHANNEL_LAYERS = channel_layers_setting()
 
 # Broker settings may live in the project's settings (an env var of the same name wins).
 BROKER_TRIGGER_TOKEN = "mounted-token"
+
+# Connection tickets: {% combroker_ticket %} in the project's templates, for the identity its
+# auth API view would answer (BROKER_TICKET_SECRET comes from the environment).
+TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]
+BROKER_TICKET_IDENTITY = "tests.mountproject.views.identity"
