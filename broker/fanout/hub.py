@@ -48,7 +48,7 @@ from ..presence import ANONYMOUS, ONLINE, Transition, lifecycle_events
 from ..subscription import Subscription
 from ..stores import Stores
 from .channel import ProcessChannel
-from .coalesce import Coalesced
+from ..coalesce import Coalesced
 from .membership import Membership
 from .presence import Presence
 from .receiver import Receiver

@@ -6,8 +6,10 @@ session's; this module keeps them. ``RedisPersistent`` keeps ``P:persist:<addres
 the request id's JSON -> the entry's JSON; the address is ``Identity.destination``, realm,
 profile and login). Keeping is one Lua script (refused when the login already keeps ``limit``
 other request ids; the same id is replaced), and every keep and every load sets the hash's
-expiry ``ttl`` from now, so an abandoned login's entries go. ``MemoryPersistent``: the same in
-one process's memory.
+expiry ``ttl`` from now, so an abandoned login's entries go. Every connection of a login reads
+its entries at the open, so the loads made meanwhile share one pipeline (``Coalesced``): a
+storm of connects costs a round trip per batch, not per connection, as the join probes do
+(``broker.fanout.membership``). ``MemoryPersistent``: the same in one process's memory.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from ..coalesce import Coalesced
 from .redis import RedisClient, text
 
 _PERSISTENT_KEEP = """
@@ -94,6 +97,7 @@ class RedisPersistent:
     def __init__(self, client: RedisClient) -> None:
         self.client = client
         self._keep = client.script(_PERSISTENT_KEEP)
+        self._loads: Coalesced[tuple[str, float], dict[str, str]] = Coalesced(self._load_many)
 
     def _name(self, owner: str) -> str:
         return self.client.key("persist", owner)
@@ -105,11 +109,15 @@ class RedisPersistent:
         return bool(kept)
 
     async def load(self, owner: str, ttl: float) -> dict[str, str]:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hgetall(self._name(owner))
-        pipe.pexpire(self._name(owner), _ms(ttl))
-        found, _ = await self.client.call(pipe.execute())
-        return {text(k): text(v) for k, v in found.items()}
+        return await self._loads((owner, ttl))
+
+    async def _load_many(self, batch: list[tuple[str, float]]) -> list[dict[str, str]]:
+        pipe = self.client.pipeline(transaction=False)
+        for owner, ttl in batch:
+            pipe.hgetall(self._name(owner))
+            pipe.pexpire(self._name(owner), _ms(ttl))
+        answers = await self.client.call(pipe.execute())
+        return [{text(k): text(v) for k, v in found.items()} for found in answers[::2]]
 
     async def forget(self, owner: str, request_ids_json: tuple[str, ...]) -> None:
         if request_ids_json:
