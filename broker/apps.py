@@ -22,3 +22,11 @@ class BrokerConfig(AppConfig):
             conf()
         except SettingError as exc:
             raise ImproperlyConfigured(str(exc)) from None
+        # Event classes (broker.events): every installed app's ``events`` module is imported
+        # and each ModelEvents subclass connected; a bad declaration stops the process here.
+        from django.utils.module_loading import autodiscover_modules
+
+        from . import events
+
+        autodiscover_modules("events")
+        events.register_all()

@@ -4,6 +4,11 @@
 Identity or raises ``Refused`` (the client is not allowed in) or ``AuthUnavailable`` (the API is
 down or slower than BROKER_AUTH_TIMEOUT; never an authorization).
 
+Credentials with a connection ticket (``broker.tickets``) are verified here instead of asking
+the API (``redeem``): its signature, its expiry, then its single use in the ticket store
+(``broker.stores.tickets``), each refusal by name (``ticket-invalid``, ``ticket-expired``,
+``ticket-replayed``).
+
 One pool of kept-alive connections serves the whole process (per event loop: broker.httppool),
 and a semaphore bounds the auth requests in flight; time spent waiting for the semaphore counts
 against the timeout, so a connect storm beyond capacity degrades into ``auth-unavailable``
@@ -31,6 +36,8 @@ from .httppool import HttpError, HttpPool
 from .identity import (
     Identity, InvalidIdentity, InvalidLogin, identity_from_api, identity_from_static_keys,
 )
+from .stores.tickets import TicketStore
+from .tickets import TicketRefused, verify
 
 log = logging.getLogger("broker.auth")
 
@@ -39,7 +46,8 @@ class Refused(Exception):
     # Refusals counted under their own name (combroker_connections_refused_by_cause_total);
     # every other reason (the static keys' texts) is counted as "refused".
     NAMED = frozenset({errors.DUPLICATE_LOGIN, errors.INVALID_LOGIN, errors.INVALID_CREDENTIALS,
-                       errors.AUTH_TIMEOUT})
+                       errors.AUTH_TIMEOUT, errors.TICKET_INVALID, errors.TICKET_EXPIRED,
+                       errors.TICKET_REPLAYED})
 
     def __init__(self, reason: str = errors.REFUSED) -> None:
         super().__init__(reason)
@@ -101,6 +109,11 @@ def forwarded_headers(creds: Credentials, forward: tuple[str, ...]) -> dict[byte
     if creds.token and "Authorization" not in out:
         out["Authorization"] = f"Token {creds.token}"
     return {name.encode("ascii"): wire_value(value) for name, value in out.items()}
+
+
+def request_lines(headers: dict[bytes, bytes]) -> bytes:
+    """``forwarded_headers`` as their request lines (``Name: value\\r\\n`` each)."""
+    return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers.items())
 
 
 class UnreadableAnswer(Exception):
@@ -228,7 +241,7 @@ class ApiProxy:
             metrics.auth_outcome("invalid-credentials", 0.0)
             log.warning("credentials refused: %s in a header value", exc)
             raise Refused(errors.INVALID_CREDENTIALS) from None
-        return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers.items())
+        return request_lines(headers)
 
     async def ask(self, head: bytes, budget: float | None = None, *,
                   fresh: bool = False) -> Identity:
@@ -350,10 +363,35 @@ def api_proxy() -> ApiProxy:
     return proxy
 
 
-async def authenticate(creds: Credentials, budget: float | None = None) -> Identity:
-    """Who ``creds`` are: static keys checked here, anything else asked of the auth API within
-    ``budget`` seconds (what is left of the connection's auth deadline) if given."""
+async def redeem(ticket: str, tickets: TicketStore) -> Identity:
+    """The identity of a connection ticket, verified here (``broker.tickets.verify``) with
+    BROKER_TICKET_SECRET, and used up in ``tickets`` (once in the cluster). The auth API is not
+    asked. Raises Refused (``ticket-invalid``, ``ticket-expired``, ``ticket-replayed``,
+    ``invalid-login``) or BrokerUnavailable (the ticket store could not say: never admitted
+    unchecked)."""
+    now = time.time()
+    try:
+        found = verify(ticket, conf().BROKER_TICKET_SECRET, now)
+    except TicketRefused as exc:  # its detail never holds the ticket itself
+        log.warning("ticket refused: %s", exc)
+        raise Refused(exc.reason) from None
+    if not await tickets.use(found.id, found.remaining(now)):
+        log.warning("ticket refused: %s: id %s was used before", errors.TICKET_REPLAYED,
+                    found.id[:8])
+        raise Refused(errors.TICKET_REPLAYED)
+    return found.identity
+
+
+async def authenticate(creds: Credentials, budget: float | None = None,
+                       tickets: TicketStore | None = None) -> Identity:
+    """Who ``creds`` are: a connection ticket (``redeem``, with the ticket store ``tickets``)
+    or static keys checked here, anything else asked of the auth API within ``budget`` seconds
+    (what is left of the connection's auth deadline) if given."""
     c = conf()
+    if creds.ticket is not None:
+        if tickets is None:
+            raise TypeError("a ticket is checked against the ticket store: none was given")
+        return await redeem(creds.ticket, tickets)
     if creds.is_static:
         if not c.BROKER_APP_KEY:
             raise Refused()
@@ -371,12 +409,24 @@ async def authenticate(creds: Credentials, budget: float | None = None) -> Ident
     return await api_proxy().authenticate(creds, budget)
 
 
-async def authenticate_keeping(creds: Credentials, budget: float | None = None
+async def authenticate_keeping(creds: Credentials, budget: float | None = None,
+                               tickets: TicketStore | None = None
                                ) -> tuple[Identity, bytes | None]:
     """``authenticate``, and what a later ``reauthenticate`` needs: the headers the auth API
     was asked with, as their request lines (None for static keys, which are not asked again).
     One bytes object per connection is all it keeps of its credentials (docs/performance.md
-    "Memory")."""
+    "Memory"). A ticket connection keeps the headers the API would have been asked with (its
+    handshake's cookie and the rest), so a re-check asks the API as for any other."""
+    if creds.ticket is not None:
+        identity = await authenticate(creds, budget, tickets)
+        if not conf().BROKER_AUTH_URL:
+            return identity, None
+        try:
+            forwarded = request_lines(forwarded_headers(creds,
+                                                        conf().BROKER_AUTH_FORWARD_HEADERS))
+        except InvalidHeaderValue:  # nothing a re-check could send
+            return identity, None
+        return identity, forwarded
     if creds.is_static or not conf().BROKER_AUTH_URL:
         return await authenticate(creds, budget), None
     proxy = api_proxy()

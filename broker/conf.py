@@ -49,6 +49,14 @@ class Settings:
     # of the process, and a connect storm grows the heap fast: at 10 they were half of the
     # broker's CPU per connect (docs/performance.md). 0 = the interpreter's own setting.
     BROKER_GC_FULL_EVERY: int = 100
+    # Connection tickets (broker.tickets, docs/protocol.md "Connection tickets"): the HMAC
+    # secret(s) shared with the backend, comma-separated to rotate (tickets are minted with the
+    # first and accepted with any; empty = tickets off); the seconds a minted ticket lives; and
+    # the dotted path of the callable ``mint(request)`` asks for the identity (the auth API's
+    # answer for that request) when none is given.
+    BROKER_TICKET_SECRET: tuple[str, ...] = ()
+    BROKER_TICKET_TTL: float = 60.0
+    BROKER_TICKET_IDENTITY: str = ""
     # Static-key login (PROTOCOL §2.2).
     BROKER_APP_KEY: str = ""
     BROKER_PROFILE_KEYS: dict[str, str] | None = None
@@ -105,6 +113,11 @@ class Settings:
     BROKER_TRIGGER_ID_TTL: float = 3600.0
     # Seconds a closed connection's resume token keeps its subscriptions and positions.
     BROKER_RESUME_TTL: float = 300.0
+    # Persistent subscriptions ("persistent": true on subscribe): how many one login keeps
+    # (more are refused: too-many-persistent-subscriptions), and the seconds a login's kept
+    # subscriptions outlive their last use (a save, or a connection of that login restoring them).
+    BROKER_MAX_PERSISTENT_SUBSCRIPTIONS: int = 32
+    BROKER_PERSISTENT_TTL: float = 2_592_000.0
     # Seconds an acknowledged direct message ("ack": true) waits for its confirmations.
     BROKER_ACK_TTL: float = 86_400.0
     # Bounds on stored acknowledged messages (0 = no limit). Each message counts its stored

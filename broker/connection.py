@@ -5,7 +5,8 @@ loop: the transport and its bounded ``Outbox``, the auth deadline's timer and th
 joined; the acknowledgement store updates run in order in broker.acknowledgements. Its parts,
 in the life of a connection:
 
-  open:     auth API -> duplicate-login check -> hub.attach -> resume -> pending acked messages
+  open:     auth API -> duplicate-login check -> hub.attach -> resume -> persistent
+            subscriptions -> pending acked messages
   requests: transport -> codec.decode -> Session.receive -> broker.execute.carry_out
             -> Session.effect_done/effect_failed -> codec -> outbox
   delivery: hub -> Receiver methods below -> Session (broker.delivery) -> codec -> outbox
@@ -36,13 +37,15 @@ from .conf import conf
 from .delivery import Delivery, Mark
 from .disconnect import Disconnect
 from .effects import ConfirmMessage
-from .errors import AckRefused, BrokerUnavailable
+from .errors import AckRefused, BrokerUnavailable, PersistentRefused
 from .execute import carry_out
 from .fanout.hub import Hub
+from .history import HistoryPage
 from .identity import Identity
 from .messages import Close, Confirmed, DirectMessage, Notify, PresenceEvent, Trigger
 from .outbox import Outbox, Writer
 from .requests import Request
+from .rules import Step
 from .session import Session, SessionSettings
 from .shutdown import serving_hub
 from .subscription import Subscription
@@ -149,8 +152,9 @@ class Connection:
         if session.closing:  # the auth deadline passed before the credentials came
             raise Refused(errors.AUTH_TIMEOUT)
         budget = session.authenticating()
-        identity, self._auth_request = await (authenticate_keeping(creds) if budget is None
-                                              else authenticate_keeping(creds, budget))
+        # a ticket is used up in the cluster's ticket store: the hub holds it
+        tickets = (await serving_hub()).stores.tickets if creds.ticket is not None else None
+        identity, self._auth_request = await authenticate_keeping(creds, budget, tickets)
         hub = await serving_hub()
         dest = identity.destination
         if (dest is not None and session.refuses_duplicate(identity)
@@ -165,6 +169,7 @@ class Connection:
                                          except_id=self.id, opened_before=self.connected_at))
         if resume_token is not None:
             await self._resume(hub, resume_token)
+        await self._restore_persistent(hub)
         if dest is not None:
             try:
                 pending = await hub.stores.acks.pending(dest)
@@ -185,13 +190,40 @@ class Connection:
         except BrokerUnavailable as exc:
             log.warning("conn %s: resume state not read: %s", self.id, exc)
             return
-        for step in self.session.restore(state):
+        await self._rejoin(hub, self.session.restore(state), self.session.restored)
+
+    async def _restore_persistent(self, hub: Hub) -> None:
+        """Take back the login's persistent subscriptions (broker.persistent), after a resume
+        (whose subscription of the same request id wins); forget those refused for good."""
+        lookup = self.session.persistent_lookup()
+        if lookup is None:
+            return
+        store = hub.stores.persistent
+        try:
+            entries = await store.load(lookup.owner, lookup.ttl)
+        except BrokerUnavailable as exc:
+            log.warning("conn %s: persistent subscriptions not read: %s", self.id, exc)
+            return
+        steps, forget = self.session.restore_persistent(entries)
+        await self._rejoin(hub, steps, self.session.restored_persistent)
+        if forget is not None:
+            try:
+                await store.forget(forget.owner, forget.request_ids_json)
+            except BrokerUnavailable as exc:  # refused again at the next open
+                log.warning("conn %s: refused persistent subscriptions not forgotten: %s",
+                            self.id, exc)
+
+    async def _rejoin(self, hub: Hub, steps: list[Step],
+                      done: Callable[[Step, HistoryPage | None | BaseException], None]) -> None:
+        """Carry out each restored subscription's join, one at a time, handing ``done`` its
+        result (or what it failed with: one subscription must not fail the rest)."""
+        for step in steps:
             assert step.effect is not None
             try:
                 result = await carry_out(step.effect, hub, self)
             except Exception as exc:  # noqa: BLE001 - one subscription must not fail the rest
                 result = exc
-            self.session.restored(step, result)
+            done(step, result)
 
     def welcome(self) -> None:
         """Queue the welcome, then every frame that waited for it, then the replays."""
@@ -234,6 +266,9 @@ class Connection:
         except AckRefused as exc:
             metrics.drop(exc.code)
             log.info("conn %s: acknowledged message refused: %s", self.id, exc.detail)
+            session.effect_failed(exc.code, exc.detail)
+        except PersistentRefused as exc:
+            log.info("conn %s: persistent subscription refused: %s", self.id, exc.detail)
             session.effect_failed(exc.code, exc.detail)
         except Exception:  # noqa: BLE001 - a bug must not end the connection
             log.exception("conn %s: request failed", self.id)

@@ -18,6 +18,8 @@ class Credentials:
     app_key: str | None = None
     login_id: str | None = None
     profile_key: str | None = None
+    # A connection ticket (broker.tickets): verified by the broker itself, not the auth API.
+    ticket: str | None = None
 
     @property
     def is_static(self) -> bool:

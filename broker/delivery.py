@@ -194,6 +194,8 @@ class Delivery:
         self._ahead.pop(sub, None)
         sub.replayed = max([held, *(e.offset for e in replay)])
         for e in replay:
+            if sub.filter is not None and not sub.filter.matches(e.tags):
+                continue  # replayed as it would be live: only what its filter matches
             self._push(self.codec.publish(sub, e.data_json, key, e.id, offset=e.offset),
                        (sub, e.offset))
         live = merge_seam(replay, sub.buffer or [], held)

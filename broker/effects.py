@@ -8,7 +8,8 @@ session builds the reply. The result of each effect:
 =====================  =============================================================
 effect                 result handed back
 =====================  =============================================================
-JoinRoom               the history page read after ``since`` (None: no history room)
+JoinRoom               the history page read after ``since`` (None: no history room);
+                       ``persist`` over its bound raises ``errors.PersistentRefused``
 LeaveRooms             None
 PublishRooms           the trigger's id
 SendDirect             the message's id; None: no such destination is connected
@@ -23,7 +24,9 @@ Kick                   the ids of the connections told to close (empty: none mat
 =====================  =============================================================
 
 Acknowledged messages and resume state are effects too, run by the driver outside a request:
-``HoldAck``/``CompleteAck`` (in delivery order), ``TakeResume`` and ``SaveResume``.
+``HoldAck``/``CompleteAck`` (in delivery order), ``TakeResume`` and ``SaveResume``; so is
+reading a login's persistent subscriptions at the open (``LoadPersistent``: the entries, by
+request id), and forgetting those a restore refused for good (``ForgetPersistent``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 from rooms import Room
 
+from .filters import Scalar
 from .history import HistoryRule
 from .subscription import Subscription
 
@@ -42,11 +46,15 @@ class JoinRoom:
     # A history room's rule (None: the room keeps no history), and the offset to replay after.
     history: HistoryRule | None = None
     since: int | None = None
+    # A persistent subscribe: kept for the login once joined (refused over its bound).
+    persist: KeepPersistent | None = None
 
 
 @dataclass(slots=True)
 class LeaveRooms:
     subscriptions: list[Subscription]
+    # Persistent subscriptions among them: forgotten for the login too.
+    forget: ForgetPersistent | None = None
 
 
 @dataclass(slots=True)
@@ -63,6 +71,7 @@ class PublishRooms:
     rooms: list[Room]
     data_json: str
     history: bool = False
+    tags: dict[str, Scalar] | None = None  # what subscriptions' filters match
 
 
 @dataclass(slots=True)
@@ -177,4 +186,34 @@ class SaveResume:
     key: str
     fingerprint: str
     state: str
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeepPersistent:
+    """Keep ``entry`` (broker.persistent) under ``request_id_json`` for the login at
+    ``owner``, unless it already keeps ``limit`` others; the login's entries live ``ttl``
+    seconds from now."""
+
+    owner: str
+    request_id_json: str
+    entry: str
+    limit: int
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetPersistent:
+    """Forget these request ids' persistent subscriptions of the login at ``owner``."""
+
+    owner: str
+    request_ids_json: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPersistent:
+    """Read the persistent subscriptions of the login at ``owner`` (request id's JSON ->
+    entry), and keep them ``ttl`` seconds from now."""
+
+    owner: str
     ttl: float

@@ -48,8 +48,22 @@ INVALID_TRIGGER_ID = "invalid-trigger-id"
 ACK_RECIPIENT_QUOTA = "ack-recipient-quota"
 ACK_SENDER_QUOTA = "ack-sender-quota"
 ACK_STORE_FULL = "ack-store-full"
+# Event filters and tags (broker.filters, docs/protocol.md "Event filters"): a subscription's
+# ``filter`` that is not the grammar, one over a bound (operators, nesting, an ``in`` list, a
+# literal's length), and a trigger's ``tags`` that are not an object of bounded scalars.
+INVALID_FILTER = "invalid-filter"
+FILTER_TOO_LARGE = "filter-too-large"
+INVALID_TAGS = "invalid-tags"
 # Over BROKER_RATE_LIMIT: the request was not carried out (repeated, the close reason of 4029).
 RATE_LIMITED = "rate-limited"
+# Persistent subscriptions ("persistent": true on subscribe, broker.persistent): only a client
+# with a login may make one; one login keeps at most BROKER_MAX_PERSISTENT_SUBSCRIPTIONS; a
+# kept entry is at most broker.persistent.MAX_ENTRY_CHARS; a regular-expression watch cannot
+# be one (its pattern is the STOMP codec's, compiled per connection).
+PERSISTENT_NEEDS_LOGIN = "persistent-needs-login"
+TOO_MANY_PERSISTENT = "too-many-persistent-subscriptions"
+PERSISTENT_TOO_LARGE = "persistent-too-large"
+PERSISTENT_NOT_ALLOWED = "persistent-not-allowed"
 
 # SSE (``GET /sse/``, docs/protocol.md "SSE"): the request is answered 400 (413 when too big)
 # before any stream: ``subscribe`` is not a JSON array of objects (nor the POST body
@@ -86,6 +100,12 @@ INVALID_CREDENTIALS = "invalid-credentials"
 # 4003: a re-check (the server API's ``recheck``) asked the auth API again and it no longer
 # admits this connection's credentials, or answers another login or profile for them.
 REVOKED = "revoked"
+# Connection tickets (broker.tickets, docs/protocol.md "Connection tickets"), refused 4003:
+# oversize, malformed, tampered, signed by no secret of BROKER_TICKET_SECRET, or unreadable;
+# past its expiry (and the clock-skew allowance); already used once, on any process.
+TICKET_INVALID = "ticket-invalid"
+TICKET_EXPIRED = "ticket-expired"
+TICKET_REPLAYED = "ticket-replayed"
 # The rich dialect's ``unsubscribed`` frame: why the broker ended a subscription.
 UNSUBSCRIBED_BY_SERVER = "server"  # the server API's ``unsubscribe``
 UNSUBSCRIBED_BY_RECHECK = "recheck"  # no longer allowed by the auth API's answer
@@ -116,6 +136,16 @@ class InvalidTriggerId(ValueError):
 class AckRefused(Exception):
     """An acknowledged message was not stored (so not sent): ``code`` is one of the ACK_* names
     above, ``detail`` says which bound."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class PersistentRefused(Exception):
+    """A persistent subscription was not kept (so not made): ``code`` is TOO_MANY_PERSISTENT,
+    ``detail`` says which bound."""
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)

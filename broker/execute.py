@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import disconnect
+from . import disconnect, errors
 from .effects import (
     Counts,
     Effect,
     JoinRoom,
+    KeepPersistent,
     Kick,
     LeaveRooms,
     ListConnections,
@@ -26,6 +27,7 @@ from .effects import (
     SendDirect,
     Stats,
 )
+from .errors import PersistentRefused
 from .fanout.hub import Hub
 from .fanout.receiver import Receiver
 from .identity import client_room, parse_address
@@ -41,21 +43,28 @@ async def carry_out(effect: Effect, hub: Hub, owner: Receiver) -> Any:
         case JoinRoom(subscription=sub):
             sub.owner = owner
             await hub.subscribe(sub)
-            if effect.history is None:
+            if effect.history is None and effect.persist is None:
                 return None
             try:
-                # The whole replay: the stream is bounded by its size (MAXLEN ~, a little more).
-                return await hub.stores.history.read(
+                page = None if effect.history is None else await hub.stores.history.read(
+                    # The whole replay: the stream is bounded by its size (MAXLEN ~, a little
+                    # more).
                     sub.room.key, since=effect.since, limit=0 if effect.since is None else None)
+                if effect.persist is not None:
+                    await _keep_persistent(hub, effect.persist)
             except BaseException:
                 await hub.unsubscribe([sub])
                 raise
+            return page
         case LeaveRooms():
             await hub.unsubscribe(effect.subscriptions)
+            if effect.forget is not None:
+                await hub.stores.persistent.forget(effect.forget.owner,
+                                                   effect.forget.request_ids_json)
             return None
         case PublishRooms():
             return await hub.router.publish(effect.rooms, effect.data_json,
-                                            history=effect.history)
+                                            history=effect.history, tags=effect.tags)
         case SendDirect():
             # An acknowledged message waits for a recipient that is not connected yet.
             if not effect.ack and not await registry.destination_exists(effect.destination):
@@ -90,3 +99,12 @@ async def carry_out(effect: Effect, hub: Hub, owner: Receiver) -> Any:
                                              login_id=login_id))
             return kicked
     raise TypeError(f"not carried out here: {effect!r}")
+
+
+async def _keep_persistent(hub: Hub, keep: KeepPersistent) -> None:
+    """Keep a persistent subscription for its login; raises PersistentRefused over the
+    login's bound (BROKER_MAX_PERSISTENT_SUBSCRIPTIONS)."""
+    if not await hub.stores.persistent.keep(keep.owner, keep.request_id_json, keep.entry,
+                                            keep.limit, keep.ttl):
+        raise PersistentRefused(errors.TOO_MANY_PERSISTENT,
+                                f"a login keeps at most {keep.limit} persistent subscriptions")

@@ -1,9 +1,10 @@
 """What a WebSocket handshake says about its client: the ASGI scope's headers and query.
 
 - ``credentials_from_scope``: the ``Credentials`` the JSON dialects log in with (the auth API's
-  cookie and headers, ``?token=``, or a static key: ``?app_key=&login_id=&profile_key=``,
-  PROTOCOL §2.2), and the client's address. STOMP over WebSocket reads its credentials from
-  its CONNECT frame instead (``Codec.connect``).
+  cookie and headers, ``?token=``, a static key: ``?app_key=&login_id=&profile_key=``,
+  PROTOCOL §2.2, or a connection ticket: ``?ticket=``, broker.tickets), and the client's
+  address. STOMP over WebSocket reads its credentials from its CONNECT frame instead
+  (``Codec.connect``).
 - ``resume_token_from_scope``: ``?resume=`` (or ``?resume_token=``), an earlier connection's
   resume token.
 - ``origin_allowed_by``: the ``Origin`` header, judged by ``limits.origin_allowed`` against
@@ -51,7 +52,7 @@ def credentials_from_scope(scope: Scope) -> Credentials:
     return Credentials(headers=headers, token=first("token"),
                        remote_addr=client[0] if client else None,
                        app_key=first("app_key"), login_id=first("login_id"),
-                       profile_key=first("profile_key"))
+                       profile_key=first("profile_key"), ticket=first("ticket"))
 
 
 def resume_token_from_scope(scope: Scope) -> str | None:

@@ -23,11 +23,13 @@ driver's (``broker.connection``). This module owns the rules both follow.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rooms import InvalidRoom, Room, parse_room, permits
+
+from .filters import Scalar
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,8 @@ class HistoryEntry:
     offset: int
     id: str  # the trigger id
     data_json: str  # the trigger's data, encoded once
+    # its tags (broker.filters): a filtered subscription's replay is filtered as live frames are
+    tags: Mapping[str, Scalar] | None = None
 
 
 @dataclass(frozen=True, slots=True)

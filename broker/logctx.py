@@ -25,7 +25,7 @@ conn_id: contextvars.ContextVar[str] = contextvars.ContextVar("combroker_conn", 
 # Query parameters (and form fields) whose value is a credential.
 SECRET_PARAMS = ("token", "access_token", "app_key", "profile_key", "passcode", "password",
                  "secret", "secret-key", "secret_key", "api_key", "apikey", "sessionid",
-                 "csrftoken", "authorization", "resume", "resume_token")
+                 "csrftoken", "authorization", "resume", "resume_token", "ticket")
 _SECRET_RE = re.compile(
     r"(?i)([?&;]\s*(?:" + "|".join(re.escape(p) for p in SECRET_PARAMS) + r")=)[^&\s\"';]*")
 

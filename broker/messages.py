@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .disconnect import Disconnect
+from .filters import Scalar, check_tags
 from .identity import Identity, Realm
 
 TRIGGER = "cb.trigger"
@@ -34,13 +35,16 @@ class Trigger:
     """A trigger for ``rooms`` (canonical keys); ``data_json`` is its data, encoded once.
     ``offsets``: for a recorded trigger, each recorded room's offset in its history.
     ``exclude``: the id of a connection whose subscriptions do not get it (the sender's own
-    echo); sent only when set, and a process of an earlier version ignores it."""
+    echo); sent only when set, and a process of an earlier version ignores it.
+    ``tags``: what subscriptions' filters are matched against (broker.filters); sent only when
+    set, and a process of an earlier version ignores it (it holds no filtered subscription)."""
 
     id: str
     rooms: list[str]
     data_json: str
     offsets: dict[str, int] | None = None
     exclude: str | None = None
+    tags: dict[str, Scalar] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"type": TRIGGER, "id": self.id, "rooms": self.rooms,
@@ -49,6 +53,8 @@ class Trigger:
             wire["offsets"] = self.offsets
         if self.exclude is not None:
             wire["exclude"] = self.exclude
+        if self.tags is not None:
+            wire["tags"] = self.tags
         return wire
 
 
@@ -234,7 +240,7 @@ def from_wire(wire: dict[str, Any]) -> Message | None:
         offsets = wire.get("offsets")
         return Trigger(str(wire["id"]), [str(r) for r in wire["rooms"]], str(wire["data"]),
                        {str(k): int(v) for k, v in offsets.items()} if offsets else None,
-                       _str(wire, "exclude"))
+                       _str(wire, "exclude"), check_tags(wire.get("tags")))
     if kind == DIRECT:
         return DirectMessage(str(wire["id"]), str(wire["room"]), str(wire["to"]),
                              _str(wire, "from"), str(wire["message"]), str(wire["data"]),

@@ -35,13 +35,16 @@ Every subscription matching one of the rooms then receives::
   ``model_to_dict`` through Django's JSON encoder (dates, decimals and UUIDs become strings).
 - Raw saves (fixtures loading) are skipped. ``disconnect()`` of the returned handle removes
   the receivers (tests).
+- ``name``: added to the payload as ``"name"`` (event classes, ``broker.events``);
+  ``tags(instance)``: the trigger's tags (``broker.filters``), computed and checked at save
+  time, so a subscriber's filter can select among the events.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -51,12 +54,15 @@ from django.db import models, transaction
 from django.db.models.signals import post_delete, post_save
 from django.forms.models import model_to_dict
 
+from .filters import Scalar, check_tags
+
 log = logging.getLogger("broker.model_events")
 
 CREATED, UPDATED, DELETED = "created", "updated", "deleted"
 
 Rooms = Callable[[Any], Iterable[dict[str, Any]]]
 Serializer = Callable[[Any], Any]
+TagsOf = Callable[[Any], Mapping[str, Any] | None]
 
 
 def default_serializer(instance: models.Model) -> Any:
@@ -64,18 +70,19 @@ def default_serializer(instance: models.Model) -> Any:
     return json.loads(json.dumps(model_to_dict(instance), cls=DjangoJSONEncoder))
 
 
-def _publish(rooms: list[dict[str, Any]], payload: dict[str, Any], history: bool) -> None:
+def _publish(rooms: list[dict[str, Any]], payload: dict[str, Any], history: bool,
+             tags: dict[str, Scalar] | None = None) -> None:
     from .publish import publish_sync
 
     try:
-        publish_sync(rooms, payload, history=history)
+        publish_sync(rooms, payload, history=history, tags=tags)
     except Exception:  # noqa: BLE001 - never break the commit that already happened
         log.exception("model event %s %s of %s not published", payload.get("event"),
                       payload.get("pk"), payload.get("model"))
 
 
 @dataclass
-class ModelEvents:
+class ModelEventReceivers:
     """The receivers connected for one model; ``disconnect()`` removes them."""
 
     model: type[models.Model]
@@ -84,6 +91,8 @@ class ModelEvents:
     history: bool
     events: frozenset[str]
     dispatch_uid: str
+    name: str | None = None
+    tags: TagsOf | None = None
 
     def _send(self, event: str, instance: models.Model, using: str) -> None:
         rooms = [dict(r) for r in self.rooms(instance)]
@@ -91,8 +100,13 @@ class ModelEvents:
             return
         payload = {"model": instance._meta.label_lower, "event": event, "pk": _pk(instance),
                    "data": self.serializer(instance)}
+        if self.name is not None:
+            payload["name"] = self.name
         json.dumps(payload)  # not JSON-serializable: fail in the caller, not after the commit
-        transaction.on_commit(partial(_publish, rooms, payload, self.history), using=using)
+        # bad tags fail in the caller too (InvalidTags)
+        tags = check_tags(self.tags(instance)) if self.tags is not None else None
+        transaction.on_commit(partial(_publish, rooms, payload, self.history, tags),
+                              using=using)
 
     def on_save(self, sender: Any, instance: models.Model, created: bool, raw: bool = False,
                 using: str = "default", **kwargs: Any) -> None:
@@ -118,7 +132,8 @@ def _pk(instance: models.Model) -> Any:
 def publish_model_events(model: type[models.Model], rooms: Rooms, *,
                          serializer: Serializer | None = None, history: bool = False,
                          events: Iterable[str] = (CREATED, UPDATED, DELETED),
-                         dispatch_uid: str | None = None) -> ModelEvents:
+                         dispatch_uid: str | None = None, name: str | None = None,
+                         tags: TagsOf | None = None) -> ModelEventReceivers:
     """Publish ``model``'s created/updated/deleted events to ``rooms(instance)`` on commit.
 
     Connecting the same model twice with the same ``dispatch_uid`` (default: one per model)
@@ -128,8 +143,9 @@ def publish_model_events(model: type[models.Model], rooms: Rooms, *,
     unknown = events - {CREATED, UPDATED, DELETED}
     if unknown:
         raise ValueError(f"unknown model events: {sorted(unknown)}")
-    handle = ModelEvents(model, rooms, serializer or default_serializer, history, events,
-                         dispatch_uid or f"combroker.model_events:{model._meta.label_lower}")
+    handle = ModelEventReceivers(
+        model, rooms, serializer or default_serializer, history, events,
+        dispatch_uid or f"combroker.model_events:{model._meta.label_lower}", name, tags)
     post_save.connect(handle.on_save, sender=model, weak=False,
                       dispatch_uid=handle.dispatch_uid + ":save")
     post_delete.connect(handle.on_delete, sender=model, weak=False,

@@ -22,6 +22,7 @@ from rooms import Room
 
 from .fanout.router import Router
 from .fanout.running import fanout_settings, hub_loop, make_stores, running_hub
+from .filters import Tags, check_tags
 from .jsontext import dump_json
 from .triggers import TriggerRequest, check_exclude, check_trigger_id, parse_rooms, \
     parse_trigger
@@ -48,13 +49,15 @@ def _router() -> Router:
 
 
 async def publish_rooms(rooms: list[Room], data: Any, history: bool = False,
-                        trigger_id: str | None = None, exclude: str | None = None) -> str:
+                        trigger_id: str | None = None, exclude: str | None = None,
+                        tags: Tags | None = None) -> str:
     return await _router().publish(rooms, dump_json(data), history=history,
-                                   trigger_id=trigger_id, exclude=exclude)
+                                   trigger_id=trigger_id, exclude=exclude, tags=tags)
 
 
 async def publish(rooms: list[Any], data: Any, *, history: bool = False,
-                  trigger_id: str | None = None, exclude: str | None = None) -> str:
+                  trigger_id: str | None = None, exclude: str | None = None,
+                  tags: Mapping[str, Any] | None = None) -> str:
     """Deliver ``data`` to every subscription matching any of ``rooms``; returns the trigger id.
 
     ``history``: also record it in the history of its rooms that BROKER_HISTORY covers, so
@@ -65,9 +68,12 @@ async def publish(rooms: list[Any], data: Any, *, history: bool = False,
     ``exclude``: a connection id (its welcome's ``connection_id``): that connection's
     subscriptions do not get this trigger, so a sender does not get its own echo
     (``InvalidTrigger`` unless 1 to 64 characters of A-Z a-z 0-9 . _ : -).
+    ``tags``: string keys and scalar values that subscriptions' filters are matched against
+    (``broker.filters``; ``InvalidTags`` past its bounds; docs/protocol.md "Event filters").
     """
     return await publish_rooms(parse_rooms(rooms), data, history,
-                               check_trigger_id(trigger_id), check_exclude(exclude))
+                               check_trigger_id(trigger_id), check_exclude(exclude),
+                               check_tags(tags))
 
 
 async def _publish_checked(triggers: list[TriggerRequest | Exception]) -> list[str | Exception]:
@@ -92,11 +98,12 @@ async def publish_many(triggers: Iterable[Mapping[str, Any]]) -> list[str | Exce
     """Publish several triggers at once: one round trip to Redis for all of them.
 
     Each trigger is a mapping like a ``POST /trigger`` body: ``{"rooms": [...], "data": ...,
-    "history": bool (optional), "id": str (optional), "exclude": connection id (optional)}``.
+    "history": bool (optional), "id": str (optional), "exclude": connection id (optional),
+    "tags": {...} (optional)}``.
     Returns, per trigger and in order, its trigger id, or the exception that refused it, as
     ``asyncio.gather(..., return_exceptions=True)`` does: ``InvalidTrigger`` (not a mapping,
     ``rooms`` or ``data`` missing, ``history`` not a boolean, ``exclude`` not a connection
-    id), ``rooms.InvalidRoom``, ``InvalidTriggerId``,
+    id), ``rooms.InvalidRoom``, ``InvalidTriggerId``, ``filters.InvalidTags``,
     ``ValueError`` (data that is not JSON), ``BrokerUnavailable`` (not known to be delivered:
     retry it, with an ``id`` to make the retry idempotent). Each trigger is checked and
     delivered on its own: one refused trigger never stops the others.
@@ -120,12 +127,12 @@ def _background_loop() -> asyncio.AbstractEventLoop:
 
 def publish_sync(rooms: list[Any], data: Any, timeout: float = 10.0, *,
                  history: bool = False, trigger_id: str | None = None,
-                 exclude: str | None = None) -> str:
+                 exclude: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
     """Blocking ``publish()`` for sync code (views, signals, management commands)."""
     parsed = parse_rooms(rooms)  # raise InvalidRoom in the caller's thread
     trigger_id = check_trigger_id(trigger_id)
-    return _run(publish_rooms(parsed, data, history, trigger_id, check_exclude(exclude)),
-                timeout)
+    return _run(publish_rooms(parsed, data, history, trigger_id, check_exclude(exclude),
+                              check_tags(tags)), timeout)
 
 
 def publish_many_sync(triggers: Iterable[Mapping[str, Any]],

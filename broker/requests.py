@@ -56,6 +56,11 @@ class Subscribe:
     since: Any = None
     # Tell this subscription who joins and leaves its room (broker.presence).
     presence: Any = False
+    # The event filter (a JSON value; broker.filters compiles it): None = every trigger.
+    filter: Any = None
+    # Keep it for the login: every later connection of that login gets it back
+    # (broker.persistent).
+    persistent: Any = False
 
 
 @dataclass(slots=True)
@@ -101,6 +106,7 @@ class Publish:
     data: Any
     meta: CodecContext = None
     history: Any = False  # record the trigger in its rooms' history (BROKER_HISTORY)
+    tags: Any = None  # the trigger's tags (broker.filters.check_tags)
 
 
 @dataclass(slots=True)

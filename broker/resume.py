@@ -58,12 +58,14 @@ class SavedSubscription:
     room: Room
     offset: int | None  # history rooms: the last offset written to the client
     presence: bool = False  # the subscription asked for join/leave frames
+    filter: Any = None  # its event filter as given (broker.filters), compiled again on restore
 
 
 def encode_state(subs: list[SavedSubscription]) -> str:
     return json.dumps({"v": 1, "subs": [
         {"rid": s.request_id, "room": s.room.original, "offset": s.offset,
-         **({"presence": True} if s.presence else {})} for s in subs]},
+         **({"presence": True} if s.presence else {}),
+         **({"filter": s.filter} if s.filter is not None else {})} for s in subs]},
         separators=(",", ":"))
 
 
@@ -82,5 +84,5 @@ def decode_state(text: str | bytes) -> list[SavedSubscription]:
         offset = item.get("offset")
         out.append(SavedSubscription(item.get("rid"), room,
                                      offset if isinstance(offset, int) else None,
-                                     item.get("presence") is True))
+                                     item.get("presence") is True, item.get("filter")))
     return out

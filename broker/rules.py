@@ -27,7 +27,9 @@ from .effects import (
     ConfirmMessage,
     Counts,
     Effect,
+    ForgetPersistent,
     JoinRoom,
+    KeepPersistent,
     Kick,
     LeaveRooms,
     ListConnections,
@@ -40,9 +42,11 @@ from .effects import (
     SendDirect,
     Stats,
 )
+from .filters import InvalidFilter, InvalidTags, check_tags, compile_filter
 from .history import HistoryPolicy, recovered, valid_offset
 from .identity import Identity, Profile, resolve_destination
 from .jsontext import dump_json
+from .persistent import MAX_ENTRY_CHARS, entry_of
 from .presence import PresencePolicy, presence_members
 from .replies import (
     AdminResult,
@@ -96,6 +100,10 @@ class RuleSettings(Protocol):
     def history(self) -> HistoryPolicy: ...
     @property
     def presence(self) -> PresencePolicy: ...
+    @property
+    def max_persistent(self) -> int: ...
+    @property
+    def persistent_ttl(self) -> float: ...
 
 
 class Requester(Protocol):
@@ -132,7 +140,8 @@ def decide(req: Request, s: Requester) -> Step:
         case UnsubscribeAll():
             subs = list(s.subscriptions.values())
             s.subscriptions.clear()
-            return Step(Success(req.request_id), LeaveRooms(subs) if subs else None)
+            return Step(Success(req.request_id),
+                        LeaveRooms(subs, _forget(subs, s)) if subs else None)
         case Ping():
             return Step(Pong(req.request_id, req.text))
         case Status():
@@ -180,6 +189,9 @@ def _subscribe(req: Subscribe, s: Requester) -> Step:
         return bad
     if not isinstance(req.presence, bool):
         return Step(Error(errors.INVALID_MESSAGE, rid, "'presence' must be a boolean"))
+    keep = _keep(req, rid, s)
+    if isinstance(keep, Step):
+        return keep
     key = dump_json(rid)
     existing = s.subscriptions.get(key)
     if existing is not None:
@@ -190,22 +202,60 @@ def _subscribe(req: Subscribe, s: Requester) -> Step:
         return Step(Error(errors.ROOM_NOT_FOUND, rid))
     if req.presence and not s.settings.presence.tracked(room):
         return Step(Error(errors.PRESENCE_NOT_ENABLED, rid))
+    event_filter = None
+    if req.filter is not None:
+        try:
+            event_filter = compile_filter(req.filter)  # once per subscription
+        except InvalidFilter as exc:
+            return Step(Error(exc.code, rid, exc.detail))
     if len(s.subscriptions) >= s.settings.max_subscriptions:
         return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid))
     if pattern is not None and sum(other.pattern is not None for other in
                                    s.subscriptions.values()) >= MAX_REGEX_WATCHES:
         return Step(Error(errors.TOO_MANY_SUBSCRIPTIONS, rid,
                           f"at most {MAX_REGEX_WATCHES} regular-expression watches"))
-    sub = Subscription(rid, key, room, pattern=pattern, presence=req.presence)
+    sub = Subscription(rid, key, room, pattern=pattern, presence=req.presence,
+                       filter=event_filter, persistent=keep is not None)
     s.subscriptions[key] = sub
     rule = s.settings.history.rule_for(room)
     if rule is None:
         # No history to replay (a wildcard room, or one no BROKER_HISTORY rule covers):
         # a ``since`` cannot be honoured, and the reply says so.
         return Step(Success(rid, {"recovered": False} if since is not None else None),
-                    JoinRoom(sub))
+                    JoinRoom(sub, persist=keep))
     # The driver answers: it reads the room's offset (and the replay after ``since``).
-    return Step(Success(rid), JoinRoom(sub, rule, since))
+    return Step(Success(rid), JoinRoom(sub, rule, since, keep))
+
+
+def _keep(req: Subscribe, rid: Any, s: Requester) -> KeepPersistent | Step | None:
+    """A persistent subscribe: what to keep for the login (broker.persistent), or the
+    refusal; None: not persistent."""
+    if not isinstance(req.persistent, bool):
+        return Step(Error(errors.INVALID_MESSAGE, rid, "'persistent' must be a boolean"))
+    if not req.persistent:
+        return None
+    owner = s.identity.destination
+    if owner is None:
+        return Step(Error(errors.PERSISTENT_NEEDS_LOGIN, rid,
+                          "only a connection with a login keeps subscriptions"))
+    if req.pattern is not None:
+        return Step(Error(errors.PERSISTENT_NOT_ALLOWED, rid,
+                          "a regular-expression watch cannot be persistent"))
+    entry = entry_of(req)
+    if len(entry) > MAX_ENTRY_CHARS:
+        return Step(Error(errors.PERSISTENT_TOO_LARGE, rid,
+                          f"a persistent subscription keeps at most {MAX_ENTRY_CHARS} "
+                          "characters"))
+    return KeepPersistent(owner, dump_json(rid), entry, s.settings.max_persistent,
+                          s.settings.persistent_ttl)
+
+
+def _forget(subs: list[Subscription], s: Requester) -> ForgetPersistent | None:
+    """The persistent ones among ``subs``, which the client unsubscribed: forgotten for the
+    login too (None: none is persistent)."""
+    rids = tuple(sub.request_id_json for sub in subs if sub.persistent)
+    owner = s.identity.destination
+    return ForgetPersistent(owner, rids) if rids and owner is not None else None
 
 
 def _unsubscribe(req: Unsubscribe, s: Requester) -> Step:
@@ -217,7 +267,7 @@ def _unsubscribe(req: Unsubscribe, s: Requester) -> Step:
     sub = s.subscriptions.pop(dump_json(rid), None)
     if sub is None:
         return Step(Error(errors.NOT_SUBSCRIBED, rid))
-    return Step(Success(rid), LeaveRooms([sub]))
+    return Step(Success(rid), LeaveRooms([sub], _forget([sub], s)))
 
 
 def _send(req: Send, s: Requester) -> Step:
@@ -246,7 +296,11 @@ def _publish(req: Publish, s: Requester) -> Step:
         return Step(Error(errors.ROOM_NOT_ALLOWED, rid))
     if not isinstance(req.history, bool):
         return Step(Error(errors.INVALID_MESSAGE, rid, "'history' must be a boolean"))
-    return Step(Success(rid), PublishRooms(rooms, dump_json(req.data), req.history))
+    try:
+        tags = check_tags(req.tags)
+    except InvalidTags as exc:
+        return Step(Error(errors.INVALID_TAGS, rid, exc.detail))
+    return Step(Success(rid), PublishRooms(rooms, dump_json(req.data), req.history, tags))
 
 
 def _history(req: History, s: Requester) -> Step:

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import conf, disconnect, errors, metrics, resume, rules
+from . import conf, disconnect, errors, metrics, persistent, resume, rules
 from .codec import Codec
 from .delivery import Delivery, Frame, Mark
 from .disconnect import Disconnect
@@ -59,14 +59,16 @@ from .effects import (
     AckUpdate,
     CompleteAck,
     Effect,
+    ForgetPersistent,
     HoldAck,
     JoinRoom,
     LeaveRooms,
+    LoadPersistent,
     SaveResume,
     TakeResume,
 )
 from .history import HistoryPage, HistoryPolicy
-from .identity import Identity
+from .identity import Identity, public_room
 from .limits import TokenBucket, Verdict
 from .messages import Confirmed, DirectMessage, PresenceEvent
 from .presence import PresencePolicy
@@ -106,6 +108,8 @@ class SessionSettings:
     duplicate_login: str = "allow"  # "allow", "reject" or "replace"
     resume_ttl: float = 300.0
     presence: PresencePolicy = field(default_factory=PresencePolicy)
+    max_persistent: int = 32  # persistent subscriptions one login keeps
+    persistent_ttl: float = 2_592_000.0
 
     @classmethod
     def from_conf(cls, c: conf.Settings, *, auth_deadline: float | None = None
@@ -117,7 +121,9 @@ class SessionSettings:
                    auth_deadline=(c.BROKER_AUTH_DEADLINE if auth_deadline is None
                                   else auth_deadline),
                    duplicate_login=c.BROKER_DUPLICATE_LOGIN, resume_ttl=c.BROKER_RESUME_TTL,
-                   presence=c.presence_policy)
+                   presence=c.presence_policy,
+                   max_persistent=c.BROKER_MAX_PERSISTENT_SUBSCRIPTIONS,
+                   persistent_ttl=c.BROKER_PERSISTENT_TTL)
 
 
 def _position(effect: Effect) -> Mark | None:
@@ -146,7 +152,7 @@ class Session:
     __slots__ = (
         "settings", "state", "identity", "subscriptions", "_queue", "_end", "_clock", "_name",
         "_bucket", "_auth_by", "_held", "_held_bytes", "_follow_ups", "_pending", "resume_token",
-        "resumed", "_restored", "_acked_ids", "_owed", "_codec", "delivery",
+        "resumed", "_restored", "_acked_ids", "_owed", "_codec", "delivery", "_persistent",
     )
 
     delivery: Delivery  # made once the codec is known
@@ -180,6 +186,9 @@ class Session:
         self.resume_token: str | None = None
         self.resumed: bool | None = None
         self._restored: list[dict[str, Any]] = []
+        # The login's persistent subscriptions restored at the open (and those refused), as
+        # the welcome announces them (None: none was kept).
+        self._persistent: list[dict[str, Any]] | None = None
         # Acknowledged messages delivered here (to drop a second copy), and those still owed;
         # made with the first one (most connections never get one).
         self._acked_ids: OrderedDict[str, None] | None = None
@@ -247,11 +256,12 @@ class Session:
         codec = self.codec
         if codec.caps.resumable:
             self.resume_token = resume.new_token()
-        if self.resumed is None:
-            frame = codec.welcome(self.identity, connection_id, self.resume_token)
-        else:
-            frame = codec.welcome(self.identity, connection_id, self.resume_token,
-                                  resumed=self.resumed, restored=self._restored)
+        announced: dict[str, Any] = {}
+        if self.resumed is not None:
+            announced.update(resumed=self.resumed, restored=self._restored)
+        if self._persistent:
+            announced.update(persistent=self._persistent)
+        frame = codec.welcome(self.identity, connection_id, self.resume_token, **announced)
         held, self._held, self._held_bytes = self._held or [], None, 0
         self.push(frame)
         for held_frame, mark in held:
@@ -278,7 +288,8 @@ class Session:
         steps = []
         for saved in resume.decode_state(state):
             step = self.handle(Subscribe(saved.request_id, saved.room.original,
-                                         since=saved.offset, presence=saved.presence))
+                                         since=saved.offset, presence=saved.presence,
+                                         filter=saved.filter))
             if isinstance(step.effect, JoinRoom):  # else no longer allowed, or invalid
                 self._begin(step.effect)
                 steps.append(step)
@@ -286,27 +297,98 @@ class Session:
 
     def restored(self, step: Step, result: HistoryPage | None | BaseException) -> None:
         """One restored subscription's join was carried out (or failed: it is dropped)."""
+        entry = self._rejoined(step, result)
+        if entry is not None:
+            self._restored.append(entry)
+
+    def _rejoined(self, step: Step, result: HistoryPage | None | BaseException
+                  ) -> dict[str, Any] | None:
+        """A restored subscription's join was carried out: what the welcome says of it
+        (None: it failed, and is dropped)."""
         join = step.effect
         assert isinstance(join, JoinRoom)
         rid = join.subscription.request_id
         if isinstance(result, BaseException):
             self._undo(join)
             log.warning("conn %s: subscription %r not restored: %s", self._name, rid, result)
-            return
+            return None
         entry: dict[str, Any] = {"requestId": rid}
         reply = self._joined(join, result, rid) if result is not None else None
         extra = (reply.extra if reply is not None else None) or (
             step.reply.extra if isinstance(step.reply, Success) else None)
         if extra:
             entry.update(extra)
-        self._restored.append(entry)
+        return entry
+
+    # ------------------------------------------------------------ persistent subscriptions
+
+    def persistent_lookup(self) -> LoadPersistent | None:
+        """Which login's persistent subscriptions to read at the open (None: no login)."""
+        owner = self.identity.destination
+        if owner is None:
+            return None
+        return LoadPersistent(owner, self.settings.persistent_ttl)
+
+    def restore_persistent(self, entries: dict[str, str]
+                           ) -> tuple[list[Step], ForgetPersistent | None]:
+        """The login's kept entries (request id's JSON -> entry): each goes through the
+        subscribe rule against this identity. The driver carries out each step's JoinRoom,
+        then ``restored_persistent``; and forgets what is returned: the entries refused for
+        good (the identity may no longer subscribe to the room, or it no longer reads as a
+        subscribe). A refusal that may pass later (this connection's own bounds, presence
+        settings, a request id a resumed subscription holds for another room) keeps it.
+        A resumed subscription of the same request id and room is the one restored."""
+        steps: list[Step] = []
+        forget: list[str] = []
+        announced = self._persistent = []
+        for rid_json, entry in entries.items():
+            req = persistent.request_of(rid_json, entry)
+            if req is None:
+                forget.append(rid_json)
+                continue
+            step = self.handle(req)
+            join = step.effect
+            if isinstance(join, JoinRoom):
+                join.persist = None  # kept already: the lookup refreshed its ttl
+                self._begin(join)
+                steps.append(step)
+                continue
+            shown = {"requestId": req.request_id, "room": req.room}
+            if isinstance(step.reply, Error):
+                announced.append({**shown, "refused": step.reply.code})
+                if step.reply.code in persistent.REFUSED_FOR_GOOD:
+                    forget.append(rid_json)
+                continue
+            resumed = self.subscriptions.get(rid_json)  # already there: resumed, same room
+            if resumed is not None:
+                resumed.persistent = True
+                announced.append(shown)
+        if not announced:
+            self._persistent = None
+        owner = self.identity.destination
+        return steps, (ForgetPersistent(owner, tuple(forget)) if forget and owner else None)
+
+    def restored_persistent(self, step: Step, result: HistoryPage | None | BaseException
+                            ) -> None:
+        """One persistent subscription's join was carried out (or failed: it is dropped for
+        this connection, and stays kept)."""
+        join = step.effect
+        assert isinstance(join, JoinRoom)
+        entry = self._rejoined(step, result)
+        shown = {"requestId": join.subscription.request_id,
+                 "room": public_room(join.subscription.room).original}
+        if self._persistent is None:
+            self._persistent = []
+        self._persistent.append({**shown, **entry} if entry is not None
+                                else {**shown, "refused": errors.SERVICE_UNAVAILABLE})
 
     def saved_state(self, subs: list[Subscription]) -> SaveResume | None:
         """What to save at the close for a later resume (None: nothing to take back)."""
         if self.resume_token is None or not subs:
             return None
         state = resume.encode_state([
-            resume.SavedSubscription(s.request_id, s.room, s.offset, s.presence)
+            resume.SavedSubscription(s.request_id, s.room, s.offset, s.presence,
+                                     s.filter.source if s.filter is not None else None)
             for s in subs if s.pattern is None])
         return SaveResume(resume.token_key(self.resume_token),
                           resume.fingerprint(self.identity), state, self.settings.resume_ttl)

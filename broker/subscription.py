@@ -7,6 +7,8 @@ from typing import Any, Protocol
 
 from rooms import Room
 
+from .filters import Filter
+
 class DestinationPattern(Protocol):
     """What the core needs of a regex watch's pattern (STOMP ``destination-type:1``): its
     source text, and whether it fully matches a client destination (truthy) or not. The engine
@@ -39,4 +41,9 @@ class Subscription:
     replayed: int | None = None
     # The client asked to be told who joins and leaves the room (broker.presence).
     presence: bool = False
+    # Triggers whose tags it does not match are not delivered, live or replayed
+    # (broker.filters); None = every trigger.
+    filter: Filter | None = None
+    # Kept for the login (broker.persistent): an unsubscribe forgets it there too.
+    persistent: bool = False
 

@@ -8,6 +8,8 @@ docs/protocol.md). A trigger that breaks one raises, naming the rule:
 - ``rooms.InvalidRoom``: ``rooms`` not a non-empty list of valid rooms;
 - ``InvalidTriggerId``: an ``id`` that is not 1 to 64 characters of A-Z a-z 0-9 . _ : -
 - ``InvalidTrigger``: an ``exclude`` that is not a connection id (1 to 64 such characters too)
+- ``filters.InvalidTags``: ``tags`` that are not an object of at most 32 string keys and
+  bounded scalar values (``broker.filters.check_tags``)
 
 Each message is the text ``/trigger`` answers with 400 (``refusal``).
 """
@@ -22,6 +24,7 @@ from typing import Any
 from rooms import InvalidRoom, Room, parse_room
 
 from .errors import INVALID_TRIGGER_ID, InvalidTriggerId
+from .filters import Scalar, check_tags
 
 
 class InvalidTrigger(ValueError):
@@ -38,6 +41,7 @@ class TriggerRequest:
     history: bool = False
     trigger_id: str | None = None
     exclude: str | None = None  # a connection whose subscriptions do not get it
+    tags: dict[str, Scalar] | None = None  # what subscriptions' filters match (broker.filters)
 
 
 def parse_rooms(rooms: Any) -> list[Room]:
@@ -72,8 +76,8 @@ def check_exclude(value: Any) -> str | None:
 
 def parse_trigger(entry: Any) -> TriggerRequest:
     """A trigger given as a mapping ``{"rooms": [...], "data": ..., "history"?: bool,
-    "id"?: str, "exclude"?: str}`` (the body of ``POST /trigger``, an entry of a batch), checked
-    in this order."""
+    "id"?: str, "exclude"?: str, "tags"?: {...}}`` (the body of ``POST /trigger``, an entry of
+    a batch), checked in this order."""
     if not isinstance(entry, Mapping):
         raise InvalidTrigger("body must be a JSON object")
     if "rooms" not in entry:
@@ -88,7 +92,7 @@ def parse_trigger(entry: Any) -> TriggerRequest:
     if "id" in entry and trigger_id is None:
         raise InvalidTriggerId(f"{INVALID_TRIGGER_ID}: id must be a string")
     return TriggerRequest(rooms, entry["data"], history, check_trigger_id(trigger_id),
-                          check_exclude(entry.get("exclude")))
+                          check_exclude(entry.get("exclude")), check_tags(entry.get("tags")))
 
 
 def refusal(exc: Exception) -> str:

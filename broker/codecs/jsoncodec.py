@@ -63,7 +63,8 @@ def _decode_request(msg: dict[str, Any]) -> Request:
     rid = msg.get("requestId")
     if kind == "subscribe":
         return Subscribe(rid, msg.get("room"), since=msg.get("since"),
-                         presence=msg.get("presence", False))
+                         presence=msg.get("presence", False), filter=msg.get("filter"),
+                         persistent=msg.get("persistent", False))
     if kind == "unsubscribe":
         return Unsubscribe(rid)
     if kind == "ping":
@@ -77,7 +78,8 @@ def _decode_request(msg: dict[str, Any]) -> Request:
     if kind == "publish":
         if "data" not in msg:
             return Invalid(errors.INVALID_MESSAGE, rid, "publish needs 'rooms' and 'data'")
-        return Publish(rid, msg.get("rooms"), msg["data"], history=msg.get("history", False))
+        return Publish(rid, msg.get("rooms"), msg["data"], history=msg.get("history", False),
+                       tags=msg.get("tags"))
     if kind == "history":
         return History(rid, msg.get("room"), msg.get("limit"), msg.get("since"))
     if kind == "confirm":
@@ -104,7 +106,7 @@ def credentials_from_connect(msg: dict[str, Any], remote_addr: str | None) -> Cr
         headers.update({str(k).lower(): v for k, v in extra.items() if isinstance(v, str)})
     return Credentials(headers=headers, token=text("token"), remote_addr=remote_addr,
                        app_key=text("app_key"), login_id=text("login_id"),
-                       profile_key=text("profile_key"))
+                       profile_key=text("profile_key"), ticket=text("ticket"))
 
 
 class JsonCodec:
@@ -158,8 +160,8 @@ class JsonCodec:
     # ---- outbound
 
     def welcome(self, identity: Identity, connection_id: str, resume_token: str | None,
-                resumed: bool | None = None, restored: list[dict[str, Any]] | None = None
-                ) -> str:
+                resumed: bool | None = None, restored: list[dict[str, Any]] | None = None,
+                persistent: list[dict[str, Any]] | None = None) -> str:
         rooms = identity.shown_rooms
         if not self.rich:
             return dump_json({"is_authorized": True, "allowed_rooms": rooms})
@@ -173,6 +175,8 @@ class JsonCodec:
             frame["resumed"] = resumed
             if resumed:  # what came back: requestId, and for history rooms offset, recovered
                 frame["subscriptions"] = restored or []
+        if persistent:  # the login's persistent subscriptions (High-templar: not shown)
+            frame["persistent"] = persistent
         return dump_json(frame)
 
     def refused(self, reason: str, detail: str | None = None) -> str:

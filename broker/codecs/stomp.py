@@ -85,7 +85,7 @@ MAX_PATTERN = 512  # characters of a destination-type:1 regular expression
 ACK_MODES = frozenset({"auto", "client", "client-individual"})
 
 # CONNECT headers that are credentials, never forwarded to the auth API as headers.
-_SECRET_HEADERS = frozenset({"passcode", "secret-key", "login"})
+_SECRET_HEADERS = frozenset({"passcode", "secret-key", "login", "ticket"})
 _PROFILE_PREFIX = re.compile(r"\^?/(\w+)/")
 _PROFILES = frozenset(p.value for p in Profile)
 
@@ -236,26 +236,32 @@ class StompCodec:
             headers={k: v for k, v in h.items() if k not in _SECRET_HEADERS},
             token=h.get("token") or None, remote_addr=remote_addr,
             app_key=h.get("secret-key"), login_id=h.get("login"),
-            profile_key=h.get("passcode"),
+            profile_key=h.get("passcode"), ticket=h.get("ticket") or None,
         )
         return Connecting(credentials, heartbeats=self._heartbeats)
 
     def welcome(self, identity: Identity, connection_id: str, resume_token: str | None,
-                resumed: bool | None = None, restored: list[dict[str, Any]] | None = None
-                ) -> str | bytes:
-        # STOMP sessions are not resumable: the last three are the rich JSON dialect's.
+                resumed: bool | None = None, restored: list[dict[str, Any]] | None = None,
+                persistent: list[dict[str, Any]] | None = None) -> str | bytes:
+        # STOMP sessions are not resumable: resume_token, resumed and restored are the rich
+        # JSON dialect's. ``persistent``: the subscription ids restored, as a JSON list in the
+        # ``persistent`` header (their MESSAGEs carry them as ``subscription``).
         self._own_destination = identity.public_destination
         offer, negotiated = self.heartbeat_ms, self._heartbeats
         # The offer, in each direction the client wants beats (0 where it wants none, or
         # where the server offers none: then nothing was negotiated that way).
         beats = (f"{offer if negotiated.out_ms else 0},"
                  f"{offer if negotiated.in_ms else 0}")
-        return self.encode(Frame("CONNECTED", {
+        headers = {
             "version": "1.2", "heart-beat": beats, "session": connection_id,
             "server": SERVER, "session-id": connection_id, "login": identity.login_id or "",
             "connection-id": connection_id, "destination": identity.public_destination or "",
             "profile-code": str(identity.profile.code), "profile-desc": str(identity.profile),
-        }))
+        }
+        restored_ids = [p["requestId"] for p in persistent or () if "refused" not in p]
+        if restored_ids:
+            headers["persistent"] = dump_json(restored_ids)
+        return self.encode(Frame("CONNECTED", headers))
 
     def refused(self, reason: str, detail: str | None = None) -> str | bytes:
         return self.error_frame(reason, detail)
@@ -340,14 +346,18 @@ class StompCodec:
             self._ack_modes[sid] = mode
             meta = replace(meta, ack_added=sid)
         if h.get("destination-type", "").strip() == "1":
-            return self._subscribe_pattern(sid, dest, meta)
+            return self._subscribe_pattern(sid, dest, meta, _flag_header(h, "persistent"))
+        event_filter = _filter_header(h)
+        if event_filter is _NOT_JSON:
+            return Invalid(errors.INVALID_FILTER, sid, "the filter header is not JSON", meta)
         if dest.startswith(ROOM_PREFIX):
             try:
                 room = _rooms_of(dest)
             except ValueError:
                 return Invalid(errors.INVALID_ROOM, sid, "/room/ must be followed by a JSON room",
                                meta)
-            return Subscribe(sid, room, meta=meta, presence=_presence_header(h))
+            return Subscribe(sid, room, meta=meta, presence=_flag_header(h, "presence"),
+                             filter=event_filter, persistent=_flag_header(h, "persistent"))
         target = parse_destination(dest, wildcard=True)
         if target is None:
             return Invalid(errors.INVALID_ROOM, sid,
@@ -361,9 +371,11 @@ class StompCodec:
             return Ping(meta=meta)
         profile, login = target
         return Subscribe(sid, {"client": login, "profile": str(profile)}, meta=meta,
-                         presence=_presence_header(h))
+                         presence=_flag_header(h, "presence"), filter=event_filter,
+                         persistent=_flag_header(h, "persistent"))
 
-    def _subscribe_pattern(self, sid: Any, source: str, meta: StompContext) -> Request:
+    def _subscribe_pattern(self, sid: Any, source: str, meta: StompContext,
+                           persistent: Any = False) -> Request:
         """destination-type:1: watch the connected clients whose destination fully matches.
 
         It is a wildcard watch of one profile's client rooms, filtered by the regex in the hub.
@@ -380,7 +392,7 @@ class StompCodec:
             room: Any = {"client": "*", "profile": prefix.group(1)}
         else:
             room = None  # which profile it watches is the session's decision
-        return Subscribe(sid, room, pattern=pattern, meta=meta)
+        return Subscribe(sid, room, pattern=pattern, meta=meta, persistent=persistent)
 
     def _acknowledge(self, frame: ParsedFrame, meta: StompContext) -> Request:
         """ACK/NACK (STOMP 1.2: ``id`` is a MESSAGE's ``ack`` header). Deliveries are
@@ -564,10 +576,26 @@ class StompCodec:
         return None
 
 
-def _presence_header(headers: Any) -> Any:
-    """``presence:true`` on a SUBSCRIBE: told who joins and leaves (other text: refused by
-    the rule as not a boolean)."""
-    value = headers.get("presence")
+def _flag_header(headers: Any, name: str) -> Any:
+    """A SUBSCRIBE's boolean header: ``presence:true`` (told who joins and leaves),
+    ``persistent:true`` (kept for the login); other text is refused by the rule as not a
+    boolean."""
+    value = headers.get(name)
     if value is None:
         return False
     return {"true": True, "false": False}.get(value.strip().lower(), value)
+
+
+_NOT_JSON = object()
+
+
+def _filter_header(headers: Any) -> Any:
+    """A SUBSCRIBE's ``filter:<json>`` header (docs/protocol.md "Event filters"): its JSON
+    value (None: no header), or _NOT_JSON. The session compiles and bounds it."""
+    raw = headers.get("filter")
+    if raw is None:
+        return None
+    try:
+        return load_json(raw)
+    except ValueError:
+        return _NOT_JSON

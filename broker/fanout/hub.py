@@ -48,7 +48,7 @@ from ..presence import ANONYMOUS, ONLINE, Transition, lifecycle_events
 from ..subscription import Subscription
 from ..stores import Stores
 from .channel import ProcessChannel
-from .coalesce import Coalesced
+from ..coalesce import Coalesced
 from .membership import Membership
 from .presence import Presence
 from .receiver import Receiver
@@ -254,6 +254,9 @@ class Hub:
                 if exclude is not None and sub.owner.id == exclude:
                     skipped += 1
                     continue  # the sender's own echo (``publish(..., exclude=)``)
+                if sub.filter is not None and not sub.filter.matches(trigger.tags):
+                    skipped += 1
+                    continue  # its event filter refuses the trigger's tags (broker.filters)
                 if offsets is None:
                     sub.owner.deliver(sub, trigger, key, None)
                     continue

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 
 from ..stores import Registry
-from .coalesce import Coalesced
+from ..coalesce import Coalesced
 
 # Shapes whose masks are kept; past it the cache starts over (a shape is one sorted key set:
 # a deployment has tens of them, but triggers may name any).

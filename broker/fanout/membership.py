@@ -36,7 +36,7 @@ from rooms import Room
 from ..errors import BrokerUnavailable
 from ..stores import Registry
 from .channel import ProcessChannel
-from .coalesce import Coalesced
+from ..coalesce import Coalesced
 from .router import room_group, shape_group
 from .sender import shard_of
 

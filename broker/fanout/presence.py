@@ -23,7 +23,7 @@ from collections.abc import Callable
 from ..errors import BrokerUnavailable
 from ..presence import PresencePolicy, Transition
 from ..stores import PresenceStore
-from .coalesce import Coalesced
+from ..coalesce import Coalesced
 
 log = logging.getLogger("broker.presence")
 

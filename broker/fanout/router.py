@@ -36,6 +36,7 @@ from ..errors import BrokerUnavailable
 from ..identity import client_room, parse_address, public_destination
 from ..messages import Close, Confirmed, DirectMessage, Message, PresenceEvent, Trigger
 from ..jsontext import dump_json
+from ..filters import Tags
 from ..stores import Stores
 from ..triggers import TriggerRequest
 from .masks import Masks
@@ -140,12 +141,15 @@ class Router:
         return await self._send([(self.groups_for(rooms, read.__getitem__) - groups, wire)])
 
     async def publish(self, rooms: list[Room], data_json: str, history: bool = False,
-                      trigger_id: str | None = None, exclude: str | None = None) -> str:
+                      trigger_id: str | None = None, exclude: str | None = None,
+                      tags: Tags | None = None) -> str:
         """``trigger_id``: the client's own (checked by ``broker.triggers``), which makes a
         retry idempotent: recorded once (within BROKER_TRIGGER_ID_TTL) and, through the
         receivers' dedupe by id, delivered once to a subscription that had it already.
-        ``exclude``: a connection id whose subscriptions do not get it (the hub skips them)."""
-        outcome = (await self._publish([(rooms, data_json, history, trigger_id, exclude)]))[0]
+        ``exclude``: a connection id whose subscriptions do not get it (the hub skips them).
+        ``tags``: checked by ``broker.filters.check_tags``; what filters match (the hub)."""
+        outcome = (await self._publish([(rooms, data_json, history, trigger_id, exclude,
+                                          tags)]))[0]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -163,7 +167,7 @@ class Router:
         valid = [i for i, data in enumerate(encoded) if isinstance(data, str)]
         outcomes = await self._publish([(triggers[i].rooms, str(encoded[i]),
                                          triggers[i].history, triggers[i].trigger_id,
-                                         triggers[i].exclude)
+                                         triggers[i].exclude, triggers[i].tags)
                                         for i in valid])
         results: list[str | Exception] = list(encoded)
         for i, outcome in zip(valid, outcomes, strict=True):
@@ -171,13 +175,13 @@ class Router:
         return results
 
     async def _publish(self, triggers: list[tuple[list[Room], str, bool, str | None,
-                                                  str | None]]
+                                                  str | None, Tags | None]]
                        ) -> list[str | Exception]:
         s = self.settings
-        ids = [trigger_id or uuid.uuid4().hex for _, _, _, trigger_id, _ in triggers]
+        ids = [trigger_id or uuid.uuid4().hex for _, _, _, trigger_id, _, _ in triggers]
         offsets: list[dict[str, int] | None | Exception] = [None] * len(triggers)
         down: BrokerUnavailable | None = None  # the history's Redis failed: record no more
-        for i, (rooms, data_json, history, own_id, _) in enumerate(triggers):
+        for i, (rooms, data_json, history, own_id, _, tags) in enumerate(triggers):
             recorded = s.history_policy.recorded(rooms) if history else []
             if recorded and down is not None:
                 offsets[i] = down
@@ -186,20 +190,22 @@ class Router:
                 try:
                     offsets[i] = await self.stores.history.append(
                         [(r.key, rule) for r, rule in recorded], ids[i], data_json,
-                        s.history_meta_ttl, s.trigger_id_ttl if own_id is not None else 0)
+                        s.history_meta_ttl, s.trigger_id_ttl if own_id is not None else 0,
+                        tags)
                 except BrokerUnavailable as exc:
                     offsets[i] = down = exc
         results: list[str | Exception] = list(ids)
         sending: list[int] = []
         messages: list[tuple[list[Room], Message]] = []
-        for i, (rooms, data_json, _, _, exclude) in enumerate(triggers):
+        for i, (rooms, data_json, _, _, exclude, tags) in enumerate(triggers):
             recorded_at = offsets[i]
             if isinstance(recorded_at, Exception):
                 results[i] = recorded_at
                 continue
             sending.append(i)
             messages.append((rooms, Trigger(ids[i], [r.key for r in rooms], data_json,
-                                            recorded_at, exclude)))
+                                            recorded_at, exclude,
+                                            dict(tags) if tags else None)))
         for i, failure in zip(sending, await self.route(messages), strict=True):
             if failure is not None:
                 results[i] = failure

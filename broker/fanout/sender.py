@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from .coalesce import Coalesced
+from ..coalesce import Coalesced
 
 Send = tuple[set[str], dict[str, Any]]  # the groups, and the message's wire form
 

@@ -35,7 +35,7 @@ from ..subscription import Subscription
 from ..stores import Stores
 from ..stores.registry import Change
 from .channel import ProcessChannel
-from .coalesce import Coalesced
+from ..coalesce import Coalesced
 from .presence import Presence
 from .receiver import Receiver
 from .router import Router

@@ -8,6 +8,9 @@
 - ``acks``: acknowledged direct messages until confirmed (``broker.stores.acks``).
 - ``presence``: each room's members and connection counts; joins and leaves
   (``broker.stores.presence``).
+- ``persistent``: each login's persistent subscriptions (``broker.stores.persistent``).
+- ``tickets``: the connection tickets already used, until they expire
+  (``broker.stores.tickets``).
 - ``webhooks``: lifecycle events waiting to be POSTed to the backend, and the sender's lease
   (``broker.stores.webhooks``).
 
@@ -24,14 +27,16 @@ from dataclasses import dataclass, field
 
 from .acks import AckQuota, AckStore, MemoryAcks, RedisAcks
 from .history import HistoryStore, MemoryHistory, RedisHistory
+from .persistent import MemoryPersistent, PersistentStore, RedisPersistent
 from .presence import MemoryPresence, PresenceStore, RedisPresence
 from .redis import RedisClient
 from .registry import MemoryRegistry, RedisRegistry, Registry
 from .resume import MemoryResume, RedisResume, ResumeStore
+from .tickets import MemoryTickets, RedisTickets, TicketStore
 from .webhooks import MemoryWebhookQueue, RedisWebhookQueue, WebhookQueue
 
-__all__ = ["AckQuota", "AckStore", "HistoryStore", "PresenceStore", "Registry", "ResumeStore",
-           "Stores", "WebhookQueue"]
+__all__ = ["AckQuota", "AckStore", "HistoryStore", "PersistentStore", "PresenceStore",
+           "Registry", "ResumeStore", "Stores", "TicketStore", "WebhookQueue"]
 
 # A process whose heartbeat (every BROKER_REGISTRY_TTL/3) is older than this part of the TTL
 # is dead to presence: swept within the TTL of its last heartbeat by the next upkeep tick.
@@ -47,6 +52,8 @@ class Stores:
     presence: PresenceStore
     client: RedisClient | None = None  # the Redis they share; None in memory
     webhooks: WebhookQueue = field(default_factory=MemoryWebhookQueue)
+    persistent: PersistentStore = field(default_factory=MemoryPersistent)
+    tickets: TicketStore = field(default_factory=MemoryTickets)
 
     @classmethod
     def memory(cls, proc_id: str, webhook_max_pending: int = 100_000) -> Stores:
@@ -63,7 +70,8 @@ class Stores:
         return cls(RedisRegistry(client, proc_id, registry_ttl), RedisHistory(client),
                    RedisResume(client), RedisAcks(client, proc_id, registry_ttl),
                    RedisPresence(client, proc_id, registry_ttl * PRESENCE_DEAD_AFTER), client,
-                   webhooks=RedisWebhookQueue(client, webhook_max_pending))
+                   webhooks=RedisWebhookQueue(client, webhook_max_pending),
+                   persistent=RedisPersistent(client), tickets=RedisTickets(client))
 
     async def ping(self) -> bool:
         """Redis answers (always True in memory): /healthz."""

@@ -6,7 +6,8 @@ entries. Two implementations of ``HistoryStore``:
 - ``RedisHistory``, keys under ``P`` = BROKER_KEY_PREFIX, ``h(x)`` a short hash:
 
     P:h:<h(room)>    stream  one room's recorded triggers; entry id ``<offset>-0``, fields
-                             ``i`` (trigger id) and ``d`` (data JSON); XADD MAXLEN ~size,
+                             ``i`` (trigger id), ``d`` (data JSON) and, for a trigger with
+                             tags, ``t`` (tags JSON; broker.filters); XADD MAXLEN ~size,
                              expires ``ttl`` after the last trigger
     P:hm:<h(room)>   hash    that room's sequence: ``base`` (where it started), ``top`` (its
                              last offset); expires BROKER_HISTORY_META_TTL (>= ttl) after the
@@ -27,23 +28,27 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..filters import Tags, check_tags
 from ..history import HistoryEntry, HistoryPage, HistoryRule
+from ..jsontext import dump_json, load_json
 from .redis import RedisClient, short_hash, text
 
 # KEYS: (stream, sequence) per room, then optionally the trigger id's record (``once``): a
 # hash stream -> offset of the rooms that id was recorded in; a room found there is not
-# appended again and its offset is returned as it was. ARGV: id, data, then (size, ttl ms,
-# meta ttl ms) per room, then the record's ttl ms when there is one.
+# appended again and its offset is returned as it was. ARGV: id, data, tags JSON ('' for
+# none), then (size, ttl ms, meta ttl ms) per room, then the record's ttl ms when there is one.
 _HISTORY_APPEND = """
 local t = redis.call('TIME')
 local seed = t[1] .. string.format('%06d', tonumber(t[2]))
 local n = math.floor(#KEYS / 2)
 local once = nil
 if #KEYS % 2 == 1 then once = KEYS[#KEYS] end
+local fields = {'i', ARGV[1], 'd', ARGV[2]}
+if ARGV[3] ~= '' then fields[5] = 't'; fields[6] = ARGV[3] end
 local out = {}
 for i = 1, n do
   local s, m = KEYS[2 * i - 1], KEYS[2 * i]
-  local j = 3 * (i - 1) + 3
+  local j = 3 * (i - 1) + 4
   local done = once and redis.call('HGET', once, s)
   if done then
     out[i] = tonumber(done)
@@ -51,7 +56,7 @@ for i = 1, n do
     if redis.call('HSETNX', m, 'base', seed) == 1 then redis.call('HSET', m, 'top', seed) end
     local top = redis.call('HINCRBY', m, 'top', 1)
     redis.call('XADD', s, 'MAXLEN', '~', ARGV[j], string.format('%.0f', top) .. '-0',
-               'i', ARGV[1], 'd', ARGV[2])
+               unpack(fields))
     redis.call('PEXPIRE', s, ARGV[j + 1])
     redis.call('PEXPIRE', m, ARGV[j + 2])
     if once then redis.call('HSET', once, s, top) end
@@ -65,8 +70,10 @@ return out
 
 class HistoryStore(Protocol):
     async def append(self, rooms: list[tuple[str, HistoryRule]], trigger_id: str,
-                     data_json: str, meta_ttl: float, once_ttl: float = 0) -> dict[str, int]:
-        """Record one trigger in each room; returns each room key's new offset.
+                     data_json: str, meta_ttl: float, once_ttl: float = 0,
+                     tags: Tags | None = None) -> dict[str, int]:
+        """Record one trigger (with its ``tags``) in each room; returns each room key's new
+        offset.
 
         ``once_ttl`` > 0 (a client-supplied trigger id): for that many seconds, a room this
         trigger id was already recorded in is not recorded again; its first offset is
@@ -96,7 +103,8 @@ class MemoryHistory:
         self._once: dict[str, tuple[dict[str, int], float]] = {}
 
     async def append(self, rooms: list[tuple[str, HistoryRule]], trigger_id: str,
-                     data_json: str, meta_ttl: float, once_ttl: float = 0) -> dict[str, int]:
+                     data_json: str, meta_ttl: float, once_ttl: float = 0,
+                     tags: Tags | None = None) -> dict[str, int]:
         now = time.monotonic()
         out: dict[str, int] = {}
         for k in [k for k, v in self._once.items() if v[1] <= now]:
@@ -118,7 +126,7 @@ class MemoryHistory:
             if room.expires <= now:
                 room.entries.clear()
             room.top += 1
-            room.entries.append(HistoryEntry(room.top, trigger_id, data_json))
+            room.entries.append(HistoryEntry(room.top, trigger_id, data_json, tags))
             while len(room.entries) > rule.size:
                 room.entries.popleft()
             room.expires = now + rule.ttl
@@ -152,9 +160,10 @@ class RedisHistory:
         return self.client.key("h", h), self.client.key("hm", h)
 
     async def append(self, rooms: list[tuple[str, HistoryRule]], trigger_id: str,
-                     data_json: str, meta_ttl: float, once_ttl: float = 0) -> dict[str, int]:
+                     data_json: str, meta_ttl: float, once_ttl: float = 0,
+                     tags: Tags | None = None) -> dict[str, int]:
         keys: list[str] = []
-        args: list[Any] = [trigger_id, data_json]
+        args: list[Any] = [trigger_id, data_json, dump_json(tags) if tags else ""]
         for key, rule in rooms:
             keys.extend(self._keys(key))
             args.extend([rule.size, int(rule.ttl * 1000), int(max(meta_ttl, rule.ttl) * 1000)])
@@ -182,7 +191,13 @@ class RedisHistory:
         if since is None:
             raw = list(reversed(raw))
         entries = tuple(HistoryEntry(int(text(eid).split("-", 1)[0]), text(f[b"i"]),
-                                     text(f[b"d"])) for eid, f in raw)
+                                     text(f[b"d"]), _tags(f.get(b"t"))) for eid, f in raw)
         if top is None:
             return HistoryPage(0, 0, ())
         return HistoryPage(int(top), int(base or 0), entries)
+
+
+def _tags(raw: bytes | None) -> Tags | None:
+    """An entry's tags as recorded (``t``; absent for one without tags, or recorded by an
+    earlier version)."""
+    return None if raw is None else check_tags(load_json(raw))

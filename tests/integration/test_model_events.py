@@ -28,17 +28,24 @@ def migrate(db: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def mounted(broker_factory, auth_api, redis_server, prefix: str, tmp_path, target: str):
+    """The mount project under daphne on a migrated database of this test's own; token ``t``
+    may subscribe to every board's room of ``target``."""
+    auth_api.allow(token="t", body={"allowed_rooms": [{"target": target, "board": "*"}]})
+    db = str(tmp_path / "notes.sqlite3")
+    migrate(db)
+    return broker_factory(
+        argv=MOUNT_ARGV, ready_path="/rt/healthz", auth_api=auth_api, redis=redis_server,
+        BROKER_KEY_PREFIX=prefix, DJANGO_SETTINGS_MODULE=SETTINGS,
+        MOUNTPROJECT_DB=db, BROKER_TRIGGER_TOKEN=None)
+
+
 async def test_model_events_reach_a_websocket_client(broker_factory, auth_api, redis_server,
                                                      unique, tmp_path):
     board = f"b-{unique}"
     room = {"target": "notes", "board": board}
-    auth_api.allow(token="t", body={"allowed_rooms": [{"target": "notes", "board": "*"}]})
-    db = str(tmp_path / "notes.sqlite3")
-    migrate(db)
-    broker = broker_factory(
-        argv=MOUNT_ARGV, ready_path="/rt/healthz", auth_api=auth_api, redis=redis_server,
-        BROKER_KEY_PREFIX=f"notes-{unique}", DJANGO_SETTINGS_MODULE=SETTINGS,
-        MOUNTPROJECT_DB=db, BROKER_TRIGGER_TOKEN=None)
+    broker = mounted(broker_factory, auth_api, redis_server, f"notes-{unique}", tmp_path,
+                     "notes")
 
     ws, welcome = await ws_open(broker.ws_url, token="t")
     assert welcome["is_authorized"] is True

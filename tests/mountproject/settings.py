@@ -16,6 +16,10 @@ INSTALLED_APPS = [
     # The project's own app, whose model changes reach the broker (broker.model_events).
     "tests.mountproject.notes.apps.NotesConfig",
 ]
+# tests/integration/test_event_classes.py: an app whose event classes are declared wrong
+# (MOUNTPROJECT_BAD_EVENTS names how), which must stop the process at start.
+if os.environ.get("MOUNTPROJECT_BAD_EVENTS"):
+    INSTALLED_APPS.append("tests.mountproject.badevents")
 MIDDLEWARE: list[str] = []
 
 ROOT_URLCONF = "tests.mountproject.urls"
@@ -32,3 +36,8 @@ CHANNEL_LAYERS = channel_layers_setting()
 
 # Broker settings may live in the project's settings (an env var of the same name wins).
 BROKER_TRIGGER_TOKEN = "mounted-token"
+
+# Connection tickets: {% combroker_ticket %} in the project's templates, for the identity its
+# auth API view would answer (BROKER_TICKET_SECRET comes from the environment).
+TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]
+BROKER_TICKET_IDENTITY = "tests.mountproject.views.identity"

@@ -5,6 +5,7 @@ from .notes import views as notes
 
 urlpatterns = [
     path("", views.home),
+    path("ticket/", views.ticket),
     path("rt/", include("broker.urls")),
     path("notes/", notes.create),
     path("notes/rolled-back/", notes.rolled_back),

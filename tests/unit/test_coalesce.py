@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from broker.fanout.coalesce import Coalesced
+from broker.coalesce import Coalesced
 
 
 class Batches:

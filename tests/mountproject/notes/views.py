@@ -16,14 +16,17 @@ class Rollback(Exception):
 @csrf_exempt
 def create(request: HttpRequest) -> JsonResponse:
     body = json.loads(request.body)
-    note = Note.objects.create(board=body["board"], title=body["title"])
+    note = Note.objects.create(board=body["board"], title=body["title"],
+                               status=body.get("status", "open"))
     return JsonResponse({"id": note.pk}, status=201)
 
 
 @csrf_exempt
 def update(request: HttpRequest, pk: int) -> JsonResponse:
     note = Note.objects.get(pk=pk)
-    note.title = json.loads(request.body)["title"]
+    body = json.loads(request.body)
+    note.title = body.get("title", note.title)
+    note.status = body.get("status", note.status)
     note.save()
     return JsonResponse({"id": note.pk})
 

@@ -1,0 +1,1 @@
+"""The broker's template tags (``{% load combroker %}``): ``broker.templatetags.combroker``."""
