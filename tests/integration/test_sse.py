@@ -346,3 +346,22 @@ async def test_refusals_and_bad_requests_are_http_statuses(broker_factory, auth_
         await broker.until_metric("combroker_connections", 0)
         assert await get(sse_url(broker, one, token="bob")) == (503, {
             "type": "refused", "is_authorized": False, "reason": "auth-unavailable"})
+
+
+async def test_a_ticket_opens_one_stream_while_the_auth_api_is_down(broker_factory, auth_api):
+    """A connection ticket (``?ticket=``, broker.tickets) works as over WebSocket, and only
+    once: EventSource's own reconnect presents it again and is refused for good (403)."""
+    from broker.tickets import encode
+
+    auth_api.stop()
+    broker = broker_factory(auth_api=auth_api, BROKER_TICKET_SECRET="sse-secret")
+    ticket = encode(BOB, "sse-secret", 60)
+    one = [{"requestId": 1, "room": NEWS}]
+    async with stream(sse_url(broker, one, ticket=ticket)) as s:
+        assert (await s.next()).json()["login_id"] == "bob"
+        assert (await s.next()).json() == {"code": "success", "requestId": 1}
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+            again = await http.get(sse_url(broker, one, ticket=ticket))
+        assert again.status_code == 403 and again.json()["reason"] == "ticket-replayed"
+        await post(broker, NEWS, "ticketed")
+        assert (await s.next()).json()["data"] == "ticketed"
