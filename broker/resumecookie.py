@@ -27,11 +27,19 @@ _SAME_SITE: Final = {"lax": "Lax", "strict": "Strict", "none": "None"}
 def header(token: str, *, path: str, secure: bool, same_site: str = "lax") -> str:
     """The ``Set-Cookie`` value that keeps ``token`` (``secrets.token_urlsafe``: no character
     needs quoting)."""
-    parts = [f"{NAME}={token}", f"Path={path or '/'}", "HttpOnly",
+    if not _plain_path(path):
+        path = "/"  # a path that would break the header (it names the request's own path)
+    parts = [f"{NAME}={token}", f"Path={path}", "HttpOnly",
              f"SameSite={_SAME_SITE.get(same_site.lower(), 'Lax')}"]
     if secure:
         parts.append("Secure")
     return "; ".join(parts)
+
+
+def _plain_path(path: str) -> bool:
+    """Printable ASCII from ``/``, with nothing that ends or quotes an attribute."""
+    return (path.startswith("/") and path.isascii() and path.isprintable()
+            and not any(ch in path for ch in ';,"\\'))
 
 
 def _pairs(cookie: str) -> list[tuple[str, str]]:

@@ -55,7 +55,6 @@ def resume_cookie(scope: Scope, c: Settings) -> tuple[str, str]:
     keeps it (``broker.resumecookie``): Secure under TLS or a trusted ``https`` proxy, the
     Path of this handshake unless BROKER_RESUME_COOKIE_PATH says otherwise."""
     token = resume.new_token()
-    path = c.BROKER_RESUME_COOKIE_PATH or str(scope.get("root_path", "")) + str(
-        scope.get("path") or "/")
+    path = c.BROKER_RESUME_COOKIE_PATH or str(scope.get("path") or "/")  # ASGI: the full path
     return token, resumecookie.header(token, path=path, secure=secure_scope(scope),
                                       same_site=c.BROKER_RESUME_COOKIE_SAMESITE)

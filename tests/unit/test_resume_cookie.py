@@ -33,6 +33,8 @@ def test_the_header_is_http_only_with_the_path_and_same_site_and_secure_only_ove
     strict = attributes(resumecookie.header("tok", path="", secure=True, same_site="strict"))
     assert strict["SameSite"] == "Strict" and "Secure" in strict and strict["Path"] == "/"
     assert "Max-Age" not in strict  # the state's lifetime starts at the close, not here
+    for odd in ("/ws/;Domain=evil", "/ws/\r\nX: y", "ws", '/a"b', "/café"):
+        assert attributes(resumecookie.header("t", path=odd, secure=False))["Path"] == "/"
 
 
 def test_read_and_without():
