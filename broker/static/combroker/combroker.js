@@ -595,6 +595,7 @@ export class CombrokerClient {
     this._resumeStore = resumeStorageOf(this.options.resumeStorage);
     this._resumeKey = resumeStorageKey(this.url);
     this._timers.adopt = null;
+    this._resumeOpen = false; // welcomed, not closed since
     const kept = this._resumeStore && this._resumeKey ? readKept(this._resumeStore, this._resumeKey)
       : null;
     if (kept) {
@@ -609,12 +610,17 @@ export class CombrokerClient {
   }
 
   // Keep the token for the next page load: while open, with no expiry (the broker keeps the
-  // state from the close); at the close or `pagehide`, with when the state expires.
+  // state from the close); at the close of a welcomed connection (or `pagehide` before it),
+  // with when the state expires. Attempts that fail after it change nothing: they save no state.
   _keepResume(closing) {
     if (!this.resumeToken) return;
-    const ttl = this.resumeTtl;
-    const expiresAt = closing && typeof ttl === "number" ? Date.now() + ttl * 1000 : null;
-    if (closing) this.resumeExpiresAt = expiresAt;
+    let expiresAt = null;
+    if (closing) {
+      if (!this._resumeOpen) return;
+      this._resumeOpen = false;
+      if (typeof this.resumeTtl === "number") expiresAt = Date.now() + this.resumeTtl * 1000;
+      this.resumeExpiresAt = expiresAt;
+    }
     if (!this._resumeStore || !this._resumeKey) return;
     try {
       this._resumeStore.setItem(this._resumeKey,
@@ -628,6 +634,7 @@ export class CombrokerClient {
   _resumeWelcomed(frame) {
     this.resumeTtl = typeof frame.resume_ttl === "number" ? frame.resume_ttl : null;
     this.resumeExpiresAt = null;
+    this._resumeOpen = true; // a state is saved when this connection closes
     this._keepResume(false);
     const held = [];
     if (frame.resumed === true) {

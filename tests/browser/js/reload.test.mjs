@@ -52,14 +52,17 @@ describe("the resume token across page loads", () => {
     assert.equal(client.resumeExpiresAt, expiresAt);
 
     // the next page load: presented at once, and readable before the welcome
-    FakeWS.server = () => {};
+    FakeWS.server = (s) => s.serverClose(1006); // and attempts that fail change nothing
     const next = createClient(URL_A, { ...base, resumeStorage: storage });
     assert.equal(next.resumeToken, "rt-1");
     assert.equal(next.resumeExpiresAt, expiresAt);
     next.open();
-    await waitFor(() => FakeWS.instances[1], "the second socket");
+    await waitFor(() => FakeWS.instances.length >= 3, "two more attempts");
     assert.equal(presented(FakeWS.instances[1]), "rt-1");
+    assert.equal(presented(FakeWS.instances[2]), "rt-1");
     next.close();
+    assert.deepEqual(storage.kept(), { token: "rt-1", expiresAt });
+    assert.equal(next.resumeExpiresAt, expiresAt);
     // one key per broker URL: another broker's page presents nothing
     assert.equal(createClient("ws://other/ws/", { ...base, resumeStorage: storage }).resumeToken,
       null);
