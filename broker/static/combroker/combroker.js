@@ -644,8 +644,14 @@ export class CombrokerClient {
     const before = this.unclaimed;
     this.unclaimed = new Map();
     for (const entry of held) {
-      if (!entry || entry.requestId === undefined || this._subs.has(entry.requestId)) continue;
+      if (!entry || entry.requestId === undefined || entry.refused !== undefined
+        || this._subs.has(entry.requestId)) continue; // known, or not held (refused)
       const key = JSON.stringify(entry.requestId);
+      const known = this.unclaimed.get(key); // resumed, and persistent too
+      if (known) {
+        known.persistent = known.persistent || entry.persistent;
+        continue;
+      }
       const old = before.get(key);
       before.delete(key);
       const waiting = [...this._subs.values()].find((sub) => sub._adoptable && !sub.closed

@@ -113,6 +113,19 @@ describe("the resume token across page loads", () => {
 });
 
 describe("subscriptions the broker gives back", () => {
+  test("one both resumed and persistent is held once, as persistent", async () => {
+    FakeWS.instances = [];
+    FakeWS.server = (s) => s.welcome({ resumed: true,
+      subscriptions: [{ requestId: 9, room: CHAT1 }], persistent: [{ requestId: 9, room: CHAT1 }] });
+    const client = await connect(URL_A, { ...base, adoptTimeout: 30 });
+    assert.equal(client.unclaimed.size, 1);
+    const ev = await nextEvent(client, "unclaimed");
+    assert.equal(ev.persistent, true);
+    await tick(20);
+    assert.equal(FakeWS.instances[0].last("unsubscribe"), undefined);
+    client.close();
+  });
+
   test("request ids differ between page loads", () => {
     const a = createClient(URL_A, base);
     const b = createClient(URL_A, base);
@@ -217,7 +230,8 @@ describe("subscriptions the broker gives back", () => {
     async () => {
       FakeWS.instances = [];
       FakeWS.server = (s) => s.welcome({ persistent: [
-        { requestId: "keep-1", room: NEWS }, { requestId: "keep-2", room: CHAT1 }] });
+        { requestId: "keep-1", room: NEWS }, { requestId: "keep-2", room: CHAT1 },
+        { requestId: "gone", room: { target: "x" }, refused: "room-not-found" }] });
       const client = await connect(URL_A, { ...base, adoptTimeout: 30 });
       const ws = FakeWS.instances[0];
       const got = [];
@@ -227,6 +241,7 @@ describe("subscriptions the broker gives back", () => {
       ws.serverSend({ type: "publish", requestId: "keep-1", data: "n2", room: NEWS, id: "y" });
       await sub.ready;
       assert.deepEqual(got, ["n1 on keep-1", "n2 on keep-1"]); // the held one first
+      assert.deepEqual([...client.unclaimed.keys()], ['"keep-2"']); // a refused one is not held
       const ev = await nextEvent(client, "unclaimed");
       assert.equal(ev.requestId, "keep-2");
       assert.equal(ev.persistent, true);
