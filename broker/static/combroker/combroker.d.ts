@@ -99,6 +99,8 @@ export interface HeldSubscription {
   /** History rooms: the room's offset when the missed triggers were read, and whether all were. */
   offset?: number;
   recovered?: boolean;
+  /** A persistent one not restored (its error code): the broker does not hold it. */
+  refused?: string;
 }
 
 export declare const DEFAULTS: Readonly<Required<Omit<ClientOptions, "token" | "params" |
@@ -121,6 +123,8 @@ export interface WelcomeFrame {
   resumed?: boolean;
   /** When resumed: the restored subscriptions (their room; history rooms: offset, recovered). */
   subscriptions?: HeldSubscription[];
+  /** The login's persistent subscriptions restored at this open (and refused ones). */
+  persistent?: HeldSubscription[];
   [key: string]: unknown;
 }
 
