@@ -91,6 +91,9 @@ class Framing:
     enforces it). ``credentials`` (and ``resume_token``) from the handshake, else
     ``connect_frame``: the first frame is a connect frame, read by ``codec.connect``.
     ``origin_allowed`` False: refused with 1008, nothing else said.
+    ``issued_resume_token``: the token the welcome hands out, minted at the handshake because
+    its response carries it (``set_cookie``, the resume cookie's ``Set-Cookie`` value, which
+    the adapter adds to its accept); None: the session mints one at the welcome.
     """
 
     codec: Codec
@@ -101,6 +104,8 @@ class Framing:
     resume_token: str | None = None
     connect_frame: bool = False
     origin_allowed: bool = True
+    issued_resume_token: str | None = None
+    set_cookie: str | None = None
 
 
 class Transport(connection.Transport, Protocol):
@@ -305,7 +310,8 @@ class _Serving:
         except (Refused, AuthUnavailable, BrokerUnavailable) as exc:
             await _refuse(transport, refusal(exc, codec, explicit))
             return None
-        conn.welcome()  # the welcome, then what waited for it (broker.connection)
+        # the welcome, then what waited for it (broker.connection)
+        conn.welcome(framing.issued_resume_token)
         if admission.shutting_down:  # authenticated while graceful_shutdown was closing
             conn.close_soon(disconnect.GOING_AWAY)
         return connecting.heartbeats
