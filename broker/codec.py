@@ -132,10 +132,12 @@ class Codec(Protocol):
 
     def welcome(self, identity: Identity, connection_id: str, resume_token: str | None,
                 resumed: bool | None = None, restored: list[dict[str, Any]] | None = None,
-                persistent: list[dict[str, Any]] | None = None) -> str | bytes:
+                persistent: list[dict[str, Any]] | None = None,
+                *, resume_ttl: float | None = None) -> str | bytes:
         """``persistent``: the login's persistent subscriptions restored at the open
         (``requestId``, ``room``, and a history room's ``offset``) and refused (``refused``:
-        the error code), None when it keeps none."""
+        the error code), None when it keeps none. ``resume_ttl``: the seconds a closed
+        connection's state is kept for its ``resume_token`` (shown with the token)."""
         ...
 
     def publish(self, sub: Subscription, data_json: str, room_key: str, trigger_id: str,

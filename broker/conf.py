@@ -118,6 +118,15 @@ class Settings:
     # subscriptions outlive their last use (a save, or a connection of that login restoring them).
     BROKER_MAX_PERSISTENT_SUBSCRIPTIONS: int = 32
     BROKER_PERSISTENT_TTL: float = 2_592_000.0
+    # Opt-in: the broker also sets a rich WebSocket connection's resume token in an HttpOnly
+    # cookie (``combroker_resume``, broker.resumecookie) on the accept, and reads it back when
+    # a handshake gives no ``?resume=`` (docs/protocol.md "Resume across page reloads").
+    BROKER_RESUME_COOKIE: bool = False
+    # The resume cookie's SameSite: lax, strict or none (none is only kept by browsers with
+    # Secure, i.e. under TLS or a trusted X-Forwarded-Proto: https).
+    BROKER_RESUME_COOKIE_SAMESITE: str = "lax"
+    # The resume cookie's Path; "" = the path of the handshake that sets it (the broker's).
+    BROKER_RESUME_COOKIE_PATH: str = ""
     # Seconds an acknowledged direct message ("ack": true) waits for its confirmations.
     BROKER_ACK_TTL: float = 86_400.0
     # Bounds on stored acknowledged messages (0 = no limit). Each message counts its stored
@@ -182,6 +191,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "BROKER_DUPLICATE_LOGIN": ("allow", "reject", "replace"),
     "BROKER_LOG_LEVEL": _LOG_LEVELS,
+    "BROKER_RESUME_COOKIE_SAMESITE": ("lax", "strict", "none"),
 }
 _PROFILE_KEYS_FORMATS = ('a JSON object {"agent": "KEY", ...} or agent:KEY,super_agent:KEY '
                          "(profiles: agent, super_agent, service, admin)")

@@ -225,10 +225,11 @@ class Connection:
                 result = exc
             done(step, result)
 
-    def welcome(self) -> None:
-        """Queue the welcome, then every frame that waited for it, then the replays."""
+    def welcome(self, resume_token: str | None = None) -> None:
+        """Queue the welcome, then every frame that waited for it, then the replays.
+        ``resume_token``: the one minted at the handshake (the resume cookie carries it)."""
         self._stop_auth_timer()
-        self.session.welcome(self.id)
+        self.session.welcome(self.id, resume_token)
 
     def _stop_auth_timer(self) -> None:
         if self._auth_timer is not None:

@@ -85,7 +85,10 @@ class BrokerConsumer:
         """Choose the codec by subprotocol, then accept: a slow or failing auth API then gives
         a close code the client can read, never an HTTP 500 during the handshake."""
         framing, subprotocol = websocket_framing(self.scope, conf())
-        await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
+        accept: Message = {"type": "websocket.accept", "subprotocol": subprotocol}
+        if framing.set_cookie is not None:  # the resume cookie (BROKER_RESUME_COOKIE)
+            accept["headers"] = [(b"set-cookie", framing.set_cookie.encode("latin-1"))]
+        await self._send(accept)
         return framing
 
     async def receive(self) -> serve.Inbound:

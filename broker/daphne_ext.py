@@ -33,6 +33,10 @@ when daphne serves the application (its modules are loaded before the applicatio
   calls the application, so ``broker.httpguard.BodyGuard`` alone would come too late: the head
   is judged (``httpguard.check_head``) once it is in, and the body counted as it arrives; a
   refusal (401, 413) is written at once and the connection closed, the rest never stored.
+- **Headers on the accept.** daphne drops the ``headers`` of ``websocket.accept`` (ASGI lets
+  the application add response headers to the 101): the resume cookie's ``Set-Cookie``
+  (BROKER_RESUME_COOKIE, ``broker.resumecookie``) is now handed to autobahn, which writes the
+  headers its handshake callback is given.
 - **No credentials in the access log.** daphne writes it itself (not through logging), with
   the query string of HTTP requests; ``broker.logctx.redact`` now runs over each line.
 """
@@ -124,6 +128,7 @@ def patch() -> None:
     if ws_module is not None:
         _patch_protocol(ws_module.WebSocketProtocol)
         _patch_close(ws_module.WebSocketProtocol)
+        _patch_accept(ws_module.WebSocketProtocol)
     http_module = sys.modules.get("daphne.http_protocol")
     if http_module is not None:
         _patch_request(http_module.WebRequest)
@@ -273,6 +278,30 @@ def _patch_close(cls: Any) -> None:
 
     cls.handle_reply = handle_reply_with_close_code
     cls._combroker_close_patched = True
+
+
+def _patch_accept(cls: Any) -> None:
+    if getattr(cls, "_combroker_accept_patched", False):
+        return
+    handle_reply = cls.handle_reply
+
+    def handle_reply_with_headers(self: Any, message: dict[str, Any]) -> None:
+        # daphne's serverAccept hands autobahn the subprotocol only; autobahn's
+        # succeedHandshake also takes (subprotocol, {name: value or [values]}).
+        headers = message.get("headers")
+        if (message.get("type") == "websocket.accept" and headers
+                and hasattr(self, "handshake_deferred")):
+            named: dict[str, list[str]] = {}
+            for name, value in headers:
+                named.setdefault(bytes(name).decode("latin-1"), []).append(
+                    bytes(value).decode("latin-1"))
+            self.handshake_deferred.callback((message.get("subprotocol"), named))
+            del self.handshake_deferred
+            return
+        handle_reply(self, message)
+
+    cls.handle_reply = handle_reply_with_headers
+    cls._combroker_accept_patched = True
 
 
 def _patch_request(cls: Any) -> None:

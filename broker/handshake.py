@@ -6,7 +6,10 @@
   address. STOMP over WebSocket reads its credentials from its CONNECT frame instead
   (``Codec.connect``).
 - ``resume_token_from_scope``: ``?resume=`` (or ``?resume_token=``), an earlier connection's
-  resume token.
+  resume token; with the resume cookie on (BROKER_RESUME_COOKIE), the cookie's when no query
+  names one (``broker.resumecookie``).
+- ``secure_scope``: the handshake came over TLS, or a trusted proxy said so (the scope's
+  ``scheme``, which uvicorn's proxy headers set from ``X-Forwarded-Proto``).
 - ``origin_allowed_by``: the ``Origin`` header, judged by ``limits.origin_allowed`` against
   BROKER_ALLOWED_ORIGINS (a refused one is logged).
 
@@ -19,6 +22,7 @@ import logging
 from typing import Any
 from urllib.parse import parse_qs
 
+from . import resumecookie
 from .credentials import Credentials
 from .limits import origin_allowed
 
@@ -31,7 +35,9 @@ def _query(scope: Scope) -> dict[str, list[str]]:
     return parse_qs(scope.get("query_string", b"").decode("latin-1"))
 
 
-def credentials_from_scope(scope: Scope) -> Credentials:
+def credentials_from_scope(scope: Scope, *, resume_cookie: bool = False) -> Credentials:
+    """``resume_cookie``: the resume cookie is the broker's own, never forwarded to the auth
+    API (``broker.resumecookie.without``)."""
     headers: dict[str, str] = {}
     for raw_name, raw_value in scope.get("headers", []):
         name = raw_name.decode("latin-1").lower()
@@ -41,6 +47,12 @@ def credentials_from_scope(scope: Scope) -> Credentials:
         if name == "cookie" and name in headers:  # HTTP/2 may split cookies into several
             value = f"{headers[name]}; {value}"
         headers[name] = value
+    if resume_cookie and "cookie" in headers:
+        rest = resumecookie.without(headers["cookie"])
+        if rest:
+            headers["cookie"] = rest
+        else:
+            del headers["cookie"]
     query = _query(scope)
     client = scope.get("client")
 
@@ -55,11 +67,23 @@ def credentials_from_scope(scope: Scope) -> Credentials:
                        profile_key=first("profile_key"), ticket=first("ticket"))
 
 
-def resume_token_from_scope(scope: Scope) -> str | None:
-    """``?resume=<token>`` (also ``?resume_token=``): an earlier connection's resume token."""
+def resume_token_from_scope(scope: Scope, *, resume_cookie: bool = False) -> str | None:
+    """``?resume=<token>`` (also ``?resume_token=``): an earlier connection's resume token;
+    else, with ``resume_cookie``, the resume cookie's."""
     query = _query(scope)
     values = query.get("resume") or query.get("resume_token")
-    return values[0] if values else None
+    if values:
+        return values[0]
+    if not resume_cookie:
+        return None
+    cookies = "; ".join(v.decode("latin-1") for k, v in scope.get("headers", [])
+                        if k.lower() == b"cookie")
+    return resumecookie.read(cookies)
+
+
+def secure_scope(scope: Scope) -> bool:
+    """The handshake came over TLS (``wss``), or a trusted proxy said so."""
+    return scope.get("scheme") in ("wss", "https")
 
 
 def origin_allowed_by(scope: Scope, allowed: tuple[str, ...]) -> bool:

@@ -98,6 +98,9 @@ class Framing:
     frame, for a codec that has none (SSE: the empty frame, written as a comment).
     ``positions``: told each history subscription's position just before the frame that
     moves it is written (``Connection.tell_positions``; SSE writes them as event ids).
+    ``issued_resume_token``: the token the welcome hands out, minted at the handshake because
+    its response carries it (``set_cookie``, the resume cookie's ``Set-Cookie`` value, which
+    the adapter adds to its accept); None: the session mints one at the welcome.
     """
 
     codec: Codec
@@ -111,6 +114,8 @@ class Framing:
     heartbeats: Heartbeats = NO_HEARTBEATS
     heartbeat: str | bytes | None = None
     positions: Callable[[Mark], None] | None = None
+    issued_resume_token: str | None = None
+    set_cookie: str | None = None
 
 
 class Transport(connection.Transport, Protocol):
@@ -319,7 +324,8 @@ class _Serving:
         except (Refused, AuthUnavailable, BrokerUnavailable) as exc:
             await _refuse(transport, refusal(exc, codec, explicit))
             return None
-        conn.welcome()  # the welcome, then what waited for it (broker.connection)
+        # the welcome, then what waited for it (broker.connection)
+        conn.welcome(framing.issued_resume_token)
         if admission.shutting_down:  # authenticated while graceful_shutdown was closing
             conn.close_soon(disconnect.GOING_AWAY)
         return connecting.heartbeats

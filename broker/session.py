@@ -17,8 +17,9 @@ States (``State``), each transition made by one method::
   BROKER_DUPLICATE_LOGIN asks of the driver before and after it joins the hub.
 - **The welcome comes first.** From ``open`` until ``welcome()``, frames (deliveries while
   joining, pending acknowledged messages, replays) are held, within the outbox's byte bound;
-  ``welcome()`` queues the welcome (with a fresh resume token on a resumable protocol), then
-  them, then the replays.
+  ``welcome()`` queues the welcome (with a fresh resume token on a resumable protocol, or the
+  one minted at the handshake for the resume cookie, and the seconds its state is kept after
+  the close), then them, then the replays.
 - **Requests.** ``receive(request)`` applies the rate limit (a token bucket on the passed
   clock), then the request's rule (broker.rules: identity, profile, subscription table): it
   answers at once, or returns the one ``Effect`` the driver must carry out.
@@ -248,15 +249,18 @@ class Session:
             self.state = State.OPENING
             self._held = []
 
-    def welcome(self, connection_id: str) -> None:
-        """Queue the welcome, then every frame that waited for it, then the replays."""
+    def welcome(self, connection_id: str, resume_token: str | None = None) -> None:
+        """Queue the welcome, then every frame that waited for it, then the replays.
+        ``resume_token``: minted at the handshake (the resume cookie); None: minted here."""
         if self.state is not State.OPENING:
             return  # ended while opening
         self.state = State.OPEN
         codec = self.codec
         if codec.caps.resumable:
-            self.resume_token = resume.new_token()
+            self.resume_token = resume_token or resume.new_token()
         announced: dict[str, Any] = {}
+        if self.resume_token is not None:
+            announced.update(resume_ttl=self.settings.resume_ttl)
         if self.resumed is not None:
             announced.update(resumed=self.resumed, restored=self._restored)
         if self._persistent:
@@ -312,7 +316,12 @@ class Session:
             self._undo(join)
             log.warning("conn %s: subscription %r not restored: %s", self._name, rid, result)
             return None
-        entry: dict[str, Any] = {"requestId": rid}
+        # The room (as the client names it) and presence: a reloaded page adopts the
+        # subscription when it subscribes to that room again (docs/protocol.md).
+        sub = join.subscription
+        entry: dict[str, Any] = {"requestId": rid, "room": public_room(sub.room).original}
+        if sub.presence:
+            entry["presence"] = True
         reply = self._joined(join, result, rid) if result is not None else None
         extra = (reply.extra if reply is not None else None) or (
             step.reply.extra if isinstance(step.reply, Success) else None)

@@ -280,6 +280,8 @@ class WebSocketEdge(asyncio.Protocol):
                         for name, value in request.headers.raw_items()],
             "client": (peer[0], peer[1]) if isinstance(peer, tuple) else None,
             "subprotocols": subprotocols,
+            # as uvicorn's: the proxy headers may make it "wss" (broker.handshake.secure_scope)
+            "scheme": "wss" if transport.get_extra_info("sslcontext") else "ws",
         }
         self._response = response
         task = asyncio.ensure_future(self._serve())  # held by uvicorn's task set, as its own
@@ -321,6 +323,8 @@ class WebSocketEdge(asyncio.Protocol):
             response.headers[name.decode("latin-1")] = value.decode("latin-1")
         if subprotocol:
             response.headers["Sec-WebSocket-Protocol"] = subprotocol
+        if framing.set_cookie is not None:  # the resume cookie (BROKER_RESUME_COOKIE)
+            response.headers["Set-Cookie"] = framing.set_cookie
         if self.transport is not None:
             self.transport.write(response.serialize())
         self.compressed = bool(conn.extensions)

@@ -12,6 +12,13 @@ request carries a ``requestId`` and its reply echoes it, so each call awaits its
         async for message in client:
             print(message.kind, message.data)
 
+Subscriptions: ``subscribe(room, filter={"eq": ["status", "paid"]})`` gets only the triggers
+whose tags match (docs/protocol.md "Event filters"; ``publish(..., tags={...})`` tags one);
+``persistent=True`` keeps the subscription for the login: every later connection of it, this
+client's reconnects included, gets it back from the broker (the welcome's ``persistent``).
+A connection ticket (``ticket=``: a string, or a callable returning a fresh one, called at each
+connect since a ticket opens one connection only) logs in without the auth API.
+
 Presence: ``subscribe(room, presence=True)`` also delivers ``join`` and ``leave`` Messages
 (``member``: ``{"login", "profile"}``, plus ``realm`` for static-key logins), this client's own
 join included; ``presence(room)`` and ``presence_stats(room)`` ask who is there. Joins and
@@ -118,6 +125,7 @@ class Client:
                  token: str | None = None, cookie: str | None = None,
                  authorization: str | None = None, app_key: str | None = None,
                  login_id: str | None = None, profile_key: str | None = None,
+                 ticket: str | Callable[[], str] | None = None,
                  headers: dict[str, str] | None = None,
                  ssl: ssl_module.SSLContext | bool | None = None,
                  server_hostname: str | None = None, reconnect: bool = True,
@@ -132,6 +140,7 @@ class Client:
             k: v for k, v in credentials.items() if v is not None}}
         if headers:
             self._connect_line["headers"] = dict(headers)
+        self._ticket = ticket
         if ssl is True:
             ssl = ssl_module.create_default_context()
         self.ssl = ssl or None
@@ -149,6 +158,9 @@ class Client:
         # re-subscription
         self.offsets: dict[Any, int] = {}
         self.presence_subscriptions: set[Any] = set()  # request ids made with presence=True
+        # request id -> the other fields its subscribe carried (filter, persistent), sent again
+        # when it is made again
+        self.subscribe_fields: dict[Any, dict[str, Any]] = {}
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (rid, trigger id)
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -187,6 +199,8 @@ class Client:
             server_hostname=(self.server_hostname or self.host) if self.ssl else None,
             limit=16 * 1024 * 1024), self.connect_timeout)
         line = dict(self._connect_line)
+        if self._ticket is not None:
+            line["ticket"] = self._ticket() if callable(self._ticket) else self._ticket
         token = (self.welcome or {}).get("resume_token")
         if token:  # the previous connection's: take its subscriptions back
             line["resume"] = token
@@ -258,6 +272,8 @@ class Client:
         welcome = self.welcome or {}
         restored = [s.get("requestId") for s in welcome.get("subscriptions") or []
                     if isinstance(s, dict)] if welcome.get("resumed") is True else []
+        restored += [s.get("requestId") for s in welcome.get("persistent") or []
+                     if isinstance(s, dict) and "refused" not in s]
         for rid, room in list(self.subscriptions.items()):
             if rid in restored:
                 continue  # the broker restored it (and replays what it missed)
@@ -266,12 +282,12 @@ class Client:
                 body["since"] = self.offsets[rid]
             if rid in self.presence_subscriptions:
                 body["presence"] = True
+            body.update(self.subscribe_fields.get(rid, {}))
             try:
                 await self._request(body, rid)
             except BrokerError as exc:  # no longer allowed: forget it
                 log.warning("re-subscribe %r failed: %s", rid, exc)
-                self.subscriptions.pop(rid, None)
-                self.presence_subscriptions.discard(rid)
+                self._forget(rid)
             except (TimeoutError, ConnectionError):
                 return  # the connection went again; the next reconnect re-subscribes
 
@@ -375,11 +391,15 @@ class Client:
         return reply
 
     async def subscribe(self, target: dict[str, Any] | str, request_id: Any = None, *,
-                        presence: bool = False) -> Any:
+                        presence: bool = False, filter: Any = None,  # noqa: A002
+                        persistent: bool = False) -> Any:
         """Subscribe to a room, or watch a client destination (``/agent/bob``, ``/agent/*``).
 
         ``presence=True``: ``join`` and ``leave`` Messages for the room's members follow
-        (``presence-not-enabled`` where presence is off for the room).
+        (``presence-not-enabled`` where presence is off for the room). ``filter``: only the
+        triggers whose tags it matches (``invalid-filter``, ``filter-too-large``).
+        ``persistent=True``: kept for the login, restored at each of its connections until
+        unsubscribed (``persistent-needs-login``, ``too-many-persistent-subscriptions``).
         Returns the subscription's request id; raises BrokerError (``room-not-found``, ...).
         """
         room = destination_room(target) if isinstance(target, str) else target
@@ -387,10 +407,17 @@ class Client:
         body: dict[str, Any] = {"type": "subscribe", "room": room}
         if presence:
             body["presence"] = True
-        reply = await self._request(body, rid)
+        fields: dict[str, Any] = {}
+        if filter is not None:
+            fields["filter"] = filter
+        if persistent:
+            fields["persistent"] = True
+        reply = await self._request({**body, **fields}, rid)
         self.subscriptions[rid] = room
         if presence:
             self.presence_subscriptions.add(rid)
+        if fields:
+            self.subscribe_fields[rid] = fields
         if isinstance(reply.get("offset"), int):  # a history room: where this one starts
             self.offsets.setdefault(rid, reply["offset"])
         return rid
@@ -399,10 +426,14 @@ class Client:
         """Drop one subscription, or all of them when ``request_id`` is None."""
         rids = list(self.subscriptions) if request_id is None else [request_id]
         for rid in rids:
-            self.subscriptions.pop(rid, None)
+            self._forget(rid)
             self.offsets.pop(rid, None)
-            self.presence_subscriptions.discard(rid)
             await self._request({"type": "unsubscribe"}, rid)
+
+    def _forget(self, rid: Any) -> None:
+        self.subscriptions.pop(rid, None)
+        self.presence_subscriptions.discard(rid)
+        self.subscribe_fields.pop(rid, None)
 
     async def send(self, to: str, data: Any, *, ack: bool = False) -> str | None:
         """Send ``data`` to a connected client (``/agent/bob``); returns the message id.
@@ -419,15 +450,18 @@ class Client:
         await self._request({"type": "confirm", "id": message_id})
 
     async def publish(self, rooms: list[dict[str, Any]] | dict[str, Any], data: Any, *,
-                      history: bool = False) -> str | None:
+                      history: bool = False, tags: dict[str, Any] | None = None) -> str | None:
         """Publish to rooms (a service, or within ``publish_rooms``); returns the trigger id.
 
-        ``history=True`` records it in the rooms' history (BROKER_HISTORY)."""
+        ``history=True`` records it in the rooms' history (BROKER_HISTORY); ``tags``: what
+        subscriptions' filters match (``invalid-tags``)."""
         if isinstance(rooms, dict):
             rooms = [rooms]
         body: dict[str, Any] = {"type": "publish", "rooms": rooms, "data": data}
         if history:
             body["history"] = True
+        if tags is not None:
+            body["tags"] = tags
         return (await self._request(body)).get("id")
 
     async def history(self, room: dict[str, Any], limit: int | None = None,

@@ -161,7 +161,8 @@ class JsonCodec:
 
     def welcome(self, identity: Identity, connection_id: str, resume_token: str | None,
                 resumed: bool | None = None, restored: list[dict[str, Any]] | None = None,
-                persistent: list[dict[str, Any]] | None = None) -> str:
+                persistent: list[dict[str, Any]] | None = None,
+                *, resume_ttl: float | None = None) -> str:
         rooms = identity.shown_rooms
         if not self.rich:
             return dump_json({"is_authorized": True, "allowed_rooms": rooms})
@@ -171,9 +172,11 @@ class JsonCodec:
             "login_id": identity.login_id, "profile": str(identity.profile),
             "destination": identity.public_destination, "resume_token": resume_token,
         }
+        if resume_token is not None and resume_ttl is not None:  # seconds kept after the close
+            frame["resume_ttl"] = int(resume_ttl) if resume_ttl == int(resume_ttl) else resume_ttl
         if resumed is not None:  # only when the client presented a resume token
             frame["resumed"] = resumed
-            if resumed:  # what came back: requestId, and for history rooms offset, recovered
+            if resumed:  # what came back: requestId, room, presence, history rooms' offset
                 frame["subscriptions"] = restored or []
         if persistent:  # the login's persistent subscriptions (High-templar: not shown)
             frame["persistent"] = persistent

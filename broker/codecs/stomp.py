@@ -242,10 +242,11 @@ class StompCodec:
 
     def welcome(self, identity: Identity, connection_id: str, resume_token: str | None,
                 resumed: bool | None = None, restored: list[dict[str, Any]] | None = None,
-                persistent: list[dict[str, Any]] | None = None) -> str | bytes:
-        # STOMP sessions are not resumable: resume_token, resumed and restored are the rich
-        # JSON dialect's. ``persistent``: the subscription ids restored, as a JSON list in the
-        # ``persistent`` header (their MESSAGEs carry them as ``subscription``).
+                persistent: list[dict[str, Any]] | None = None,
+                *, resume_ttl: float | None = None) -> str | bytes:
+        # STOMP sessions are not resumable: resume_token, resumed, restored and resume_ttl are
+        # the rich JSON dialect's. ``persistent``: the subscription ids restored, as a JSON list
+        # in the ``persistent`` header (their MESSAGEs carry them as ``subscription``).
         self._own_destination = identity.public_destination
         offer, negotiated = self.heartbeat_ms, self._heartbeats
         # The offer, in each direction the client wants beats (0 where it wants none, or

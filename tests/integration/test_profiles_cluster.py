@@ -215,7 +215,7 @@ async def test_static_key_login_over_websocket(broker_factory, auth_api):
     assert welcome == {"type": "welcome", "is_authorized": True, "is_authenticated": True,
                        "allowed_rooms": [], "connection_id": welcome["connection_id"],
                        "login_id": "bob", "profile": "agent", "destination": "/agent/bob",
-                       "resume_token": welcome["resume_token"]}
+                       "resume_token": welcome["resume_token"], "resume_ttl": 300}
     sue_ws, welcome = await ws_open(static_url(broker, "app-secret", "sue", "k-super"))
     assert welcome == {"is_authorized": True, "allowed_rooms": [WATCH_AGENTS]}
     try:

@@ -9,6 +9,7 @@ import asyncio
 import queue
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -256,3 +257,59 @@ def test_sync_facade_tls_verifies_the_server(broker_factory, auth_api, tmp_path,
     wrong_name.set_ssl_options(certfile)
     assert not wrong_name.connect("not-the-gate.example", "127.0.0.1", gate.port, "t", "ak")
     wrong_name.disconnect()
+
+
+async def test_tickets_filters_and_persistent_subscriptions(broker_factory, auth_api, redis_server,
+                                                            unique):
+    """The client logs in with a fresh ticket at each connect (the auth API is stopped: only a
+    ticket gets in, and a ticket opens one connection), subscribes with a filter and
+    ``persistent``, and a later client of the same login gets that subscription back, filter
+    included, without subscribing."""
+    from broker.tickets import encode
+
+    secret = f"py-{unique}"
+    room = {"target": "py-tickets", "id": unique}
+    identity = {"login_id": f"t{unique}", "allowed_rooms": [room]}
+    auth_api.stop()
+    env = {"BROKER_TICKET_SECRET": secret, "BROKER_KEY_PREFIX": f"py-{unique}"}
+    gate = start_gate(broker_factory, auth_api=auth_api, redis=redis_server, **env)
+    web = broker_factory(auth_api=auth_api, redis=redis_server, name="web", **env)
+    tickets: list[str] = []
+
+    def fresh() -> str:
+        tickets.append(encode(identity, secret, 60))
+        return tickets[-1]
+
+    async def tagged(client: Client, wanted: str) -> Any:
+        """Trigger "new" then ``wanted`` until one arrives: the filter lets only "paid" by."""
+        for n in range(50):
+            for status in ("new", wanted):
+                r = await web.atrigger(None, body={"rooms": [room], "tags": {"status": status},
+                                                   "data": {"status": status, "n": n}})
+                assert r.status_code == 202, r.text
+            try:
+                return await client.receive(0.3)
+            except TimeoutError:
+                continue
+        raise AssertionError("no delivery")
+
+    paid = {"eq": ["status", "paid"]}
+    client = Client("127.0.0.1", gate.port, ticket=fresh, backoff=(0.1, 0.5))
+    await client.connect()
+    await client.subscribe(room, request_id="kept", filter=paid, persistent=True)
+    m = await tagged(client, "paid")
+    assert (m.subscription, m.data["status"]) == ("kept", "paid")
+    await asyncio.to_thread(gate.restart)  # the reconnect needs a new ticket
+    m = await tagged(client, "paid")
+    assert (m.subscription, m.data["status"]) == ("kept", "paid")
+    assert len(tickets) == 2 and client.connected
+    await client.disconnect()
+
+    async with Client("127.0.0.1", gate.port, ticket=fresh) as later:
+        assert [(s["requestId"], s["room"]) for s in later.welcome["persistent"]] == \
+            [("kept", room)]
+        m = await tagged(later, "paid")
+        assert (m.subscription, m.data["status"]) == ("kept", "paid")
+        await later.unsubscribe("kept")
+    async with Client("127.0.0.1", gate.port, ticket=fresh) as last:
+        assert "persistent" not in last.welcome

@@ -75,8 +75,8 @@ async def test_ten_missed_triggers_come_back_on_the_other_process(cluster, uniqu
     assert welcome["resumed"] is True
     assert welcome["resume_token"] not in (None, token)  # a fresh token for the next time
     assert sorted(welcome["subscriptions"], key=lambda s: str(s["requestId"])) == [
-        {"requestId": 2},
-        {"requestId": "c", "offset": last + 10, "recovered": True}]
+        {"requestId": 2, "room": NEWS},
+        {"requestId": "c", "room": room, "offset": last + 10, "recovered": True}]
     missed = await recv_many(ws, 10)
     assert [f["data"] for f in missed] == list(range(10))
     assert [f["offset"] for f in missed] == list(range(last + 1, last + 11))
@@ -167,7 +167,7 @@ async def test_resume_after_window_expired_reports_recovered_false(cluster, uniq
     ws, welcome = await ws_open(with_resume(b.ws_url, welcome["resume_token"]), token="bob",
                                 subprotocols=RICH)
     assert welcome["resumed"] is True
-    assert welcome["subscriptions"] == [{"requestId": 1, "offset": seen + 1,
+    assert welcome["subscriptions"] == [{"requestId": 1, "room": room, "offset": seen + 1,
                                          "recovered": False}]
     await expect_nothing(ws)  # nothing to replay; the subscription is live again
     await post(b, room, "live")

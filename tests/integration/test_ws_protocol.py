@@ -351,7 +351,7 @@ async def test_rich_welcome(broker):
     welcome.pop("resume_token")
     assert welcome == {"type": "welcome", "is_authorized": True, "is_authenticated": True,
                        "allowed_rooms": ALICE_ROOMS, "login_id": "alice", "profile": "agent",
-                       "destination": "/agent/alice"}
+                       "destination": "/agent/alice", "resume_ttl": 300}
 
     ws2, welcome2 = await ws_open(broker.ws_url, token="guest", subprotocols=RICH)
     assert welcome2["connection_id"] != conn_id

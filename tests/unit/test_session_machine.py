@@ -237,7 +237,9 @@ def test_without_confirmations_queued_counts_as_confirmed():
 
 def test_resume_state_saved_at_the_close_and_restored_for_the_same_identity():
     s, out = opened(BOB, JsonCodec(rich=True), history=HISTORY, resume_ttl=30)
-    token = frames(out)[0]["resume_token"]
+    first = frames(out)[0]
+    token = first["resume_token"]
+    assert first["resume_ttl"] == 30  # the seconds the state is kept after the close
     for rid in ("a", "b"):
         s.receive(Subscribe(rid, CHAT1 if rid == "a" else CHAT_ANY))
         s.effect_done(HistoryPage(4, 0, ()) if rid == "a" else None)
@@ -257,10 +259,11 @@ def test_resume_state_saved_at_the_close_and_restored_for_the_same_identity():
     again.restored(steps[0], HistoryPage(6, 0, (HistoryEntry(5, "t5", "5"),
                                                 HistoryEntry(6, "t6", "6"))))
     again.restored(steps[1], RuntimeError("redis went away"))  # dropped, not fatal
-    again.welcome("c2")
+    again.welcome("c2", "minted-at-the-handshake")  # the resume cookie's token
     welcome, *replay = frames(out)
-    assert welcome["resumed"] is True
-    assert welcome["subscriptions"] == [{"requestId": "a", "offset": 6, "recovered": True}]
+    assert welcome["resumed"] is True and welcome["resume_token"] == "minted-at-the-handshake"
+    assert welcome["subscriptions"] == [  # the room: a reloaded page adopts it by its room
+        {"requestId": "a", "room": CHAT1, "offset": 6, "recovered": True}]
     assert [f["data"] for f in replay] == [5, 6] and list(again.subscriptions) == ['"a"']
 
 

@@ -66,10 +66,46 @@ export interface ClientOptions {
   WebSocket?: WebSocketClass;
   /** Third constructor argument for the WebSocket class (Node's ws: {headers}, ...). */
   wsOptions?: unknown;
+  /**
+   * Page reloads: where the resume token and its expiry are kept across page loads, under a key
+   * of the broker URL (`resumeStorageKey`). Default: sessionStorage where it works (per tab);
+   * null: not kept. A Storage that throws is treated as none.
+   */
+  resumeStorage?: ResumeStorage | null;
+  /**
+   * Ms a subscription the welcome says the broker holds (a resume's `subscriptions`,
+   * `persistent`) waits for the page to subscribe to its room again; then it is unsubscribed
+   * (a persistent one only forgotten here) and an "unclaimed" event says so (default 10000).
+   */
+  adoptTimeout?: number;
+  /** Deliveries held for one such subscription until it is claimed; more: released (1000). */
+  adoptMaxHeld?: number;
+}
+
+/** What the resume token is kept in (the Web Storage API's part it uses). */
+export interface ResumeStorage {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem(key: string): void;
+}
+
+/** A subscription the broker holds that the welcome names (resumed, or persistent). */
+export interface HeldSubscription {
+  requestId: RequestId;
+  /** The room as the client named it. */
+  room: Room;
+  /** Asked with presence: true. */
+  presence?: boolean;
+  /** History rooms: the room's offset when the missed triggers were read, and whether all were. */
+  offset?: number;
+  recovered?: boolean;
+  /** A persistent one not restored (its error code): the broker does not hold it. */
+  refused?: string;
 }
 
 export declare const DEFAULTS: Readonly<Required<Omit<ClientOptions, "token" | "params" |
-  "WebSocket" | "wsOptions">> & Pick<ClientOptions, "token" | "params" | "WebSocket" | "wsOptions">>;
+  "WebSocket" | "wsOptions" | "resumeStorage">> & Pick<ClientOptions, "token" | "params" |
+  "WebSocket" | "wsOptions" | "resumeStorage">>;
 
 export interface WelcomeFrame {
   type: "welcome";
@@ -81,10 +117,14 @@ export interface WelcomeFrame {
   profile: "agent" | "super_agent" | "service" | "admin";
   destination: string | null;
   resume_token: string | null;
+  /** With a resume token: the seconds its state is kept after this connection closes. */
+  resume_ttl?: number;
   /** Present when a resume token was presented: whether it was honoured. */
   resumed?: boolean;
-  /** When resumed: the restored subscriptions (history rooms: offset, recovered). */
-  subscriptions?: Array<{ requestId: RequestId; offset?: number; recovered?: boolean }>;
+  /** When resumed: the restored subscriptions (their room; history rooms: offset, recovered). */
+  subscriptions?: HeldSubscription[];
+  /** The login's persistent subscriptions restored at this open (and refused ones). */
+  persistent?: HeldSubscription[];
   [key: string]: unknown;
 }
 
@@ -251,8 +291,13 @@ export declare class CombrokerError extends Error {
 
 export declare class Subscription<T = Json> {
   readonly client: CombrokerClient;
-  /** The requestId: the same on every connection (restored after reconnects). */
-  readonly id: number;
+  /**
+   * The requestId: the same on every connection (restored after reconnects); unique across page
+   * loads. An adopted subscription keeps the id the broker gave it back under.
+   */
+  readonly id: RequestId;
+  /** One the broker gave back (a reload's resume, a persistent one) and this page adopted. */
+  readonly adopted: boolean;
   readonly room: Room;
   onData: (data: T, frame: DeliveryFrame<T>) => void;
   /** The broker holds it on the current connection. */
@@ -290,6 +335,16 @@ export interface ReconnectEvent {
   failed: Array<{ ok: false; sub: Subscription; error: CombrokerError }>;
 }
 
+export interface UnclaimedEvent {
+  requestId: RequestId;
+  room: Room;
+  persistent: boolean;
+  /** "timeout" (adoptTimeout), "overflow" (adoptMaxHeld), "not-resumed" (a reconnect lost it). */
+  reason: "timeout" | "overflow" | "not-resumed";
+  /** Deliveries held for it and dropped. */
+  dropped: number;
+}
+
 export interface ClientEvents {
   /** A welcome arrived (first connection or a reconnect). */
   open: OpenEvent;
@@ -313,6 +368,10 @@ export interface ClientEvents {
   leave: PresenceEvent;
   /** Every inbound frame, parsed. */
   frame: Record<string, unknown>;
+  /** A subscription the broker held was adopted by a subscribe to its room. */
+  adopted: { subscription: Subscription; persistent: boolean };
+  /** A subscription the broker held was not claimed by the page (see adoptTimeout). */
+  unclaimed: UnclaimedEvent;
 }
 
 export declare class CombrokerClient {
@@ -322,6 +381,18 @@ export declare class CombrokerClient {
   state: "idle" | "connecting" | "open" | "reconnecting" | "closed";
   welcome: WelcomeFrame | null;
   resumeToken: string | null;
+  /** Seconds the broker keeps a closed connection's state (the welcome's resume_ttl). */
+  resumeTtl: number | null;
+  /**
+   * Ms since the epoch when the state of the last close (or page hide) expires: the resume
+   * token is worth presenting until then. null while connected (the state is kept from the
+   * close) or unknown. On a new page load, the kept token's, until the welcome.
+   */
+  resumeExpiresAt: number | null;
+  /** The key the resume token is kept under in `resumeStorage` (null: none). */
+  readonly resumeStorageKey: string | null;
+  /** Subscriptions the broker holds that no subscribe has claimed yet, by JSON request id. */
+  readonly unclaimed: Map<string, HeldSubscription & { persistent: boolean }>;
   attempt: number;
   reconnects: number;
   lastClose: { code: number; reason: string } | null;
@@ -365,6 +436,10 @@ export declare function backoffDelay(attempt: number, options?: ClientOptions,
 /** A member's key in `Subscription.members`: its realm, profile and login. */
 export declare function memberKey(member: PresenceMember): string;
 export declare function websocketUrl(url: string, query?: Record<string, unknown>): string;
+/** `option` if it is a working Storage (null: none), else sessionStorage if it works here. */
+export declare function resumeStorageOf(option?: ResumeStorage | null): ResumeStorage | null;
+/** The key the resume token of the broker at `url` is kept under. */
+export declare function resumeStorageKey(url: string): string | null;
 export declare function createClient(url: string, options?: ClientOptions): CombrokerClient;
 /** Connect; resolves at the first welcome. Transient failures are retried with backoff. */
 export declare function connect(url: string, options?: ClientOptions): Promise<CombrokerClient>;
@@ -378,6 +453,8 @@ declare const _default: {
   backoffDelay: typeof backoffDelay;
   memberKey: typeof memberKey;
   websocketUrl: typeof websocketUrl;
+  resumeStorageOf: typeof resumeStorageOf;
+  resumeStorageKey: typeof resumeStorageKey;
   SUBPROTOCOL: typeof SUBPROTOCOL;
   CLOSE_CODES: typeof CLOSE_CODES;
   CLOSE_REASONS: typeof CLOSE_REASONS;

@@ -27,6 +27,11 @@
 //   `presence` query) after every (re)subscribe and resume, then the join/leave frames.
 //   `presence(room)` and `presenceStats(room)` ask once.
 // - Node 20 has no global WebSocket: pass one, e.g. `connect(url, { WebSocket: require("ws") })`.
+// - Page reloads (docs/protocol.md "Resume across page reloads"): the resume token is kept in
+//   `sessionStorage` (per tab, per broker URL; `resumeStorage`), with when its state expires
+//   (`resumeExpiresAt`), and a new page load presents it. The subscriptions the broker gives
+//   back are adopted by the page's own `subscribe` calls to the same room and options; what
+//   they missed is held until then. Those not claimed within `adoptTimeout` are unsubscribed.
 
 export const SUBPROTOCOL = "combroker.v1";
 
@@ -78,6 +83,11 @@ export const DEFAULTS = Object.freeze({
   requestTimeout: 15000, // ms before a request's promise rejects with code "timeout"; 0: never
   WebSocket: undefined, // a WebSocket class; default globalThis.WebSocket
   wsOptions: undefined, // third argument for the WebSocket constructor (Node's ws: headers, ...)
+  // Page reloads: where the resume token is kept across page loads (a Storage: getItem,
+  // setItem, removeItem). Default: sessionStorage where it works; null: not kept.
+  resumeStorage: undefined,
+  adoptTimeout: 10000, // ms a subscription the broker gave back waits for the page's subscribe
+  adoptMaxHeld: 1000, // deliveries held for one such subscription until then; more: released
 });
 
 /** A rejected request or a failed connection. `code` is the contract's error code. */
@@ -145,6 +155,11 @@ export class Subscription {
     this.deliveries = 0;
     this.offset = null; // history rooms: the last offset received (the `since` of a resubscribe)
     this._seen = new Set(); // recent trigger ids, to drop a trigger delivered twice
+    // Page reloads: made here and not answered yet, so a subscription the broker gives back to
+    // the same room may become this one; `adopted`: it is one the broker gave back.
+    this._adoptable = true;
+    this.adopted = false;
+    this._held = null; // adopted: deliveries to hand to onData first
     this.ready = new Promise((resolve, reject) => {
       this._resolve = resolve;
       this._reject = reject;
@@ -174,7 +189,7 @@ export class CombrokerClient {
     this.reconnects = 0; // successful re-opens after the first welcome
     this.lastClose = null; // {code, reason} of the last close
     this._listeners = new Map();
-    this._nextId = 1;
+    this._nextId = firstRequestId();
     this._pending = new Map(); // requestId -> [entry, ...] in send order (FIFO)
     this._queue = []; // entries waiting for the connection to open
     this._subs = new Map(); // requestId -> Subscription
@@ -188,6 +203,7 @@ export class CombrokerClient {
       this._readyReject = reject;
     });
     this.ready.catch(() => {});
+    this._initResume();
   }
 
   // ------------------------------------------------------------------ events
@@ -459,6 +475,7 @@ export class CombrokerClient {
       this.resumeToken = frame.resume_token;
     }
     if (reconnected) this.reconnects += 1;
+    this._resumeWelcomed(frame);
     this._startPing();
     // Subscriptions first (the resumed ones the broker already holds), then queued requests.
     const restoring = frame.resumed === true
@@ -516,6 +533,7 @@ export class CombrokerClient {
     const p = this._request(frame, { timeout: 0, queue: false });
     return p.then((reply) => {
       if (sub.offset === null && typeof reply.offset === "number") sub.offset = reply.offset;
+      sub._adoptable = false;
       if (!sub.closed) {
         sub.active = true;
         // Before any later frame is read (this runs as a microtask): join/leave frames that
@@ -541,6 +559,12 @@ export class CombrokerClient {
   _onDelivery(frame) {
     const sub = this._subs.get(frame.requestId);
     this._emit("publish", frame);
+    if (!sub && this._holdUnclaimed(frame)) return;
+    if (sub && sub._held) sub._held.push(frame); // adopted, its held ones not handed yet
+    else this._deliver(sub, frame);
+  }
+
+  _deliver(sub, frame) {
     if (!sub || sub.closed) return;
     if (frame.id !== undefined) {
       if (sub._seen.has(frame.id)) return;
@@ -558,6 +582,169 @@ export class CombrokerClient {
         this._emit("error", err);
       }
     }
+  }
+
+  // ------------------------------------------------------------------ page reloads
+
+  get resumeStorageKey() { return this._resumeKey; }
+
+  _initResume() {
+    this.resumeTtl = null; // seconds the broker keeps a closed connection's state (welcome)
+    this.resumeExpiresAt = null; // ms since the epoch: when the state of the last close expires
+    this.unclaimed = new Map(); // requestId (JSON) -> a subscription given back, not yet claimed
+    this._resumeStore = resumeStorageOf(this.options.resumeStorage);
+    this._resumeKey = resumeStorageKey(this.url);
+    this._timers.adopt = null;
+    this._resumeOpen = false; // welcomed, not closed since
+    const kept = this._resumeStore && this._resumeKey ? readKept(this._resumeStore, this._resumeKey)
+      : null;
+    if (kept) {
+      this.resumeToken = kept.token;
+      this.resumeExpiresAt = kept.expiresAt;
+    }
+    this.on("close", () => this._keepResume(true));
+    if (this._resumeStore && typeof globalThis.addEventListener === "function") {
+      this._onPageHide = () => this._keepResume(true);
+      globalThis.addEventListener("pagehide", this._onPageHide);
+    }
+  }
+
+  // Keep the token for the next page load: while open, with no expiry (the broker keeps the
+  // state from the close); at the close of a welcomed connection (or `pagehide` before it),
+  // with when the state expires. Attempts that fail after it change nothing: they save no state.
+  _keepResume(closing) {
+    if (!this.resumeToken) return;
+    let expiresAt = null;
+    if (closing) {
+      if (!this._resumeOpen) return;
+      this._resumeOpen = false;
+      if (typeof this.resumeTtl === "number") expiresAt = Date.now() + this.resumeTtl * 1000;
+      this.resumeExpiresAt = expiresAt;
+    }
+    if (!this._resumeStore || !this._resumeKey) return;
+    try {
+      this._resumeStore.setItem(this._resumeKey,
+        JSON.stringify({ token: this.resumeToken, expiresAt }));
+    } catch { /* storage full or gone: as without storage */ }
+  }
+
+  // A welcome: keep its token; the subscriptions it says the broker holds (`subscriptions` of
+  // a resume, `persistent`) that this client does not know by their request id are adopted by
+  // a subscribe to their room made before the welcome, else held until one is made.
+  _resumeWelcomed(frame) {
+    this.resumeTtl = typeof frame.resume_ttl === "number" ? frame.resume_ttl : null;
+    this.resumeExpiresAt = null;
+    this._resumeOpen = true; // a state is saved when this connection closes
+    this._keepResume(false);
+    const held = [];
+    if (frame.resumed === true) {
+      for (const s of frame.subscriptions || []) held.push({ ...s, persistent: false });
+    }
+    for (const s of frame.persistent || []) held.push({ ...s, persistent: true });
+    const before = this.unclaimed;
+    this.unclaimed = new Map();
+    for (const entry of held) {
+      if (!entry || entry.requestId === undefined || entry.refused !== undefined
+        || this._subs.has(entry.requestId)) continue; // known, or not held (refused)
+      const key = JSON.stringify(entry.requestId);
+      const known = this.unclaimed.get(key); // resumed, and persistent too
+      if (known) {
+        known.persistent = known.persistent || entry.persistent;
+        continue;
+      }
+      const old = before.get(key);
+      before.delete(key);
+      const waiting = [...this._subs.values()].find((sub) => sub._adoptable && !sub.closed
+        && sameRoom(sub.room, entry.room) && sub.presence === (entry.presence === true));
+      if (waiting) {
+        this._subs.delete(waiting.id);
+        waiting.id = entry.requestId;
+        this._subs.set(waiting.id, waiting);
+        this._claimed(waiting, entry, true);
+        for (const f of old ? old.held : []) this._deliver(waiting, f);
+        continue;
+      }
+      this.unclaimed.set(key, { requestId: entry.requestId, room: entry.room,
+        presence: entry.presence === true, persistent: entry.persistent,
+        offset: typeof entry.offset === "number" ? entry.offset : null,
+        held: old ? old.held : [] });
+    }
+    for (const gone of before.values()) {  // the broker no longer holds them
+      this._emit("unclaimed", { requestId: gone.requestId, room: gone.room,
+        persistent: gone.persistent, reason: "not-resumed", dropped: gone.held.length });
+    }
+    this._clearTimer("adopt");
+    if (this.unclaimed.size) {
+      this._setTimer("adopt", () => this._releaseUnclaimed("timeout"), this.options.adoptTimeout);
+    }
+  }
+
+  // subscribe(): a subscription the broker gave back to the same room and options is this one.
+  _adopt(room, onData, options) {
+    if (!this.unclaimed.size) return null;
+    const presence = options.presence === true;
+    const entry = [...this.unclaimed.values()].find((e) => sameRoom(e.room, room)
+      && e.presence === presence);
+    if (!entry) return null;
+    this.unclaimed.delete(JSON.stringify(entry.requestId));
+    const sub = new Subscription(this, entry.requestId, room, onData, options);
+    this._subs.set(sub.id, sub);
+    this._claimed(sub, entry);
+    // What it missed, handed to onData once subscribe() has returned (the handler may name the
+    // subscription), in order, before any later delivery.
+    sub._held = entry.held;
+    entry.held = [];
+    queueMicrotask(() => {
+      const held = sub._held || [];
+      for (let i = 0; i < held.length; i += 1) this._deliver(sub, held[i]);
+      sub._held = null;
+    });
+    return sub;
+  }
+
+  // `welcoming`: the welcome's own restore (_markResumed, _restoreSubscriptions) follows, and
+  // asks for the presence snapshot.
+  _claimed(sub, entry, welcoming = false) {
+    sub._adoptable = false;
+    sub.adopted = true;
+    sub.active = this.state === "open";
+    if (typeof entry.offset === "number") sub.offset = Math.max(sub.offset || 0, entry.offset);
+    if (sub.presence && !welcoming && sub.active) this._refreshPresence(sub);
+    sub._resolve(sub);
+    this._emit("adopted", { subscription: sub, persistent: entry.persistent === true });
+  }
+
+  // A delivery to a subscription given back and not claimed yet: held (within the bound).
+  _holdUnclaimed(frame) {
+    const entry = this.unclaimed.get(JSON.stringify(frame.requestId));
+    if (!entry) return false;
+    entry.held.push(frame);
+    if (entry.held.length > this.options.adoptMaxHeld) this._release(entry, "overflow");
+    return true;
+  }
+
+  _releaseUnclaimed(reason) {
+    for (const entry of [...this.unclaimed.values()]) this._release(entry, reason);
+  }
+
+  // Not claimed: forgotten here, and unsubscribed on the broker (a persistent one is kept
+  // there: only an explicit unsubscribe ends it).
+  _release(entry, reason) {
+    this.unclaimed.delete(JSON.stringify(entry.requestId));
+    const dropped = entry.held.length;
+    entry.held = [];
+    if (!entry.persistent && this.state === "open") {
+      this._request({ type: "unsubscribe", requestId: entry.requestId }, { queue: false })
+        .catch(() => {});
+    }
+    this._emit("unclaimed", { requestId: entry.requestId, room: entry.room,
+      persistent: entry.persistent, reason, dropped });
+  }
+
+  _newId() {
+    let id = this._nextId++;
+    while (this._subs.has(id) || this.unclaimed.has(JSON.stringify(id))) id = this._nextId++;
+    return id;
   }
 
   // ------------------------------------------------------------------ presence
@@ -627,7 +814,7 @@ export class CombrokerClient {
   // ------------------------------------------------------------------ requests
 
   _request(frame, { timeout = this.options.requestTimeout, queue = true } = {}) {
-    if (frame.requestId === undefined) frame.requestId = this._nextId++;
+    if (frame.requestId === undefined) frame.requestId = this._newId();
     return new Promise((resolve, reject) => {
       const entry = { frame, resolve, reject, sent: false, done: false, timer: null };
       if (this.state === "closed" || this._stopped) {
@@ -696,7 +883,9 @@ export class CombrokerClient {
       sub._reject(new CombrokerError("closed", "the client is closed"));
       return sub;
     }
-    const sub = new Subscription(this, this._nextId++, room, onData, options);
+    const adopted = this._adopt(room, onData, options);
+    if (adopted) return adopted;
+    const sub = new Subscription(this, this._newId(), room, onData, options);
     this._subs.set(sub.id, sub);
     if (this.state === "open") this._sendSubscribe(sub).catch(() => {});
     return sub;
@@ -815,6 +1004,57 @@ export class CombrokerClient {
   }
 }
 
+// Request ids start at a random number (then count), so ids of two page loads do not meet:
+// a reloaded page is given back its predecessor's subscriptions under their request ids.
+function firstRequestId() {
+  return 1 + Math.floor(Math.random() * 2 ** 40);
+}
+
+/**
+ * The Storage the resume token is kept in: `option` if given (null: none), else
+ * sessionStorage if it works here (it throws where storage is disabled, in sandboxed frames,
+ * and in some private modes).
+ */
+export function resumeStorageOf(option) {
+  if (option === null) return null;
+  let store = option;
+  try {
+    if (store === undefined) store = globalThis.sessionStorage;
+    if (!store || typeof store.getItem !== "function") return null;
+    store.setItem("combroker.probe", "1");
+    store.removeItem("combroker.probe");
+    return store;
+  } catch {
+    return null;
+  }
+}
+
+/** The key the resume token of the broker at `url` is kept under (one per broker URL). */
+export function resumeStorageKey(url) {
+  try {
+    const u = new URL(websocketUrl(url));
+    return `combroker.resume:${u.host}${u.pathname}`;
+  } catch {
+    return null;
+  }
+}
+
+// The kept token, unless its state has expired (then it is removed).
+function readKept(store, key) {
+  try {
+    const kept = JSON.parse(store.getItem(key) || "null");
+    if (!kept || typeof kept.token !== "string") return null;
+    const expiresAt = typeof kept.expiresAt === "number" ? kept.expiresAt : null;
+    if (expiresAt !== null && expiresAt <= Date.now()) {
+      store.removeItem(key);
+      return null;
+    }
+    return { token: kept.token, expiresAt };
+  } catch {
+    return null;
+  }
+}
+
 // Rooms compare by keys and values, whatever the key order.
 function sameRoom(a, b) {
   if (!a || !b) return false;
@@ -837,4 +1077,5 @@ export function connect(url, options = {}) {
 }
 
 export default { connect, createClient, CombrokerClient, CombrokerError, Subscription,
-  backoffDelay, memberKey, websocketUrl, SUBPROTOCOL, CLOSE_CODES, CLOSE_REASONS, DEFAULTS };
+  backoffDelay, memberKey, websocketUrl, resumeStorageOf, resumeStorageKey, SUBPROTOCOL,
+  CLOSE_CODES, CLOSE_REASONS, DEFAULTS };
