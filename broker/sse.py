@@ -21,7 +21,9 @@ one event (``data:`` lines: a line break in a frame starts another ``data:`` lin
 can end its event or add a field), an ``id:`` on each frame that moves a history
 subscription's position (``Framing.positions``: told in write order by the outbox), a comment
 as heart-beat every BROKER_SSE_HEARTBEAT seconds, and at every close a last
-``event: close`` with the code and reason. ``broker.eagersend`` steps each ASGI send once.
+``event: close`` with the code and reason. ``broker.eagersend`` steps each ASGI send once;
+under daphne a ``daphne_ext.ResponseFlow`` gives the stream backpressure. A page of an origin
+BROKER_ALLOWED_ORIGINS allows may read it cross-origin (CORS with credentials).
 
 ``SseStream.as_asgi()`` is the ASGI application for a project's own router; ``SseRoute`` puts
 it in front of an HTTP application at ``/sse/`` (``combroker.asgi``).
