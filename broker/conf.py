@@ -65,6 +65,9 @@ class Settings:
     BROKER_MAX_HEADER_BYTES: int = 16_384
     BROKER_STOMP_HEARTBEAT_MS: int = 10_000
     BROKER_MAX_SUBSCRIPTIONS: int = 2048
+    # Seconds between SSE heart-beats (a comment line on a stream with nothing else to write,
+    # docs/protocol.md "SSE"): keeps proxies from closing an idle stream. 0 = none.
+    BROKER_SSE_HEARTBEAT: float = 15.0
     # Bytes of encoded frames waiting to be written to one connection before it is closed
     # with 4008 "slow". This bounds the memory one slow client can hold.
     BROKER_MAX_OUTBOX_BYTES: int = 1_048_576

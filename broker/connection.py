@@ -24,6 +24,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import disconnect, errors, logctx, metrics
@@ -32,7 +33,7 @@ from .auth import AuthUnavailable, Refused, authenticate_keeping, reauthenticate
 from .credentials import Credentials
 from .codec import Codec
 from .conf import conf
-from .delivery import Delivery
+from .delivery import Delivery, Mark
 from .disconnect import Disconnect
 from .effects import ConfirmMessage
 from .errors import AckRefused, BrokerUnavailable
@@ -122,6 +123,11 @@ class Connection:
     def closing(self) -> bool:
         """True once the connection is being closed: nothing more is read or queued."""
         return self.session.closing
+
+    def tell_positions(self, writing: Callable[[Mark], None]) -> None:
+        """A transport that writes each history subscription's position with the frame that
+        moves it (SSE event ids): ``writing(mark)`` just before that frame is handed to it."""
+        self._outbox.on_writing = writing
 
     # ------------------------------------------------------------ opening
 

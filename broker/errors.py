@@ -51,6 +51,14 @@ ACK_STORE_FULL = "ack-store-full"
 # Over BROKER_RATE_LIMIT: the request was not carried out (repeated, the close reason of 4029).
 RATE_LIMITED = "rate-limited"
 
+# SSE (``GET /sse/``, docs/protocol.md "SSE"): the request is answered 400 (413 when too big)
+# before any stream: ``subscribe`` is not a JSON array of objects (nor the POST body
+# ``{"subscribe": [...]}``), it is over BROKER_MAX_MESSAGE_BYTES, or the ``Last-Event-ID``
+# (or ``?lastEventId=``) is not the stream's own ``<requestId JSON>=<offset>&...``.
+INVALID_SUBSCRIBE_LIST = "invalid-subscribe-list"
+SUBSCRIBE_LIST_TOO_BIG = "subscribe-list-too-big"
+INVALID_LAST_EVENT_ID = "invalid-last-event-id"
+
 # Refusal reasons and close reasons.
 AUTH_UNAVAILABLE = "auth-unavailable"
 REFUSED = "refused"

@@ -51,7 +51,7 @@ class Writer(Protocol):
 class Outbox(Generic[M]):
     __slots__ = (
         "_writer", "_limit", "_on_overflow", "_on_written", "_name", "_frames", "_bytes",
-        "_pushed", "_written", "_marks", "_waiting", "_writing", "_closed",
+        "_pushed", "_written", "_marks", "_waiting", "_writing", "_closed", "on_writing",
     )
 
     def __init__(self, writer: Writer, limit: int, *, on_overflow: Callable[[int], None],
@@ -73,6 +73,9 @@ class Outbox(Generic[M]):
         self._waiting: asyncio.Task[None] | None = None  # waits for writable(), then writes
         self._writing = False  # inside _write_out (a push from within a write joins its loop)
         self._closed = False
+        # Told each mark of a frame just before the frame is handed to the transport (None:
+        # nobody asks; broker.sse writes positions as event ids).
+        self.on_writing: Callable[[M], None] | None = None
 
     @property
     def queued_bytes(self) -> int:
@@ -124,6 +127,8 @@ class Outbox(Generic[M]):
     def _write(self, frame: str | bytes) -> bool:
         """Hand one frame to the transport. True: it takes the next at once; False: it failed
         or is full (then one task waits for it to be writable)."""
+        if self.on_writing is not None and self._marks:
+            self._tell_writing()
         self._writing = True
         try:
             ready = self._writer.write_now(frame)
@@ -137,6 +142,16 @@ class Outbox(Generic[M]):
             return False
         self._frame_written()
         return True
+
+    def _tell_writing(self) -> None:
+        """``on_writing`` each mark of the frame about to be handed to the transport."""
+        assert self.on_writing is not None and self._marks is not None
+        number = self._written + 1  # frames are handed over in order, one at a time
+        for n, mark in self._marks:
+            if n > number:
+                return
+            if n == number:
+                self.on_writing(mark)
 
     def _frame_written(self) -> None:
         self._written += 1

@@ -35,15 +35,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeAlias
 
 from . import connection, disconnect, errors, heartbeat, logctx, metrics
 from .auth import AuthUnavailable, Refused
 from .credentials import Credentials
-from .codec import BadConnect, Codec, Connecting, Heartbeats
+from .codec import NO_HEARTBEATS, BadConnect, Codec, Connecting, Heartbeats
 from .codecs.stompframe import Frame
 from .connection import Connection
+from .delivery import Mark
 from .disconnect import Disconnect
 from .errors import BrokerUnavailable
 from .limits import admission
@@ -91,6 +93,11 @@ class Framing:
     enforces it). ``credentials`` (and ``resume_token``) from the handshake, else
     ``connect_frame``: the first frame is a connect frame, read by ``codec.connect``.
     ``origin_allowed`` False: refused with 1008, nothing else said.
+    ``heartbeats``: where the handshake carries the credentials, the heart-beats the transport
+    writes (a connect frame negotiates its own); ``heartbeat``: the transport's own heart-beat
+    frame, for a codec that has none (SSE: the empty frame, written as a comment).
+    ``positions``: told each history subscription's position just before the frame that
+    moves it is written (``Connection.tell_positions``; SSE writes them as event ids).
     """
 
     codec: Codec
@@ -101,6 +108,9 @@ class Framing:
     resume_token: str | None = None
     connect_frame: bool = False
     origin_allowed: bool = True
+    heartbeats: Heartbeats = NO_HEARTBEATS
+    heartbeat: str | bytes | None = None
+    positions: Callable[[Mark], None] | None = None
 
 
 class Transport(connection.Transport, Protocol):
@@ -239,11 +249,14 @@ class _Serving:
             framing = await transport.start()
             if framing is not None:
                 conn.codec = framing.codec
+                if framing.positions is not None:
+                    conn.tell_positions(framing.positions)
                 heartbeats = await self._connect(conn, framing)
                 if heartbeats is not None:
                     # The auth API had the credentials: nothing holds them while connected.
                     framing.credentials = framing.resume_token = None
-                    beat = framing.codec.heartbeat()
+                    beat = (framing.heartbeat if framing.heartbeat is not None
+                            else framing.codec.heartbeat())
                     if beat is not None:
                         beats = heartbeat.start(conn, heartbeats, beat, transport)
                     await _receive(conn, transport, framing)
@@ -277,7 +290,8 @@ class _Serving:
             await _refuse(transport, refusal(errors.ORIGIN_NOT_ALLOWED, codec, explicit))
             return None
         if framing.credentials is not None:
-            connecting = Connecting(framing.credentials, framing.resume_token)
+            connecting = Connecting(framing.credentials, framing.resume_token,
+                                    framing.heartbeats)
         else:
             assert framing.connect_frame
             first = await transport.receive()

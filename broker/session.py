@@ -120,6 +120,18 @@ class SessionSettings:
                    presence=c.presence_policy)
 
 
+def _position(effect: Effect) -> Mark | None:
+    """The reply to a history room's subscribe says where the subscription resumes from (its
+    ``offset`` as ``Delivery.joined`` set it), so it is marked with that position as the
+    frames that move it are: a stream that gets no delivery still resumes without a gap where
+    the transport writes positions (SSE event ids, ``Outbox.on_writing``)."""
+    if isinstance(effect, JoinRoom) and effect.history is not None:
+        sub = effect.subscription
+        if sub.offset is not None:
+            return (sub, sub.offset)
+    return None
+
+
 class Queue(Protocol):
     """Where the session's frames go (broker.outbox.Outbox): ``mark`` is a position, handed
     back to ``Delivery.written`` once the frame is written."""
@@ -328,7 +340,8 @@ class Session:
         (request, step), self._pending = self._pending, None
         effect, rid = step.effect, request.request_id
         assert effect is not None
-        self._answer(request, self._reply(effect, rid, result) or step.reply)
+        self._answer(request, self._reply(effect, rid, result) or step.reply,
+                     _position(effect))
 
     def effect_failed(self, code: str, detail: str | None = None) -> None:
         """The effect of the pending request failed: forget it, answer ``code``."""
@@ -367,20 +380,22 @@ class Session:
         self._follow_ups.append(follow_up)
         return Success(rid, extra)
 
-    def _answer(self, request: Request, reply: Reply | None) -> None:
+    def _answer(self, request: Request, reply: Reply | None, mark: Mark | None = None) -> None:
         """Queue the reply as the codec shows it (maybe nothing: a STOMP SUBSCRIBE without
         receipt), then the follow-ups; end the connection if the protocol ends it after this
-        reply (STOMP: DISCONNECT, or any ERROR on standard framing)."""
-        ending = self._queue_answer(request, reply) if reply is not None else None
+        reply (STOMP: DISCONNECT, or any ERROR on standard framing). ``mark``: the position
+        the reply carries (``_position``)."""
+        ending = self._queue_answer(request, reply, mark) if reply is not None else None
         self._run_follow_ups()
         if ending is not None:
             self.end(ending)
 
-    def _queue_answer(self, request: Request, reply: Reply) -> Disconnect | None:
+    def _queue_answer(self, request: Request, reply: Reply, mark: Mark | None = None
+                      ) -> Disconnect | None:
         """Queue ``reply`` as the codec shows it; the end the protocol asks after it."""
         answer = self.codec.answer(reply, request.meta)
         if answer.frame is not None:
-            self.push(answer.frame)
+            self.push(answer.frame, mark)
         return answer.ending
 
     def _run_follow_ups(self) -> None:
