@@ -36,7 +36,7 @@ class WebSocketBlockingProxy:
         self._closed = False
         threading.Thread(target=self._accept, name="blocking-proxy", daemon=True).start()
 
-    def __enter__(self) -> "WebSocketBlockingProxy":
+    def __enter__(self) -> WebSocketBlockingProxy:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -27,13 +27,23 @@ const FAKES = { WebSocket: FakeWS, EventSource: FakeEventSource, fetch: fakeFetc
 const streams = () => FakeEventSource.instances;
 const lastStream = () => streams()[streams().length - 1];
 
+// A broker whose streams welcome and answer their subscriptions.
+const answering = (es) => { es.welcome(); es.answer(); };
+
+// A client on SSE only, its streams served by `server`.
+function sseClient(server = answering, options = {}) {
+  FakeEventSource.instances = [];
+  FakeEventSource.server = server;
+  return connect("ws://fake/ws/", { ...FAKES, transport: "sse", ...options });
+}
+
 // A path that blocks WebSockets (each fails to open) and a broker whose streams welcome and
 // answer their subscriptions.
 function blockedWebSocket() {
   FakeWS.instances = [];
   FakeEventSource.instances = [];
   FakeWS.server = (s) => s.serverClose(1006, "");
-  FakeEventSource.server = (es) => { es.welcome(); es.answer(); };
+  FakeEventSource.server = answering;
 }
 
 describe("choosing the transport", () => {
@@ -69,10 +79,8 @@ describe("choosing the transport", () => {
   test("the SSE URL: the WebSocket's host and query, or options.sseUrl; cookies go without a token", async () => {
     assert.equal(sseUrl("wss://h:8443/ws/?token=t"), "https://h:8443/sse/?token=t");
     assert.equal(sseUrl("ws://h/ws/", { a: 1, b: undefined }, "http://o/events/"), "http://o/events/?a=1");
-    FakeEventSource.instances = [];
-    FakeEventSource.server = (es) => es.welcome();
-    const client = await connect("ws://fake/ws/", { ...FAKES, transport: "sse",
-      sseUrl: "https://other/stream/", params: { p: "q" } });
+    const client = await sseClient((es) => es.welcome(),
+      { sseUrl: "https://other/stream/", params: { p: "q" } });
     const es = streams()[0];
     assert.equal(new URL(es.url).origin + new URL(es.url).pathname, "https://other/stream/");
     assert.equal(es.query.get("p"), "q");
@@ -137,7 +145,7 @@ describe("choosing the transport", () => {
     FakeWS.instances = [];
     FakeEventSource.instances = [];
     FakeWS.server = (s) => s.welcome();
-    FakeEventSource.server = (es) => { es.welcome(); es.answer(); };
+    FakeEventSource.server = answering;
     const client = await connect("ws://fake/ws/", FAKES);
     assert.equal(client.transport, "websocket");
     FakeWS.server = (s) => s.serverClose(1006, "");
@@ -154,9 +162,7 @@ describe("choosing the transport", () => {
 describe("subscriptions over SSE", () => {
   test("subscribe and unsubscribe reopen the stream; the overlap is read once", async () => {
     let hold = false; // the next stream's replies wait for the test
-    FakeEventSource.instances = [];
-    FakeEventSource.server = (es) => { es.welcome(); if (!hold) es.answer(); };
-    const client = await connect("ws://fake/ws/", { ...FAKES, transport: "sse" });
+    const client = await sseClient((es) => { es.welcome(); if (!hold) es.answer(); });
     const got = [];
     const publishes = [];
     client.on("publish", (f) => publishes.push(f.id));
@@ -210,9 +216,7 @@ describe("subscriptions over SSE", () => {
   });
 
   test("a change during a reopen waits for it, then reopens once more", async () => {
-    FakeEventSource.instances = [];
-    FakeEventSource.server = (es) => { es.welcome(); if (streams().length !== 2) es.answer(); };
-    const client = await connect("ws://fake/ws/", { ...FAKES, transport: "sse" });
+    const client = await sseClient((es) => { es.welcome(); if (streams().length !== 2) es.answer(); });
     const a = client.subscribe(NEWS, () => {});
     await waitFor(() => streams().length === 2, "the first reopen");
     const b = client.subscribe(CHAT1, () => {});
@@ -228,16 +232,14 @@ describe("subscriptions over SSE", () => {
   });
 
   test("a reopened stream's refusal of a held subscription ends it", async () => {
-    FakeEventSource.instances = [];
-    FakeEventSource.server = (es) => {
+    const client = await sseClient((es) => {
       es.welcome();
       for (const item of es.items) {
         es.send(streams().length === 3 && item.room.target === "news"
           ? { type: "error", code: "error", message: "room-not-found", requestId: item.requestId }
           : { code: "success", requestId: item.requestId });
       }
-    };
-    const client = await connect("ws://fake/ws/", { ...FAKES, transport: "sse" });
+    });
     const a = client.subscribe(NEWS, () => {});
     await a.ready;
     const errors = [];
@@ -252,9 +254,7 @@ describe("subscriptions over SSE", () => {
   });
 
   test("the dedupe memory is bounded", async () => {
-    FakeEventSource.instances = [];
-    FakeEventSource.server = (es) => { es.welcome(); es.answer(); };
-    const client = await connect("ws://fake/ws/", { ...FAKES, transport: "sse" });
+    const client = await sseClient();
     const sub = client.subscribe(NEWS, () => {});
     await sub.ready;
     let read = 0;
@@ -272,9 +272,7 @@ describe("subscriptions over SSE", () => {
 
 describe("requests SSE cannot carry", () => {
   test("reject at once with unsupported-transport; a presence snapshot says so too", async () => {
-    FakeEventSource.instances = [];
-    FakeEventSource.server = (es) => { es.welcome(); es.answer(); };
-    const client = await connect("ws://fake/ws/", { ...FAKES, transport: "sse" });
+    const client = await sseClient();
     const calls = [client.send("/agent/b", 1), client.publish(NEWS, 1), client.history(NEWS),
       client.presence(NEWS), client.presenceStats(NEWS), client.admin("stats"), client.status(),
       client.confirm("m1"), client.ping()];
@@ -317,9 +315,7 @@ describe("requests SSE cannot carry", () => {
 
 describe("the end of a stream", () => {
   test("event: close is a close with its code: 4008 reconnects from the last event id, 4010 is final", async () => {
-    FakeEventSource.instances = [];
-    FakeEventSource.server = (es) => { es.welcome(); es.answer(); };
-    const client = await connect("ws://fake/ws/", { ...FAKES, transport: "sse" });
+    const client = await sseClient();
     const sub = client.subscribe(NEWS, () => {});
     await sub.ready;
     lastStream().send({ type: "publish", requestId: sub.id, room: NEWS, data: 1, id: "t1" }, "p9");
@@ -346,10 +342,9 @@ describe("the end of a stream", () => {
   });
 
   test("a refused login (HTTP 403) is final, as over WebSocket; a 503 is retried with backoff", async () => {
-    FakeEventSource.instances = [];
-    FakeEventSource.server = (es) => es.fail(); // EventSource does not say which status
     httpAnswer = { status: 403, body: { type: "refused", is_authorized: false, reason: "invalid-credentials" } };
-    const err = await connect("ws://fake/ws/", { ...FAKES, transport: "sse" }).then(() => null, (e) => e);
+    // EventSource does not say which status
+    const err = await sseClient((es) => es.fail()).then(() => null, (e) => e);
     assert.equal(err.code, "invalid-credentials");
     assert.equal(err.closeCode, 4003);
     await tick(20);
@@ -384,22 +379,18 @@ describe("the end of a stream", () => {
   });
 
   test("a refusal in the stream before the welcome rejects connect(); an unknown last event id is dropped", async () => {
-    FakeEventSource.instances = [];
-    FakeEventSource.server = (es) => {
+    const err = await sseClient((es) => {
       es.send({ type: "refused", reason: "refused" });
       es.serverClose(4003, "refused");
-    };
-    const err = await connect("ws://fake/ws/", { ...FAKES, transport: "sse" }).then(() => null, (e) => e);
+    }).then(() => null, (e) => e);
     assert.equal(err.code, "refused");
     assert.equal(err.closeCode, 4003);
 
-    FakeEventSource.instances = [];
-    FakeEventSource.server = (es) => {
+    httpAnswer = { status: 400, body: { type: "error", code: "error", message: "invalid-last-event-id" } };
+    const client = await sseClient((es) => {
       if (es.query.has("lastEventId")) es.fail();
       else es.welcome();
-    };
-    httpAnswer = { status: 400, body: { type: "error", code: "error", message: "invalid-last-event-id" } };
-    const client = await connect("ws://fake/ws/", { ...FAKES, transport: "sse" });
+    });
     client.on("error", () => {});
     streams()[0].send({ type: "broadcast", data: 1, id: "b1" }, "from-another-broker");
     const reopened = nextEvent(client, "reconnect");
@@ -410,13 +401,10 @@ describe("the end of a stream", () => {
   });
 
   test("a reopen that fails reconnects without overlap; a 4009 on the old stream is the new one replacing it", async () => {
-    FakeEventSource.instances = [];
-    FakeEventSource.server = (es) => {
+    const client = await sseClient((es) => {
       if (streams().length === 2) { es.fail(); return; } // BROKER_DUPLICATE_LOGIN=reject
-      es.welcome();
-      es.answer();
-    };
-    const client = await connect("ws://fake/ws/", { ...FAKES, transport: "sse" });
+      answering(es);
+    });
     const a = client.subscribe(NEWS, () => {});
     const reopened = nextEvent(client, "reconnect");
     const r = await reopened;
