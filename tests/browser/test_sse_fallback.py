@@ -11,6 +11,7 @@ loopback traffic through a context's proxy: it adds ``<-loopback>`` to Chromium'
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.browser.blockingproxy import WebSocketBlockingProxy
-from tests.browser.conftest import TIMEOUT_MS
+from tests.browser.conftest import RUNBROKER_ARGV, TIMEOUT_MS
 from tests.browser.test_demo import CHAT1, NEWS, connect_as, entries, post_trigger, subscribe_to
 from tests.harness import BrokerProcess
 
@@ -28,6 +29,15 @@ except ImportError:  # the browser fixture skips (or fails under ./test.sh) with
     expect = None
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(params=["live", "history"])
+def demo_broker(request: pytest.FixtureRequest, broker_factory: Any) -> BrokerProcess:
+    """conftest's demo broker; with "history" the news room keeps one, so its deliveries carry
+    event ids (positions) and the client reopens its stream with the last one."""
+    history = [{"room": NEWS, "size": 100, "ttl": 600}] if request.param == "history" else []
+    return broker_factory(argv=RUNBROKER_ARGV, start_timeout=60, name="runbroker",
+                          BROKER_HISTORY=json.dumps(history))
 
 
 def sse_requests(proxy: WebSocketBlockingProxy) -> list[str]:
@@ -53,7 +63,8 @@ def blocked_page(browser: Any, demo_broker: BrokerProcess) -> Iterator[tuple[Any
 
 
 def test_demo_page_receives_triggers_over_sse_when_websockets_are_blocked(
-        blocked_page: tuple[Any, WebSocketBlockingProxy], artifacts_dir: Any, unique: str) -> None:
+        blocked_page: tuple[Any, WebSocketBlockingProxy], request: pytest.FixtureRequest,
+        artifacts_dir: Any, unique: str) -> None:
     page, proxy = blocked_page
     connect_as(page, "alice")
 
@@ -80,6 +91,11 @@ def test_demo_page_receives_triggers_over_sse_when_websockets_are_blocked(
     expect(entries(page, "publish", f"sse-2-{unique}")).to_have_count(1)
     expect(entries(page, "publish", f"sse-1-{unique}")).to_have_count(1)
     assert len(sse_requests(proxy)) >= 3, proxy.forwarded  # the first, one reopen per subscribe
+    resumed = [line for line in sse_requests(proxy) if "lastEventId=" in line]
+    if request.node.callspec.params["demo_broker"] == "history":
+        assert resumed, proxy.forwarded  # the reopen named the news subscription's position
+    else:
+        assert not resumed, proxy.forwarded
 
     # SSE only receives: a direct message is refused by name, not lost
     page.fill("#to", "/agent/bob")
@@ -98,5 +114,8 @@ def test_demo_page_receives_triggers_over_sse_when_websockets_are_blocked(
     expect(entries(page, "publish", f"chat-after-{unique}")).to_have_count(1)
     expect(page.get_by_test_id("log")).not_to_contain_text(f"sse-3-{unique}")
 
+    # every reopen took over from the stream before it: no close, no reconnect
+    expect(page.get_by_test_id("reconnects")).to_have_text("0")
+    expect(page.locator("[data-testid=log-entry]").filter(has_text="closed")).to_have_count(0)
     page.screenshot(path=str(artifacts_dir / "demo-over-sse.png"), full_page=True)
     assert page.errors == []
