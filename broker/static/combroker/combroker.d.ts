@@ -67,7 +67,8 @@ export type EventSourceClass = new (url: string, init?: { withCredentials?: bool
  * keep-alive ping: the server's heart-beat comments keep the stream open. The stream's
  * `event: close` {code, reason} is a close with that code (4003, 4009, 4010 final, 4008
  * reconnects, ...). A stream refused with an HTTP error: the same URL is fetched once for the
- * status (403 and 400 final as a 4003 with the body's reason, 503 retried).
+ * status (403 and 400 final as a 4003 with the body's reason, but a 403 `duplicate-login`
+ * and a 503 retried: the former may be this client's own previous stream, not gone yet).
  */
 export type Transport = "websocket" | "sse";
 

@@ -1291,7 +1291,9 @@ class SseConnection {
   // Why the first stream was refused: the same request once more with fetch, for its status
   // and body (the refused frame or the error). 400, 403, 413 are final (as a 4003 with the
   // body's reason: retrying the same request cannot help); 503 and the rest are retried; an
-  // `invalid-last-event-id` is retried without it. Not asked with a single-use ticket.
+  // `invalid-last-event-id` is retried without it, a `duplicate-login` as it is (under
+  // BROKER_DUPLICATE_LOGIN=reject the login's previous stream, closed by a failed reopen, may
+  // not be gone yet). Not asked with a single-use ticket.
   async _httpRefusal(url) {
     const fetcher = this.client.options.fetch || globalThis.fetch;
     if (typeof fetcher !== "function" || new URL(url).searchParams.has("ticket")) {
@@ -1315,7 +1317,9 @@ class SseConnection {
     }
     const reason = (body && (body.reason || body.message)) || (status ? `http-${status}` : "sse-refused");
     if (reason === "invalid-last-event-id") this.client._sse.lastEventId = null;
-    else if ([400, 403, 413].includes(status)) return [CLOSE_CODES.REFUSED, reason];
+    else if (reason !== "duplicate-login" && [400, 403, 413].includes(status)) {
+      return [CLOSE_CODES.REFUSED, reason];
+    }
     return [1006, reason];
   }
 
