@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from tests.browser.blockingproxy import WebSocketBlockingProxy
@@ -63,8 +64,9 @@ def blocked_page(browser: Any, demo_broker: BrokerProcess) -> Iterator[tuple[Any
 
 
 def test_demo_page_receives_triggers_over_sse_when_websockets_are_blocked(
-        blocked_page: tuple[Any, WebSocketBlockingProxy], request: pytest.FixtureRequest,
-        artifacts_dir: Any, unique: str) -> None:
+        blocked_page: tuple[Any, WebSocketBlockingProxy], demo_broker: BrokerProcess,
+        trigger_token: str, request: pytest.FixtureRequest, artifacts_dir: Any,
+        unique: str) -> None:
     page, proxy = blocked_page
     connect_as(page, "alice")
 
@@ -118,4 +120,12 @@ def test_demo_page_receives_triggers_over_sse_when_websockets_are_blocked(
     expect(page.get_by_test_id("reconnects")).to_have_text("0")
     expect(page.locator("[data-testid=log-entry]").filter(has_text="closed")).to_have_count(0)
     page.screenshot(path=str(artifacts_dir / "demo-over-sse.png"), full_page=True)
+
+    # the backend disconnects alice: the stream's last event, `event: close` 4010, is final
+    r = httpx.post(f"{demo_broker.base_url}/api/disconnect", json={"login": "alice"},
+                   headers={"Authorization": f"Bearer {trigger_token}"})
+    assert r.status_code == 200, r.text
+    state = page.get_by_test_id("state")
+    expect(state).to_have_attribute("data-close-code", "4010")
+    expect(state).to_have_text("closed 4010 kicked")
     assert page.errors == []
