@@ -9,7 +9,10 @@ when daphne serves the application (its modules are loaded before the applicatio
   transport: Twisted pauses it when its buffer holds more than ``bufferSize`` (64 KiB) and
   resumes it once the buffer is written out. The application finds it in
   ``scope["extensions"]["combroker.flow"]``; the WebSocket transport awaits ``wait()`` after
-  every frame, so frames wait in the bounded outbox, never in Twisted.
+  every frame, so frames wait in the bounded outbox, never in Twisted. An HTTP response that
+  streams (the SSE transport, ``broker.sse``) asks for one when its stream starts: the
+  callable in ``scope["extensions"]["combroker.response_flow"]`` registers a
+  ``ResponseFlow`` as the request's producer (``release()`` at the end).
 - **Refusing a handshake with a status.** The ASGI ``websocket.http.response`` extension
   (uvicorn has it): ``websocket.http.response.start`` then ``.body`` before the accept answer
   the handshake with that HTTP status (503 over capacity or shutting down), where a plain
@@ -37,6 +40,7 @@ when daphne serves the application (its modules are loaded before the applicatio
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from http import HTTPStatus
@@ -45,6 +49,7 @@ from typing import Any
 log = logging.getLogger("broker.daphne")
 
 FLOW_EXTENSION = "combroker.flow"
+RESPONSE_FLOW_EXTENSION = "combroker.response_flow"
 DENIAL_EXTENSION = "websocket.http.response"
 # Seconds a client has to answer the server's close frame before its TCP connection is
 # aborted (autobahn's default is 1): a slow client that is still reading gets to see why it
@@ -94,6 +99,23 @@ class WriteFlow:
         self.registered = True
 
 
+class ResponseFlow(WriteFlow):
+    """A ``WriteFlow`` for one streamed HTTP response: the producer of its Twisted request,
+    which the connection's HTTPChannel pauses and resumes with its transport's buffer."""
+
+    def __init__(self, request: Any) -> None:
+        super().__init__()
+        self._request = request
+        request.registerProducer(self, True)
+        self.registered = True
+
+    def release(self) -> None:
+        """The response is over: the channel may serve its next request."""
+        if self.registered:
+            self.registered = False
+            self._request.unregisterProducer()
+
+
 def patch() -> None:
     server_module = sys.modules.get("daphne.server")
     ws_module = sys.modules.get("daphne.ws_protocol")
@@ -126,6 +148,10 @@ def _patch_server(cls: Any) -> None:
             extensions = dict(scope.get("extensions") or {})
             extensions.setdefault(DENIAL_EXTENSION, {})
             extensions[FLOW_EXTENSION] = flow
+            scope["extensions"] = extensions
+        elif scope.get("type") == "http":  # made only by a response that streams
+            extensions = dict(scope.get("extensions") or {})
+            extensions[RESPONSE_FLOW_EXTENSION] = functools.partial(ResponseFlow, protocol)
             scope["extensions"] = extensions
         return create_application(self, protocol, scope)
 

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import parse_qs, quote, unquote
 
-from . import errors, metrics, serve
+from . import daphne_ext, errors, metrics, serve
 from .backendroute import read_limited
 from .codec import Heartbeats
 from .codecs.jsoncodec import JsonCodec
@@ -186,7 +186,7 @@ class SseStream:
 
     __slots__ = ("scope", "_receive", "_send", "remote_addr", "last_write", "last_read",
                  "_codec", "_frames", "_started", "_closed", "_over", "_listening",
-                 "_refusal", "_positions", "_id_due", "_sending", "_cors")
+                 "_refusal", "_positions", "_id_due", "_sending", "_cors", "_flow")
 
     name = "sse"
     close_codes = True  # the last event says the code
@@ -221,6 +221,9 @@ class SseStream:
         self._id_due = False
         self._sending = EagerSend()
         self._cors = cors_headers(scope, conf().BROKER_ALLOWED_ORIGINS)
+        # Backpressure under daphne, made when the stream starts (uvicorn's send already
+        # waits while its buffer is full).
+        self._flow: daphne_ext.ResponseFlow | None = None
 
     async def run(self) -> None:
         c = conf()
@@ -246,6 +249,8 @@ class SseStream:
         finally:
             if self._listening is not None:
                 self._listening.cancel()
+            if self._flow is not None:
+                self._flow.release()
 
     async def _read_request(self, c: Settings) -> list[str]:
         """The subscribe frames the request asks for (BadRequest when it cannot open)."""
@@ -342,8 +347,15 @@ class SseStream:
             self._started = True
             await self._send({"type": "http.response.start", "status": 200,
                               "headers": [*STREAM_HEADERS, *self._cors]})
+            flow = (self.scope.get("extensions") or {}).get(daphne_ext.RESPONSE_FLOW_EXTENSION)
+            if flow is not None:
+                self._flow = flow()
         await self._send({"type": "http.response.body", "body": body, "more_body": True})
         self.last_write = time.monotonic()
+        # Backpressure: under daphne the flow says the buffer is full; either way the next
+        # frame then waits in the bounded outbox.
+        if self._flow is not None:
+            await self._flow.wait()
 
     async def write(self, frame: str | bytes) -> None:
         """serve's refusal frame: the body of the refusal ``close`` answers (nothing is sent

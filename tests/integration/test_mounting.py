@@ -2,7 +2,8 @@
 
 Its settings add "channels" and "broker" to INSTALLED_APPS and take CHANNEL_LAYERS from
 ``broker.conf.channel_layers_setting()``; its urls include ``broker.urls`` under ``rt/`` next to
-its own view; its asgi.py routes WebSockets to ``broker.routing.websocket_urlpatterns``.
+its own view; its asgi.py routes WebSockets to ``broker.routing.websocket_urlpatterns`` and
+``rt/sse/`` to ``broker.sse.SseStream.as_asgi()``.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.parse
 
 from tests.harness import expect_nothing, recv_json, send_json, trigger, ws_open
+from tests.integration.test_sse import stream
 
 MOUNT_ARGV = ["{python}", "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}",
               "tests.mountproject.asgi:application"]
@@ -44,6 +47,17 @@ async def test_mounted_broker(broker_factory, auth_api, redis_server, unique):
     assert await recv_json(ws) == {"type": "publish", "requestId": "n", "data": {"from": "rt"}}
     await expect_nothing(ws)
     await ws.close()
+
+    # the SSE stream where the project routes SseStream.as_asgi()
+    url = (f"{broker.base_url}/rt/sse/?token=t&subscribe="
+           + urllib.parse.quote(json.dumps([{"requestId": "s", "room": NEWS}])))
+    async with stream(url) as s:
+        assert (await s.next()).json()["type"] == "welcome"
+        assert (await s.next()).json() == {"code": "success", "requestId": "s"}
+        r = trigger(broker.base_url, "mounted-token", [NEWS], "sse", path="/rt/trigger")
+        assert r.status_code == 202, r.text
+        assert (await s.next()).json()["data"] == "sse"
+    assert broker.get("/sse/").status_code == 404  # only where the project put it
 
     # an environment variable overrides the project's setting of the same name
     broker.restart(BROKER_TRIGGER_TOKEN="env-token")

@@ -150,3 +150,26 @@ async def test_a_close_from_within_a_write_drops_what_is_queued() -> None:
     socket.room.set()
     await box.flush()
     assert socket.written == ["a", "b"]
+
+
+async def test_on_writing_tells_each_mark_just_before_its_frame_is_handed_over() -> None:
+    """A transport that writes positions with frames (SSE event ids) learns a frame's marks
+    at the moment that frame is handed to it, in write order, queued behind a full transport
+    or not."""
+    socket = Socket()
+    box, _overflows, marks = make(socket)
+    told: list[tuple[str, int]] = []
+    box.on_writing = lambda mark: told.append((mark, len(socket.written)))
+    box.push("a", "m1")
+    box.push("b")
+    assert told == [("m1", 0)]  # before "a" was written
+    socket.full = True
+    box.push("c")  # handed over, the transport is full from now on
+    box.push("d", "m2")
+    box.push("e", "m3")
+    assert told == [("m1", 0)]  # "d" waits in the queue
+    socket.full = False
+    socket.room.set()
+    await box.flush()
+    assert socket.written == ["a", "b", "c", "d", "e"]
+    assert told == [("m1", 0), ("m2", 3), ("m3", 4)] and marks == ["m1", "m2", "m3"]
