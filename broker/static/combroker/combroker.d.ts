@@ -1,4 +1,4 @@
-// Type declarations for combroker.js (the combroker.v1 WebSocket client).
+// Type declarations for combroker.js (the combroker.v1 client: WebSocket, SSE as the fallback).
 
 /** A room: 1 to 16 keys, each a string, number or boolean; "*" is the wildcard. */
 export type Room = Record<string, string | number | boolean>;
@@ -34,6 +34,43 @@ export interface WebSocketLike {
 }
 export type WebSocketClass = new (url: string, protocols?: string | string[], options?: unknown)
   => WebSocketLike;
+
+/** Any class with the browser EventSource's constructor, on* handlers and addEventListener. */
+export interface EventSourceLike {
+  readonly readyState: number;
+  close(): void;
+  onmessage: ((ev: { data: string; lastEventId: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+  addEventListener(type: "close", fn: (ev: { data: string }) => void): void;
+}
+export type EventSourceClass = new (url: string, init?: { withCredentials?: boolean })
+  => EventSourceLike;
+
+/**
+ * How the client reaches the broker (issue 15).
+ *
+ * - `"auto"` (the default): the WebSocket. When it fails to open (closes or errs before its open
+ *   event, or does not open within `openTimeout`: a proxy that blocks WebSockets), the same
+ *   attempt goes on at once over SSE (`GET /sse/`, EventSource). Once SSE got a welcome while
+ *   the WebSocket never opened on this client, every reconnect stays on SSE (the path blocks
+ *   WebSockets: trying again would cost each reconnect a failure first). A client whose
+ *   WebSocket did open once tries it first again at each reconnect.
+ * - `"websocket"`: never SSE. `"sse"`: only SSE.
+ *
+ * SSE only receives. `subscribe` and `unsubscribe` reopen the stream with the new list (one
+ * reopen per microtask batch; the new stream opens with the last event id before the old one
+ * closes, and a delivery read on both is handed on once); the subscribe promise settles with
+ * the new stream's reply, the unsubscribe once a stream without it is current. Every other
+ * request (`send`, `publish`, `history`, `presence`, `presenceStats`, `admin`, `status`,
+ * `confirm`, `ping`) rejects at once with code `"unsupported-transport"`, and a presence
+ * subscription's snapshot likewise (an `error` event; its join/leave frames still come). No
+ * keep-alive ping: the server's heart-beat comments keep the stream open. The stream's
+ * `event: close` {code, reason} is a close with that code (4003, 4009, 4010 final, 4008
+ * reconnects, ...). A stream refused with an HTTP error: the same URL is fetched once for the
+ * status (403 and 400 final as a 4003 with the body's reason, but a 403 `duplicate-login`
+ * and a 503 retried: the former may be this client's own previous stream, not gone yet).
+ */
+export type Transport = "websocket" | "sse";
 
 export interface ClientOptions {
   /** Sent as ?token=...; the broker forwards it to the auth API as `Authorization: Token <t>`. */
@@ -80,6 +117,23 @@ export interface ClientOptions {
   adoptTimeout?: number;
   /** Deliveries held for one such subscription until it is claimed; more: released (1000). */
   adoptMaxHeld?: number;
+  /** "auto" (default), "websocket" or "sse": see {@link Transport}. */
+  transport?: "auto" | Transport;
+  /**
+   * The event stream's URL (relative to the page); `token` and `params` are added. Default: the
+   * WebSocket URL's host with http(s) and path `/sse/`, its query kept ("ws://h/ws/?token=t" ->
+   * "http://h/sse/?token=t").
+   */
+  sseUrl?: string;
+  /** The EventSource class; default globalThis.EventSource. */
+  EventSource?: EventSourceClass;
+  /**
+   * EventSource's withCredentials (send the cookie to another origin). Default: true, unless
+   * a `token` or `ticket` is in the stream's URL (then that is the credential).
+   */
+  withCredentials?: boolean;
+  /** Used once to read why a stream was refused (its HTTP status); default globalThis.fetch. */
+  fetch?: (url: string, init?: Record<string, unknown>) => Promise<{ status: number; json(): Promise<unknown> }>;
 }
 
 /** What the resume token is kept in (the Web Storage API's part it uses). */
@@ -103,9 +157,10 @@ export interface HeldSubscription {
   refused?: string;
 }
 
-export declare const DEFAULTS: Readonly<Required<Omit<ClientOptions, "token" | "params" |
-  "WebSocket" | "wsOptions" | "resumeStorage">> & Pick<ClientOptions, "token" | "params" |
-  "WebSocket" | "wsOptions" | "resumeStorage">>;
+type OptionalOptions = "token" | "params" | "WebSocket" | "wsOptions" | "resumeStorage" | "sseUrl"
+  | "EventSource" | "withCredentials" | "fetch";
+export declare const DEFAULTS: Readonly<Required<Omit<ClientOptions, OptionalOptions>>
+  & Pick<ClientOptions, OptionalOptions>>;
 
 export interface WelcomeFrame {
   type: "welcome";
@@ -274,7 +329,7 @@ export declare class CombrokerError extends Error {
    * The contract's error code ("room-not-found", "destination-not-found", ...), a close reason
    * ("kicked", "replaced", "refused", "auth-unavailable", ...), or a client-side code:
    * "timeout", "disconnected" (the connection dropped before the reply), "closed", "not-open",
-   * "reconnect-failed".
+   * "reconnect-failed", "unsupported-transport" (a request SSE cannot carry: {@link Transport}).
    */
   code: string;
   detail?: string;
@@ -287,6 +342,8 @@ export declare class CombrokerError extends Error {
   reason?: string;
   /** For a subscription the broker refused on restore after a reconnect. */
   subscription?: Subscription;
+  /** "sse", for "unsupported-transport". */
+  transport?: Transport;
 }
 
 export declare class Subscription<T = Json> {
@@ -325,6 +382,16 @@ export declare class Subscription<T = Json> {
 export interface OpenEvent { welcome: WelcomeFrame; reconnected: boolean; }
 export interface CloseEvent { code: number; reason: string; wasOpen: boolean; willReconnect: boolean; }
 export interface ReconnectingEvent { attempt: number; delay: number; code: number; reason: string; }
+export interface TransportEvent {
+  transport: Transport;
+  previous: Transport | null;
+  /**
+   * "default" (the WebSocket), "option" (`transport` forces it), "websocket-failed" (it did
+   * not open: SSE at once), "sse-worked" (SSE worked where the WebSocket never did),
+   * "no-websocket" (no WebSocket class).
+   */
+  reason: "default" | "option" | "websocket-failed" | "sse-worked" | "no-websocket";
+}
 export interface ReconnectEvent {
   welcome: WelcomeFrame;
   /** Failed attempts before this one succeeded. */
@@ -366,12 +433,17 @@ export interface ClientEvents {
   join: PresenceEvent;
   /** Every leave frame (also applied to its subscription). */
   leave: PresenceEvent;
-  /** Every inbound frame, parsed. */
+  /**
+   * Every inbound frame, parsed. Over SSE a delivery read on two streams is one frame, and the
+   * welcome of a reopened stream updates `welcome` with no `open` event.
+   */
   frame: Record<string, unknown>;
   /** A subscription the broker held was adopted by a subscribe to its room. */
   adopted: { subscription: Subscription; persistent: boolean };
   /** A subscription the broker held was not claimed by the page (see adoptTimeout). */
   unclaimed: UnclaimedEvent;
+  /** The transport of the next attempt changed (first: "websocket" or "sse"). */
+  transport: TransportEvent;
 }
 
 export declare class CombrokerClient {
@@ -396,6 +468,8 @@ export declare class CombrokerClient {
   attempt: number;
   reconnects: number;
   lastClose: { code: number; reason: string } | null;
+  /** The current connection's transport, or the attempt's; null before the first. */
+  transport: Transport | null;
   /** Resolves with the client at the first welcome; rejects on a final failure. */
   readonly ready: Promise<CombrokerClient>;
   readonly connectionId: string | null;
@@ -440,6 +514,8 @@ export declare function websocketUrl(url: string, query?: Record<string, unknown
 export declare function resumeStorageOf(option?: ResumeStorage | null): ResumeStorage | null;
 /** The key the resume token of the broker at `url` is kept under. */
 export declare function resumeStorageKey(url: string): string | null;
+/** The event stream's URL: `explicit`, or the WebSocket URL's host with path /sse/; `query` added. */
+export declare function sseUrl(url: string, query?: Record<string, unknown>, explicit?: string): string;
 export declare function createClient(url: string, options?: ClientOptions): CombrokerClient;
 /** Connect; resolves at the first welcome. Transient failures are retried with backoff. */
 export declare function connect(url: string, options?: ClientOptions): Promise<CombrokerClient>;
@@ -455,6 +531,7 @@ declare const _default: {
   websocketUrl: typeof websocketUrl;
   resumeStorageOf: typeof resumeStorageOf;
   resumeStorageKey: typeof resumeStorageKey;
+  sseUrl: typeof sseUrl;
   SUBPROTOCOL: typeof SUBPROTOCOL;
   CLOSE_CODES: typeof CLOSE_CODES;
   CLOSE_REASONS: typeof CLOSE_REASONS;

@@ -32,6 +32,10 @@
 //   (`resumeExpiresAt`), and a new page load presents it. The subscriptions the broker gives
 //   back are adopted by the page's own `subscribe` calls to the same room and options; what
 //   they missed is held until then. Those not claimed within `adoptTimeout` are unsubscribed.
+// - SSE (issue 15): when the WebSocket fails to open (a proxy that blocks it), the client reads
+//   the broker's event stream (`GET /sse/`, EventSource) instead; `client.transport` says which
+//   is used. SSE only receives: `subscribe`/`unsubscribe` reopen the stream with the new list,
+//   any other request rejects with `unsupported-transport`. The rules: SseConnection below.
 
 export const SUBPROTOCOL = "combroker.v1";
 
@@ -88,6 +92,11 @@ export const DEFAULTS = Object.freeze({
   resumeStorage: undefined,
   adoptTimeout: 10000, // ms a subscription the broker gave back waits for the page's subscribe
   adoptMaxHeld: 1000, // deliveries held for one such subscription until then; more: released
+  transport: "auto", // "auto" (WebSocket, SSE when it fails to open) | "websocket" | "sse"
+  sseUrl: undefined, // the event stream's URL; default: the WebSocket URL's host, path /sse/
+  EventSource: undefined, // an EventSource class; default globalThis.EventSource
+  withCredentials: undefined, // EventSource's; default: true unless a token or ticket is in the URL
+  fetch: undefined, // for the status of a refused SSE stream; default globalThis.fetch
 });
 
 /** A rejected request or a failed connection. `code` is the contract's error code. */
@@ -118,6 +127,28 @@ export function websocketUrl(url, query = {}) {
   const u = new URL(url, loc && loc.href ? loc.href : undefined);
   if (u.protocol === "http:") u.protocol = "ws:";
   else if (u.protocol === "https:") u.protocol = "wss:";
+  return withQuery(u, query);
+}
+
+/**
+ * The event stream's URL (SSE): `explicit` (relative to the page) if given, else the WebSocket
+ * URL's host with http(s) and path /sse/, its query (the credentials: token, ...) kept; `query`
+ * added. "ws://h/ws/?token=t" -> "http://h/sse/?token=t".
+ */
+export function sseUrl(url, query = {}, explicit = undefined) {
+  const loc = globalThis.location;
+  let u;
+  if (explicit) {
+    u = new URL(explicit, loc && loc.href ? loc.href : undefined);
+  } else {
+    u = new URL(websocketUrl(url));
+    u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+    u.pathname = "/sse/";
+  }
+  return withQuery(u, query);
+}
+
+function withQuery(u, query) {
   for (const [k, v] of Object.entries(query)) {
     if (v !== undefined && v !== null) u.searchParams.set(k, String(v));
   }
@@ -178,10 +209,13 @@ export class CombrokerClient {
     this.url = url;
     this.options = { ...DEFAULTS, ...options };
     this._WS = this.options.WebSocket || globalThis.WebSocket;
-    if (typeof this._WS !== "function") {
-      throw new CombrokerError("no-websocket",
-        "no WebSocket implementation: pass one as options.WebSocket");
-    }
+    checkTransports(this.options, this._WS);
+    this.transport = null; // "websocket" | "sse": the current connection's, or the attempt's
+    // SSE state: the WebSocket just failed to open (`now`), has ever opened (`wsWorked`), the
+    // current one opened (`opened`); SSE worked while the WebSocket never did (`sticky`); the
+    // last event id read; the deliveries read (dedupe, bounded).
+    this._sse = { now: false, wsWorked: false, opened: false, sticky: false, lastEventId: null,
+      seen: new Set() };
     this.state = "idle"; // connecting | open | reconnecting | closed
     this.welcome = null; // the last welcome frame
     this.resumeToken = null;
@@ -279,6 +313,10 @@ export class CombrokerClient {
   async _connect() {
     this.state = this._everOpened ? "reconnecting" : "connecting";
     this._refusal = null;
+    if (this._pickTransport() === "sse") {
+      this._connectSse();
+      return;
+    }
     let url;
     try {
       let token = this.options.token;
@@ -305,6 +343,7 @@ export class CombrokerClient {
       return;
     }
     this._ws = ws;
+    this._watchOpen(ws);
     this._setTimer("open", () => {
       if (this._ws === ws && this.state !== "open") this._drop(ws, "open-timeout");
     }, this.options.openTimeout);
@@ -338,6 +377,7 @@ export class CombrokerClient {
 
   _onClose(ws, code, reason) {
     if (this._ws !== ws) return;
+    if (this._fallBackToSse(ws)) return;
     this._ws = null;
     ws.onmessage = ws.onclose = null;
     ws.onerror = () => {}; // Node's ws throws on an 'error' nobody listens to (close while opening)
@@ -527,9 +567,7 @@ export class CombrokerClient {
   }
 
   _sendSubscribe(sub) {
-    const frame = { type: "subscribe", room: sub.room, requestId: sub.id };
-    if (typeof sub.offset === "number") frame.since = sub.offset; // replay what was missed
-    if (sub.presence) frame.presence = true;
+    const frame = { type: "subscribe", ...subscribeItem(sub) };
     const p = this._request(frame, { timeout: 0, queue: false });
     return p.then((reply) => {
       if (sub.offset === null && typeof reply.offset === "number") sub.offset = reply.offset;
@@ -825,17 +863,17 @@ export class CombrokerClient {
         reject(new CombrokerError("not-open", "not connected"));
         return;
       }
+      const unsupported = this._unsupported(frame);
+      if (unsupported) {
+        reject(unsupported);
+        return;
+      }
       const id = frame.requestId;
       if (!this._pending.has(id)) this._pending.set(id, []);
       this._pending.get(id).push(entry);
       if (timeout > 0) {
         entry.timer = setTimeout(() => {
-          const entries = this._pending.get(id);
-          if (entries) {
-            const i = entries.indexOf(entry);
-            if (i >= 0) entries.splice(i, 1);
-            if (!entries.length) this._pending.delete(id);
-          }
+          this._withdraw(entry);
           this._settle(entry, new CombrokerError("timeout",
             `no reply to ${frame.type} within ${timeout} ms`, { request: frame }));
         }, timeout);
@@ -848,12 +886,26 @@ export class CombrokerClient {
   _transmit(entry) {
     const ws = this._ws;
     if (!ws) return;
+    if (ws instanceof SseConnection) {
+      this._sseTransmit(ws, entry);
+      return;
+    }
     try {
       ws.send(JSON.stringify(entry.frame));
       entry.sent = true;
     } catch (err) {
       this._emit("error", err);
     }
+  }
+
+  // Forget a request that will get no reply (its timeout, or refused before it is sent).
+  _withdraw(entry) {
+    const id = entry.frame.requestId;
+    const entries = this._pending.get(id);
+    if (!entries) return;
+    const i = entries.indexOf(entry);
+    if (i >= 0) entries.splice(i, 1);
+    if (!entries.length) this._pending.delete(id);
   }
 
   _settle(entry, err, value) {
@@ -975,6 +1027,7 @@ export class CombrokerClient {
 
   _startPing() {
     this._clearTimer("ping");
+    if (this._ws instanceof SseConnection) return; // the server's heart-beats keep SSE alive
     const every = this.options.pingInterval;
     if (!(every > 0)) return;
     const ws = this._ws;
@@ -1001,6 +1054,161 @@ export class CombrokerClient {
       clearInterval(t);
     }
     this._timers[name] = null;
+  }
+
+  // ------------------------------------------------------------------ transports (issue 15)
+
+  // The transport of the attempt about to start, set (with a `transport` event when it changes).
+  // "auto": the WebSocket, unless it just failed to open (this attempt goes on over SSE at once)
+  // or SSE worked on this client while the WebSocket never opened (the path blocks WebSockets:
+  // trying again would cost every reconnect a failure first, up to openTimeout).
+  _pickTransport() {
+    const now = this._sse.now;
+    this._sse.now = false;
+    let transport = this.options.transport;
+    let reason = "option";
+    if (transport === "auto") {
+      if (now) [transport, reason] = ["sse", "websocket-failed"];
+      else if (this._sse.sticky) [transport, reason] = ["sse", "sse-worked"];
+      else if (typeof this._WS !== "function") [transport, reason] = ["sse", "no-websocket"];
+      else [transport, reason] = ["websocket", "default"];
+    }
+    if (this.transport !== transport) {
+      const previous = this.transport;
+      this.transport = transport;
+      this._emit("transport", { transport, previous, reason });
+    }
+    return transport;
+  }
+
+  _watchOpen(ws) {
+    this._sse.opened = false;
+    ws.onopen = () => {
+      if (this._ws !== ws) return;
+      this._sse.opened = true;
+      this._sse.wsWorked = true;
+    };
+  }
+
+  // A WebSocket that closed (or timed out) before it opened, with transport "auto": the same
+  // attempt goes on over SSE at once. False when the close is to be handled as a close.
+  _fallBackToSse(ws) {
+    if (ws instanceof SseConnection || this._sse.opened || this._stopped) return false;
+    if (this.options.transport !== "auto" || !eventSourceClass(this.options)) return false;
+    this._ws = null;
+    ws.onmessage = ws.onclose = ws.onopen = null;
+    ws.onerror = () => {};
+    try { ws.close(); } catch { /* already closed */ }
+    this._clearTimer("open");
+    this._sse.now = true;
+    this._connect();
+    return true;
+  }
+
+  async _connectSse() {
+    const items = this._sseItems();
+    const lastEventId = this._sse.lastEventId;
+    let url;
+    try {
+      url = await this._sseStreamUrl(items, lastEventId);
+    } catch (err) {
+      this._emit("error", err);
+      this._scheduleReconnect(1006, "token-unavailable");
+      return;
+    }
+    if (this._stopped) return;
+    const conn = new SseConnection(this, eventSourceClass(this.options));
+    try {
+      conn.start(url, items, lastEventId);
+    } catch (err) {
+      this._emit("error", err);
+      this._scheduleReconnect(1006, "connection-failed");
+      return;
+    }
+    this._ws = conn;
+    this._setTimer("open", () => {
+      if (this._ws === conn && this.state !== "open") this._drop(conn, "open-timeout");
+    }, this.options.openTimeout);
+    conn.onframe = (frame) => {
+      if (this._ws === conn) this._onFrame(frame);
+    };
+    conn.onclose = (ev) => {
+      if (this._ws === conn) this._onClose(conn, ev.code, ev.reason);
+    };
+  }
+
+  // The subscriptions an SSE stream opens with: every one wanted, as a subscribe frame's fields.
+  _sseItems() {
+    return [...this._subs.values()].map(subscribeItem);
+  }
+
+  async _sseStreamUrl(items, lastEventId) {
+    let token = this.options.token;
+    if (typeof token === "function") token = await token();
+    return sseUrl(this.url, {
+      ...(this.options.params || {}),
+      token,
+      subscribe: JSON.stringify(items),
+      lastEventId: lastEventId || undefined,
+    }, this.options.sseUrl);
+  }
+
+  // The cookie is the credential unless a token or ticket is in the URL: then no credentials
+  // (a cross-origin broker need not allow them).
+  _sseWithCredentials(url) {
+    if (typeof this.options.withCredentials === "boolean") return this.options.withCredentials;
+    const q = new URL(url).searchParams;
+    return !q.has("token") && !q.has("ticket");
+  }
+
+  // The first welcome of an SSE connection.
+  _sseWelcomed() {
+    if (!this._sse.wsWorked && this.options.transport === "auto") this._sse.sticky = true;
+  }
+
+  // Over SSE (this connection's, or surely the next one's) only subscribe and unsubscribe can
+  // be carried: anything else is refused with `unsupported-transport`, never dropped.
+  _unsupported(frame) {
+    if (SSE_REQUESTS.has(frame.type)) return null;
+    const sse = this._ws instanceof SseConnection
+      || (!this._ws && (this.options.transport === "sse" || this._sse.sticky));
+    if (!sse) return null;
+    return new CombrokerError("unsupported-transport",
+      `${frame.type} needs the WebSocket: over SSE the client only receives`,
+      { request: frame, transport: "sse" });
+  }
+
+  _sseTransmit(conn, entry) {
+    const type = entry.frame.type;
+    if (type === "subscribe") {
+      entry.sent = true;
+      conn.subscribed(entry.frame.requestId);
+    } else if (type === "unsubscribe") {
+      entry.sent = true;
+      conn.unsubscribed(entry);
+    } else {
+      this._withdraw(entry); // a request queued while the transport was not known yet
+      this._settle(entry, this._unsupported(entry.frame));
+    }
+  }
+
+  // An unsubscribe carried out: the current stream no longer holds the subscription.
+  _sseUnsubscribed(entry) {
+    this._withdraw(entry);
+    this._settle(entry, null, { code: "success", requestId: entry.frame.requestId });
+  }
+
+  // A reopened stream refused a subscription the previous one held (its permission went).
+  _sseRefused(frame) {
+    const sub = this._subs.get(frame.requestId);
+    if (!sub) return;
+    const err = new CombrokerError(frame.message, frame.message,
+      { detail: frame.detail, frame, subscription: sub });
+    sub.closed = true;
+    sub.active = false;
+    this._subs.delete(sub.id);
+    sub._reject(err);
+    this._emit("error", err);
   }
 }
 
@@ -1062,6 +1270,327 @@ function sameRoom(a, b) {
   return keys.length === Object.keys(b).length && keys.every((k) => a[k] === b[k]);
 }
 
+// ------------------------------------------------------------------ SSE (issue 15)
+
+// What a client may ask over SSE: the stream only receives, its subscriptions are given when it
+// opens, so subscribe and unsubscribe reopen it.
+const SSE_REQUESTS = new Set(["subscribe", "unsubscribe"]);
+// Deliveries read (type, requestId, id), remembered to read each once: two streams overlap
+// while one is reopened, and a stream opened with a last event id replays. Oldest forgotten first.
+const SSE_SEEN_MAX = 5000;
+
+// A subscription as a subscribe frame's fields (the `subscribe` request; an SSE stream's list).
+function subscribeItem(sub) {
+  const item = { room: sub.room, requestId: sub.id };
+  if (typeof sub.offset === "number") item.since = sub.offset; // replay what was missed
+  if (sub.presence) item.presence = true;
+  return item;
+}
+
+function eventSourceClass(options) {
+  const ES = options.EventSource || globalThis.EventSource;
+  return typeof ES === "function" ? ES : null;
+}
+
+// Throws when the options leave the client no transport.
+function checkTransports(options, WS) {
+  const t = options.transport;
+  if (!["auto", "websocket", "sse"].includes(t)) {
+    throw new CombrokerError("invalid-transport",
+      `transport must be "auto", "websocket" or "sse", not ${JSON.stringify(t)}`);
+  }
+  const sse = eventSourceClass(options) !== null;
+  if (t === "sse" && !sse) {
+    throw new CombrokerError("no-eventsource",
+      "no EventSource implementation: pass one as options.EventSource");
+  }
+  if (typeof WS !== "function" && (t === "websocket" || (t === "auto" && !sse))) {
+    throw new CombrokerError("no-websocket",
+      "no WebSocket implementation: pass one as options.WebSocket");
+  }
+}
+
+const streamKey = (requestId) => JSON.stringify(requestId);
+
+/**
+ * One SSE connection of a client: the EventSource it reads, and while a reopen overlaps it, the
+ * next one. It stands where a WebSocket stands for the client (`readyState`, `close()`), hands
+ * it each frame (`onframe`) and its end (`onclose({code, reason})`; never called by `close()`).
+ *
+ * - Opening: `GET sseUrl?subscribe=[...]&lastEventId=...` with the subscriptions the client
+ *   wants and the last event id read (history rooms resume where they were).
+ * - A subscribe or an unsubscribe reopens (all of one microtask batch in one reopen): the next
+ *   stream opens with the new list and the last event id while the current one still delivers;
+ *   once the next one is welcomed and answered every subscription in its list, it becomes the
+ *   current one and the old one is closed. A delivery read on both is read once (by its
+ *   (type, requestId, id)). The subscribe promise settles with the next stream's reply; an
+ *   unsubscribe resolves when a stream without it is current. A change during a reopen waits
+ *   for it, then reopens once more.
+ * - Its end, as a WebSocket close with the same code: `event: close` {code, reason} (4003,
+ *   4008, 4010, ... as the WebSocket path treats them); an EventSource error: a network error
+ *   is 1006 "connection-lost" (the client reopens with its own backoff, not EventSource's); an
+ *   HTTP error answering the first stream is asked about once (`_httpRefusal`: a refused login
+ *   is final as over WebSocket, a 503 is retried); a next stream that fails or is not complete
+ *   within openTimeout is 1006 (the client reconnects without overlap, which also serves
+ *   BROKER_DUPLICATE_LOGIN=reject).
+ *   A 4009 on the old stream while the next one opens is the next one replacing it
+ *   (BROKER_DUPLICATE_LOGIN=replace): the next one takes over.
+ */
+class SseConnection {
+  constructor(client, EventSourceClass) {
+    this.client = client;
+    this.EventSource = EventSourceClass;
+    this.readyState = 0; // as a WebSocket's: 0 opening, 1 welcomed, 3 closed
+    this.onframe = null;
+    this.onclose = null;
+    this.current = null; // the stream the client reads
+    this.next = null; // a stream opened with a newer list, overlapping the current one
+    this._reopening = false; // from a reopen's start to its end
+    this._again = false; // a change came during a reopen
+    this._scheduled = false;
+    this._unsubscribes = []; // unsubscribe requests waiting for a stream without them
+    this._timer = null;
+  }
+
+  start(url, items, lastEventId) {
+    this.current = this._open(url, items, lastEventId);
+  }
+
+  _open(url, items, lastEventId) {
+    const es = new this.EventSource(url, { withCredentials: this.client._sseWithCredentials(url) });
+    const stream = {
+      es,
+      url,
+      ids: new Set(items.map((item) => streamKey(item.requestId))), // its subscriptions
+      replied: new Set(), // those it answered
+      welcomed: false,
+      lastEventId: lastEventId || null, // the last one it read, or the one it opened with
+    };
+    es.onmessage = (ev) => this._message(stream, ev);
+    es.onerror = () => this._error(stream);
+    es.addEventListener("close", (ev) => this._closeEvent(stream, ev));
+    return stream;
+  }
+
+  _live(stream) {
+    return this.readyState !== 3 && (stream === this.current || stream === this.next);
+  }
+
+  _message(stream, ev) {
+    if (!this._live(stream)) return;
+    if (ev.lastEventId) {
+      stream.lastEventId = ev.lastEventId;
+      if (stream === this.current) this.client._sse.lastEventId = ev.lastEventId;
+    }
+    let frame;
+    try {
+      frame = JSON.parse(ev.data);
+    } catch {
+      this.client._emit("error", new CombrokerError("non-json-message",
+        `not JSON: ${String(ev.data).slice(0, 80)}`));
+      return;
+    }
+    if (frame === null || typeof frame !== "object") return;
+    if (frame.type === "welcome") {
+      this._welcome(stream, frame);
+      return;
+    }
+    if (this._seenBefore(frame)) return;
+    const isReply = "code" in frame && "requestId" in frame;
+    if (isReply && stream.ids.has(streamKey(frame.requestId))) {
+      stream.replied.add(streamKey(frame.requestId));
+      if (stream === this.next) {
+        this._nextReply(frame);
+        this._promoteIfComplete();
+        return;
+      }
+    }
+    this.onframe(frame);
+  }
+
+  _welcome(stream, frame) {
+    stream.welcomed = true;
+    if (stream === this.next) {
+      this.client.welcome = frame; // the connection the client now holds
+      this.client._emit("frame", frame);
+      this._promoteIfComplete();
+      return;
+    }
+    this.readyState = 1;
+    this.client._sseWelcomed();
+    this.onframe(frame);
+  }
+
+  // A reply in the next stream: a new subscription's goes to its request; a refusal of one the
+  // current stream held ends it; an acceptance of one the current stream held changes nothing.
+  _nextReply(frame) {
+    const entries = this.client._pending.get(frame.requestId);
+    if (entries && entries.length && entries[0].frame.type === "subscribe") this.onframe(frame);
+    else if (frame.code === "error") this.client._sseRefused(frame);
+  }
+
+  _seenBefore(frame) {
+    if ("code" in frame || frame.id === undefined) return false;
+    const key = JSON.stringify([frame.type, frame.requestId ?? null, frame.id]);
+    const seen = this.client._sse.seen;
+    if (seen.has(key)) return true;
+    seen.add(key);
+    if (seen.size > SSE_SEEN_MAX) seen.delete(seen.values().next().value);
+    return false;
+  }
+
+  /** The client sent a subscribe: reopen, unless a stream's list has it and its reply is due. */
+  subscribed(requestId) {
+    const key = streamKey(requestId);
+    const due = (s) => s !== null && s.ids.has(key) && !s.replied.has(key);
+    if (!due(this.current) && !due(this.next)) this._schedule();
+  }
+
+  /** The client sent an unsubscribe (it already forgot the subscription): reopen. */
+  unsubscribed(entry) {
+    this._unsubscribes.push(entry);
+    this._schedule();
+  }
+
+  _schedule() {
+    if (this._scheduled || this.readyState === 3) return;
+    this._scheduled = true;
+    queueMicrotask(() => {
+      this._scheduled = false;
+      this._reopen();
+    });
+  }
+
+  async _reopen() {
+    if (this.readyState === 3) return;
+    if (this._reopening) {
+      this._again = true;
+      return;
+    }
+    this._reopening = true;
+    const items = this.client._sseItems();
+    const lastEventId = this.current.lastEventId;
+    let url;
+    try {
+      url = await this.client._sseStreamUrl(items, lastEventId);
+    } catch (err) {
+      this.client._emit("error", err);
+      this._end(1006, "token-unavailable");
+      return;
+    }
+    if (this.readyState === 3) return;
+    try {
+      this.next = this._open(url, items, lastEventId);
+    } catch (err) {
+      this.client._emit("error", err);
+      this._end(1006, "connection-failed");
+      return;
+    }
+    const ms = this.client.options.openTimeout;
+    if (ms > 0) this._timer = setTimeout(() => this._end(1006, "open-timeout"), ms);
+  }
+
+  _promoteIfComplete() {
+    const next = this.next;
+    if (!next || !next.welcomed) return;
+    for (const key of next.ids) if (!next.replied.has(key)) return;
+    clearTimeout(this._timer);
+    this._timer = null;
+    const old = this.current;
+    this.current = next;
+    this.next = null;
+    old.es.close();
+    if (next.lastEventId) this.client._sse.lastEventId = next.lastEventId;
+    this._reopening = false;
+    const waiting = this._unsubscribes;
+    this._unsubscribes = [];
+    for (const entry of waiting) {
+      if (next.ids.has(streamKey(entry.frame.requestId))) this._unsubscribes.push(entry);
+      else this.client._sseUnsubscribed(entry);
+    }
+    if (this._again) {
+      this._again = false;
+      this._schedule();
+    }
+  }
+
+  _error(stream) {
+    if (!this._live(stream)) return;
+    // CONNECTING: the network failed; EventSource would retry by itself, the client does.
+    // CLOSED: the server answered with an HTTP error, and EventSource does not say which.
+    if (stream.es.readyState !== 2) {
+      this._end(1006, "connection-lost");
+    } else if (stream !== this.current || this.readyState !== 0) {
+      this._end(1006, "sse-refused");
+    } else {
+      stream.es.close();
+      this._httpRefusal(stream.url).then(([code, reason]) => this._end(code, reason));
+    }
+  }
+
+  // Why the first stream was refused: the same request once more with fetch, for its status
+  // and body (the refused frame or the error). 400, 403, 413 are final (as a 4003 with the
+  // body's reason: retrying the same request cannot help); 503 and the rest are retried; an
+  // `invalid-last-event-id` is retried without it, a `duplicate-login` as it is (under
+  // BROKER_DUPLICATE_LOGIN=reject the login's previous stream, closed by a failed reopen, may
+  // not be gone yet). Not asked with a single-use ticket.
+  async _httpRefusal(url) {
+    const fetcher = this.client.options.fetch || globalThis.fetch;
+    if (typeof fetcher !== "function" || new URL(url).searchParams.has("ticket")) {
+      return [1006, "sse-refused"];
+    }
+    const abort = new AbortController();
+    let status;
+    let body = null;
+    try {
+      const credentials = this.client._sseWithCredentials(url) ? "include" : "same-origin";
+      const r = await fetcher(url, { credentials, cache: "no-store", signal: abort.signal,
+        headers: { accept: "text/event-stream" } });
+      status = r.status;
+      if (status !== 200) body = await r.json();
+    } catch { /* unreachable, or not JSON */ } finally {
+      abort.abort();
+    }
+    if (this.readyState === 3) return [1006, "sse-refused"];
+    if (body !== null && typeof body === "object" && typeof body.type === "string") {
+      this.onframe(body); // a refused frame (its reason), or an error (an error event)
+    }
+    const reason = (body && (body.reason || body.message)) || (status ? `http-${status}` : "sse-refused");
+    if (reason === "invalid-last-event-id") this.client._sse.lastEventId = null;
+    else if (reason !== "duplicate-login" && [400, 403, 413].includes(status)) {
+      return [CLOSE_CODES.REFUSED, reason];
+    }
+    return [1006, reason];
+  }
+
+  _closeEvent(stream, ev) {
+    if (!this._live(stream)) return;
+    let info = {};
+    try {
+      info = JSON.parse(ev.data) || {};
+    } catch { /* a close without a JSON body: code 1006 */ }
+    const code = Number.isInteger(info.code) ? info.code : 1006;
+    const reason = typeof info.reason === "string" ? info.reason : "";
+    if (stream === this.current && this.next !== null && code === CLOSE_CODES.REPLACED) {
+      stream.es.close(); // replaced by the next stream: that one takes over when complete
+      return;
+    }
+    this._end(code, reason);
+  }
+
+  _end(code, reason) {
+    if (this.readyState === 3) return;
+    this.close();
+    if (this.onclose) this.onclose({ code, reason });
+  }
+
+  close() {
+    this.readyState = 3;
+    clearTimeout(this._timer);
+    for (const stream of [this.current, this.next]) if (stream) stream.es.close();
+  }
+}
+
 /** Make a client without connecting it yet (call `client.open()`). */
 export function createClient(url, options = {}) {
   return new CombrokerClient(url, options);
@@ -1079,3 +1608,4 @@ export function connect(url, options = {}) {
 export default { connect, createClient, CombrokerClient, CombrokerError, Subscription,
   backoffDelay, memberKey, websocketUrl, resumeStorageOf, resumeStorageKey, SUBPROTOCOL,
   CLOSE_CODES, CLOSE_REASONS, DEFAULTS };
+  backoffDelay, memberKey, websocketUrl, sseUrl, SUBPROTOCOL, CLOSE_CODES, CLOSE_REASONS, DEFAULTS };

@@ -1,6 +1,7 @@
 // What the Node tests of combroker.js (tests/browser/js/*.test.mjs) share: waiting on something
-// observable, and a scripted stand-in for WebSocket. Each test file runs in a process of its
-// own (node --test), so the static settings of FakeWS are that file's.
+// observable, and scripted stand-ins for WebSocket and EventSource. Each test file runs in a
+// process of its own (node --test), so the static settings of FakeWS and FakeEventSource are
+// that file's.
 
 // Generous: the machine running this may be loaded.
 export const WAIT = 15000;
@@ -64,12 +65,83 @@ export class FakeWS {
     this.readyState = 3;
     this.onclose && this.onclose({ code, reason });
   }
-  welcome(extra = {}) {
+  // The handshake succeeded (the WebSocket's open event).
+  accept() {
+    if (this.readyState !== 0) return;
     this.readyState = 1;
+    if (this.onopen) this.onopen({});
+  }
+  welcome(extra = {}) {
+    this.accept();
     const n = FakeWS.instances.length;
     this.serverSend({ type: "welcome", is_authorized: true, allowed_rooms: [],
       connection_id: `c${n}`, login_id: "x", profile: "agent", destination: "/agent/x",
       resume_token: `rt-${n}`, ...FakeWS.welcomed, ...extra });
   }
   last(type) { return [...this.sent].reverse().find((f) => f.type === type); }
+}
+
+// A scripted stand-in for EventSource (SSE): `FakeEventSource.server(es)` decides what each
+// stream does. `es.items` is the subscription list it was opened with, `es.query` its URL's
+// query; the server side: `welcome()`, `answer()` (a success reply to each item), `send(frame,
+// id)` (a message event; `id` sets the last event id), `serverClose(code, reason)` (the
+// `event: close`), `fail()` (an HTTP error: the error event with readyState CLOSED), `drop()`
+// (a network error: readyState CONNECTING, as EventSource before its own retry).
+export class FakeEventSource {
+  static instances = [];
+  static server = () => {};
+  static welcomed = {};
+  constructor(url, init = {}) {
+    this.url = url;
+    this.withCredentials = Boolean(init && init.withCredentials);
+    this.readyState = 0;
+    this.closed = false;
+    this.lastEventId = "";
+    this.listeners = new Map();
+    this.onopen = this.onmessage = this.onerror = null;
+    FakeEventSource.instances.push(this);
+    setTimeout(() => FakeEventSource.server(this), 0);
+  }
+  get query() { return new URL(this.url).searchParams; }
+  get items() { return JSON.parse(this.query.get("subscribe") || "[]"); }
+  addEventListener(type, fn) {
+    if (!this.listeners.has(type)) this.listeners.set(type, []);
+    this.listeners.get(type).push(fn);
+  }
+  close() {
+    this.readyState = 2;
+    this.closed = true;
+  }
+  _dispatch(type, ev) {
+    if (this.closed) return;
+    const handler = this[`on${type}`];
+    if (typeof handler === "function") handler.call(this, ev);
+    for (const fn of this.listeners.get(type) || []) fn.call(this, ev);
+  }
+  welcome(extra = {}) {
+    this.readyState = 1;
+    this._dispatch("open", {});
+    const n = FakeEventSource.instances.indexOf(this) + 1;
+    this.send({ type: "welcome", is_authorized: true, allowed_rooms: [], connection_id: `s${n}`,
+      login_id: "x", profile: "agent", destination: "/agent/x", resume_token: null,
+      ...FakeEventSource.welcomed, ...extra });
+  }
+  answer() {
+    for (const item of this.items) this.send({ code: "success", requestId: item.requestId });
+  }
+  send(frame, id) {
+    if (id !== undefined) this.lastEventId = id;
+    this._dispatch("message", { data: JSON.stringify(frame), lastEventId: this.lastEventId });
+  }
+  serverClose(code, reason = "") {
+    this._dispatch("close", { data: JSON.stringify({ code, reason }) });
+  }
+  fail() {
+    this.readyState = 2;
+    this._dispatch("error", {});
+  }
+  drop() {
+    this.readyState = 0;
+    this._dispatch("error", {});
+  }
 }
