@@ -316,12 +316,14 @@ class Session:
             self._undo(join)
             log.warning("conn %s: subscription %r not restored: %s", self._name, rid, result)
             return None
-        # The room (as the client names it) and presence: a reloaded page adopts the
-        # subscription when it subscribes to that room again (docs/protocol.md).
+        # The room (as the client names it), presence and the filter: a reloaded page adopts
+        # the subscription when it subscribes to that room again (docs/protocol.md).
         sub = join.subscription
         entry: dict[str, Any] = {"requestId": rid, "room": public_room(sub.room).original}
         if sub.presence:
             entry["presence"] = True
+        if sub.filter is not None:
+            entry["filter"] = sub.filter.source
         reply = self._joined(join, result, rid) if result is not None else None
         extra = (reply.extra if reply is not None else None) or (
             step.reply.extra if isinstance(step.reply, Success) else None)

@@ -75,6 +75,12 @@ export type Transport = "websocket" | "sse";
 export interface ClientOptions {
   /** Sent as ?token=...; the broker forwards it to the auth API as `Authorization: Token <t>`. */
   token?: string | (() => string | Promise<string>);
+  /**
+   * A connection ticket (`?ticket=`, minted by the backend: `{% combroker_ticket %}`). A ticket
+   * opens one connection only, so pass a function that fetches a fresh one: it is called at
+   * every connect (and every SSE reopen).
+   */
+  ticket?: string | (() => string | Promise<string>);
   /** Extra query parameters for the WebSocket URL. */
   params?: Record<string, string | number | boolean>;
   /** Re-open after a drop (default true). Never after 1008, 4003, 4009 or 4010. */
@@ -157,7 +163,7 @@ export interface HeldSubscription {
   refused?: string;
 }
 
-type OptionalOptions = "token" | "params" | "WebSocket" | "wsOptions" | "resumeStorage" | "sseUrl"
+type OptionalOptions = "token" | "ticket" | "params" | "WebSocket" | "wsOptions" | "resumeStorage" | "sseUrl"
   | "EventSource" | "withCredentials" | "fetch";
 export declare const DEFAULTS: Readonly<Required<Omit<ClientOptions, OptionalOptions>>
   & Pick<ClientOptions, OptionalOptions>>;
@@ -269,6 +275,13 @@ export interface SubscribeOptions {
   onLeave?: (member: PresenceMember, frame: PresenceEvent) => void;
   /** A snapshot (after every subscribe, re-subscribe and resume) replaced `sub.members`. */
   onPresence?: (members: PresenceCount[], reply: PresenceReply) => void;
+  /**
+   * Only the triggers whose tags it matches (docs/protocol.md "Event filters"), e.g.
+   * `{and: [{eq: ["status", "paid"]}, {gt: ["amount", 100]}]}`.
+   */
+  filter?: Json;
+  /** Kept by the broker for the login: its later connections get it back (the welcome). */
+  persistent?: boolean;
 }
 
 export interface SuccessReply {
@@ -366,6 +379,10 @@ export declare class Subscription<T = Json> {
   offset: number | null;
   /** Asked with `presence: true`. */
   readonly presence: boolean;
+  /** The event filter it was made with (null: none). */
+  readonly filter: Json | null;
+  /** Asked with `persistent: true`. */
+  readonly persistent: boolean;
   onJoin?: SubscribeOptions["onJoin"];
   onLeave?: SubscribeOptions["onLeave"];
   onPresence?: SubscribeOptions["onPresence"];
@@ -497,7 +514,7 @@ export declare class CombrokerClient {
   send(destination: string, data: Json, options?: { ack?: boolean }): Promise<SuccessReply>;
   /** Confirm an acknowledged message by its id. */
   confirm(id: string): Promise<SuccessReply>;
-  publish(rooms: Room | Room[], data: Json, options?: { history?: boolean }): Promise<SuccessReply>;
+  publish(rooms: Room | Room[], data: Json, options?: { history?: boolean; tags?: Record<string, Json> }): Promise<SuccessReply>;
   history<T = Json>(room: Room, options?: { limit?: number; since?: number }): Promise<HistoryFrame<T>>;
   admin(action: "connections" | "stats" | "kick" | "presence" | string, args?: Record<string, Json>): Promise<AdminReply>;
   status(): Promise<StatusReply>;

@@ -73,6 +73,9 @@ const FINAL_CLOSE_CODES = new Set([1008, 4003, 4009, 4010]);
 
 export const DEFAULTS = Object.freeze({
   token: undefined, // string, or a function returning a string (or a promise of one)
+  // A connection ticket (docs/protocol.md "Connection tickets"): a function returning a fresh
+  // one (or a promise of one) at each connect, since a ticket opens one connection only.
+  ticket: undefined,
   params: undefined, // extra query parameters for the WebSocket URL
   reconnect: true,
   minDelay: 500, // ms, first reconnect delay (before jitter)
@@ -174,6 +177,10 @@ export class Subscription {
     // realm?, connections}. `connections` is the snapshot's count (1 for a member that joined
     // since: a join is a member's first connection); `anonymous` the snapshot's anonymous count.
     this.presence = options.presence === true;
+    // Only the triggers whose tags this filter matches (docs/protocol.md "Event filters").
+    this.filter = options.filter === undefined ? null : options.filter;
+    // Kept by the broker for the login: every later connection of it gets it back.
+    this.persistent = options.persistent === true;
     this.onJoin = options.onJoin;
     this.onLeave = options.onLeave;
     this.onPresence = options.onPresence;
@@ -319,12 +326,12 @@ export class CombrokerClient {
     }
     let url;
     try {
-      let token = this.options.token;
-      if (typeof token === "function") token = await token();
+      const { token, ticket } = await this._credentials();
       if (this._stopped) return;
       url = websocketUrl(this.url, {
         ...(this.options.params || {}),
         token,
+        ticket,
         resume_token: this.resumeToken || undefined,
       });
     } catch (err) {
@@ -693,7 +700,8 @@ export class CombrokerClient {
       const old = before.get(key);
       before.delete(key);
       const waiting = [...this._subs.values()].find((sub) => sub._adoptable && !sub.closed
-        && sameRoom(sub.room, entry.room) && sub.presence === (entry.presence === true));
+        && sameRoom(sub.room, entry.room) && sub.presence === (entry.presence === true)
+        && sameJson(sub.filter, entry.filter === undefined ? null : entry.filter));
       if (waiting) {
         this._subs.delete(waiting.id);
         waiting.id = entry.requestId;
@@ -704,6 +712,7 @@ export class CombrokerClient {
       }
       this.unclaimed.set(key, { requestId: entry.requestId, room: entry.room,
         presence: entry.presence === true, persistent: entry.persistent,
+        filter: entry.filter === undefined ? null : entry.filter,
         offset: typeof entry.offset === "number" ? entry.offset : null,
         held: old ? old.held : [] });
     }
@@ -721,8 +730,9 @@ export class CombrokerClient {
   _adopt(room, onData, options) {
     if (!this.unclaimed.size) return null;
     const presence = options.presence === true;
+    const filter = options.filter === undefined ? null : options.filter;
     const entry = [...this.unclaimed.values()].find((e) => sameRoom(e.room, room)
-      && e.presence === presence);
+      && e.presence === presence && sameJson(e.filter, filter));
     if (!entry) return null;
     this.unclaimed.delete(JSON.stringify(entry.requestId));
     const sub = new Subscription(this, entry.requestId, room, onData, options);
@@ -980,9 +990,10 @@ export class CombrokerClient {
    * Publish `data` to rooms (a room or a list of rooms). Resolves with {code, id}.
    * `{ history: true }` records it in the rooms' history.
    */
-  publish(rooms, data, { history = false } = {}) {
+  publish(rooms, data, { history = false, tags } = {}) {
     const frame = { type: "publish", rooms: Array.isArray(rooms) ? rooms : [rooms], data };
     if (history) frame.history = true;
+    if (tags !== undefined) frame.tags = tags;
     return this._request(frame);
   }
 
@@ -1137,17 +1148,26 @@ export class CombrokerClient {
     };
   }
 
+  // The credentials of one connect: `token`, and `ticket` (a function gives a fresh one each
+  // time: a ticket opens one connection only).
+  async _credentials() {
+    let { token, ticket } = this.options;
+    if (typeof token === "function") token = await token();
+    if (typeof ticket === "function") ticket = await ticket();
+    return { token, ticket };
+  }
+
   // The subscriptions an SSE stream opens with: every one wanted, as a subscribe frame's fields.
   _sseItems() {
     return [...this._subs.values()].map(subscribeItem);
   }
 
   async _sseStreamUrl(items, lastEventId) {
-    let token = this.options.token;
-    if (typeof token === "function") token = await token();
+    const { token, ticket } = await this._credentials();
     return sseUrl(this.url, {
       ...(this.options.params || {}),
       token,
+      ticket,
       subscribe: JSON.stringify(items),
       lastEventId: lastEventId || undefined,
     }, this.options.sseUrl);
@@ -1270,6 +1290,16 @@ function sameRoom(a, b) {
   return keys.length === Object.keys(b).length && keys.every((k) => a[k] === b[k]);
 }
 
+// Two JSON values are the same value (objects whatever their key order): two filters.
+function sameJson(a, b) {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const keys = Object.keys(a);
+  return keys.length === Object.keys(b).length
+    && keys.every((k) => Object.prototype.hasOwnProperty.call(b, k) && sameJson(a[k], b[k]));
+}
+
 // ------------------------------------------------------------------ SSE (issue 15)
 
 // What a client may ask over SSE: the stream only receives, its subscriptions are given when it
@@ -1284,6 +1314,8 @@ function subscribeItem(sub) {
   const item = { room: sub.room, requestId: sub.id };
   if (typeof sub.offset === "number") item.since = sub.offset; // replay what was missed
   if (sub.presence) item.presence = true;
+  if (sub.filter !== null) item.filter = sub.filter;
+  if (sub.persistent) item.persistent = true;
   return item;
 }
 
@@ -1606,6 +1638,5 @@ export function connect(url, options = {}) {
 }
 
 export default { connect, createClient, CombrokerClient, CombrokerError, Subscription,
-  backoffDelay, memberKey, websocketUrl, resumeStorageOf, resumeStorageKey, SUBPROTOCOL,
+  backoffDelay, memberKey, websocketUrl, resumeStorageOf, resumeStorageKey, sseUrl, SUBPROTOCOL,
   CLOSE_CODES, CLOSE_REASONS, DEFAULTS };
-  backoffDelay, memberKey, websocketUrl, sseUrl, SUBPROTOCOL, CLOSE_CODES, CLOSE_REASONS, DEFAULTS };
