@@ -41,7 +41,7 @@ from urllib.parse import parse_qs, quote, unquote
 
 from . import daphne_ext, errors, metrics, serve
 from .backendroute import read_limited
-from .codec import Heartbeats
+from .codec import Capabilities, Heartbeats
 from .codecs.jsoncodec import JsonCodec
 from .conf import Settings, conf
 from .delivery import Mark
@@ -57,6 +57,10 @@ SSE_PATHS: Final = ("/sse/", "/sse")
 
 STREAM_HEADERS: Final = [(b"content-type", b"text/event-stream; charset=utf-8"),
                          (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+# What the rich dialect carries over a stream that only receives: no resume token (a stream
+# resumes by its event ids, so no state is saved at its close), and an acknowledged message
+# written to the stream counts as confirmed (the client cannot send ``confirm``), as over STOMP.
+SSE_CAPS: Final = Capabilities(resumable=False, confirms=False)
 # The transport's own heart-beat frame (no codec frame is empty), written as a comment.
 HEARTBEAT: Final = ""
 _COMMENT: Final = b":\n\n"
@@ -210,7 +214,7 @@ class SseStream:
         client = scope.get("client")
         self.remote_addr: str | None = client[0] if client else None
         self.last_write = self.last_read = 0.0  # heartbeat.Link
-        self._codec = JsonCodec(rich=True)
+        self._codec = JsonCodec(rich=True, caps=SSE_CAPS)
         self._frames: deque[str] = deque()  # the subscribe frames still to hand in
         self._started = False  # a response head was sent
         self._closed = False

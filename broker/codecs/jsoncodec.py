@@ -110,11 +110,11 @@ def credentials_from_connect(msg: dict[str, Any], remote_addr: str | None) -> Cr
 
 
 class JsonCodec:
-    def __init__(self, rich: bool) -> None:
+    def __init__(self, rich: bool, caps: Capabilities | None = None) -> None:
         self.rich = rich
         # Both dialects confirm acknowledged messages; only the rich one resumes (and is told
-        # to resync: ``resync``).
-        self.caps = Capabilities(resumable=rich, confirms=True)
+        # to resync: ``resync``). ``caps``: a transport's own (SSE cannot send requests).
+        self.caps = caps or Capabilities(resumable=rich, confirms=True)
 
     # ---- connecting
 

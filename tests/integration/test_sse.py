@@ -365,3 +365,32 @@ async def test_a_ticket_opens_one_stream_while_the_auth_api_is_down(broker_facto
         assert again.status_code == 403 and again.json()["reason"] == "ticket-replayed"
         await post(broker, NEWS, "ticketed")
         assert (await s.next()).json()["data"] == "ticketed"
+
+
+async def test_a_stream_has_no_resume_token_and_writing_an_acked_message_confirms_it(
+        broker_factory, auth_api, redis_server, unique):
+    """A stream cannot send ``confirm``: an acknowledged message written to it is confirmed by
+    that (as over STOMP), and the sender hears ``confirmed``; no resume token is handed out,
+    since a stream resumes by its event ids."""
+    from tests.harness import recv_until, send_json, ws_open
+
+    auth_api.allow(token="billing", body={"login_id": "billing", "profile": "service"})
+    auth_api.allow(token="bob", body={"login_id": f"bob-{unique}"})
+    broker = broker_factory(auth_api=auth_api, redis=redis_server,
+                            BROKER_KEY_PREFIX=f"sse-ack-{unique}")
+    sender, _ = await ws_open(broker.ws_url, token="billing", subprotocols=["combroker.v1"])
+    bob = f"/agent/bob-{unique}"
+    async with stream(sse_url(broker, token="bob")) as s:
+        welcome = (await s.next()).json()
+        assert welcome["type"] == "welcome" and welcome["resume_token"] is None, welcome
+        assert "resume_ttl" not in welcome
+        await send_json(sender, {"type": "send", "to": bob, "data": {"invoice": 7}, "ack": True,
+                                 "requestId": 1})
+        reply = await recv_until(sender, lambda f: f.get("requestId") == 1)
+        assert reply["code"] == "success", reply
+        message = (await s.next()).json()
+        assert (message["type"], message["data"], message["ack"]) == ("message", {"invoice": 7},
+                                                                       True)
+        confirmed = await recv_until(sender, lambda f: f.get("type") == "confirmed")
+        assert confirmed == {"type": "confirmed", "id": reply["id"], "to": bob}
+    await sender.close()
