@@ -21,7 +21,9 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
+import time
 import types
 import unittest
 from collections import Counter
@@ -29,7 +31,7 @@ from collections import Counter
 import aio_pika
 import pytest
 
-from tests.harness import expect_nothing, recv_json, send_json, ws_open
+from tests.harness import ROOT, _broker_env, expect_nothing, recv_json, send_json, ws_open
 from tests.rabbitmq import RabbitMQServer
 
 RICH = ["combroker.v1"]
@@ -237,6 +239,43 @@ async def test_malformed_messages_are_counted_and_dead_lettered(
     queue = await channel.declare_queue(f"triggers-{unique}", passive=True)
     assert queue.declaration_result.message_count == 0  # nothing left to retry
     await connection.close()
+
+
+# ---- manage.py runamqpsource: the source in a process of its own
+
+
+async def test_runamqpsource_consumes_for_brokers_that_do_not(
+        rabbitmq, broker_factory, auth_api, fresh_redis, unique, tmp_path):
+    auth_api.allow("agent", body=AGENT)
+    env = source_env(rabbitmq, unique, BROKER_AMQP_IN_BROKER=False)
+    broker = broker_factory(auth_api=auth_api, redis=fresh_redis, **env)
+    assert broker.get("/healthz").json() == {"status": "ok", "redis": True}  # no source here
+    room = {"target": "chat", "customer": unique}
+    ws, _ = await ws_open(broker.ws_url, token="agent", subprotocols=RICH)
+    await subscribe(ws, "s", room)
+    log_path = tmp_path / "runamqpsource.log"
+    with open(log_path, "wb") as log:
+        command = subprocess.Popen(
+            [sys.executable, "manage.py", "runamqpsource"], cwd=ROOT, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env=_broker_env({**env, "BROKER_REDIS_URL": fresh_redis.url}))
+    try:
+        deadline = time.monotonic() + 20
+        while b"amqp source: consuming" not in log_path.read_bytes():
+            assert command.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            await asyncio.sleep(0.05)
+        connection, _, exchange = await publisher(rabbitmq.url, f"ht-{unique}")
+        body = json.dumps({"rooms": [room], "data": "from the command"}).encode()
+        await exchange.publish(aio_pika.Message(body), routing_key="*")
+        assert (await recv_json(ws, timeout=10))["data"] == "from the command"
+        await connection.close()
+        command.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(command.wait, 10) == 0, log_path.read_text()
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait(5)
 
 
 # ---- RabbitMQ down: reported, and consumption resumes (stops the module's server: last)
