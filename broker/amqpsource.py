@@ -155,6 +155,7 @@ class AmqpSource:
             except Exception:  # noqa: BLE001 - _run raises nothing; stop must go on
                 log.exception("amqp source failed")
         self._set_connected(False)
+        log.info("amqp source: stopped")
 
     # ---- the loop
 

@@ -241,6 +241,29 @@ async def test_malformed_messages_are_counted_and_dead_lettered(
     await connection.close()
 
 
+# ---- SIGTERM: the source stops with the process, leaving the queue to the others
+
+
+async def test_sigterm_stops_the_source_and_leaves_what_comes_next_in_the_queue(
+        rabbitmq, broker_factory, auth_api, fresh_redis, unique):
+    broker = broker_factory(auth_api=auth_api, redis=fresh_redis,
+                            **source_env(rabbitmq, unique))
+    await until_health(broker, True)
+    broker.terminate()
+    assert await asyncio.to_thread(broker.wait, 20) is not None
+    assert "amqp source: stopped" in broker.log()  # by graceful_shutdown, not by the exit
+    assert "amqp source failed" not in broker.log()
+    assert "Traceback" not in broker.log(), broker.log_tail()
+    connection, channel, exchange = await publisher(rabbitmq.url, f"ht-{unique}")
+    queue = await channel.declare_queue(f"triggers-{unique}", passive=True)
+    assert queue.declaration_result.consumer_count == 0  # its consumer is gone
+    await exchange.publish(aio_pika.Message(b'{"rooms": [{"target": "x"}], "data": 1}'),
+                           routing_key="*")
+    message = await queue.get(timeout=5)  # kept for the next consumer
+    assert message.body == b'{"rooms": [{"target": "x"}], "data": 1}'
+    await connection.close()
+
+
 # ---- manage.py runamqpsource: the source in a process of its own
 
 
