@@ -48,10 +48,7 @@ import asyncio
 import hashlib
 import logging
 import random
-from typing import Any
-
-import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .conf import Settings
@@ -59,6 +56,9 @@ from .errors import BrokerUnavailable
 from .ingest import Answer, read_body
 from .publish import publish_many
 from .triggers import check_trigger_id
+
+if TYPE_CHECKING:  # aio-pika is imported by a source that runs, not by every process
+    from aio_pika.abc import AbstractIncomingMessage
 
 log = logging.getLogger("broker.amqpsource")
 
@@ -180,6 +180,8 @@ class AmqpSource:
 
     async def _consume(self) -> None:
         """One connection: declare, consume until it or its channel is lost, or ``stop``."""
+        import aio_pika
+
         lost = asyncio.Event()
         connection = await aio_pika.connect(self.url, timeout=CONNECT_TIMEOUT)
         try:
@@ -269,7 +271,8 @@ class AmqpSource:
             metrics.counters["amqp_requeued"] += requeued
             self._failures += 1
             wait = self._backoff()
-            reason = next(o for o in outcomes if isinstance(o, Exception))
+            reason = next(o for o in outcomes if isinstance(o, Exception)
+                          and not isinstance(o, ValueError))
             log.warning("amqp source: %d triggers requeued (%s), taking more in %.1f s",
                         requeued, reason if isinstance(reason, BrokerUnavailable)
                         else type(reason).__name__, wait)

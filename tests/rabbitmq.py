@@ -94,7 +94,7 @@ class RabbitMQServer:
         })
         return env
 
-    def start(self) -> "RabbitMQServer":
+    def start(self) -> RabbitMQServer:
         if self.running:
             return self
         binary = _binary()
@@ -163,7 +163,7 @@ class RabbitMQServer:
             _kill_proc(self.epmd, group=True, timeout=5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> "RabbitMQServer":
+    def __enter__(self) -> RabbitMQServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
