@@ -5,7 +5,7 @@
 # project with its [test] extra, makes sure redis-server is installed and a Redis
 # answers on 127.0.0.1:6379, then runs pytest and exits with its status.
 # (The integration tests start their own private redis-server processes on free ports;
-# the binary must be installed for that.)
+# the binary must be installed for that. Likewise rabbitmq-server, for the AMQP source's.)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -134,6 +134,16 @@ ensure_browser() {
     fi
 }
 
+ensure_rabbitmq_server() {
+    # tests/integration/test_amqp_source.py starts its own rabbitmq-server (tests/rabbitmq.py)
+    # on free ports, its own epmd port and node name; only the binary is needed.
+    if ! command -v rabbitmq-server >/dev/null 2>&1 \
+            && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+        log "installing rabbitmq-server"
+        apt_install rabbitmq-server
+    fi
+}
+
 ensure_tools() {
     # nginx: the deploy/ site is checked with `nginx -t`; openssl: self-signed test certificates.
     local missing=()
@@ -151,6 +161,7 @@ ensure_venv
 ensure_redis_server
 ensure_redis_running
 ensure_tools
+ensure_rabbitmq_server
 ensure_browser
 
 set +e

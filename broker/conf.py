@@ -162,6 +162,19 @@ class Settings:
     # Seconds the sending process's lease lasts unless renewed: a process that dies is
     # replaced by another after it. At least twice BROKER_WEBHOOK_TIMEOUT.
     BROKER_WEBHOOK_LEASE_TTL: float = 15.0
+    # The AMQP trigger source (issue 17, broker.amqpsource): High-templar's RabbitMQ triggers.
+    # The URL ("" = off), the exchange the backend publishes to (declared as High-templar
+    # does), the one durable queue every broker process consumes (its dead letters go to
+    # "<queue>.dead"), and the messages one process holds unacknowledged at most.
+    BROKER_AMQP_URL: str = ""
+    BROKER_AMQP_EXCHANGE: str = "hightemplar"
+    BROKER_AMQP_QUEUE: str = "combroker.triggers"
+    BROKER_AMQP_PREFETCH: int = 100
+    # Whether serving processes run the source themselves (false: run `manage.py
+    # runamqpsource` instead).
+    BROKER_AMQP_IN_BROKER: bool = True
+    # The longest wait between two connection attempts (the backoff doubles from 0.5 s).
+    BROKER_AMQP_RETRY_MAX: float = 30.0
 
     @cached_property
     def history_policy(self) -> HistoryPolicy:

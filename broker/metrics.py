@@ -26,6 +26,10 @@ auth_latency_sum = 0.0
 # ("webhook_delivered": events, "webhook_failed": attempts) and gauges ("webhook_pending",
 # "webhook_last_success_timestamp_seconds": unix time of the last 2xx).
 webhook_drops: Counter[str] = Counter()
+# The AMQP trigger source (broker.amqpsource): messages dead-lettered, by cause ("too-large",
+# "not-json", "not-a-trigger"). The others are counters ("amqp_received", "amqp_published",
+# "amqp_requeued") and the gauge "amqp_connected", set once a source runs in the process.
+amqp_dead: Counter[str] = Counter()
 
 
 def auth_outcome(outcome: str, seconds: float) -> None:
@@ -52,6 +56,10 @@ def webhook_dropped(cause: str, n: int = 1) -> None:
     webhook_drops[cause] += n
 
 
+def amqp_dead_lettered(cause: str, n: int = 1) -> None:
+    amqp_dead[cause] += n
+
+
 def refused(cause: str) -> None:
     """Count one refused connection (any transport) under ``cause``."""
     counters["connections_refused"] += 1
@@ -64,7 +72,8 @@ def render() -> str:
         lines += [f"# TYPE combroker_{name} gauge", f"combroker_{name} {value}"]
     for name in ("triggers", "triggers_received", "deliveries", "direct_messages",
                  "connections_opened", "connections_refused", "rate_limited",
-                 "subscription_losses", "auth_shared", "webhook_delivered", "webhook_failed"):
+                 "subscription_losses", "auth_shared", "webhook_delivered", "webhook_failed",
+                 "amqp_received", "amqp_published", "amqp_requeued"):
         lines += [f"# TYPE combroker_{name}_total counter",
                   f"combroker_{name}_total {counters[name]}"]
     lines.append("# TYPE combroker_connections_refused_by_cause_total counter")
@@ -76,6 +85,9 @@ def render() -> str:
     lines.append("# TYPE combroker_webhook_dropped_total counter")
     for cause, n in sorted(webhook_drops.items()):
         lines.append(f'combroker_webhook_dropped_total{{cause="{cause}"}} {n}')
+    lines.append("# TYPE combroker_amqp_dead_lettered_total counter")
+    for cause, n in sorted(amqp_dead.items()):
+        lines.append(f'combroker_amqp_dead_lettered_total{{cause="{cause}"}} {n}')
     lines.append("# TYPE combroker_auth_total counter")
     for outcome, n in sorted(auth_outcomes.items()):
         lines.append(f'combroker_auth_total{{outcome="{outcome}"}} {n}')

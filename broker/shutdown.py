@@ -10,8 +10,9 @@
 3. every connection is closed with 1001 ``going-away`` once its outbox is written out
    (``Connection.close_soon``, each close bounded by ``connection.CLOSE_TIMEOUT``);
 4. it waits for the connections to be gone, at most BROKER_SHUTDOWN_GRACE seconds in all,
-   then stops the webhook dispatcher (broker.webhooks, if one runs) and the hub (the process
-   leaves the cluster registry at once, not after its TTL).
+   then stops the webhook dispatcher (broker.webhooks, if one runs), the AMQP trigger source
+   (broker.amqpsource, if one runs: what it has not acknowledged goes back to RabbitMQ) and
+   the hub (the process leaves the cluster registry at once, not after its TTL).
 
 Hooks, one per server:
 
@@ -38,6 +39,7 @@ from types import FrameType
 from typing import Any
 
 from . import disconnect
+from .amqpsource import start_source, stop_source
 from .collector import serve_policy
 from .conf import conf
 from .fanout.hub import Hub
@@ -55,7 +57,9 @@ async def serving_hub() -> Hub:
     """The running loop's hub, for serving clients: the first call on a loop also installs
     the signal hooks (under uvicorn; nothing under another server), the garbage collector's
     serving policy (broker.collector) and, with BROKER_WEBHOOK_URL, starts the webhook
-    dispatcher on the hub's stores (broker.webhooks; stopped by ``graceful_shutdown``)."""
+    dispatcher on the hub's stores (broker.webhooks; stopped by ``graceful_shutdown``) and,
+    with BROKER_AMQP_URL and BROKER_AMQP_IN_BROKER, the AMQP trigger source
+    (broker.amqpsource; stopped there too)."""
     hub = await get_hub()
     loop = asyncio.get_running_loop()
     if loop not in _hooked:
@@ -63,6 +67,8 @@ async def serving_hub() -> Hub:
         install_signal_hooks()
         serve_policy(conf().BROKER_GC_FULL_EVERY)
         start_dispatcher(hub.stores.webhooks, conf())
+        if conf().BROKER_AMQP_IN_BROKER:
+            start_source(conf())
     return hub
 
 
@@ -103,6 +109,7 @@ async def _shutdown(grace: float) -> None:
                         len(hub.conns))
     # Before the stores close; what it has not sent stays in Redis (lost in memory).
     await stop_dispatcher(max(deadline - loop.time(), 0.5))
+    await stop_source(max(deadline - loop.time(), 0.5))
     try:
         await asyncio.wait_for(hub.stop(), max(deadline - loop.time(), 0.5))
     except Exception as exc:  # noqa: BLE001 - the registry forgets us after its TTL anyway

@@ -8,7 +8,7 @@ import functools
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import ingest, metrics, serverapi
+from . import amqpsource, ingest, metrics, serverapi
 from .backendroute import Answerer
 from .errors import BrokerUnavailable
 from .httpguard import trigger_head
@@ -61,8 +61,15 @@ async def healthz(request: HttpRequest) -> HttpResponse:
         redis_ok = await hub.stores.ping()
     except BrokerUnavailable:
         redis_ok = False
-    return JsonResponse({"status": "ok" if redis_ok else "degraded", "redis": redis_ok},
-                        status=200 if redis_ok else 503)
+    body: dict[str, object] = {"status": "ok" if redis_ok else "degraded", "redis": redis_ok}
+    source = amqpsource.running_source()
+    if source is not None:
+        # RabbitMQ down degrades the process but it still serves its clients: 200 (a load
+        # balancer must not take every process out for it), "status": "degraded".
+        body["amqp"] = source.connected
+        if not source.connected:
+            body["status"] = "degraded"
+    return JsonResponse(body, status=200 if redis_ok else 503)
 
 
 async def metrics_view(request: HttpRequest) -> HttpResponse:

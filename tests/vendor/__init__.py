@@ -1,0 +1,1 @@
+"""Test suites of other projects, vendored unchanged with their licence."""
