@@ -28,6 +28,7 @@ order, publishes them in one ``publish_many``, each with its row's trigger id
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -107,7 +108,8 @@ class Relay:
         """Close the connection, which gives up the lock (another relay takes over)."""
         self.leading = False
         self._listening = None
-        connections[self.using].close()
+        with contextlib.suppress(DatabaseError):  # a broken connection is closed all the same
+            connections[self.using].close()
 
     def lead(self) -> bool:
         """Whether this relay is the active one (always, off PostgreSQL)."""
@@ -145,8 +147,11 @@ class Relay:
         if self._woken:  # heard while the last round ran its queries
             self._woken = False
             return
-        for _ in self._listening.notifies(timeout=timeout, stop_after=1):
-            pass
+        try:
+            for _ in self._listening.notifies(timeout=timeout, stop_after=1):
+                pass
+        except Exception as exc:  # psycopg's own error: the connection broke while waiting
+            raise DatabaseError(f"waiting for a notify: {exc}") from exc
         self._woken = False
 
     # ------------------------------------------------------------ one round
