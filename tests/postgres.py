@@ -71,7 +71,7 @@ class PostgresServer:
             entry = pwd.getpwnam(self.user)
             os.chown(self.dir, entry.pw_uid, entry.pw_gid)
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -80,7 +80,7 @@ class PostgresServer:
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host={LOCALHOST} port={self.port} user={SUPERUSER} dbname={dbname}"
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         initdb = subprocess.run(
             [str(self.bindir / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
              "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],

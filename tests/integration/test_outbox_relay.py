@@ -10,7 +10,6 @@ says so.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
