@@ -82,7 +82,6 @@ class Relay:
         self.leading = False
         self._listening: Any = None  # the DB-API connection LISTEN was sent on
         self._standing_by = False
-        self._woken = False
 
     @property
     def postgres(self) -> bool:
@@ -122,7 +121,6 @@ class Relay:
             self.leading = False
             with connection.cursor() as cursor:
                 cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            connection.connection.add_notify_handler(self._notified)
             self._listening = connection.connection
         if not self.leading:
             with connection.cursor() as cursor:
@@ -136,23 +134,18 @@ class Relay:
             self._standing_by = not self.leading
         return self.leading
 
-    def _notified(self, notify: Any) -> None:
-        self._woken = True
-
     def wait(self, timeout: float, stop: threading.Event) -> None:
         """Until a NOTIFY (PostgreSQL) or ``timeout`` seconds."""
         if not self.postgres or self._listening is None:
             stop.wait(timeout)
             return
-        if self._woken:  # heard while the last round ran its queries
-            self._woken = False
-            return
+        # A NOTIFY heard while the last round ran its queries waits in psycopg's backlog
+        # (3.3: kept while no notify handler is set), which notifies() hands out first.
         try:
             for _ in self._listening.notifies(timeout=timeout, stop_after=1):
                 pass
         except Exception as exc:  # psycopg's own error: the connection broke while waiting
             raise DatabaseError(f"waiting for a notify: {exc}") from exc
-        self._woken = False
 
     # ------------------------------------------------------------ one round
 

@@ -62,11 +62,11 @@ class Project:
         return self.postgres.query(self.db, "SELECT id, state, reason FROM combroker_outbox "
                                             "ORDER BY id")
 
-    def relay(self, **env: str) -> tuple[subprocess.Popen, Path]:
+    def relay(self, poll: str = POLL, **env: str) -> tuple[subprocess.Popen, Path]:
         log = self.tmp_path / f"relay{len(self.relays) + 1}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "django", "runoutboxrelay", "--poll-interval", POLL],
+                [sys.executable, "-m", "django", "runoutboxrelay", "--poll-interval", poll],
                 cwd=ROOT, env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
         self.relays.append((proc, log))
@@ -143,7 +143,9 @@ def board(unique: str, name: str = "b") -> dict:
 
 async def test_a_rolled_back_transaction_publishes_nothing(project, host, unique):
     room = board(unique)
-    project.relay()
+    # polling every 60 s: only the commit's NOTIFY wakes it within the 10 s waits below
+    _, log = project.relay(poll="60")
+    wait_until(lambda: active(log), "the relay active", project)
     ws = await subscriber(host, room)
     done = await post(host, "/outbox/", {"rollback": True, "triggers": [
         {"rooms": [room], "data": "ghost"}, {"rooms": [room], "data": "ghost 2"}]})
@@ -152,6 +154,10 @@ async def test_a_rolled_back_transaction_publishes_nothing(project, host, unique
     frame = await recv_json(ws, timeout=10)  # the first thing it gets is the committed one
     assert (frame["data"], frame["id"]) == ("real", ids[0])
     assert ids[0].startswith("outbox-")
+    for n in range(3):
+        ids = (await post(host, "/outbox/", {"triggers": [{"rooms": [room], "data": n}]}))["ids"]
+        frame = await recv_json(ws, timeout=10)
+        assert (frame["data"], frame["id"]) == (n, ids[0])
     wait_until(lambda: project.rows() == [], "the outbox emptied", project)
     await ws.close()
 
