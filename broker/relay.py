@@ -32,7 +32,6 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +51,6 @@ LOCK_KEY = 0x636F6D62726F6B65
 # Seconds publish_many_sync may take before the round is given up (and retried).
 PUBLISH_TIMEOUT = 30.0
 
-Publish = Callable[[list[dict[str, Any]]], list[str | Exception]]
-
-
 @dataclass
 class Counts:
     published: int = 0  # rows published and deleted
@@ -65,8 +61,7 @@ class Relay:
     """One relay on database ``using``; ``run(stop)`` until ``stop`` is set."""
 
     def __init__(self, using: str = DEFAULT_DB_ALIAS, *, batch: int | None = None,
-                 poll_interval: float | None = None,
-                 publish: Publish | None = None) -> None:
+                 poll_interval: float | None = None) -> None:
         settings = conf()
         self.using = using
         self.batch = batch if batch is not None else settings.BROKER_OUTBOX_BATCH
@@ -77,7 +72,6 @@ class Relay:
         if self.poll_interval <= 0:
             raise ValueError("BROKER_OUTBOX_POLL_INTERVAL must be more than 0 seconds")
         self.hold = settings.BROKER_OUTBOX_TEST_HOLD
-        self.publish = publish or (lambda entries: publish_many_sync(entries, PUBLISH_TIMEOUT))
         self.counts = Counts()
         self.leading = False
         self._listening: Any = None  # the DB-API connection LISTEN was sent on
@@ -171,7 +165,8 @@ class Relay:
             sending.append(row_id)
             entries.append({**body, "id": trigger_id(row_id, stamp)})
         try:
-            outcomes: list[str | Exception] = self.publish(entries) if entries else []
+            outcomes: list[str | Exception] = (publish_many_sync(entries, PUBLISH_TIMEOUT)
+                                               if entries else [])
         except Exception as exc:  # noqa: BLE001 - TimeoutError: not known to be published
             outcomes = [exc] * len(entries)
         done: list[int] = []
