@@ -149,6 +149,9 @@ ensure_tools() {
     local missing=()
     command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # postgresql: tests/integration/test_outbox_relay.py starts its own server (initdb +
+    # postgres from /usr/lib/postgresql/<version>/bin, tests/postgres.py).
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         apt_install "${missing[@]}"

@@ -175,6 +175,14 @@ class Settings:
     BROKER_AMQP_IN_BROKER: bool = True
     # The longest wait between two connection attempts (the backoff doubles from 0.5 s).
     BROKER_AMQP_RETRY_MAX: float = 30.0
+    # The transactional outbox's relay (broker.relay, manage.py runoutboxrelay): rows it reads
+    # and publishes at once (one publish_many), and the seconds it waits for a NOTIFY (or, off
+    # PostgreSQL, sleeps) before it looks again; a standby relay tries to take over as often.
+    BROKER_OUTBOX_BATCH: int = 100
+    BROKER_OUTBOX_POLL_INTERVAL: float = 1.0
+    # Tests only: a file path; the relay creates it after publishing a batch and before marking
+    # it done, and waits there until the file is removed (the window a crash test kills in).
+    BROKER_OUTBOX_TEST_HOLD: str = ""
 
     @cached_property
     def history_policy(self) -> HistoryPolicy:

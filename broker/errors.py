@@ -106,6 +106,10 @@ REVOKED = "revoked"
 TICKET_INVALID = "ticket-invalid"
 TICKET_EXPIRED = "ticket-expired"
 TICKET_REPLAYED = "ticket-replayed"
+# Why the outbox relay parked a row (broker.relay): its text is not a JSON object, or the
+# trigger rules (broker.triggers) refused it; the row's ``reason`` adds the details.
+OUTBOX_UNREADABLE = "outbox-unreadable"
+OUTBOX_REFUSED = "outbox-refused"
 # The rich dialect's ``unsubscribed`` frame: why the broker ended a subscription.
 UNSUBSCRIBED_BY_SERVER = "server"  # the server API's ``unsubscribe``
 UNSUBSCRIBED_BY_RECHECK = "recheck"  # no longer allowed by the auth API's answer

@@ -1,7 +1,8 @@
 """Event classes: a model's events declared as a class, found in each app's ``events`` module.
 
 On top of ``broker.model_events`` (the same receivers, ``transaction.on_commit``, at most
-once; docs/guarantees.md)::
+once, or at least once through the transactional outbox with ``outbox = True``;
+docs/guarantees.md)::
 
     # myapp/events.py
     from broker.events import ModelEvents
@@ -27,7 +28,9 @@ The broker app's ``ready()`` imports every installed app's ``events`` module
 
 ``data`` holds exactly the declared fields (a foreign key as its ``<name>_id`` value under the
 field's name), through Django's JSON encoder (dates, decimals and UUIDs become strings).
-``history = True`` records them (BROKER_HISTORY). A class with ``abstract = True`` is a base,
+``history = True`` records them (BROKER_HISTORY); ``outbox = True`` writes them to the
+transactional outbox in the change's transaction (at least once: ``broker.model_events``'s
+``outbox``). A class with ``abstract = True`` is a base,
 not connected. Registration is idempotent (one set of receivers per class, however often
 autodiscovery runs); a bad declaration (no model, an unknown field or operation, no rooms)
 raises ``ImproperlyConfigured`` naming the class, so the process does not start.
@@ -66,6 +69,7 @@ class ModelEvents:
     exclude: ClassVar[Sequence[str]] = ()
     operations: ClassVar[Iterable[str]] = OPERATIONS
     history: ClassVar[bool] = False
+    outbox: ClassVar[bool] = False  # through the transactional outbox (broker.relay)
     abstract: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -126,6 +130,8 @@ class ModelEvents:
         if unknown or not set(ops):
             raise ImproperlyConfigured(f"{where}: operations must be a non-empty subset of "
                                        f"{', '.join(OPERATIONS)}; unknown: {unknown}")
+        if not isinstance(cls.outbox, bool):
+            raise ImproperlyConfigured(f"{where}: outbox must be True or False")
         label = cls.name
         if label is not None and (not isinstance(label, str) or not label
                                   or len(label) > MAX_NAME_CHARS):
@@ -167,5 +173,5 @@ def _connect(key: str, cls: type[ModelEvents]) -> ModelEventReceivers:
     return publish_model_events(
         model, rooms=declared.rooms_of, serializer=declared.serialize, history=cls.history,
         events=cls.operations, dispatch_uid=f"combroker.events:{key}",
-        name=cls.name or model._meta.label_lower, tags=declared.tags)
+        name=cls.name or model._meta.label_lower, tags=declared.tags, outbox=cls.outbox)
 

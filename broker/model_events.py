@@ -29,6 +29,12 @@ Every subscription matching one of the rooms then receives::
   earlier event. For a delete, the primary key is the one the instance had.
 - **Failures do not break the caller's commit**: a trigger that cannot be published (Redis
   down) is logged (``broker.model_events``) and dropped. Model events are at most once.
+- ``outbox=True``: at least once instead. The trigger is written as a row of the transactional
+  outbox in the transaction of the change (``broker.publish.publish_on_commit``, on the
+  instance's database) and published by the outbox relay (``manage.py runoutboxrelay``);
+  a failure to write the row fails the change. In autocommit the row is its own transaction
+  right after the change: wrap changes in ``transaction.atomic()`` (or ATOMIC_REQUESTS) to
+  make the two one (docs/guarantees.md "The transactional outbox").
 - ``history=True`` records the events in the rooms' history (BROKER_HISTORY), so subscribers
   can recover the ones they missed (docs/guarantees.md).
 - ``serializer(instance)`` must return JSON-serializable data; the default is
@@ -93,6 +99,7 @@ class ModelEventReceivers:
     dispatch_uid: str
     name: str | None = None
     tags: TagsOf | None = None
+    outbox: bool = False
 
     def _send(self, event: str, instance: models.Model, using: str) -> None:
         rooms = [dict(r) for r in self.rooms(instance)]
@@ -105,6 +112,11 @@ class ModelEventReceivers:
         json.dumps(payload)  # not JSON-serializable: fail in the caller, not after the commit
         # bad tags fail in the caller too (InvalidTags)
         tags = check_tags(self.tags(instance)) if self.tags is not None else None
+        if self.outbox:
+            from .publish import publish_on_commit
+
+            publish_on_commit(rooms, payload, history=self.history, tags=tags, using=using)
+            return
         transaction.on_commit(partial(_publish, rooms, payload, self.history, tags),
                               using=using)
 
@@ -133,7 +145,8 @@ def publish_model_events(model: type[models.Model], rooms: Rooms, *,
                          serializer: Serializer | None = None, history: bool = False,
                          events: Iterable[str] = (CREATED, UPDATED, DELETED),
                          dispatch_uid: str | None = None, name: str | None = None,
-                         tags: TagsOf | None = None) -> ModelEventReceivers:
+                         tags: TagsOf | None = None,
+                         outbox: bool = False) -> ModelEventReceivers:
     """Publish ``model``'s created/updated/deleted events to ``rooms(instance)`` on commit.
 
     Connecting the same model twice with the same ``dispatch_uid`` (default: one per model)
@@ -145,7 +158,8 @@ def publish_model_events(model: type[models.Model], rooms: Rooms, *,
         raise ValueError(f"unknown model events: {sorted(unknown)}")
     handle = ModelEventReceivers(
         model, rooms, serializer or default_serializer, history, events,
-        dispatch_uid or f"combroker.model_events:{model._meta.label_lower}", name, tags)
+        dispatch_uid or f"combroker.model_events:{model._meta.label_lower}", name, tags,
+        outbox)
     post_save.connect(handle.on_save, sender=model, weak=False,
                       dispatch_uid=handle.dispatch_uid + ":save")
     post_delete.connect(handle.on_delete, sender=model, weak=False,

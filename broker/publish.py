@@ -6,12 +6,17 @@ trigger is checked by the rules of ``broker.triggers`` (``rooms.InvalidRoom``,
 ``InvalidTriggerId``, ``InvalidTrigger``), and ``BrokerUnavailable`` is raised (or, from the
 ``_many`` forms, returned for the entry) when the channel layer is down, in which case the
 trigger is not known to be delivered.
+
+``publish_on_commit()`` is the transactional outbox's form: the trigger is written in the
+caller's database transaction and published by the outbox relay (``broker.relay``) after the
+commit, at least once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Coroutine, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -28,7 +33,7 @@ from .triggers import TriggerRequest, check_exclude, check_trigger_id, parse_roo
     parse_trigger
 
 __all__ = ["check_trigger_id", "parse_rooms", "publish", "publish_many", "publish_many_sync",
-           "publish_rooms", "publish_sync"]
+           "publish_on_commit", "publish_rooms", "publish_sync"]
 
 T = TypeVar("T")
 
@@ -148,3 +153,36 @@ def _run(coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
     loop = hub_loop() or _background_loop()
     future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, loop)
     return future.result(timeout)
+
+
+def publish_on_commit(rooms: list[Any], data: Any, *, history: bool = False,
+                      tags: Mapping[str, Any] | None = None, using: str | None = None) -> str:
+    """Write the trigger as a row of the transactional outbox (``broker.models``) in the
+    current transaction of database ``using`` (default: ``default``); returns its trigger id.
+
+    The row commits or rolls back with the caller's own changes; the outbox relay
+    (``manage.py runoutboxrelay``, ``broker.relay``) publishes committed rows in order, at
+    least once (docs/guarantees.md "The transactional outbox"). The trigger is checked here,
+    by the rules of ``publish()`` (``rooms.InvalidRoom``, ``InvalidTrigger``,
+    ``filters.InvalidTags``, ``ValueError`` for data that is not JSON), so a bad one fails in
+    the caller's transaction. Outside ``transaction.atomic()`` (autocommit) the row commits at
+    once. On PostgreSQL the write also NOTIFYs the relay, which hears it at the commit.
+    """
+    from django.db import DEFAULT_DB_ALIAS, connections
+
+    from .models import NOTIFY_CHANNEL, OutboxTrigger, trigger_id
+
+    body: dict[str, Any] = {"rooms": rooms, "data": data}
+    if history:
+        body["history"] = history
+    if tags:
+        body["tags"] = tags
+    parse_trigger(body)  # raises in the caller, naming the rule
+    using = using or DEFAULT_DB_ALIAS
+    row = OutboxTrigger.objects.using(using).create(trigger=dump_json(body),
+                                                    stamp=time.time_ns() // 1000)
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
+    return trigger_id(row.id, row.stamp)

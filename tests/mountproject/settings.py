@@ -29,6 +29,14 @@ DATABASES = {"default": {
     "NAME": os.environ.get("MOUNTPROJECT_DB")
     or os.path.join(tempfile.gettempdir(), "combroker-mountproject.sqlite3"),
 }}
+# tests/integration/test_outbox_relay.py: the project's database on the test's own PostgreSQL
+# (the transactional outbox's rows live there).
+if os.environ.get("MOUNTPROJECT_PG_PORT"):
+    DATABASES = {"default": {
+        "ENGINE": "django.db.backends.postgresql", "HOST": "127.0.0.1",
+        "PORT": os.environ["MOUNTPROJECT_PG_PORT"], "USER": "postgres",
+        "NAME": os.environ["MOUNTPROJECT_PG_NAME"],
+    }}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 

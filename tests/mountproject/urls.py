@@ -11,4 +11,5 @@ urlpatterns = [
     path("notes/rolled-back/", notes.rolled_back),
     path("notes/<int:pk>/", notes.update),
     path("notes/<int:pk>/delete/", notes.delete),
+    path("outbox/", notes.outbox),
 ]

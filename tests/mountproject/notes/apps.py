@@ -18,6 +18,16 @@ class NotesConfig(AppConfig):
             serializer=lambda note: {"title": note.title, "board": note.board},
         )
 
+        # tests/integration/test_outbox_relay.py: the same events through the transactional
+        # outbox (at least once), to rooms of their own.
+        import os as _os
+
+        if _os.environ.get("MOUNTPROJECT_OUTBOX"):
+            publish_model_events(
+                Note, rooms=lambda note: [{"target": "outbox-notes", "board": note.board}],
+                serializer=lambda note: {"title": note.title}, history=True, outbox=True,
+                dispatch_uid="notes:outbox")
+
         # What a host project writes to hear who comes online, goes offline, joins and leaves
         # (broker.signals.lifecycle); here each event is appended to a file the test reads.
         import json

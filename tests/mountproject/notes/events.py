@@ -1,6 +1,8 @@
 """The notes app's event class (broker.events), found by the broker's autodiscovery:
 tests/integration/test_event_classes.py."""
 
+import os
+
 from broker.events import ModelEvents
 
 from .models import Note
@@ -17,3 +19,18 @@ class NoteEvents(ModelEvents):
 
     def tags(self, note):
         return {"status": note.status}
+
+
+if os.environ.get("MOUNTPROJECT_OUTBOX"):
+    class OutboxNoteEvents(ModelEvents):
+        """The event class form of the transactional outbox (tests/integration/
+        test_outbox_relay.py)."""
+
+        model = Note
+        name = "note-outbox"
+        fields = ["title"]
+        operations = ["created"]
+        outbox = True
+
+        def rooms(self, note):
+            return [{"target": "outbox-note-events", "board": note.board}]

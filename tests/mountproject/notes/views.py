@@ -52,3 +52,32 @@ def rolled_back(request: HttpRequest) -> JsonResponse:
         pass
     return JsonResponse({"rolled_back": True, "count": Note.objects.filter(
         board=body["board"]).count()})
+
+
+@csrf_exempt
+def outbox(request: HttpRequest) -> JsonResponse:
+    """Writes ``triggers`` with ``publish_on_commit`` (the transactional outbox): all in one
+    transaction, or each in its own with ``"each": true``; ``"rollback": true`` rolls the one
+    transaction back after writing them."""
+    from broker.publish import publish_on_commit
+
+    body = json.loads(request.body)
+
+    def write(trigger: dict) -> str:
+        return publish_on_commit(trigger["rooms"], trigger["data"],
+                                 history=trigger.get("history", False))
+
+    if body.get("each"):
+        ids = []
+        for trigger in body["triggers"]:
+            with transaction.atomic():
+                ids.append(write(trigger))
+        return JsonResponse({"ids": ids})
+    try:
+        with transaction.atomic():
+            ids = [write(trigger) for trigger in body["triggers"]]
+            if body.get("rollback"):
+                raise Rollback
+    except Rollback:
+        return JsonResponse({"rolled_back": True, "ids": ids})
+    return JsonResponse({"ids": ids})
