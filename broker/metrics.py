@@ -76,21 +76,14 @@ def render() -> str:
                  "amqp_received", "amqp_published", "amqp_requeued"):
         lines += [f"# TYPE combroker_{name}_total counter",
                   f"combroker_{name}_total {counters[name]}"]
-    lines.append("# TYPE combroker_connections_refused_by_cause_total counter")
-    for cause, n in sorted(refusals.items()):
-        lines.append(f'combroker_connections_refused_by_cause_total{{cause="{cause}"}} {n}')
-    lines.append("# TYPE combroker_drops_total counter")
-    for cause, n in sorted(drops.items()):
-        lines.append(f'combroker_drops_total{{cause="{cause}"}} {n}')
-    lines.append("# TYPE combroker_webhook_dropped_total counter")
-    for cause, n in sorted(webhook_drops.items()):
-        lines.append(f'combroker_webhook_dropped_total{{cause="{cause}"}} {n}')
-    lines.append("# TYPE combroker_amqp_dead_lettered_total counter")
-    for cause, n in sorted(amqp_dead.items()):
-        lines.append(f'combroker_amqp_dead_lettered_total{{cause="{cause}"}} {n}')
-    lines.append("# TYPE combroker_auth_total counter")
-    for outcome, n in sorted(auth_outcomes.items()):
-        lines.append(f'combroker_auth_total{{outcome="{outcome}"}} {n}')
+    for name, label, counts in (("connections_refused_by_cause", "cause", refusals),
+                                ("drops", "cause", drops),
+                                ("webhook_dropped", "cause", webhook_drops),
+                                ("amqp_dead_lettered", "cause", amqp_dead),
+                                ("auth", "outcome", auth_outcomes)):
+        lines.append(f"# TYPE combroker_{name}_total counter")
+        for key, n in sorted(counts.items()):
+            lines.append(f'combroker_{name}_total{{{label}="{key}"}} {n}')
     lines.append("# TYPE combroker_auth_seconds histogram")
     cumulative = 0
     for bound, n in zip((*AUTH_BUCKETS, "+Inf"), auth_latency):
